@@ -1,0 +1,55 @@
+"""The `bridge` command line: one module per command group, each with a `register()`.
+
+Command modules import their heavy dependencies inside their handlers, so `bridge --help` stays
+fast. A handler returns an exit code; a `BridgeError` becomes a one-line message and exit code 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ..errors import BridgeError
+
+__all__ = ["build_parser", "main"]
+
+# Order is the order in `bridge --help`.
+_COMMAND_MODULES = (
+    "keys",
+    "federation",
+    "nats",
+    "broker",
+    "adapter",
+    "token",
+    "up",
+    "demo",
+    "bench",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bridge",
+        description="Secure messaging and handover bridge between public agencies.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _COMMAND_MODULES:
+        module = importlib.import_module(f"{__name__}.{name}")
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except BridgeError as exc:
+        print(f"bridge: error: {exc} [{exc.reason}]", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code

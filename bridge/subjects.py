@@ -1,0 +1,106 @@
+"""Every NATS subject, stream, consumer, bucket and header name bridge uses, built in one place.
+
+Agency ids are validated before they are put into any name, so an id with `.`, `*`, `>` or
+whitespace can never rewrite routing. No other module formats a subject by hand.
+
+Topology (one JetStream account, created by `bridge.provision`):
+
+- stream `BRIDGE_SUBMIT`, subjects `bridge.submit.<sender>`: what adapters submit; work queue,
+  consumed by the broker's durable consumer `broker` (several brokers share it).
+- stream `BRIDGE_INBOX`, subjects `bridge.inbox.<recipient>`: routed envelopes; work queue with
+  per-message TTL (the retention limit of the message type); one durable consumer
+  `inbox-<recipient>` per agency, filtered on its own subject.
+- stream `BRIDGE_STATUS`, subjects `bridge.status.<sender>.<message-id>`: status events the broker
+  reports back to senders; one durable consumer `status-<sender>` per agency.
+- KV bucket `adapter-<agency>`: the adapter's own records (idempotency keys, message timelines).
+
+Each NATS identity uses its own reply-inbox prefix (`_INBOX.<role>...`), so that it may subscribe
+only to its own replies and never see another identity's pulled messages or acks.
+"""
+
+from __future__ import annotations
+
+from .ids import check_agency_id, check_message_id
+
+__all__ = [
+    "BROKER_CONSUMER",
+    "HDR_MSG_ID",
+    "HDR_TTL",
+    "INBOX_STREAM",
+    "STATUS_STREAM",
+    "SUBMIT_STREAM",
+    "agency_inbox_prefix",
+    "inbox_consumer",
+    "inbox_subject",
+    "inbox_subjects_all",
+    "kv_bucket",
+    "role_inbox_prefix",
+    "status_consumer",
+    "status_filter",
+    "status_subject",
+    "status_subjects_all",
+    "submit_subject",
+    "submit_subjects_all",
+]
+
+SUBMIT_STREAM = "BRIDGE_SUBMIT"
+INBOX_STREAM = "BRIDGE_INBOX"
+STATUS_STREAM = "BRIDGE_STATUS"
+BROKER_CONSUMER = "broker"
+
+HDR_MSG_ID = "Nats-Msg-Id"
+HDR_TTL = "Nats-TTL"
+
+_PREFIX = "bridge"
+
+
+def submit_subject(sender: str) -> str:
+    return f"{_PREFIX}.submit.{check_agency_id(sender)}"
+
+
+def submit_subjects_all() -> str:
+    return f"{_PREFIX}.submit.*"
+
+
+def inbox_subject(recipient: str) -> str:
+    return f"{_PREFIX}.inbox.{check_agency_id(recipient)}"
+
+
+def inbox_subjects_all() -> str:
+    return f"{_PREFIX}.inbox.*"
+
+
+def status_subject(sender: str, message_id: str) -> str:
+    return f"{_PREFIX}.status.{check_agency_id(sender)}.{check_message_id(message_id)}"
+
+
+def status_filter(sender: str) -> str:
+    return f"{_PREFIX}.status.{check_agency_id(sender)}.*"
+
+
+def status_subjects_all() -> str:
+    return f"{_PREFIX}.status.*.*"
+
+
+def inbox_consumer(agency: str) -> str:
+    return f"inbox-{check_agency_id(agency)}"
+
+
+def status_consumer(agency: str) -> str:
+    return f"status-{check_agency_id(agency)}"
+
+
+def kv_bucket(agency: str) -> str:
+    return f"adapter-{check_agency_id(agency)}"
+
+
+def agency_inbox_prefix(agency: str) -> str:
+    """The reply-inbox prefix of an agency's NATS identity."""
+    return f"_INBOX.agency.{check_agency_id(agency)}"
+
+
+def role_inbox_prefix(role: str) -> str:
+    """The reply-inbox prefix of a service identity (`broker`, `ops`, `admin`)."""
+    if role not in ("broker", "ops", "admin"):
+        raise ValueError(f"unknown service role {role!r}")
+    return f"_INBOX.{role}"
