@@ -1,0 +1,418 @@
+"""NATS identities of a federation: one nkey user per agency and per service, least privilege.
+
+Every party authenticates to NATS with its own nkey. The server configuration holds only public
+keys; each seed lives in its own file (mode 0600) in a credentials directory (mode 0700) and is
+read by the one process that acts as that identity.
+
+Permissions are allow-lists built from `bridge.subjects`; whatever is not listed is denied. An
+agency may publish only its own submissions, pull only from its own inbox and status consumers,
+use only its own KV bucket and receive replies only on its own inbox prefix. It cannot create,
+delete or inspect streams or consumers. The JetStream API subjects below are the exact requests
+nats-py makes for those operations (`fetch` on a bound pull subscription, `msg.ack()`,
+`js.key_value()` and `kv.get/put/create/update/delete`), checked against its source.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nkeys
+
+from .errors import ConfigError
+from .ids import check_agency_id
+from .subjects import (
+    BROKER_CONSUMER,
+    INBOX_STREAM,
+    STATUS_STREAM,
+    SUBMIT_STREAM,
+    agency_inbox_prefix,
+    inbox_consumer,
+    inbox_subjects_all,
+    kv_bucket,
+    role_inbox_prefix,
+    status_consumer,
+    status_subjects_all,
+    submit_subject,
+)
+
+__all__ = [
+    "ACCOUNT",
+    "MAX_AGENCIES",
+    "Credentials",
+    "Identity",
+    "Permissions",
+    "Role",
+    "check_federation",
+    "kv_stream",
+    "permissions_for",
+    "public_key_of_seed_file",
+    "render_accounts",
+    "write_private_file",
+]
+
+ACCOUNT = "BRIDGE"
+"""The one NATS account every bridge identity lives in; it has JetStream enabled."""
+
+MAX_AGENCIES = 1000
+"""Upper bound on a federation's size, so a typo cannot render a config of unbounded size."""
+
+_SEED_SUFFIX = ".nk"
+_MAX_SEED_FILE = 256  # a user seed is 58 characters; anything much longer is not a seed file
+_AGENCY_FILE_PREFIX = "agency-"
+
+
+class Role(enum.StrEnum):
+    AGENCY = "agency"
+    BROKER = "broker"
+    OPS = "ops"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who connects to NATS: a role, and for agencies the agency id."""
+
+    role: Role
+    agency: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.role, Role):
+            raise TypeError("role must be a Role")
+        if self.role is Role.AGENCY:
+            check_agency_id(self.agency)
+        elif self.agency is not None:
+            raise ValueError(f"a {self.role.value} identity has no agency id")
+
+    @classmethod
+    def for_agency(cls, agency: str) -> Identity:
+        return cls(Role.AGENCY, check_agency_id(agency))
+
+    @classmethod
+    def broker(cls) -> Identity:
+        return cls(Role.BROKER)
+
+    @classmethod
+    def ops(cls) -> Identity:
+        return cls(Role.OPS)
+
+    @classmethod
+    def admin(cls) -> Identity:
+        return cls(Role.ADMIN)
+
+    @property
+    def name(self) -> str:
+        """A stable name, also the seed file's stem and the connection name."""
+        if self.role is Role.AGENCY:
+            assert self.agency is not None
+            return _AGENCY_FILE_PREFIX + self.agency
+        return self.role.value
+
+    @property
+    def inbox_prefix(self) -> str:
+        """The reply-inbox prefix this identity must connect with (and may subscribe below)."""
+        if self.role is Role.AGENCY:
+            assert self.agency is not None
+            return agency_inbox_prefix(self.agency)
+        return role_inbox_prefix(self.role.value)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """Subjects an identity may publish to and subscribe to; everything else is denied."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+# -- JetStream API subjects -------------------------------------------------------------------
+# These are NATS's own API subjects, not bridge's; stream and consumer names come validated
+# from `bridge.subjects`, so no id can add a token or a wildcard here.
+
+_JS_API = "$JS.API"
+
+
+def kv_stream(agency: str) -> str:
+    """The stream behind an agency's KV bucket (the `KV_<bucket>` convention of NATS)."""
+    return f"KV_{kv_bucket(agency)}"
+
+
+def _pull_consumer(stream: str, consumer: str) -> tuple[str, ...]:
+    """Fetch from, inspect and acknowledge one existing durable pull consumer."""
+    return (
+        f"{_JS_API}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+        f"{_JS_API}.CONSUMER.INFO.{stream}.{consumer}",
+        f"$JS.ACK.{stream}.{consumer}.>",
+    )
+
+
+def _kv_bucket_access(agency: str) -> tuple[str, ...]:
+    bucket = kv_bucket(agency)
+    stream = kv_stream(agency)
+    return (
+        f"$KV.{bucket}.>",  # put, create, update, delete, purge are publishes
+        f"{_JS_API}.STREAM.INFO.{stream}",  # js.key_value() looks the bucket up
+        f"{_JS_API}.DIRECT.GET.{stream}",  # get by revision (direct buckets)
+        f"{_JS_API}.DIRECT.GET.{stream}.>",  # get last by key (direct buckets)
+        f"{_JS_API}.STREAM.MSG.GET.{stream}",  # get, for buckets without direct access
+    )
+
+
+def permissions_for(identity: Identity) -> Permissions:
+    """The allow-lists of one identity; see docs/nats.md for the reasoning per role."""
+    own_replies = f"{identity.inbox_prefix}.>"
+    if identity.role is Role.AGENCY:
+        assert identity.agency is not None
+        agency = identity.agency
+        return Permissions(
+            publish=(
+                submit_subject(agency),
+                *_pull_consumer(INBOX_STREAM, inbox_consumer(agency)),
+                *_pull_consumer(STATUS_STREAM, status_consumer(agency)),
+                *_kv_bucket_access(agency),
+            ),
+            subscribe=(own_replies,),
+        )
+    if identity.role is Role.BROKER:
+        return Permissions(
+            publish=(
+                *_pull_consumer(SUBMIT_STREAM, BROKER_CONSUMER),
+                inbox_subjects_all(),
+                status_subjects_all(),
+            ),
+            subscribe=(own_replies,),
+        )
+    if identity.role is Role.OPS:
+        # Read-only on the status stream: its state, and single messages by sequence or by
+        # subject through the direct-get API. No consumer, so ops can neither take events from
+        # an agency's status consumer nor leave server-side state behind.
+        return Permissions(
+            publish=(
+                f"{_JS_API}.STREAM.INFO.{STATUS_STREAM}",
+                f"{_JS_API}.DIRECT.GET.{STATUS_STREAM}",
+                f"{_JS_API}.DIRECT.GET.{STATUS_STREAM}.>",
+            ),
+            subscribe=(own_replies,),
+        )
+    return Permissions(publish=(">",), subscribe=(">",))
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically, readable by the owner only from the first byte on.
+
+    The temporary file is created with mode 0600 (O_EXCL, so an attacker's pre-placed file or
+    symlink is refused), synced, then renamed over `path`; the directory is synced so the rename
+    survives a crash.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(tmp, flags, 0o600)
+    except FileExistsError as exc:
+        raise ConfigError(
+            f"temporary file {tmp} exists; remove it if no other bridge process is writing",
+            reason="file.tmp_exists",
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}", reason="file.write") from exc
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o600)  # a umask can only remove bits, but be explicit
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _check_private(path: Path, *, directory: bool) -> None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path} does not exist", reason="nats.creds_missing") from exc
+    kind_ok = stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)
+    if not kind_ok:
+        what = "a directory" if directory else "a regular file"
+        raise ConfigError(f"{path} must be {what}", reason="nats.creds_invalid")
+    if st.st_mode & 0o077:
+        wanted = "0700" if directory else "0600"
+        raise ConfigError(
+            f"{path} is accessible by others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"it must be {wanted}",
+            reason="nats.creds_permissions",
+        )
+
+
+def check_federation(agencies: Iterable[str]) -> tuple[str, ...]:
+    """Validate a federation's agency ids: well formed, no duplicates, bounded, sorted."""
+    checked = [check_agency_id(agency) for agency in agencies]
+    if len(checked) > MAX_AGENCIES:
+        raise ConfigError(
+            f"a federation may have at most {MAX_AGENCIES} agencies", reason="nats.too_many"
+        )
+    if len(set(checked)) != len(checked):
+        dupes = sorted({a for a in checked if checked.count(a) > 1})
+        raise ConfigError(f"agency ids repeated: {', '.join(dupes)}", reason="nats.duplicate")
+    return tuple(sorted(checked))
+
+
+class Credentials:
+    """A directory (mode 0700) with one nkey seed file (mode 0600) per identity."""
+
+    def __init__(self, directory: Path) -> None:
+        """Open an existing credentials directory; see `create` to make one."""
+        self._dir = Path(directory)
+        _check_private(self._dir, directory=True)
+
+    @classmethod
+    def create(cls, directory: Path) -> Credentials:
+        """Open `directory`, creating it (and its parents) with mode 0700 if missing."""
+        directory = Path(directory)
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create {directory}: {exc.strerror}", reason="file.write"
+            ) from exc
+        return cls(directory)
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
+    def path(self, identity: Identity) -> Path:
+        """Where `identity`'s seed file is (whether or not it exists yet)."""
+        return self._dir / f"{identity.name}{_SEED_SUFFIX}"
+
+    def exists(self, identity: Identity) -> bool:
+        return self.path(identity).exists()
+
+    def seed_file(self, identity: Identity) -> Path:
+        """The seed file of `identity`, after checking it exists and only its owner can read it."""
+        path = self.path(identity)
+        if not path.exists():
+            raise ConfigError(
+                f"no NATS identity {identity.name!r} in {self._dir}; run `bridge nats config`",
+                reason="nats.identity_missing",
+            )
+        _check_private(path, directory=False)
+        return path
+
+    def public_key(self, identity: Identity) -> str:
+        """The public nkey (`U...`) of `identity`, derived from its seed."""
+        return public_key_of_seed_file(self.seed_file(identity))
+
+    def ensure(self, identity: Identity) -> bool:
+        """Create `identity`'s seed if it has none; return whether one was created."""
+        path = self.path(identity)
+        if path.exists():
+            self.seed_file(identity)  # check mode and kind
+            return False
+        seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+        write_private_file(path, bytes(seed) + b"\n")
+        return True
+
+    def ensure_federation(self, agencies: Sequence[str]) -> tuple[Identity, ...]:
+        """Create every missing identity of a federation; return those created."""
+        federation = check_federation(agencies)
+        wanted = [Identity.admin(), Identity.broker(), Identity.ops()]
+        wanted += [Identity.for_agency(agency) for agency in federation]
+        return tuple(identity for identity in wanted if self.ensure(identity))
+
+    def agencies(self) -> tuple[str, ...]:
+        """The agency ids that have an identity here, sorted."""
+        found = []
+        for entry in self._dir.iterdir():
+            name = entry.name
+            if name.startswith(_AGENCY_FILE_PREFIX) and name.endswith(_SEED_SUFFIX):
+                agency = name[len(_AGENCY_FILE_PREFIX) : -len(_SEED_SUFFIX)]
+                found.append(check_agency_id(agency))
+        return tuple(sorted(found))
+
+    def __repr__(self) -> str:
+        return f"Credentials({str(self._dir)!r})"
+
+
+def public_key_of_seed_file(path: Path) -> str:
+    """Derive the public key from a seed file without ever putting the seed into an error."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(_MAX_SEED_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror}", reason="nats.creds_invalid"
+        ) from exc
+    seed = bytearray(raw.strip())
+    try:
+        if len(raw) > _MAX_SEED_FILE or not seed.startswith(b"SU"):
+            raise ValueError
+        keypair = nkeys.from_seed(seed)
+        public: bytes = keypair.public_key
+        keypair.wipe()
+    except Exception:
+        # Deliberately no cause: nkeys errors could echo parts of the seed.
+        raise ConfigError(
+            f"{path} does not hold an nkey user seed", reason="nats.creds_invalid"
+        ) from None
+    finally:
+        seed[:] = bytes(len(seed))
+    return public.decode("ascii")
+
+
+# -- server configuration ---------------------------------------------------------------------
+
+
+def _quote(value: str) -> str:
+    """A double-quoted string for the nats-server config (JSON escaping is valid there)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _render_list(items: Sequence[str], indent: str) -> str:
+    inner = "".join(f"\n{indent}  {_quote(item)}" for item in items)
+    return f"[{inner}\n{indent}]"
+
+
+def render_accounts(credentials: Credentials, agencies: Sequence[str]) -> str:
+    """The `accounts` block of the server config for a federation: public keys only.
+
+    Every identity must already exist (see `Credentials.ensure_federation`); this function
+    never creates one, so rendering cannot silently mint a new identity.
+    """
+    federation = check_federation(agencies)
+    identities = [Identity.admin(), Identity.broker(), Identity.ops()]
+    identities += [Identity.for_agency(agency) for agency in federation]
+    lines = [
+        "accounts {",
+        f"  {_quote(ACCOUNT)}: {{",
+        "    jetstream: enabled",
+        "    users: [",
+    ]
+    for identity in identities:
+        perms = permissions_for(identity)
+        lines += [
+            f"      # {identity.name}",
+            f"      {{nkey: {_quote(credentials.public_key(identity))}, permissions: {{",
+            f"        publish: {{allow: {_render_list(perms.publish, ' ' * 8)}}}",
+            f"        subscribe: {{allow: {_render_list(perms.subscribe, ' ' * 8)}}}",
+            "      }}",
+        ]
+    lines += ["    ]", "  }", "}"]
+    return "\n".join(lines) + "\n"
