@@ -1,0 +1,229 @@
+"""Configuration of the broker and the adapters: frozen structs parsed once from a TOML file.
+
+Nothing reads configuration from globals or the environment behind the caller's back: a
+component gets its config object and passes it on. Relative paths in a file are resolved against
+the file's own directory, so a state directory can be moved as a whole. Durations are whole
+seconds. Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Final, Literal, TypeVar
+
+import msgspec
+
+from .crypto import Limits
+from .directory import Role
+from .errors import ConfigError
+from .ids import AGENCY_ID_PATTERN, MESSAGE_TYPES
+
+__all__ = [
+    "DEFAULT_RETENTION",
+    "AdapterConfig",
+    "AuthConfig",
+    "BrokerConfig",
+    "DeliveryConfig",
+    "DirectoryConfig",
+    "HttpConfig",
+    "NatsClientConfig",
+    "Retention",
+    "Route",
+    "load_adapter_config",
+    "load_broker_config",
+]
+
+_Agency = Annotated[str, msgspec.Meta(pattern=AGENCY_ID_PATTERN)]
+_Seconds = Annotated[int, msgspec.Meta(ge=1)]
+_MAX_CONFIG_BYTES: Final = 1024 * 1024
+_C = TypeVar("_C", "BrokerConfig", "AdapterConfig")
+
+
+class NatsClientConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How a component reaches NATS: a URL and its own nkey seed file (mode 0600)."""
+
+    url: str
+    seed_file: str
+    connect_timeout_seconds: _Seconds = 5
+    request_timeout_seconds: _Seconds = 10
+
+
+class DirectoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where the signed key directory and the pinned trust anchor are."""
+
+    file: str
+    anchor: str
+    serial_state: str
+    reload_seconds: _Seconds = 30
+
+
+class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Limits of one message type.
+
+    `inbox_ttl_seconds`: how long a routed, undelivered message may wait in an inbox before the
+    store deletes it. `max_lifetime_seconds`: the longest expiry a sender may give it.
+    """
+
+    inbox_ttl_seconds: _Seconds
+    max_lifetime_seconds: _Seconds
+
+
+DEFAULT_RETENTION: Final[dict[str, Retention]] = {
+    "referral": Retention(inbox_ttl_seconds=14 * 86400, max_lifetime_seconds=30 * 86400),
+    "handover": Retention(inbox_ttl_seconds=14 * 86400, max_lifetime_seconds=30 * 86400),
+    "feedback": Retention(inbox_ttl_seconds=14 * 86400, max_lifetime_seconds=30 * 86400),
+    "receipt": Retention(inbox_ttl_seconds=7 * 86400, max_lifetime_seconds=14 * 86400),
+}
+
+
+class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One allowed path: agencies of `from_role` may send `types` to agencies of `to_roles`."""
+
+    from_role: Role
+    to_roles: list[Role]
+    types: list[str]
+
+
+class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    nats: NatsClientConfig
+    directory: DirectoryConfig
+    routes: list[Route]
+    retention: dict[str, Retention] = msgspec.field(default_factory=lambda: DEFAULT_RETENTION)
+    limits: Limits = msgspec.field(default_factory=Limits)
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=256)] = 32
+    publish_timeout_seconds: _Seconds = 10
+    base_dir: str = ""
+
+    def path(self, value: str) -> Path:
+        return _resolve(self.base_dir, value)
+
+
+class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8400
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 768 * 1024
+
+
+class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How callers of the adapter's API prove who they are: JWT bearer tokens.
+
+    Exactly one of `public_key_file` (PEM) and `jwks_url` names the verification keys.
+    """
+
+    issuer: str
+    audience: str
+    algorithms: list[Literal["EdDSA", "ES256", "RS256", "PS256"]] = msgspec.field(
+        default_factory=lambda: ["EdDSA"]
+    )
+    public_key_file: str | None = None
+    jwks_url: str | None = None
+    leeway_seconds: Annotated[int, msgspec.Meta(ge=0, le=300)] = 30
+
+
+class DeliveryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How opened messages reach the local system: pushed to a webhook, or pulled by it.
+
+    Webhook requests are signed with HMAC-SHA256 under the secret in `webhook_secret_file`.
+    """
+
+    mode: Literal["webhook", "pull"]
+    webhook_url: str | None = None
+    webhook_secret_file: str | None = None
+    webhook_timeout_seconds: _Seconds = 10
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
+    backoff_initial_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
+    backoff_max_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    pull_max_pending: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
+class AdapterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    agency: _Agency
+    keys_dir: str
+    nats: NatsClientConfig
+    directory: DirectoryConfig
+    auth: AuthConfig
+    delivery: DeliveryConfig
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    passphrase_env: str | None = None
+    default_lifetime_seconds: _Seconds = 14 * 86400
+    idempotency_ttl_seconds: _Seconds = 86400
+    limits: Limits = msgspec.field(default_factory=Limits)
+    base_dir: str = ""
+
+    def path(self, value: str) -> Path:
+        return _resolve(self.base_dir, value)
+
+
+def _resolve(base: str, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() or not base else Path(base) / path
+
+
+def _read(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read config {path}: {exc.strerror}", reason="config.missing"
+        ) from exc
+    if len(data) > _MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {path} is too large", reason="config.invalid")
+    return data
+
+
+def _decode(path: Path, kind: type[_C]) -> _C:
+    try:
+        config = msgspec.toml.decode(_read(path), type=kind)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"config {path}: {exc}", reason="config.invalid") from exc
+    return msgspec.structs.replace(config, base_dir=str(path.resolve().parent))
+
+
+def load_broker_config(path: Path) -> BrokerConfig:
+    config = _decode(path, BrokerConfig)
+    for type_name in config.retention:
+        if type_name not in MESSAGE_TYPES:
+            raise ConfigError(
+                f"config {path}: retention names unknown message type {type_name!r}",
+                reason="config.invalid",
+            )
+    for type_name in MESSAGE_TYPES:
+        if type_name not in config.retention:
+            raise ConfigError(
+                f"config {path}: retention has no limits for {type_name!r}",
+                reason="config.invalid",
+            )
+    for route in config.routes:
+        unknown = [t for t in route.types if t not in MESSAGE_TYPES]
+        if unknown:
+            raise ConfigError(
+                f"config {path}: a route names unknown message types {unknown}",
+                reason="config.invalid",
+            )
+        if not route.to_roles or not route.types:
+            raise ConfigError(
+                f"config {path}: a route needs to_roles and types", reason="config.invalid"
+            )
+    return config
+
+
+def load_adapter_config(path: Path) -> AdapterConfig:
+    config = _decode(path, AdapterConfig)
+    auth = config.auth
+    if (auth.public_key_file is None) == (auth.jwks_url is None):
+        raise ConfigError(
+            f"config {path}: [auth] needs exactly one of public_key_file and jwks_url",
+            reason="config.invalid",
+        )
+    delivery = config.delivery
+    if delivery.mode == "webhook" and not (delivery.webhook_url and delivery.webhook_secret_file):
+        raise ConfigError(
+            f"config {path}: webhook delivery needs webhook_url and webhook_secret_file",
+            reason="config.invalid",
+        )
+    if delivery.backoff_max_seconds < delivery.backoff_initial_seconds:
+        raise ConfigError(
+            f"config {path}: backoff_max_seconds is below backoff_initial_seconds",
+            reason="config.invalid",
+        )
+    return config
