@@ -1,0 +1,1 @@
+"""Adapters: each agency's local HTTP API to bridge (outbound sealing, inbound delivery)."""
