@@ -1,0 +1,391 @@
+"""Create or update bridge's streams, consumers and KV buckets, idempotently, as the admin.
+
+Run it after every change to the federation: what exists with the wanted settings is left
+alone (its messages too), what is missing is created, and what differs is updated in place.
+Nothing is ever deleted here: an agency that left the federation keeps its consumer and bucket
+until an operator removes them, so no message disappears by accident.
+
+Limits are part of the topology, so the store enforces them: every stream is bounded in bytes
+and message size; work-queue streams refuse new messages when full rather than drop
+undelivered ones; the inbox allows per-message TTLs and has an age backstop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats.errors
+import nats.js.errors
+from nats.js import api
+from nats.js.client import JetStreamContext
+
+from .errors import ConfigError, TransportError
+from .natsauth import Identity, check_federation, kv_stream
+from .subjects import (
+    BROKER_CONSUMER,
+    INBOX_STREAM,
+    STATUS_STREAM,
+    SUBMIT_STREAM,
+    inbox_consumer,
+    inbox_subject,
+    inbox_subjects_all,
+    kv_bucket,
+    status_consumer,
+    status_filter,
+    status_subjects_all,
+    submit_subjects_all,
+)
+from .transport import connect
+
+__all__ = [
+    "ENVELOPE_MAX_BYTES",
+    "Action",
+    "Change",
+    "ProvisionReport",
+    "ProvisionSettings",
+    "provision",
+    "provision_at",
+]
+
+ENVELOPE_MAX_BYTES = 1024 * 1024
+"""The largest envelope bridge sends; streams allow this plus room for headers."""
+
+_HEADER_ROOM = 16 * 1024
+_DAY = 24 * 3600.0
+_MiB = 1024 * 1024
+_GiB = 1024 * _MiB
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProvisionSettings:
+    """Limits of the topology. Durations are in seconds, sizes in bytes."""
+
+    duplicate_window: float = 1 * _DAY
+    max_msg_size: int = ENVELOPE_MAX_BYTES + _HEADER_ROOM
+    replicas: int = 1
+    submit_max_bytes: int = 1 * _GiB
+    submit_max_age: float = 30 * _DAY
+    inbox_max_bytes: int = 1 * _GiB
+    inbox_max_age: float = 30 * _DAY
+    status_max_bytes: int = 256 * _MiB
+    status_max_age: float = 30 * _DAY
+    status_max_msg_size: int = 64 * 1024
+    ack_wait: float = 30.0
+    max_deliver: int = 20
+    max_ack_pending: int = 256
+    max_waiting: int = 64
+    kv_max_bytes: int = 64 * _MiB
+    kv_max_value_size: int = 256 * 1024
+    kv_history: int = 1
+
+    def __post_init__(self) -> None:
+        def bad(message: str) -> ConfigError:
+            return ConfigError(message, reason="provision.settings")
+
+        if self.replicas not in (1, 3, 5):
+            raise bad("replicas must be 1, 3 or 5")
+        ages = (self.submit_max_age, self.inbox_max_age, self.status_max_age)
+        if not 1.0 <= self.duplicate_window <= min(ages):
+            raise bad("duplicate_window must be at least 1s and at most every stream's max age")
+        if not 1.0 <= self.ack_wait <= 3600.0:
+            raise bad("ack_wait must be between 1s and 1h")
+        for name in ("max_deliver", "max_ack_pending", "max_waiting"):
+            if not 1 <= getattr(self, name) <= 100_000:
+                raise bad(f"{name} must be between 1 and 100000")
+        if not 1 <= self.kv_history <= 64:
+            raise bad("kv_history must be between 1 and 64")
+        if self.max_msg_size < ENVELOPE_MAX_BYTES:
+            raise bad(f"max_msg_size must be at least {ENVELOPE_MAX_BYTES} (one envelope)")
+        sizes = {
+            "submit_max_bytes": (self.submit_max_bytes, self.max_msg_size),
+            "inbox_max_bytes": (self.inbox_max_bytes, self.max_msg_size),
+            "status_max_bytes": (self.status_max_bytes, self.status_max_msg_size),
+            "kv_max_bytes": (self.kv_max_bytes, self.kv_max_value_size),
+        }
+        for name, (total, one) in sizes.items():
+            if one < 1024 or total < one:
+                raise bad(f"{name} must hold at least one message of at least 1 KiB")
+
+
+class Action(enum.StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What provisioning did to one stream, consumer or bucket."""
+
+    kind: str  # "stream", "consumer" or "kv"
+    name: str
+    action: Action
+    fields: tuple[str, ...] = ()  # for UPDATED: the settings that differed
+
+    def __str__(self) -> str:
+        detail = f" ({', '.join(self.fields)})" if self.fields else ""
+        return f"{self.action.value:<9} {self.kind:<8} {self.name}{detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionReport:
+    changes: tuple[Change, ...]
+
+    def by_action(self, action: Action) -> tuple[Change, ...]:
+        return tuple(change for change in self.changes if change.action is action)
+
+    @property
+    def changed(self) -> bool:
+        return any(change.action is not Action.UNCHANGED for change in self.changes)
+
+    def __str__(self) -> str:
+        return "\n".join(str(change) for change in self.changes)
+
+
+# -- wanted configurations --------------------------------------------------------------------
+
+
+def _streams(s: ProvisionSettings) -> list[api.StreamConfig]:
+    return [
+        api.StreamConfig(
+            name=SUBMIT_STREAM,
+            description="bridge: submissions from adapters, consumed by the broker",
+            subjects=[submit_subjects_all()],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            discard=api.DiscardPolicy.NEW,
+            max_bytes=s.submit_max_bytes,
+            max_age=s.submit_max_age,
+            max_msg_size=s.max_msg_size,
+            duplicate_window=s.duplicate_window,
+            storage=api.StorageType.FILE,
+            num_replicas=s.replicas,
+        ),
+        api.StreamConfig(
+            name=INBOX_STREAM,
+            description="bridge: routed envelopes, one consumer per recipient agency",
+            subjects=[inbox_subjects_all()],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            discard=api.DiscardPolicy.NEW,
+            max_bytes=s.inbox_max_bytes,
+            max_age=s.inbox_max_age,
+            max_msg_size=s.max_msg_size,
+            duplicate_window=s.duplicate_window,
+            allow_msg_ttl=True,
+            storage=api.StorageType.FILE,
+            num_replicas=s.replicas,
+        ),
+        api.StreamConfig(
+            name=STATUS_STREAM,
+            description="bridge: status events for senders and operations",
+            subjects=[status_subjects_all()],
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.OLD,
+            max_bytes=s.status_max_bytes,
+            max_age=s.status_max_age,
+            max_msg_size=s.status_max_msg_size,
+            duplicate_window=s.duplicate_window,
+            allow_direct=True,
+            storage=api.StorageType.FILE,
+            num_replicas=s.replicas,
+        ),
+    ]
+
+
+_STREAM_FIELDS = (
+    "subjects",
+    "retention",
+    "storage",
+    "discard",
+    "max_bytes",
+    "max_age",
+    "max_msg_size",
+    "duplicate_window",
+    "num_replicas",
+    "allow_msg_ttl",
+    "allow_direct",
+    "description",
+)
+
+
+def _consumer(s: ProvisionSettings, name: str, filter_subject: str) -> api.ConsumerConfig:
+    return api.ConsumerConfig(
+        name=name,
+        durable_name=name,
+        filter_subject=filter_subject,
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=s.ack_wait,
+        max_deliver=s.max_deliver,
+        max_ack_pending=s.max_ack_pending,
+        max_waiting=s.max_waiting,
+    )
+
+
+def _consumers(
+    s: ProvisionSettings, agencies: Sequence[str]
+) -> list[tuple[str, api.ConsumerConfig]]:
+    wanted = [(SUBMIT_STREAM, _consumer(s, BROKER_CONSUMER, submit_subjects_all()))]
+    for agency in agencies:
+        wanted.append((INBOX_STREAM, _consumer(s, inbox_consumer(agency), inbox_subject(agency))))
+        wanted.append((STATUS_STREAM, _consumer(s, status_consumer(agency), status_filter(agency))))
+    return wanted
+
+
+_CONSUMER_FIELDS = (
+    "filter_subject",
+    "deliver_policy",
+    "ack_policy",
+    "ack_wait",
+    "max_deliver",
+    "max_ack_pending",
+    "max_waiting",
+)
+
+
+def _kv_config(s: ProvisionSettings, agency: str) -> api.KeyValueConfig:
+    return api.KeyValueConfig(
+        bucket=kv_bucket(agency),
+        description=f"bridge: records of the adapter of {agency}",
+        history=s.kv_history,
+        max_bytes=s.kv_max_bytes,
+        max_value_size=s.kv_max_value_size,
+        storage=api.StorageType.FILE,
+        replicas=s.replicas,
+        direct=True,
+    )
+
+
+def _kv_stream_fields(s: ProvisionSettings) -> dict[str, object]:
+    """The settings of a KV bucket's stream that provisioning keeps in line."""
+    return {
+        "max_bytes": s.kv_max_bytes,
+        "max_msg_size": s.kv_max_value_size,
+        "max_msgs_per_subject": s.kv_history,
+        "num_replicas": s.replicas,
+        "allow_direct": True,
+        "allow_msg_ttl": True,  # nats-py creates every bucket with per-message TTLs allowed
+    }
+
+
+# -- applying them ----------------------------------------------------------------------------
+
+
+def _differences(wanted: object, actual: object, fields: Sequence[str]) -> tuple[str, ...]:
+    return tuple(
+        field
+        for field in fields
+        if not _same(getattr(wanted, field, None), getattr(actual, field, None))
+    )
+
+
+def _same(wanted: object, actual: object) -> bool:
+    if wanted is None:
+        return True  # not something we set
+    if isinstance(wanted, float) and isinstance(actual, int | float):
+        return abs(wanted - actual) < 1e-6
+    if isinstance(wanted, bool) or actual is None:
+        return bool(wanted) == bool(actual)
+    return wanted == actual
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except nats.js.errors.APIError as exc:
+        raise ConfigError(
+            f"{what}: JetStream refused: {exc.description} (code {exc.err_code})",
+            reason="provision.refused",
+        ) from exc
+    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        raise TransportError(
+            f"{what}: {type(exc).__name__} {exc}".rstrip(), reason="provision.transport"
+        ) from exc
+
+
+async def _ensure_stream(js: JetStreamContext, wanted: api.StreamConfig) -> Change:
+    assert wanted.name is not None
+    with _translated(f"stream {wanted.name}"):
+        try:
+            info = await js.stream_info(wanted.name)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(wanted)
+            return Change("stream", wanted.name, Action.CREATED)
+        fields = _differences(wanted, info.config, _STREAM_FIELDS)
+        if not fields:
+            return Change("stream", wanted.name, Action.UNCHANGED)
+        await js.update_stream(wanted)
+        return Change("stream", wanted.name, Action.UPDATED, fields)
+
+
+async def _ensure_consumer(js: JetStreamContext, stream: str, wanted: api.ConsumerConfig) -> Change:
+    assert wanted.name is not None
+    name = f"{stream}/{wanted.name}"
+    with _translated(f"consumer {name}"):
+        try:
+            info = await js.consumer_info(stream, wanted.name)
+        except nats.js.errors.NotFoundError:
+            await js.add_consumer(stream, wanted)
+            return Change("consumer", name, Action.CREATED)
+        fields = _differences(wanted, info.config, _CONSUMER_FIELDS)
+        if not fields:
+            return Change("consumer", name, Action.UNCHANGED)
+        await js.add_consumer(stream, wanted)  # create-or-update by name
+        return Change("consumer", name, Action.UPDATED, fields)
+
+
+async def _ensure_kv(js: JetStreamContext, s: ProvisionSettings, agency: str) -> Change:
+    bucket = kv_bucket(agency)
+    with _translated(f"KV bucket {bucket}"):
+        try:
+            info = await js.stream_info(kv_stream(agency))
+        except nats.js.errors.NotFoundError:
+            await js.create_key_value(_kv_config(s, agency))
+            return Change("kv", bucket, Action.CREATED)
+        wanted = _kv_stream_fields(s)
+        fields = tuple(k for k, v in wanted.items() if not _same(v, getattr(info.config, k, None)))
+        if not fields:
+            return Change("kv", bucket, Action.UNCHANGED)
+        await js.update_stream(info.config.evolve(**wanted))
+        return Change("kv", bucket, Action.UPDATED, fields)
+
+
+async def provision(
+    js: JetStreamContext,
+    agencies: Sequence[str],
+    settings: ProvisionSettings | None = None,
+) -> ProvisionReport:
+    """Bring streams, consumers and buckets in line with `settings` for these agencies.
+
+    Needs the admin identity. Agency ids are checked before the server is asked anything.
+    """
+    federation = check_federation(agencies)
+    s = settings or ProvisionSettings()
+    changes = [await _ensure_stream(js, stream) for stream in _streams(s)]
+    for stream, consumer in _consumers(s, federation):
+        changes.append(await _ensure_consumer(js, stream, consumer))
+    for agency in federation:
+        changes.append(await _ensure_kv(js, s, agency))
+    return ProvisionReport(tuple(changes))
+
+
+async def provision_at(
+    url: str | Sequence[str],
+    admin_seed: Path,
+    agencies: Sequence[str],
+    settings: ProvisionSettings | None = None,
+    *,
+    api_timeout: float = 10.0,
+) -> ProvisionReport:
+    """Connect as the admin identity, provision, and disconnect."""
+    federation = check_federation(agencies)
+    admin = Identity.admin()
+    nc = await connect(url, admin_seed, admin.inbox_prefix, "bridge-provision")
+    try:
+        return await provision(nc.jetstream(timeout=api_timeout), federation, settings)
+    finally:
+        await nc.close()

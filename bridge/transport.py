@@ -1,0 +1,346 @@
+"""NATS connections and JetStream publishing with bridge's options, errors translated at the edge.
+
+Every bridge process connects through `connect`: nkey authentication from a seed file, its
+identity's own reply-inbox prefix (the server lets it subscribe nowhere else), reconnecting
+forever once connected, and bounded waits everywhere else. `publish_durable` is the one way
+bridge publishes into a stream: always with a `Nats-Msg-Id` (JetStream drops duplicates inside
+the stream's duplicate window, so a retry after a lost ack is safe), always with a deadline of
+its own (a nats-py ack future can wait forever on some server errors), and with nats errors
+turned into `TransportError`.
+
+Pull consumers are bound, never created: `bind_pull` needs no JetStream API rights beyond
+fetching, which is all an agency's identity has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+
+from .errors import ProtocolError, TransportError
+from .natsauth import public_key_of_seed_file
+from .subjects import HDR_MSG_ID, HDR_TTL
+
+__all__ = [
+    "MAX_FETCH_BATCH",
+    "MAX_HEADERS",
+    "PubAck",
+    "bind_pull",
+    "connect",
+    "fetch",
+    "publish_durable",
+]
+
+log = logging.getLogger(__name__)
+
+ErrorCallback = Callable[[Exception], Awaitable[None]]
+Callback = Callable[[], Awaitable[None]]
+
+MAX_FETCH_BATCH = 256
+MAX_HEADERS = 32
+_MAX_HEADER_VALUE = 1024
+_MAX_MSG_ID = 128
+_MAX_NAME = 128
+_MAX_TTL = 10 * 365 * 24 * 3600
+_RESERVED_HEADERS = frozenset(h.lower() for h in (HDR_MSG_ID, HDR_TTL, "Nats-Expected-Stream"))
+_HEADER_NAME_RE = re.compile(r"^[!-9;-~]{1,64}$")  # printable ASCII without ':'
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_$-]+$")
+_PRINTABLE_RE = re.compile(r"^[!-~]+$")
+_URL_RE = re.compile(r"^(nats|tls|ws|wss)://[^\s/]+/?$")
+
+
+@dataclass(frozen=True, slots=True)
+class PubAck:
+    """JetStream's acknowledgement: the message is stored as `seq` in `stream`.
+
+    `duplicate` means a message with the same `Nats-Msg-Id` was already stored within the
+    stream's duplicate window; this publish did not add a second copy.
+    """
+
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+def _check_subject(subject: str, *, wildcards: bool) -> str:
+    tokens = subject.split(".") if isinstance(subject, str) else []
+    for token in tokens:
+        if wildcards and token in ("*", ">"):
+            continue
+        if not _TOKEN_RE.fullmatch(token):
+            raise ProtocolError(f"malformed NATS subject {subject!r}", reason="transport.subject")
+    if not tokens or (wildcards and ">" in tokens[:-1]):
+        raise ProtocolError(f"malformed NATS subject {subject!r}", reason="transport.subject")
+    return subject
+
+
+def _check_urls(url: str | Sequence[str]) -> list[str]:
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls or len(urls) > 16:
+        raise ProtocolError("give between 1 and 16 NATS server URLs", reason="transport.url")
+    for one in urls:
+        if not isinstance(one, str) or not _URL_RE.fullmatch(one):
+            raise ProtocolError(
+                f"not a NATS server URL: {one!r} (want nats://host:port)",
+                reason="transport.url",
+            )
+    return urls
+
+
+async def _log_error(exc: Exception) -> None:
+    log.warning("nats: %s", exc)
+
+
+async def connect(
+    url: str | Sequence[str],
+    seed_file: Path,
+    inbox_prefix: str,
+    name: str,
+    *,
+    first_connect_timeout: float = 15.0,
+    connect_timeout: int = 5,
+    reconnect_time_wait: int = 2,
+    ping_interval: int = 20,
+    max_outstanding_pings: int = 3,
+    error_cb: ErrorCallback | None = None,
+    disconnected_cb: Callback | None = None,
+    reconnected_cb: Callback | None = None,
+) -> NATS:
+    """Connect as the identity whose seed is in `seed_file`.
+
+    Once connected the client reconnects forever (`max_reconnect_attempts=-1`): a bridge
+    process outlives NATS restarts. The first connection is bounded by `first_connect_timeout`
+    instead, so a wrong URL or seed fails start-up with a clear error rather than hanging.
+    `inbox_prefix` must be the identity's own (`Identity.inbox_prefix`); with any other, the
+    server refuses the reply subscriptions. `error_cb` receives asynchronous errors such as
+    permission violations; by default they are logged.
+    """
+    urls = _check_urls(url)
+    _check_subject(inbox_prefix, wildcards=False)
+    if not isinstance(name, str) or not _PRINTABLE_RE.fullmatch(name) or len(name) > _MAX_NAME:
+        raise ProtocolError(
+            "connection name must be short printable ASCII", reason="transport.name"
+        )
+    if first_connect_timeout <= 0:
+        raise ValueError("first_connect_timeout must be positive")
+    seed_path = Path(seed_file)
+    public_key_of_seed_file(seed_path)  # the file exists, is private and holds a user seed
+
+    user_error_cb = error_cb or _log_error
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        if not errors or errors[-1] is not exc:
+            del errors[:-7]  # keep the last few for the start-up error message only
+            errors.append(exc)
+        await user_error_cb(exc)
+
+    nc = NATS()
+    try:
+        async with asyncio.timeout(first_connect_timeout):
+            await nc.connect(
+                servers=urls,
+                name=name,
+                nkeys_seed=str(seed_path),
+                inbox_prefix=inbox_prefix,
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                connect_timeout=connect_timeout,
+                reconnect_time_wait=reconnect_time_wait,
+                ping_interval=ping_interval,
+                max_outstanding_pings=max_outstanding_pings,
+                error_cb=on_error,
+                disconnected_cb=disconnected_cb,
+                reconnected_cb=reconnected_cb,
+            )
+    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        await _close_quietly(nc)
+        last = errors[-1] if errors else exc
+        unauthorized = isinstance(last, nats.errors.AuthorizationError)
+        raise TransportError(
+            f"cannot connect to {', '.join(urls)} as {name!r}: "
+            + ("authorization violation (wrong seed?)" if unauthorized else _describe(last)),
+            reason="transport.unauthorized" if unauthorized else "transport.connect_failed",
+        ) from exc
+    return nc
+
+
+async def _close_quietly(nc: NATS) -> None:
+    try:
+        async with asyncio.timeout(2.0):
+            await nc.close()
+    except (TimeoutError, nats.errors.Error, OSError):
+        pass
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _build_headers(
+    msg_id: str, headers: Mapping[str, str] | None, ttl: int | None
+) -> dict[str, str]:
+    if not isinstance(msg_id, str) or not _PRINTABLE_RE.fullmatch(msg_id):
+        raise ProtocolError("msg_id must be printable ASCII", reason="transport.msg_id")
+    if len(msg_id) > _MAX_MSG_ID:
+        raise ProtocolError(f"msg_id longer than {_MAX_MSG_ID}", reason="transport.msg_id")
+    out: dict[str, str] = {}
+    for key, value in (headers or {}).items():
+        if not _HEADER_NAME_RE.fullmatch(key):
+            raise ProtocolError(f"malformed header name {key!r}", reason="transport.header")
+        if key.lower() in _RESERVED_HEADERS:
+            raise ProtocolError(
+                f"header {key!r} is set by publish_durable's own arguments",
+                reason="transport.header",
+            )
+        if (
+            not isinstance(value, str)
+            or len(value) > _MAX_HEADER_VALUE
+            or "\r" in value
+            or "\n" in value
+        ):
+            raise ProtocolError(f"malformed value for header {key!r}", reason="transport.header")
+        out[key] = value
+    if len(out) > MAX_HEADERS:
+        raise ProtocolError(f"more than {MAX_HEADERS} headers", reason="transport.header")
+    out[HDR_MSG_ID] = msg_id
+    if ttl is not None:
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= _MAX_TTL:
+            raise ProtocolError(
+                f"ttl must be whole seconds between 1 and {_MAX_TTL}", reason="transport.ttl"
+            )
+        out[HDR_TTL] = str(ttl)
+    return out
+
+
+async def publish_durable(
+    js: JetStreamContext,
+    subject: str,
+    payload: bytes,
+    *,
+    msg_id: str,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 5.0,  # noqa: ASYNC109 - also the request's own timeout inside nats-py
+    ttl: int | None = None,
+    expected_stream: str | None = None,
+) -> PubAck:
+    """Publish into a stream and wait (at most `timeout` seconds) until it is stored.
+
+    `msg_id` becomes `Nats-Msg-Id`: republishing the same id within the duplicate window is
+    acknowledged with `duplicate=True` and stored once. `ttl` (whole seconds) becomes
+    `Nats-TTL`, which the stream must allow. `expected_stream` makes the server refuse the
+    message if the subject is captured by another stream than the one named.
+
+    A publish this identity may not make gets no answer from the server, so it surfaces as
+    `TransportError` with reason `transport.ack_timeout` (the violation itself is reported to
+    the connection's `error_cb`).
+    """
+    _check_subject(subject, wildcards=False)
+    if timeout <= 0:
+        raise ValueError("timeout must be positive")
+    hdrs = _build_headers(msg_id, headers, ttl)
+    try:
+        async with asyncio.timeout(timeout):
+            ack = await js.publish(
+                subject, payload, timeout=timeout, stream=expected_stream, headers=hdrs
+            )
+    except TimeoutError as exc:
+        raise TransportError(
+            f"no acknowledgement for a message to {subject} within {timeout:g}s "
+            "(no stream reachable, or this identity may not publish there)",
+            reason="transport.ack_timeout",
+        ) from exc
+    except nats.js.errors.NoStreamResponseError as exc:
+        raise TransportError(f"no stream captures {subject}", reason="transport.no_stream") from exc
+    except nats.js.errors.APIError as exc:
+        raise TransportError(
+            f"JetStream refused a message to {subject}: {exc.description} (code {exc.err_code})",
+            reason="transport.publish_rejected",
+        ) from exc
+    except nats.errors.MaxPayloadError as exc:
+        raise TransportError(
+            f"message to {subject} exceeds the server's max_payload",
+            reason="transport.payload_too_large",
+        ) from exc
+    except (
+        nats.errors.ConnectionClosedError,
+        nats.errors.ConnectionDrainingError,
+        nats.errors.ConnectionReconnectingError,
+    ) as exc:
+        raise TransportError(
+            f"not connected to NATS ({_describe(exc)})", reason="transport.not_connected"
+        ) from exc
+    except (nats.errors.Error, OSError) as exc:
+        raise TransportError(
+            f"publishing to {subject} failed: {_describe(exc)}", reason="transport.error"
+        ) from exc
+    return PubAck(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+
+
+async def bind_pull(
+    js: JetStreamContext,
+    stream: str,
+    consumer: str,
+    *,
+    pending_msgs_limit: int = 1024,
+    pending_bytes_limit: int = 64 * 1024 * 1024,
+) -> JetStreamContext.PullSubscription:
+    """Bind to an existing durable pull consumer, without asking the server anything.
+
+    Unlike `js.pull_subscribe`, this never looks up or creates the consumer, so it works with
+    an identity that may only fetch from and acknowledge its own consumer.
+    """
+    _check_subject(stream, wildcards=False)
+    _check_subject(consumer, wildcards=False)
+    try:
+        return await js.pull_subscribe_bind(
+            consumer=consumer,
+            stream=stream,
+            pending_msgs_limit=pending_msgs_limit,
+            pending_bytes_limit=pending_bytes_limit,
+        )
+    except (nats.errors.Error, OSError) as exc:
+        raise TransportError(
+            f"cannot bind to consumer {consumer} on {stream}: {_describe(exc)}",
+            reason="transport.error",
+        ) from exc
+
+
+async def fetch(
+    sub: JetStreamContext.PullSubscription,
+    batch: int,
+    timeout: float,  # noqa: ASYNC109 - sent to the server as the pull request's expiry
+) -> list[Msg]:
+    """Up to `batch` messages, waiting at most `timeout` seconds; `[]` if none arrived.
+
+    A fetch this identity may not make also returns `[]` after `timeout` (the server does not
+    answer it; the violation goes to the connection's `error_cb`).
+    """
+    if isinstance(batch, bool) or not 1 <= batch <= MAX_FETCH_BATCH:
+        raise ValueError(f"batch must be between 1 and {MAX_FETCH_BATCH}")
+    if timeout <= 0:
+        raise ValueError("timeout must be positive")
+    try:
+        async with asyncio.timeout(timeout + 1.0):  # nats-py bounds it too; this is a backstop
+            return await sub.fetch(batch, timeout=timeout)
+    except TimeoutError:
+        return []
+    except nats.js.errors.APIError as exc:
+        raise TransportError(
+            f"fetch refused: {exc.description} (code {exc.err_code})",
+            reason="transport.fetch_rejected",
+        ) from exc
+    except (nats.errors.Error, OSError) as exc:
+        raise TransportError(f"fetch failed: {_describe(exc)}", reason="transport.error") from exc
