@@ -24,7 +24,7 @@ from pathlib import Path
 
 import nkeys
 
-from .errors import ConfigError
+from .errors import ConfigError, ProtocolError
 from .ids import check_agency_id
 from .subjects import (
     BROKER_CONSUMER,
@@ -263,7 +263,13 @@ def _check_private(path: Path, *, directory: bool) -> None:
 
 def check_federation(agencies: Iterable[str]) -> tuple[str, ...]:
     """Validate a federation's agency ids: well formed, no duplicates, bounded, sorted."""
-    checked = [check_agency_id(agency) for agency in agencies]
+    checked = []
+    for agency in agencies:
+        try:
+            checked.append(check_agency_id(agency))
+        except ProtocolError as exc:
+            shown = repr(agency)[:80] if isinstance(agency, str) else type(agency).__name__
+            raise ConfigError(f"agency id {shown}: {exc}", reason=exc.reason) from exc
     if len(checked) > MAX_AGENCIES:
         raise ConfigError(
             f"a federation may have at most {MAX_AGENCIES} agencies", reason="nats.too_many"
