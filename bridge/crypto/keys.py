@@ -103,12 +103,10 @@ class PublicKeyRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         raw = _unb64(self.public, "public key")
         if len(raw) != _PUBLIC_LEN[self.use]:
             raise KeyFileError(f"{self.use} public key has the wrong length")
-        try:
-            given = bytes.fromhex(self.kid)
-        except ValueError as exc:
-            raise KeyFileError("key id is not hex") from exc
-        if given != key_id(self.use, raw):
-            raise KeyFileError("key id does not match the public key")
+        # Exact text, not bytes.fromhex: that also takes upper case and spaces, and two
+        # spellings of one kid would slip past the directory's duplicate-key check.
+        if self.kid != kid_hex(key_id(self.use, raw)):
+            raise KeyFileError("key id does not match the public key (32 lowercase hex digits)")
         if self.not_after <= self.not_before:
             raise KeyFileError("key validity ends before it begins")
         return self
