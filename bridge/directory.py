@@ -75,8 +75,17 @@ _decoder = msgspec.msgpack.Decoder(DirectoryBody)
 
 def sign_directory(body: DirectoryBody, anchor: PrivateKey) -> bytes:
     """Check `body` as a loader would, then sign it with the trust anchor's key."""
+    raw = _encoder.encode(body)
+    # Struct constructors do not enforce the field constraints (id pattern, role, name length);
+    # decoding does, so decode what would be signed rather than sign what no loader accepts.
+    try:
+        _decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise DirectoryError(
+            f"directory body is invalid: {exc}", reason="directory.malformed"
+        ) from exc
     _check_body(body)
-    return sign_document(MAGIC, CONTEXT, _encoder.encode(body), anchor)
+    return sign_document(MAGIC, CONTEXT, raw, anchor)
 
 
 def load_anchor(path: Path) -> PublicKeyRecord:
