@@ -1,15 +1,44 @@
-"""`bridge token`: placeholder until its issue lands."""
+"""`bridge token`: a bearer token for one agency's adapter in the embedded stack.
+
+Prints the token alone on stdout, so `TOKEN=$(bridge token --agency ...)` works. The token is
+signed with the agency's demo token key in the state directory; it is the only secret this
+command ever prints, and only because it was asked for.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+__all__ = ["register"]
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("token", help="(not yet available)")
+    parser = commands.add_parser(
+        "token", help="print a bearer token for an agency's adapter in the embedded stack"
+    )
+    parser.add_argument("--state", type=Path, default=Path(".bridge"), help="state directory")
+    parser.add_argument("--agency", required=True, metavar="ID", help="agency id, e.g. spdi-unna")
+    parser.add_argument(
+        "--scope",
+        action="append",
+        metavar="SCOPE",
+        help="scope to grant (repeatable; default: all of messages:send messages:read "
+        "inbox:read inbox:ack)",
+    )
+    parser.add_argument(
+        "--lifetime", type=int, default=12 * 3600, metavar="SECONDS", help="default 12 hours"
+    )
+    parser.add_argument("--subject", help="the token's subject (default <agency>-local-system)")
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    raise SystemExit("bridge token is not available yet")
+    from ..adapters.auth import SCOPES
+    from ..up.state import open_stack
+
+    stack = open_stack(args.state)
+    scopes = args.scope or list(SCOPES)
+    print(stack.token(args.agency, scopes, args.lifetime, subject=args.subject))
+    return 0
