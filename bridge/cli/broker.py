@@ -1,15 +1,61 @@
-"""`bridge broker`: placeholder until its issue lands."""
+"""`bridge broker -c FILE`: run one broker in the foreground until SIGTERM or Ctrl-C.
+
+Configuration errors (the file, the key directory, the trust anchor) fail before anything
+connects and end as a one-line message with exit code 2 (see `bridge.cli.main`). A clean
+shutdown exits 0. Logs go to stderr, one line per decision, metadata only.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
 from typing import Any
+
+__all__ = ["register"]
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("broker", help="(not yet available)")
+    parser = commands.add_parser(
+        "broker", help="verify and route submissions between agencies (runs in the foreground)"
+    )
+    parser.add_argument(
+        "-c", "--config", type=Path, required=True, metavar="FILE", help="broker config (TOML)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="least severe log level written to stderr (default INFO)",
+    )
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    raise SystemExit("bridge broker is not available yet")
+    from ..broker import Broker
+    from ..config import load_broker_config
+
+    config = load_broker_config(args.config)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    broker = Broker(config)  # loads and checks the key directory before connecting
+    return asyncio.run(_serve(broker))
+
+
+async def _serve(broker: Any) -> int:
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, broker.stop)
+    try:
+        await broker.run()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    return 0

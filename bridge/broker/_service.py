@@ -1,0 +1,471 @@
+"""The broker process: fetch submissions, decide, route or reject, and only then acknowledge.
+
+Exactly-once routing rests on three things. A submission is acknowledged only after every inbox
+copy and every status event it leads to is stored (JetStream acked each publish). Every such
+publish carries a `Nats-Msg-Id` derived from the message id, so a redelivered submission (its
+broker crashed, a publish failed, two brokers raced) republishes the same ids and the streams
+drop the copies within their duplicate window. And the decision depends only on the bytes, the
+directory and the time, so a second look reaches the same verdict.
+
+Each submission is handled on its own; whatever goes wrong with one is settled for that one
+(rejected, retried later or terminated), so a poison message never blocks the rest of a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+
+from ..config import BrokerConfig
+from ..crypto import Header, verify
+from ..directory import Directory
+from ..errors import BridgeError, ProtocolError, TransportError
+from ..natsauth import Identity
+from ..subjects import BROKER_CONSUMER, SUBMIT_STREAM, inbox_subject, status_subject
+from ..transport import bind_pull, connect, fetch, publish_durable
+from ..wire import Component, DeliveryState, MessageType, StatusEvent, encode_status_event
+from ._directory import DirectoryHolder
+from ._routing import Submission, Verdict, decide, parse_submission
+
+__all__ = ["Broker", "BrokerStatistics", "inbox_msg_id", "status_msg_id"]
+
+log = logging.getLogger("bridge.broker")
+
+_FETCH_WAIT: Final = 5.0  # seconds a pull request lingers on the server when nothing is waiting
+_FETCH_BACKOFF: Final = (0.1, 5.0)  # first and largest pause after a failed fetch
+_RETRY_MAX: Final = 300.0  # largest redelivery delay after a failed publish
+_INTERNAL_ATTEMPTS: Final = 3  # deliveries of a submission that keeps hitting a bug before term
+_CLOSE_TIMEOUT: Final = 5.0
+
+
+def inbox_msg_id(message_id: str, recipient: str) -> str:
+    """`Nats-Msg-Id` of the copy of `message_id` in `recipient`'s inbox."""
+    return f"{message_id}.{recipient}"
+
+
+def status_msg_id(message_id: str, state: DeliveryState, recipient: str | None = None) -> str:
+    """`Nats-Msg-Id` of the broker's status event; one per message, state and recipient."""
+    return f"{message_id}.{state.value}" + (f".{recipient}" if recipient else "")
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerStatistics:
+    """Counters since the broker was created.
+
+    `routed`: submissions stored in every recipient's inbox. `rejected`: submissions refused,
+    by reason code. `redelivered`: deliveries of a submission that had been delivered before.
+    `deferred`: submissions handed back for a later retry after a transport failure.
+    `terminated`: submissions without a valid message id (they cannot be reported).
+    `internal_errors`: unexpected failures while handling a submission.
+    """
+
+    routed: int
+    rejected: Mapping[str, int]
+    redelivered: int
+    deferred: int
+    terminated: int
+    internal_errors: int
+    directory_serial: int
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+@dataclass
+class _Counters:
+    routed: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    redelivered: int = 0
+    deferred: int = 0
+    terminated: int = 0
+    internal_errors: int = 0
+
+
+class Broker:
+    """One broker instance. Several may run against the same NATS; they share the work.
+
+    `run()` connects and serves until `stop()` is called (or raises `TransportError` if the
+    connection is closed for good). As an async context manager it runs in the background
+    between `__aenter__` (returns once it is consuming) and `__aexit__` (stops it and waits).
+    The directory is loaded in the constructor, so a bad one fails before anything connects.
+    """
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        name: str = "bridge-broker",
+        fetch_wait: float = _FETCH_WAIT,
+        retry_delay: float = 2.0,
+    ) -> None:
+        if fetch_wait <= 0 or retry_delay <= 0:
+            raise ValueError("fetch_wait and retry_delay must be positive")
+        self._config = config
+        self._clock = clock
+        self._name = name
+        self._fetch_wait = fetch_wait
+        self._retry_delay = retry_delay
+        self._directory = DirectoryHolder.open(
+            config.path(config.directory.file),
+            config.path(config.directory.anchor),
+            config.path(config.directory.serial_state),
+            clock=clock,
+        )
+        self._counters = _Counters()
+        self._stop = asyncio.Event()
+        self._started = asyncio.Event()
+        self._in_batch = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the broker to stop: it finishes the batch in hand (bounded), then disconnects.
+
+        Safe to call from a signal handler and more than once.
+        """
+        self._stop.set()
+
+    @property
+    def started(self) -> bool:
+        return self._started.is_set()
+
+    async def run(self) -> None:
+        if self._started.is_set():
+            raise RuntimeError("a Broker runs once; create a new one to run again")
+        nats_config = self._config.nats
+        nc = await connect(
+            nats_config.url,
+            self._config.path(nats_config.seed_file),
+            Identity.broker().inbox_prefix,
+            self._name,
+            connect_timeout=nats_config.connect_timeout_seconds,
+        )
+        try:
+            js = nc.jetstream(timeout=nats_config.request_timeout_seconds)
+            sub = await bind_pull(
+                js, SUBMIT_STREAM, BROKER_CONSUMER, pending_msgs_limit=4 * self._config.batch_size
+            )
+            self._started.set()
+            log.info(
+                "broker %s consuming %s/%s, directory serial %d",
+                self._name,
+                SUBMIT_STREAM,
+                BROKER_CONSUMER,
+                self._directory.current.serial,
+            )
+            await self._serve(nc, js, sub)
+        finally:
+            await _close(nc)
+            log.info("broker %s stopped", self._name)
+
+    async def _serve(
+        self, nc: NATS, js: JetStreamContext, sub: JetStreamContext.PullSubscription
+    ) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                consumer = tg.create_task(self._consume(nc, js, sub))
+                watcher = tg.create_task(
+                    self._directory.watch(self._config.directory.reload_seconds)
+                )
+                await self._stop.wait()
+                watcher.cancel()
+                if self._in_batch:  # let it settle what it can; the rest is redelivered
+                    await asyncio.wait({consumer}, timeout=self._config.publish_timeout_seconds + 2)
+                consumer.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], BridgeError):
+                raise group.exceptions[0]  # noqa: B904 - the group is kept as its context
+            raise
+
+    async def __aenter__(self) -> Broker:
+        self._task = asyncio.create_task(self.run(), name=f"broker {self._name}")
+        waiter = asyncio.create_task(self._started.wait())
+        try:
+            await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            raise
+        finally:
+            waiter.cancel()
+        if self._task.done():
+            self._task.result()  # raises what stopped it
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if self._task is not None:
+            await self._task
+
+    def statistics(self) -> BrokerStatistics:
+        c = self._counters
+        return BrokerStatistics(
+            routed=c.routed,
+            rejected=dict(c.rejected),
+            redelivered=c.redelivered,
+            deferred=c.deferred,
+            terminated=c.terminated,
+            internal_errors=c.internal_errors,
+            directory_serial=self._directory.current.serial,
+        )
+
+    def __repr__(self) -> str:
+        state = "stopping" if self._stop.is_set() else "running" if self.started else "new"
+        return f"Broker({self._name!r}, {state}, serial={self._directory.current.serial})"
+
+    # -- the fetch loop -----------------------------------------------------------------------
+
+    async def _consume(
+        self, nc: NATS, js: JetStreamContext, sub: JetStreamContext.PullSubscription
+    ) -> None:
+        pause = _FETCH_BACKOFF[0]
+        while not self._stop.is_set():
+            if nc.is_closed:
+                raise TransportError("the NATS connection is closed", reason="transport.closed")
+            directory = self._directory.usable()
+            if directory is None:
+                await self._sleep(self._config.directory.reload_seconds)
+                continue
+            try:
+                msgs = await fetch(sub, self._config.batch_size, self._fetch_wait)
+            except TransportError as exc:
+                log.warning("fetch failed, retrying in %.1fs: %s [%s]", pause, exc, exc.reason)
+                await self._sleep(pause)
+                pause = min(pause * 2, _FETCH_BACKOFF[1])
+                continue
+            pause = _FETCH_BACKOFF[0]
+            if not msgs:
+                continue
+            self._in_batch = True
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for msg in msgs:
+                        tg.create_task(self._handle(js, msg, directory))
+            finally:
+                self._in_batch = False
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the broker is asked to stop."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+
+    # -- one submission -----------------------------------------------------------------------
+
+    async def _handle(self, js: JetStreamContext, msg: Msg, directory: Directory) -> None:
+        """Settle one submission; never raises (except cancellation)."""
+        deliveries = _deliveries(msg)
+        if deliveries > 1:
+            self._counters.redelivered += 1
+        try:
+            submission = parse_submission(msg.subject, msg.headers)
+        except ProtocolError as exc:
+            self._counters.terminated += 1
+            log.warning(
+                "terminated unreportable submission on %.120r: %s [%s]",
+                msg.subject,
+                exc,
+                exc.reason,
+            )
+            await _settle(msg.term())
+            return
+        try:
+            await self._process(js, msg, submission, directory)
+        except TransportError as exc:
+            self._counters.deferred += 1
+            delay = min(self._retry_delay * 2 ** (deliveries - 1), _RETRY_MAX)
+            log.warning(
+                "deferred id=%s sender=%s: %s [%s]; retry in %.1fs",
+                submission.message_id,
+                submission.sender,
+                exc,
+                exc.reason,
+                delay,
+            )
+            await _settle(msg.nak(delay=delay))
+        except Exception:
+            self._counters.internal_errors += 1
+            log.exception(
+                "internal error on id=%s sender=%s (delivery %d)",
+                submission.message_id,
+                submission.sender,
+                deliveries,
+            )
+            if deliveries < _INTERNAL_ATTEMPTS:
+                await _settle(msg.nak(delay=self._retry_delay))
+            else:
+                await self._give_up(js, msg, submission)
+
+    async def _process(
+        self, js: JetStreamContext, msg: Msg, submission: Submission, directory: Directory
+    ) -> None:
+        now = int(self._clock())
+        header: Header | None = None
+        try:
+            envelope = verify(msg.data, directory, now=now, limits=self._config.limits)
+            header = envelope.header
+            verdict = decide(envelope, submission, directory, self._config, now)
+        except BridgeError as exc:  # crypto, protocol or policy: the envelope's own fault
+            await self._reject(js, msg, submission, exc.reason, header)
+            return
+        await self._route(js, msg, submission, verdict, now)
+
+    async def _route(
+        self, js: JetStreamContext, msg: Msg, submission: Submission, verdict: Verdict, now: int
+    ) -> None:
+        timeout = self._config.publish_timeout_seconds
+        message_id = submission.message_id
+        await _all(
+            publish_durable(
+                js,
+                inbox_subject(recipient),
+                msg.data,
+                msg_id=inbox_msg_id(message_id, recipient),
+                ttl=verdict.ttl,
+                timeout=timeout,
+            )
+            for recipient in verdict.recipients
+        )
+        routed = DeliveryState.ROUTED
+        await _all(
+            self._publish_status(
+                js, submission, routed, now, recipient=r, message_type=verdict.header.type
+            )
+            for r in verdict.recipients
+        )
+        await _settle(msg.ack())
+        self._counters.routed += 1
+        log.info(
+            "routed id=%s sender=%s recipients=%s type=%s ttl=%d",
+            message_id,
+            submission.sender,
+            ",".join(verdict.recipients),
+            verdict.header.type,
+            verdict.ttl,
+        )
+
+    async def _reject(
+        self,
+        js: JetStreamContext,
+        msg: Msg,
+        submission: Submission,
+        reason: str,
+        header: Header | None,
+    ) -> None:
+        await self._publish_status(
+            js,
+            submission,
+            DeliveryState.REJECTED,
+            int(self._clock()),
+            reason=reason,
+            message_type=header.type if header else None,
+        )
+        await _settle(msg.ack())  # handled for good: the sender has been told
+        self._counters.rejected[reason] += 1
+        log.warning(
+            "rejected id=%s sender=%s recipients=%s type=%s reason=%s",
+            submission.message_id,
+            submission.sender,
+            ",".join(r.agency for r in header.recipients) if header else "-",
+            header.type if header else "-",
+            reason,
+        )
+
+    async def _give_up(self, js: JetStreamContext, msg: Msg, submission: Submission) -> None:
+        """Reject a submission that keeps failing on our side, so it stops coming back."""
+        try:
+            await self._reject(js, msg, submission, "broker.internal_error", None)
+        except Exception:
+            log.exception("terminated id=%s unreported", submission.message_id)
+            await _settle(msg.term())
+
+    async def _publish_status(
+        self,
+        js: JetStreamContext,
+        submission: Submission,
+        state: DeliveryState,
+        now: int,
+        *,
+        recipient: str | None = None,
+        reason: str | None = None,
+        message_type: str | None = None,
+    ) -> None:
+        event = StatusEvent(
+            message_id=submission.message_id,
+            sender=submission.sender,
+            recipient=recipient,
+            message_type=MessageType(message_type) if message_type else None,
+            state=state,
+            reason=reason,
+            at=datetime.datetime.fromtimestamp(now, datetime.UTC),
+            component=Component.BROKER,
+        )
+        await publish_durable(
+            js,
+            status_subject(submission.sender, submission.message_id),
+            encode_status_event(event),
+            msg_id=status_msg_id(submission.message_id, state, recipient),
+            timeout=self._config.publish_timeout_seconds,
+        )
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except (AttributeError, TypeError, ValueError, nats.errors.Error):
+        return 1
+
+
+async def _all(publishes: Iterable[Coroutine[Any, Any, object]]) -> None:
+    """Run publishes concurrently; if any fails, raise the first `BridgeError` as itself."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for publish in publishes:
+                tg.create_task(publish)
+    except BaseExceptionGroup as group:
+        first = group.exceptions[0]
+        if all(isinstance(e, BridgeError) for e in group.exceptions):
+            raise first  # noqa: B904 - the group is kept as its context
+        raise
+
+
+async def _settle(ack: Coroutine[Any, Any, None]) -> None:
+    """Send an ack, nak or term; if it is lost, the submission comes back after ack_wait."""
+    try:
+        await ack
+    except (nats.errors.Error, OSError) as exc:
+        log.warning("could not acknowledge a submission (it will be redelivered): %s", exc)
+
+
+async def _close(nc: NATS) -> None:
+    """Flush what is pending (acks above all) and close; bounded."""
+    try:
+        async with asyncio.timeout(_CLOSE_TIMEOUT):
+            await nc.drain()
+    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        log.warning("NATS drain did not finish (%s); closing", type(exc).__name__)
+        with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await nc.close()
