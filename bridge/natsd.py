@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -163,6 +164,11 @@ class ServerLayout:
     def creds_dir(self) -> Path:
         return self.root / "creds"
 
+    @property
+    def run_dir(self) -> Path:
+        """The running server's lock and ports files."""
+        return self.root / "run"
+
 
 def load_settings(layout: ServerLayout) -> ServerSettings:
     """Read the settings `configure` stored; a clear error if there are none or they are bad."""
@@ -257,9 +263,13 @@ def find_nats_server() -> Path:
 class NatsServer:
     """One nats-server process run from a generated config; can be stopped and started again.
 
-    `start()` returns once the server accepts connections with JetStream enabled, or raises
-    with the tail of the server log. `stop()` sends SIGTERM and, after `stop_timeout`, SIGKILL.
-    The log goes to a file (appended across restarts), never to the console.
+    `start()` returns once this very process listens and JetStream is enabled, or raises with
+    the tail of the server log. `stop()` sends SIGTERM and, after `stop_timeout`, SIGKILL. The
+    log goes to a file (appended across restarts), never to the console.
+
+    While it runs, the server holds a lock in `run_dir`, so two bridge processes can never run
+    servers on the same store; and nats-server reports its listening ports into `run_dir`, so a
+    different server already listening on the port cannot be mistaken for this one.
     """
 
     def __init__(
@@ -267,6 +277,7 @@ class NatsServer:
         *,
         config_file: Path,
         log_file: Path,
+        run_dir: Path,
         host: str,
         port: int,
         binary: Path | None = None,
@@ -279,12 +290,14 @@ class NatsServer:
             raise ValueError("timeouts must be positive")
         self._config_file = Path(config_file)
         self._log_file = Path(log_file)
+        self._run_dir = Path(run_dir)
         self._host = host
         self._port = port
         self._binary = binary
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._proc: asyncio.subprocess.Process | None = None
+        self._lock_fd: int | None = None
         self._log_offset = 0
 
     @classmethod
@@ -308,6 +321,7 @@ class NatsServer:
         return cls(
             config_file=layout.config_file,
             log_file=layout.log_file,
+            run_dir=layout.run_dir,
             host=settings.host,
             port=settings.port,
             binary=binary,
@@ -344,6 +358,37 @@ class NatsServer:
         binary = self._binary or find_nats_server()
         if not self._config_file.is_file():
             raise ConfigError(f"{self._config_file} is missing", reason="nats.not_configured")
+        self._acquire_lock()
+        try:
+            if await self._probe() is not None:
+                raise ConfigError(
+                    f"something already listens on {self.url}; stop it or choose another port",
+                    reason="natsd.port_in_use",
+                )
+            await self._spawn(binary)
+            await self._wait_ready()
+        except BaseException:
+            await self._terminate(grace=0.0)
+            raise
+
+    def _acquire_lock(self) -> None:
+        self._run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self._run_dir / "nats-server.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"another process runs a nats-server for {self._run_dir}", reason="natsd.locked"
+            ) from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    async def _spawn(self, binary: Path) -> None:
         self._log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_fd = os.open(self._log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -352,18 +397,31 @@ class NatsServer:
                 str(binary),
                 "-c",
                 str(self._config_file),
+                "--ports_file_dir",
+                str(self._run_dir),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,
                 start_new_session=True,  # Ctrl-C reaches us; we stop the server in order
             )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot run {binary}: {exc.strerror}", reason="nats.binary_missing"
+            ) from exc
         finally:
             os.close(log_fd)
+
+    def _listening(self, pid: int) -> bool:
+        """Whether process `pid` reported that it listens for clients on our port."""
+        matches = list(self._run_dir.glob(f"*_{pid}.ports"))
+        if not matches:
+            return False
         try:
-            await self._wait_ready()
-        except BaseException:
-            await self._terminate(grace=0.0)
-            raise
+            ports = json.loads(matches[0].read_bytes()[:_INFO_LINE_LIMIT])
+        except (OSError, ValueError):
+            return False  # being written
+        urls = ports.get("nats") if isinstance(ports, dict) else None
+        return isinstance(urls, list) and any(str(u).endswith(f":{self._port}") for u in urls)
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + self._start_timeout
@@ -376,7 +434,7 @@ class NatsServer:
                     f"log tail:\n{self.log_tail()}",
                     reason="natsd.exited",
                 )
-            if await self._jetstream_ready():
+            if self._listening(proc.pid) and await self._probe() is True:
                 return
             if time.monotonic() >= deadline:
                 raise TransportError(
@@ -386,8 +444,8 @@ class NatsServer:
                 )
             await asyncio.sleep(0.05)
 
-    async def _jetstream_ready(self) -> bool:
-        """Whether the server accepts a connection and announces JetStream in its INFO."""
+    async def _probe(self) -> bool | None:
+        """None if nothing accepts connections on the port; else whether INFO has JetStream."""
         try:
             async with asyncio.timeout(1.0):
                 reader, writer = await asyncio.open_connection(
@@ -399,8 +457,10 @@ class NatsServer:
                     writer.close()
                     with contextlib.suppress(OSError):
                         await writer.wait_closed()
-        except (OSError, TimeoutError, ValueError):
-            return False
+        except (OSError, TimeoutError):
+            return None
+        except ValueError:
+            return False  # an over-long line: not a nats-server
         if not line.startswith(b"INFO "):
             return False
         try:
@@ -435,20 +495,26 @@ class NatsServer:
 
     async def _terminate(self, grace: float) -> None:
         proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        if grace > 0:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(grace):
-                    await proc.wait()
+        try:
+            if proc is None or proc.returncode is not None:
                 return
-            except TimeoutError:
-                pass
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
+            if grace > 0:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    async with asyncio.timeout(grace):
+                        await proc.wait()
+                    return
+                except TimeoutError:
+                    pass
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        finally:
+            if proc is not None and proc.returncode is not None:
+                for stale in self._run_dir.glob(f"*_{proc.pid}.ports"):
+                    stale.unlink(missing_ok=True)
+            self._release_lock()
 
     def log_tail(self, max_bytes: int = _LOG_TAIL_BYTES) -> str:
         """The end of what the server logged since the last start (bounded)."""

@@ -139,41 +139,65 @@ async def connect(
 
     user_error_cb = error_cb or _log_error
     errors: list[Exception] = []
+    refused = asyncio.Event()
 
     async def on_error(exc: Exception) -> None:
-        if not errors or errors[-1] is not exc:
-            del errors[:-7]  # keep the last few for the start-up error message only
-            errors.append(exc)
+        if not refused.is_set():  # still connecting for the first time
+            errors[:] = [exc]
+            if _is_auth_error(exc):
+                refused.set()  # a wrong seed will not get better by retrying
         await user_error_cb(exc)
 
     nc = NATS()
+    connecting = asyncio.create_task(
+        nc.connect(
+            servers=urls,
+            name=name,
+            nkeys_seed=str(seed_path),
+            inbox_prefix=inbox_prefix,
+            max_reconnect_attempts=-1,
+            allow_reconnect=True,
+            connect_timeout=connect_timeout,
+            reconnect_time_wait=reconnect_time_wait,
+            ping_interval=ping_interval,
+            max_outstanding_pings=max_outstanding_pings,
+            error_cb=on_error,
+            disconnected_cb=disconnected_cb,
+            reconnected_cb=reconnected_cb,
+        )
+    )
+    watching = asyncio.create_task(refused.wait())
     try:
-        async with asyncio.timeout(first_connect_timeout):
-            await nc.connect(
-                servers=urls,
-                name=name,
-                nkeys_seed=str(seed_path),
-                inbox_prefix=inbox_prefix,
-                max_reconnect_attempts=-1,
-                allow_reconnect=True,
-                connect_timeout=connect_timeout,
-                reconnect_time_wait=reconnect_time_wait,
-                ping_interval=ping_interval,
-                max_outstanding_pings=max_outstanding_pings,
-                error_cb=on_error,
-                disconnected_cb=disconnected_cb,
-                reconnected_cb=reconnected_cb,
-            )
-    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        await asyncio.wait(
+            {connecting, watching},
+            timeout=first_connect_timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        watching.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            await asyncio.wait({connecting})  # let it unwind; never swallows our own cancel
+    failure = None if connecting.cancelled() else connecting.exception()
+    if connecting.cancelled() or failure is not None:
+        refused.set()
         await _close_quietly(nc)
-        last = errors[-1] if errors else exc
-        unauthorized = isinstance(last, nats.errors.AuthorizationError)
+        last = errors[-1] if errors else failure
+        unauthorized = last is not None and _is_auth_error(last)
+        detail = "no answer" if last is None else _describe(last)
         raise TransportError(
-            f"cannot connect to {', '.join(urls)} as {name!r}: "
-            + ("authorization violation (wrong seed?)" if unauthorized else _describe(last)),
+            f"cannot connect to {', '.join(urls)} as {name!r} within {first_connect_timeout:g}s: "
+            + ("authorization violation (wrong seed?)" if unauthorized else detail),
             reason="transport.unauthorized" if unauthorized else "transport.connect_failed",
-        ) from exc
+        ) from failure
+    refused.set()  # connected: later errors are for error_cb only
     return nc
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    return isinstance(exc, nats.errors.AuthorizationError) or (
+        "authorization violation" in str(exc).lower()
+    )
 
 
 async def _close_quietly(nc: NATS) -> None:
