@@ -100,7 +100,8 @@ def _ensure_root(root: Path) -> None:
             raise ConfigError(f"{root} exists and is not a directory", reason="up.state")
         layout = StateLayout(root)
         ours = layout.ports_file.exists() or layout.federation_dir.exists()
-        if not ours and any(root.iterdir()):
+        others = (p for p in root.iterdir() if p != layout.lock_file)
+        if not ours and any(others):
             # Never take over (and chmod) a directory that holds something else.
             raise ConfigError(
                 f"{root} is not empty and not a bridge state directory; choose another --state",

@@ -23,7 +23,7 @@ from typing import Final
 
 from ..errors import ConfigError, TransportError
 
-__all__ = ["Child", "ChildExited", "ChildSpec", "Supervisor", "log_tail"]
+__all__ = ["Child", "ChildExited", "ChildSpec", "Probe", "Supervisor", "log_tail"]
 
 _LOG_TAIL_BYTES: Final = 4096
 _PR_SET_PDEATHSIG: Final = 1

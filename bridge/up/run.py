@@ -1,0 +1,220 @@
+"""Run the embedded stack in the foreground: nats-server, broker, three adapters, demo sink.
+
+Start order is dependency order (nats-server, provisioning, the sink, the broker, the adapters),
+each waited for until it is ready; stop order is the reverse. Ctrl-C and SIGTERM set an event
+rather than cancel anything, so the shutdown itself cannot be interrupted half way. If a child
+dies on its own, the rest are stopped and the run ends with exit code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Final, TextIO
+
+import aiohttp
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from ..errors import ConfigError
+from ..natsauth import Credentials, Identity
+from ..natsd import NatsServer
+from ..provision import Action, provision_at
+from ..subjects import BROKER_CONSUMER, SUBMIT_STREAM
+from ..transport import connect
+from .layout import DEMO_AGENCIES, StateLayout
+from .ports import check_free
+from .sink import DemoSink
+from .state import DEFAULT_TOKEN_LIFETIME, Stack
+from .supervisor import ChildSpec, Probe, Supervisor
+
+__all__ = ["READY_LINE", "hold_lock", "run_stack"]
+
+READY_LINE: Final = "bridge up: ready"
+_PROBE_TIMEOUT: Final = 2.0
+
+
+@contextlib.contextmanager
+def hold_lock(layout: StateLayout) -> Iterator[None]:
+    """Hold `up.lock` for the life of the run: one `bridge up` per state directory."""
+    layout.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(layout.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            raise ConfigError(
+                f"`bridge up` is already running on {layout.root} (pid {holder})",
+                reason="up.already_running",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _http_probe(session: aiohttp.ClientSession, url: str) -> Probe:
+    async def probe() -> bool:
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=_PROBE_TIMEOUT)) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    return probe
+
+
+def _broker_probe(admin: NATS) -> Probe:
+    """Ready once the broker has a pull request waiting on its consumer: it is consuming."""
+
+    async def probe() -> bool:
+        js = admin.jetstream(timeout=_PROBE_TIMEOUT)
+        try:
+            info = await js.consumer_info(SUBMIT_STREAM, BROKER_CONSUMER)
+        except (nats.errors.Error, TimeoutError, OSError):
+            return False
+        return bool(info.num_waiting)
+
+    return probe
+
+
+def _component(name: str, config: Path, log_file: Path, probe: Probe) -> ChildSpec:
+    return ChildSpec(
+        name=name,
+        argv=(sys.executable, "-m", "bridge", name.split()[0], "-c", str(config)),
+        log_file=log_file,
+        ready=probe,
+    )
+
+
+def _banner(stack: Stack, server: NatsServer, supervisor: Supervisor, sink: DemoSink) -> str:
+    layout = stack.layout
+    pids = {child.name: child.pid for child in supervisor.children}
+    hours = DEFAULT_TOKEN_LIFETIME // 3600
+    state = "created" if stack.created else "resumed"
+    lines = [
+        f"{READY_LINE} ({state} {layout.root})",
+        f"  nats-server   {stack.nats_url}  pid {server.pid}",
+        f"  broker        pid {pids['broker']}  log {layout.broker_log}",
+        f"  demo sink     {sink.url}/deliveries  (webhook receiver of suchtberatung-unna)",
+        "  adapters:",
+    ]
+    for agency in DEMO_AGENCIES:
+        kids = stack.key_ids(agency.id)
+        lines.append(
+            f"    {agency.id:<20} {stack.adapter_url(agency.id):<24} {agency.delivery:<8}"
+            f"pid {pids[f'adapter {agency.id}']}  sign-key {kids['sign']}  enc-key {kids['enc']}"
+        )
+    lines.append(f"  tokens (all scopes, valid {hours} h; `bridge token` mints more):")
+    for agency in DEMO_AGENCIES:
+        lines.append(f"    {agency.id:<20} {stack.token(agency.id)}")
+    lines += [
+        f"  logs          {layout.log_dir}",
+        f"Next: in a second terminal run `bridge demo --state {layout.root}`.",
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
+
+
+async def run_stack(stack: Stack, out: TextIO = sys.stdout) -> int:
+    """Start everything, print the banner, run until a signal or a death; return the exit code."""
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    layout = stack.layout
+    check_free(stack.ports)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = NatsServer.from_layout(layout.nats)
+    supervisor = Supervisor(on_event=lambda text: say(f"bridge up: {text}"))
+    sink = DemoSink(_webhook_secrets(layout), stack.sink_access_token())
+    try:
+        await server.start()
+        say(f"bridge up: nats-server ready on {server.url} (pid {server.pid})")
+        admin_seed = Credentials(layout.nats.creds_dir).seed_file(Identity.admin())
+        agencies = [agency.id for agency in DEMO_AGENCIES]
+        report = await provision_at(server.url, admin_seed, agencies)
+        created = len(report.by_action(Action.CREATED))
+        updated = len(report.by_action(Action.UPDATED))
+        say(
+            f"bridge up: provisioned streams, consumers and buckets ({created} created, "
+            f"{updated} updated, {len(report.changes) - created - updated} unchanged)"
+        )
+        await sink.start(stack.ports.host, stack.ports.sink)
+        say(f"bridge up: demo sink ready on {sink.url}")
+        admin = await connect(server.url, admin_seed, Identity.admin().inbox_prefix, "bridge-up")
+        try:
+            async with aiohttp.ClientSession() as session:
+                await supervisor.start(
+                    _component(
+                        "broker", layout.broker_config, layout.broker_log, _broker_probe(admin)
+                    )
+                )
+                for agency in DEMO_AGENCIES:
+                    url = f"{stack.adapter_url(agency.id)}/readyz"
+                    await supervisor.start(
+                        _component(
+                            f"adapter {agency.id}",
+                            layout.adapter_config(agency.id),
+                            layout.adapter_log(agency.id),
+                            _http_probe(session, url),
+                        )
+                    )
+        finally:
+            await admin.close()
+        say(_banner(stack, server, supervisor, sink))
+        return await _watch(stop, server, supervisor, say)
+    finally:
+        say("bridge up: stopping")
+        await supervisor.stop_all()
+        await sink.stop()
+        await server.stop()
+        say("bridge up: stopped")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _watch(
+    stop: asyncio.Event, server: NatsServer, supervisor: Supervisor, say: Callable[[str], None]
+) -> int:
+    """Wait for a stop signal (exit 0) or any process ending on its own (exit 1)."""
+    stopped = asyncio.ensure_future(stop.wait())
+    child_died = asyncio.ensure_future(supervisor.first_exit())
+    server_died = asyncio.ensure_future(server.wait())
+    waiters = (stopped, child_died, server_died)
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+    if stop.is_set():
+        return 0
+    if child_died.done() and not child_died.cancelled():
+        child = child_died.result()
+        say(
+            f"bridge up: {child.name} exited unexpectedly with code {child.returncode}; "
+            f"log {child.spec.log_file}:\n{child.log_tail()}"
+        )
+    else:
+        say(f"bridge up: nats-server exited unexpectedly:\n{server.log_tail()}")
+    return 1
+
+
+def _webhook_secrets(layout: StateLayout) -> dict[str, bytes]:
+    return {
+        agency.id: layout.webhook_secret(agency.id).read_bytes().strip()
+        for agency in DEMO_AGENCIES
+        if agency.delivery == "webhook"
+    }

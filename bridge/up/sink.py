@@ -1,0 +1,151 @@
+"""The demo's stand-in for a counselling service's local system: a webhook receiver.
+
+It checks each webhook call's HMAC signature with the agency's webhook secret (a call that does
+not verify gets 401 and is not kept), keeps what it received in memory (bounded, oldest dropped)
+and shows it at `GET /deliveries` to whoever presents the sink's access token: the deliveries
+hold decrypted content, fictional in the demo but personal data in shape.
+
+Every call is kept, duplicates included, so a test can tell "delivered once" from "delivered
+twice"; a real local system would deduplicate on `message_id`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import json
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from aiohttp import web
+
+from ..errors import ConfigError
+
+__all__ = ["MAX_KEPT", "Delivery", "DemoSink", "verify_webhook_signature"]
+
+MAX_KEPT: Final = 1000
+_MAX_BODY: Final = 2 * 1024 * 1024
+SIGNATURE_HEADER: Final = "X-Bridge-Signature"
+TIMESTAMP_HEADER: Final = "X-Bridge-Timestamp"
+_MAX_SKEW: Final = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One webhook call the sink accepted."""
+
+    agency: str
+    received_at: str
+    payload: Mapping[str, Any]
+
+    @property
+    def message_id(self) -> str | None:
+        value = self.payload.get("message_id")
+        return value if isinstance(value, str) else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"agency": self.agency, "received_at": self.received_at, "delivery": self.payload}
+
+
+def verify_webhook_signature(
+    secret: bytes, headers: Mapping[str, str], body: bytes, *, now: float | None = None
+) -> bool:
+    """Whether `body` carries a valid signature by `secret` (see docs/adapter.md, webhooks)."""
+    signature = headers.get(SIGNATURE_HEADER, "")
+    timestamp = headers.get(TIMESTAMP_HEADER, "")
+    if not timestamp.isdigit() or len(timestamp) > 12:
+        return False
+    at = time.time() if now is None else now
+    if abs(at - int(timestamp)) > _MAX_SKEW:
+        return False
+    scheme, _, given = signature.partition("=")
+    if scheme != "sha256" or not given:
+        return False
+    expected = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, given)
+
+
+class DemoSink:
+    """The sink's web application and what it received; start it with `start(host, port)`."""
+
+    def __init__(
+        self, secrets: Mapping[str, bytes], access_token: str, *, max_kept: int = MAX_KEPT
+    ) -> None:
+        if not access_token:
+            raise ConfigError("the sink needs an access token", reason="up.sink")
+        self._secrets = dict(secrets)
+        self._access_token = access_token
+        self._kept: deque[Delivery] = deque(maxlen=max_kept)
+        self._refused = 0
+        self._runner: web.AppRunner | None = None
+        self.url: str | None = None
+
+    def __repr__(self) -> str:
+        return f"DemoSink(url={self.url!r}, kept={len(self._kept)}, refused={self._refused})"
+
+    @property
+    def deliveries(self) -> tuple[Delivery, ...]:
+        return tuple(self._kept)
+
+    def statistics(self) -> dict[str, int]:
+        return {"kept": len(self._kept), "refused": self._refused}
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=_MAX_BODY)
+        app.router.add_post("/webhook/{agency}", self._webhook)
+        app.router.add_get("/deliveries", self._list)
+        app.router.add_get("/healthz", self._health)
+        return app
+
+    async def start(self, host: str, port: int) -> None:
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"the demo sink cannot listen on {host}:{port}: {exc.strerror}",
+                reason="up.port_in_use",
+            ) from exc
+        self._runner = runner
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _webhook(self, request: web.Request) -> web.Response:
+        agency = request.match_info["agency"]
+        secret = self._secrets.get(agency)
+        body = await request.read()
+        if secret is None or not verify_webhook_signature(secret, request.headers, body):
+            self._refused += 1
+            return web.json_response({"error": "signature does not verify"}, status=401)
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return web.json_response({"error": "not JSON"}, status=400)
+        if not isinstance(payload, dict):
+            return web.json_response({"error": "not a JSON object"}, status=400)
+        received = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+        self._kept.append(Delivery(agency=agency, received_at=received, payload=payload))
+        return web.json_response({"received": True})
+
+    async def _list(self, request: web.Request) -> web.Response:
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {self._access_token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return web.json_response({"error": "a bearer token is required"}, status=401)
+        agency = request.query.get("agency")
+        kept = [d.as_json() for d in self._kept if agency is None or d.agency == agency]
+        return web.json_response({"deliveries": kept})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
