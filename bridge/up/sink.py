@@ -29,8 +29,7 @@ __all__ = ["MAX_KEPT", "Delivery", "DemoSink", "verify_webhook_signature"]
 
 MAX_KEPT: Final = 1000
 _MAX_BODY: Final = 2 * 1024 * 1024
-SIGNATURE_HEADER: Final = "X-Bridge-Signature"
-TIMESTAMP_HEADER: Final = "X-Bridge-Timestamp"
+SIGNATURE_HEADER: Final = "Bridge-Signature"
 _MAX_SKEW: Final = 300
 
 
@@ -54,19 +53,24 @@ class Delivery:
 def verify_webhook_signature(
     secret: bytes, headers: Mapping[str, str], body: bytes, *, now: float | None = None
 ) -> bool:
-    """Whether `body` carries a valid signature by `secret` (see docs/adapter.md, webhooks)."""
-    signature = headers.get(SIGNATURE_HEADER, "")
-    timestamp = headers.get(TIMESTAMP_HEADER, "")
-    if not timestamp.isdigit() or len(timestamp) > 12:
+    """Whether `body` carries a fresh, valid `Bridge-Signature` by `secret`.
+
+    The header is `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` (docs/adapter.md);
+    a timestamp more than five minutes off is refused, so a captured call cannot be replayed
+    much later.
+    """
+    fields: dict[str, str] = {}
+    for part in headers.get(SIGNATURE_HEADER, "")[:512].split(","):
+        name, _, value = part.strip().partition("=")
+        fields.setdefault(name, value)
+    timestamp, given = fields.get("t", ""), fields.get("v1", "")
+    if not timestamp.isdigit() or len(timestamp) > 12 or not given:
         return False
     at = time.time() if now is None else now
     if abs(at - int(timestamp)) > _MAX_SKEW:
         return False
-    scheme, _, given = signature.partition("=")
-    if scheme != "sha256" or not given:
-        return False
     expected = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, given)
+    return hmac.compare_digest(expected.encode(), given.encode())
 
 
 class DemoSink:
