@@ -45,6 +45,9 @@ from ..ids import (
     CODE_PATTERN,
     CONSENT_REF_PATTERN,
     MESSAGE_TYPES,
+    check_agency_id,
+    check_code,
+    check_consent_ref,
     check_message_id,
     new_message_id,
 )
@@ -426,6 +429,15 @@ def _check_header(
         check_message_id(header.id)
         if header.reply_to is not None:
             check_message_id(header.reply_to)
+        # msgspec matches `Meta(pattern=...)` with re.search, where `$` also matches before a
+        # trailing newline; the ids module's checks match the whole string.
+        check_agency_id(header.sender)
+        for recipient in header.recipients:
+            check_agency_id(recipient.agency)
+        check_consent_ref(header.consent)
+        check_code(header.purpose, "purpose")
+        for category in header.categories:
+            check_code(category, "data category")
     except ProtocolError as exc:
         raise MalformedEnvelope(str(exc)) from exc
     if header.type not in MESSAGE_TYPES:
