@@ -1,0 +1,280 @@
+"""`bridge demo`: send one referral through the running embedded stack and narrate its journey.
+
+The Jobcenter's local system refers a (fictional) client to addiction counselling and to the
+social-psychiatric service in one message. The demo then watches, through the same HTTP APIs a
+real local system would use, each step: accepted, routed to each recipient, pushed by webhook to
+the counselling service's system (the demo sink), pulled and acknowledged by the
+social-psychiatric service's system, and finally delivered and receipted on the sender's
+timeline. Every wait is bounded and says what to check when a step does not happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TextIO, TypeVar
+
+import aiohttp
+import msgspec
+
+from .errors import TransportError
+from .up.state import Stack
+from .wire import (
+    Address,
+    ClientContact,
+    ClientIdentity,
+    Concern,
+    ContactChannel,
+    ContactPerson,
+    DataCategory,
+    Gender,
+    Purpose,
+    Referral,
+    Service,
+    Urgency,
+)
+
+__all__ = ["DemoFailed", "demo_referral", "run_demo"]
+
+SENDER: Final = "jobcenter-unna"
+WEBHOOK_RECIPIENT: Final = "suchtberatung-unna"
+PULL_RECIPIENT: Final = "spdi-unna"
+RECIPIENTS: Final = (WEBHOOK_RECIPIENT, PULL_RECIPIENT)
+_POLL: Final = 0.2
+_HTTP_TIMEOUT: Final = 10.0
+_T = TypeVar("_T")
+
+
+class DemoFailed(TransportError):
+    """A step of the demo did not happen in time, or an API answered unexpectedly."""
+
+    reason = "demo.failed"
+
+
+def demo_referral() -> Referral:
+    """A referral of an entirely fictional client (placeholder names, drama phone numbers)."""
+    return Referral(
+        client=ClientIdentity(
+            family_name="Beispielmann",
+            given_names="Jonas",
+            date_of_birth=datetime.date(1989, 5, 17),
+            gender=Gender.MALE,
+        ),
+        client_contact=ClientContact(
+            address=Address(
+                street="Musterweg", house_number="12", postal_code="59423", city="Unna"
+            ),
+            phone="0171 39 20 417",
+            preferred_channel=ContactChannel.PHONE,
+            preferred_time="nachmittags",
+        ),
+        requested_service=Service.ADDICTION_COUNSELLING,
+        concerns=(Concern.ALCOHOL, Concern.MENTAL_HEALTH),
+        reason=(
+            "Herr Beispielmann berichtet von täglichem Alkoholkonsum und anhaltender "
+            "Niedergeschlagenheit und wünscht Beratung."
+        ),
+        urgency=Urgency.SOON,
+        contact_person=ContactPerson(
+            name="Petra Probe",
+            phone="02303 2538 000",
+            email="petra.probe@jobcenter-unna.example",
+            unit="Team 4, Fallmanagement",
+        ),
+        notes="Schweigepflichtentbindung für beide Stellen liegt vor (fiktives Demo-Beispiel).",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Api:
+    """One agency's adapter API with a bearer token."""
+
+    session: aiohttp.ClientSession
+    base: str
+    token: str
+    agency: str
+
+    def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}", **(extra or {})}
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        ok: tuple[int, ...] = (200,),
+    ) -> tuple[int, Any]:
+        url = f"{self.base}{path}"
+        timeout = aiohttp.ClientTimeout(total=_HTTP_TIMEOUT)
+        try:
+            async with self.session.request(
+                method, url, data=body, headers=self._headers(headers), timeout=timeout
+            ) as response:
+                data = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DemoFailed(
+                f"cannot reach the adapter of {self.agency} at {self.base} "
+                f"({type(exc).__name__}); is `bridge up` running on this state directory?"
+            ) from exc
+        decoded: Any = msgspec.json.decode(data) if data else None
+        if status not in ok:
+            detail = decoded.get("detail") if isinstance(decoded, dict) else None
+            code = decoded.get("code") if isinstance(decoded, dict) else None
+            raise DemoFailed(
+                f"{method} {path} at the adapter of {self.agency} answered {status}"
+                + (f": {detail} [{code}]" if detail else "")
+            )
+        return status, decoded
+
+
+async def _until(
+    what: str, check: Callable[[], Awaitable[_T | None]], patience: float, hint: str
+) -> _T:
+    """Poll `check` until it returns something, or fail after `patience` seconds naming the step."""
+    deadline = time.monotonic() + patience
+    while True:
+        found = await check()
+        if found is not None:
+            return found
+        if time.monotonic() >= deadline:
+            raise DemoFailed(f"{what} did not happen within {patience:g}s; {hint}")
+        await asyncio.sleep(_POLL)
+
+
+def _states(status: Mapping[str, Any], agency: str) -> set[str]:
+    return {
+        e["state"]
+        for e in status.get("events", [])
+        if e.get("recipient") in (agency, None) and isinstance(e.get("state"), str)
+    }
+
+
+def _when(status: Mapping[str, Any], agency: str | None, state: str) -> str:
+    for event in status.get("events", []):
+        if event.get("state") == state and event.get("recipient") in (agency, None):
+            return str(event.get("at", "?"))
+    return "?"
+
+
+async def run_demo(stack: Stack, out: TextIO, *, patience: float = 30.0) -> str:
+    """Run the demo against a running stack; return the message id. Raises `DemoFailed`."""
+
+    def say(text: str = "") -> None:
+        print(text, file=out, flush=True)
+
+    state_hint = f"is `bridge up --state {stack.layout.root}` running? See its logs in "
+    hint = state_hint + str(stack.layout.log_dir)
+    async with aiohttp.ClientSession() as session:
+        sender = _Api(
+            session,
+            stack.adapter_url(SENDER),
+            stack.token(SENDER, ["messages:send", "messages:read"], 600),
+            SENDER,
+        )
+        puller = _Api(
+            session,
+            stack.adapter_url(PULL_RECIPIENT),
+            stack.token(PULL_RECIPIENT, ["inbox:read", "inbox:ack"], 600),
+            PULL_RECIPIENT,
+        )
+        sink = _Api(session, stack.sink_url, stack.sink_access_token(), "the demo sink")
+
+        consent = f"c-{secrets.token_hex(16)}"
+        request = {
+            "type": "referral",
+            "recipients": list(RECIPIENTS),
+            "consent": consent,
+            "purpose": Purpose.INTEGRATION_SUPPORT.value,
+            "categories": [
+                DataCategory.IDENTITY.value,
+                DataCategory.CONTACT.value,
+                DataCategory.ADDICTION.value,
+                DataCategory.HEALTH.value,
+            ],
+            "body": demo_referral(),
+        }
+        say(f"Referral from {SENDER} to {WEBHOOK_RECIPIENT} and {PULL_RECIPIENT}")
+        say(f"  client (fictional): Jonas Beispielmann, consent {consent}")
+        _, accepted = await sender.call(
+            "POST",
+            "/v1/messages",
+            body=msgspec.json.encode(request),
+            headers={"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())},
+            ok=(202,),
+        )
+        message_id = str(accepted["message_id"])
+        say(f"1. accepted    {SENDER}'s adapter sealed and submitted it: message {message_id}")
+
+        async def status() -> Any:
+            return (await sender.call("GET", f"/v1/messages/{message_id}"))[1]
+
+        for agency in RECIPIENTS:
+
+            async def routed(agency: str = agency) -> Any:
+                current = await status()
+                states = _states(current, agency)
+                if "rejected" in states:
+                    raise DemoFailed(f"the broker rejected the referral for {agency}: {current}")
+                return current if states & {"routed", "delivered", "receipted"} else None
+
+            current = await _until(f"routing to {agency}", routed, patience, hint)
+            say(
+                f"2. routed      broker checked it and put it in {agency}'s inbox "
+                f"({_when(current, agency, 'routed')})"
+            )
+
+        async def pushed() -> Any:
+            _, listing = await sink.call("GET", f"/deliveries?agency={WEBHOOK_RECIPIENT}")
+            hits = [
+                d
+                for d in listing.get("deliveries", [])
+                if d.get("delivery", {}).get("message_id") == message_id
+            ]
+            return hits or None
+
+        hits = await _until(f"webhook delivery to {WEBHOOK_RECIPIENT}", pushed, patience, hint)
+        item = hits[0]["delivery"]
+        client = item.get("body", {}).get("client", {})
+        say(
+            f"3. delivered   by webhook to {WEBHOOK_RECIPIENT}'s local system (demo sink): "
+            f"{item.get('type')} from {item.get('sender')}, client "
+            f"{client.get('given_names')} {client.get('family_name')}, signature verified"
+        )
+
+        async def waiting() -> Any:
+            _, listing = await puller.call("GET", "/v1/inbox")
+            ids = [i.get("message_id") for i in listing.get("items", [])]
+            return True if message_id in ids else None
+
+        await _until(f"the referral in {PULL_RECIPIENT}'s inbox", waiting, patience, hint)
+        _, opened = await puller.call("GET", f"/v1/inbox/{message_id}")
+        service = opened.get("body", {}).get("requested_service")
+        await puller.call("POST", f"/v1/inbox/{message_id}/ack", ok=(200, 204))
+        say(
+            f"4. pulled      from {PULL_RECIPIENT}'s inbox by its local system "
+            f"(requested service {service}) and acknowledged"
+        )
+
+        async def receipted() -> Any:
+            current = await status()
+            done = all("receipted" in _states(current, a) for a in RECIPIENTS)
+            return current if done else None
+
+        final = await _until("receipts from both recipients", receipted, patience, hint)
+        say(f"5. timeline    of {message_id} as {SENDER} sees it:")
+        for event in final.get("events", []):
+            who = event.get("recipient") or "(all)"
+            reason = f"  [{event['reason']}]" if event.get("reason") else ""
+            say(f"     {event.get('at', '?'):<32} {event.get('state', '?'):<10} {who}{reason}")
+        for recipient in final.get("recipients", []):
+            say(f"   {recipient.get('agency'):<20} {recipient.get('state')}")
+        say(f"Done: delivered and receipted for {' and '.join(RECIPIENTS)}.")
+        return message_id
