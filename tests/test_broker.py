@@ -1,0 +1,564 @@
+"""The broker against a real nats-server: routing, every rejection, redelivery, sharing, restart.
+
+Envelopes are sealed with the real keys of the test federation (tests/envelope_helpers.py) and
+submitted by the agencies' own NATS identities; inboxes and status events are read through the
+agencies' own consumers, exactly as their adapters would. Waits poll with deadlines; no sleep is
+an assertion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import pytest
+from envelope_helpers import (
+    CATEGORIES,
+    CONSENT,
+    DAY,
+    PLAINTEXT,
+    PURPOSE,
+    RECIPIENTS,
+    SENDER,
+    STRANGER,
+    Federation,
+    build,
+    federation,
+    seal_referral,
+)
+
+from bridge.broker import Broker, BrokerStatistics, allowed_by_routes, parse_submission
+from bridge.broker._directory import DirectoryHolder
+from bridge.config import load_broker_config
+from bridge.crypto import seal
+from bridge.directory import sign_directory
+from bridge.errors import DirectoryError, ProtocolError
+from bridge.ids import new_message_id
+from bridge.natsauth import Identity
+from bridge.subjects import (
+    BROKER_CONSUMER,
+    HDR_MSG_ID,
+    HDR_TTL,
+    INBOX_STREAM,
+    STATUS_STREAM,
+    SUBMIT_STREAM,
+    inbox_consumer,
+    inbox_subject,
+    status_consumer,
+    submit_subject,
+)
+from bridge.transport import bind_pull, fetch, publish_durable
+from bridge.wire import DeliveryState, StatusEvent, decode_status_event
+
+if TYPE_CHECKING:
+    from conftest import NatsClient, NatsEnv
+
+COUNSELLING = RECIPIENTS[0]  # suchtberatung-unna, role counselling
+SPDI = RECIPIENTS[1]  # spdi-unna, role social-psychiatric-service
+NOW = int(time.time())
+INBOX_TTL = 3600  # referral: seconds a routed copy may wait (shorter than the envelopes' life)
+MAX_LIFETIME = 10 * DAY  # referral: the longest lifetime a sender may give it
+
+ROUTES = """
+[[routes]]
+from_role = "jobcenter"
+to_roles = ["counselling", "social-psychiatric-service"]
+types = ["referral", "handover", "receipt"]
+
+[[routes]]
+from_role = "counselling"
+to_roles = ["jobcenter"]
+types = ["feedback", "receipt"]
+"""
+
+
+@pytest.fixture
+def fed() -> Federation:
+    return federation(NOW)
+
+
+def clock() -> float:
+    return float(NOW)
+
+
+def write_config(
+    tmp_path: Path, env: NatsEnv, fed: Federation, *, batch_size: int = 8, name: str = "broker"
+) -> Path:
+    """A broker config as an operator would write it, with paths relative to the file."""
+    base = tmp_path / name
+    base.mkdir(exist_ok=True)
+    directory = tmp_path / "directory.bin"
+    if not directory.exists():
+        directory.write_bytes(fed.directory_bytes)
+        (tmp_path / "anchor.json").write_bytes(msgspec.json.encode(fed.anchor.public_record()))
+    retention = "".join(
+        f"\n[retention.{kind}]\ninbox_ttl_seconds = {ttl}\nmax_lifetime_seconds = {life}\n"
+        for kind, ttl, life in (
+            ("referral", INBOX_TTL, MAX_LIFETIME),
+            ("handover", 14 * DAY, 30 * DAY),
+            ("feedback", 14 * DAY, 30 * DAY),
+            ("receipt", 7 * DAY, 14 * DAY),
+        )
+    )
+    path = base / "broker.toml"
+    path.write_text(
+        f"batch_size = {batch_size}\n"
+        "publish_timeout_seconds = 5\n"
+        "\n[nats]\n"
+        f'url = "{env.url}"\n'
+        f'seed_file = "{env.seed_file(Identity.broker())}"\n'
+        "\n[directory]\n"
+        'file = "../directory.bin"\n'
+        'anchor = "../anchor.json"\n'
+        'serial_state = "directory.serial"\n'
+        "reload_seconds = 1\n" + ROUTES + retention
+    )
+    return path
+
+
+def make_broker(path: Path, **options: Any) -> Broker:
+    options.setdefault("clock", clock)
+    options.setdefault("fetch_wait", 0.5)
+    options.setdefault("retry_delay", 0.1)
+    return Broker(load_broker_config(path), **options)
+
+
+async def wait_for(what: str, check: Callable[[], bool], within: float = 15.0) -> None:
+    try:
+        async with asyncio.timeout(within):
+            while True:  # polled: the broker's counters have no change notification
+                if check():
+                    return
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def handled(*brokers: Broker) -> int:
+    stats = [b.statistics() for b in brokers]
+    return sum(s.routed + s.rejected_total + s.terminated for s in stats)
+
+
+class Agency:
+    """One agency's view of NATS: submit as itself, read its own inbox and status events."""
+
+    def __init__(self, client: NatsClient, agency: str) -> None:
+        self.client = client
+        self.agency = agency
+
+    @classmethod
+    async def connect(cls, env: NatsEnv, agency: str) -> Agency:
+        return cls(await env.connect(Identity.for_agency(agency)), agency)
+
+    async def submit(self, data: bytes, msg_id: str) -> None:
+        ack = await publish_durable(
+            self.client.js, submit_subject(self.agency), data, msg_id=msg_id
+        )
+        assert not ack.duplicate
+
+    async def _drain(self, stream: str, consumer: str) -> list[Any]:
+        """Everything the consumer holds right now, acknowledged."""
+        sub = await bind_pull(self.client.js, stream, consumer)
+        out: list[Any] = []
+        try:
+            while batch := await fetch(sub, 64, 0.3):
+                for msg in batch:
+                    await msg.ack()
+                out.extend(batch)
+        finally:
+            await sub.unsubscribe()
+        return out
+
+    async def inbox(self) -> list[Any]:
+        return await self._drain(INBOX_STREAM, inbox_consumer(self.agency))
+
+    async def statuses(self) -> list[StatusEvent]:
+        msgs = await self._drain(STATUS_STREAM, status_consumer(self.agency))
+        return [decode_status_event(m.data) for m in msgs]
+
+
+def referral(fed: Federation, message_id: str, **kwargs: Any) -> bytes:
+    return seal_referral(fed, message_id=message_id, now=NOW, **kwargs)
+
+
+def ids(msgs: Iterable[Any]) -> list[str]:
+    return sorted(m.headers[HDR_MSG_ID] for m in msgs)
+
+
+# -- without NATS -----------------------------------------------------------------------------
+
+
+def test_parse_submission() -> None:
+    mid = new_message_id()
+    got = parse_submission(submit_subject(SENDER), {HDR_MSG_ID: mid})
+    assert (got.sender, got.message_id) == (SENDER, mid)
+    for subject, headers, reason in (
+        (submit_subject(SENDER), None, "id.message_malformed"),
+        (submit_subject(SENDER), {HDR_MSG_ID: mid.upper()}, "id.message_malformed"),
+        ("bridge.inbox.jobcenter-unna", {HDR_MSG_ID: mid}, "broker.subject"),
+        ("bridge.submit.Jobcenter", {HDR_MSG_ID: mid}, "id.agency_malformed"),
+    ):
+        with pytest.raises(ProtocolError) as info:
+            parse_submission(subject, headers)
+        assert info.value.reason == reason
+
+
+def test_routes_are_default_deny(tmp_path: Path, fed: Federation) -> None:
+    path = tmp_path / "broker.toml"
+    path.write_text(
+        '[nats]\nurl = "nats://127.0.0.1:4222"\nseed_file = "x.nk"\n'
+        '[directory]\nfile = "d"\nanchor = "a"\nserial_state = "s"\n' + ROUTES
+    )
+    config = load_broker_config(path)
+    assert allowed_by_routes(config, "jobcenter", "counselling", "referral")
+    assert allowed_by_routes(config, "counselling", "jobcenter", "feedback")
+    assert not allowed_by_routes(config, "counselling", "jobcenter", "referral")
+    assert not allowed_by_routes(config, "counselling", "social-psychiatric-service", "referral")
+    assert not allowed_by_routes(config, "doctor", "jobcenter", "feedback")
+
+
+def test_directory_reload_refuses_bad_files_and_rollback(tmp_path: Path, fed: Federation) -> None:
+    anchor_path = tmp_path / "anchor.json"
+    anchor_path.write_bytes(msgspec.json.encode(fed.anchor.public_record()))
+    path, state = tmp_path / "directory.bin", tmp_path / "serial"
+
+    def write(serial: int) -> None:
+        body = msgspec.structs.replace(fed.directory.body, serial=serial)
+        tmp = tmp_path / "directory.tmp"
+        tmp.write_bytes(sign_directory(body, fed.anchor))
+        os.replace(tmp, path)  # a new inode, as an operator's tools would leave it
+
+    write(2)
+    holder = DirectoryHolder.open(path, anchor_path, state, clock=clock)
+    assert holder.current.serial == 2
+    assert not holder.reload_if_changed()  # unchanged file
+    write(3)
+    assert holder.reload_if_changed()
+    assert holder.current.serial == 3
+    write(1)  # rollback
+    assert not holder.reload_if_changed()
+    path.write_bytes(b"BRDD garbage")
+    assert not holder.reload_if_changed()
+    assert holder.current.serial == 3
+    write(1)
+    with pytest.raises(DirectoryError) as info:  # a restart cannot be rolled back either
+        DirectoryHolder.open(path, anchor_path, state, clock=clock)
+    assert info.value.reason == "directory.rollback"
+
+
+# -- routing ----------------------------------------------------------------------------------
+
+
+async def test_routes_a_referral_to_every_recipient(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    long = new_message_id()
+    short = new_message_id()  # expires before the type's inbox limit: its TTL is cut
+    sealed = {long: referral(fed, long), short: referral(fed, short, lifetime=1800)}
+    for mid, data in sealed.items():
+        await jobcenter.submit(data, mid)
+    async with make_broker(write_config(tmp_path, nats_env, fed)) as broker:
+        await wait_for("two routed", lambda: broker.statistics().routed == 2)
+    assert broker.statistics() == BrokerStatistics(
+        routed=2,
+        rejected={},
+        redelivered=0,
+        deferred=0,
+        terminated=0,
+        internal_errors=0,
+        directory_serial=1,
+    )
+    for recipient in RECIPIENTS:
+        copies = await (await Agency.connect(nats_env, recipient)).inbox()
+        assert ids(copies) == sorted(f"{m}.{recipient}" for m in (long, short))
+        for msg in copies:
+            message_id = msg.headers[HDR_MSG_ID].split(".")[0]
+            assert msg.data == sealed[message_id]  # the exact bytes, not a re-encoding
+            assert msg.headers[HDR_TTL] == str(1800 if message_id == short else INBOX_TTL)
+    events = await jobcenter.statuses()
+    assert sorted((e.message_id, e.recipient, e.state) for e in events) == sorted(
+        (m, r, DeliveryState.ROUTED) for m in (long, short) for r in RECIPIENTS
+    )
+    assert all(e.sender == SENDER and e.component == "broker" for e in events)
+    assert all(e.message_type == "referral" and e.reason is None for e in events)
+
+
+async def test_routed_bytes_are_the_submitted_bytes(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    mid = new_message_id()
+    data = referral(fed, mid, recipients=[SPDI])
+    await jobcenter.submit(data, mid)
+    async with make_broker(write_config(tmp_path, nats_env, fed)) as broker:
+        await wait_for("routed", lambda: broker.statistics().routed == 1)
+    (copy,) = await (await Agency.connect(nats_env, SPDI)).inbox()
+    assert copy.data == data
+    assert await (await Agency.connect(nats_env, COUNSELLING)).inbox() == []
+
+
+# -- rejections -------------------------------------------------------------------------------
+
+
+async def test_every_rejection_reaches_the_sender_and_no_inbox(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    counselling = await Agency.connect(nats_env, COUNSELLING)
+
+    expected: dict[str, tuple[Agency, str]] = {}  # message id -> (who is told, reason)
+
+    async def submit(agency: Agency, data: bytes, reason: str, mid: str | None = None) -> str:
+        mid = mid or new_message_id()
+        await agency.submit(data, mid)
+        expected[mid] = (agency, reason)
+        return mid
+
+    # First in the stream: a submission without a valid message id (cannot be reported) and
+    # bytes that are no envelope at all. Neither may hold up what comes behind them.
+    await jobcenter.submit(b"\x00" * 100, "not-a-message-id")
+    await submit(jobcenter, b"certainly not an envelope", "envelope.malformed")
+
+    mid = new_message_id()
+    flipped = bytearray(referral(fed, mid))
+    flipped[len(flipped) // 2] ^= 0x01  # inside the ciphertext, under both signatures
+    await submit(jobcenter, bytes(flipped), "envelope.signature_invalid", mid)
+
+    mid = new_message_id()  # a recipient replays the Jobcenter's envelope as its own
+    await submit(counselling, referral(fed, mid), "broker.sender_mismatch", mid)
+
+    mid = new_message_id()  # counselling may answer the Jobcenter, not refer onwards
+    onward = seal(
+        PLAINTEXT,
+        message_type="referral",
+        sender=fed.keyring(COUNSELLING),
+        recipients=[SPDI],
+        directory=fed.directory,
+        consent=CONSENT,
+        purpose=PURPOSE,
+        categories=list(CATEGORIES),
+        lifetime=DAY,
+        message_id=mid,
+        now=NOW,
+    )
+    await submit(counselling, onward, "policy.route_denied", mid)
+
+    mid = new_message_id()  # 20 days: within the envelope limit, above the referral's 10
+    await submit(jobcenter, referral(fed, mid, lifetime=20 * DAY), "policy.lifetime", mid)
+
+    mid = new_message_id()
+    stranger = build(
+        fed,
+        recipients=[(STRANGER, fed.record(f"{STRANGER}/enc"))],
+        message_id=mid,
+        iat=NOW - 60,
+    )
+    await submit(jobcenter, stranger, "envelope.unknown_recipient", mid)
+
+    mid = new_message_id()
+    expired = build(fed, message_id=mid, iat=NOW - 10 * DAY, exp=NOW - DAY)
+    await submit(jobcenter, expired, "envelope.expired", mid)
+
+    await submit(jobcenter, referral(fed, new_message_id()), "broker.id_mismatch")
+
+    good = new_message_id()  # and behind all of them, one that is fine
+    await jobcenter.submit(referral(fed, good), good)
+
+    async with make_broker(write_config(tmp_path, nats_env, fed, batch_size=1)) as broker:
+        await wait_for("all handled", lambda: handled(broker) == len(expected) + 2)
+    stats = broker.statistics()
+    assert stats.terminated == 1
+    assert stats.routed == 1
+    wanted_reasons: dict[str, int] = {}
+    for _, reason in expected.values():
+        wanted_reasons[reason] = wanted_reasons.get(reason, 0) + 1
+    assert dict(stats.rejected) == wanted_reasons
+
+    told: dict[str, str] = {}
+    for agency in (jobcenter, counselling):
+        for event in await agency.statuses():
+            assert event.sender == agency.agency  # only the submitter hears of it
+            if event.state == DeliveryState.REJECTED:
+                assert event.recipient is None
+                told[event.message_id] = event.reason or ""
+    assert told == {mid: reason for mid, (_, reason) in expected.items()}
+
+    spdi = await Agency.connect(nats_env, SPDI)
+    assert ids(await counselling.inbox()) == [f"{good}.{COUNSELLING}"]
+    assert ids(await spdi.inbox()) == [f"{good}.{SPDI}"]
+
+
+# -- exactly once -----------------------------------------------------------------------------
+
+
+async def test_partly_routed_submission_is_retried_without_duplicates(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    """One inbox copy is stored, the other refused: the submission comes back, nothing doubles."""
+    admin = await nats_env.admin()
+    inbox = await admin.js.stream_info(INBOX_STREAM)
+    await admin.js.update_stream(inbox.config.evolve(max_msgs=1))  # room for one copy only
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    mid = new_message_id()
+    await jobcenter.submit(referral(fed, mid), mid)
+    async with make_broker(write_config(tmp_path, nats_env, fed)) as broker:
+        await wait_for("a deferral", lambda: broker.statistics().deferred >= 1)
+        assert broker.statistics().routed == 0
+        await admin.js.update_stream(inbox.config)  # the operator makes room
+        await wait_for("routed", lambda: broker.statistics().routed == 1)
+    stats = broker.statistics()
+    assert stats.redelivered >= 1
+    assert stats.rejected == {}
+    for recipient in RECIPIENTS:
+        copies = await (await Agency.connect(nats_env, recipient)).inbox()
+        assert ids(copies) == [f"{mid}.{recipient}"]
+    events = await jobcenter.statuses()
+    assert sorted((e.recipient or "", e.state) for e in events) == [
+        (r, DeliveryState.ROUTED) for r in sorted(RECIPIENTS)
+    ]
+
+
+async def test_redelivered_after_a_crash_before_the_ack(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    """What a broker that died between publishing and acknowledging leaves behind.
+
+    The first delivery is taken as the broker identity and one inbox copy published under the
+    broker's msg id convention, then handed back unacknowledged; a real broker finishes it.
+    """
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    mid = new_message_id()
+    data = referral(fed, mid)
+    await jobcenter.submit(data, mid)
+    crashed = await nats_env.connect(Identity.broker())
+    sub = await bind_pull(crashed.js, SUBMIT_STREAM, BROKER_CONSUMER)
+    (first,) = await fetch(sub, 1, 2.0)
+    await publish_durable(
+        crashed.js, inbox_subject(COUNSELLING), first.data, msg_id=f"{mid}.{COUNSELLING}"
+    )
+    await first.nak()
+    await crashed.nc.flush()
+    await nats_env.close_client(crashed)
+    async with make_broker(write_config(tmp_path, nats_env, fed)) as broker:
+        await wait_for("routed", lambda: broker.statistics().routed == 1)
+    assert broker.statistics().redelivered == 1
+    for recipient in RECIPIENTS:
+        copies = await (await Agency.connect(nats_env, recipient)).inbox()
+        assert ids(copies) == [f"{mid}.{recipient}"]
+
+
+async def test_two_brokers_route_each_submission_once(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    sent = [new_message_id() for _ in range(24)]
+    for mid in sent:
+        await jobcenter.submit(referral(fed, mid), mid)
+    a = make_broker(write_config(tmp_path, nats_env, fed, batch_size=3, name="a"), name="a")
+    b = make_broker(write_config(tmp_path, nats_env, fed, batch_size=3, name="b"), name="b")
+    async with a, b:
+        await wait_for("all routed", lambda: handled(a, b) == len(sent))
+    assert a.statistics().routed + b.statistics().routed == len(sent)
+    for recipient in RECIPIENTS:
+        copies = await (await Agency.connect(nats_env, recipient)).inbox()
+        assert ids(copies) == sorted(f"{m}.{recipient}" for m in sent)
+    events = await jobcenter.statuses()
+    assert len(events) == len(sent) * len(RECIPIENTS)
+
+
+async def test_restart_continues_where_it_stopped(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    path = write_config(tmp_path, nats_env, fed)
+    before = [new_message_id() for _ in range(4)]
+    after = [new_message_id() for _ in range(4)]
+    for mid in before:
+        await jobcenter.submit(referral(fed, mid), mid)
+    async with make_broker(path) as first:
+        await wait_for("first routed", lambda: first.statistics().routed == len(before))
+    for mid in after:  # submitted while no broker runs
+        await jobcenter.submit(referral(fed, mid), mid)
+    async with make_broker(path) as second:
+        await wait_for("second routed", lambda: second.statistics().routed == len(after))
+    assert second.statistics().redelivered == 0
+    for recipient in RECIPIENTS:
+        copies = await (await Agency.connect(nats_env, recipient)).inbox()
+        assert ids(copies) == sorted(f"{m}.{recipient}" for m in before + after)
+
+
+# -- directory and process --------------------------------------------------------------------
+
+
+async def test_broker_picks_up_a_new_directory(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    path = write_config(tmp_path, nats_env, fed)
+    async with make_broker(path, clock=time.time) as broker:
+        new = tmp_path / "directory.new"
+        body = msgspec.structs.replace(fed.directory.body, serial=2)
+        new.write_bytes(sign_directory(body, fed.anchor))
+        os.replace(new, tmp_path / "directory.bin")
+        await wait_for("serial 2", lambda: broker.statistics().directory_serial == 2)
+    assert (path.parent / "directory.serial").read_text().strip() == "2"
+
+
+async def _run_cli(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def _within(seconds: float, what: Awaitable[Any]) -> Any:
+    async with asyncio.timeout(seconds):
+        return await what
+
+
+async def test_cli_runs_until_sigterm(nats_env: NatsEnv, tmp_path: Path, fed: Federation) -> None:
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    mid = new_message_id()
+    data = referral(fed, mid)  # sealed now-ish: the CLI broker uses the real clock
+    await jobcenter.submit(data, mid)
+    proc = await _run_cli("broker", "-c", str(write_config(tmp_path, nats_env, fed)))
+    try:
+        events: list[StatusEvent] = []
+
+        async def routed() -> None:
+            while len(events) < len(RECIPIENTS):
+                events.extend(await jobcenter.statuses())
+                await asyncio.sleep(0.05)
+
+        await _within(30, routed())
+        assert {e.state for e in events} == {DeliveryState.ROUTED}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await _within(20, proc.communicate())
+    assert proc.returncode == 0, err.decode()
+    log = err.decode()
+    assert f"routed id={mid} sender={SENDER}" in log
+    assert "stopped" in log
+
+
+async def test_cli_config_error_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "broker.toml"
+    bad.write_text("batch_size = 0\n")
+    proc = await _run_cli("broker", "-c", str(bad))
+    _, err = await _within(20, proc.communicate())
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("bridge: error:")
+    assert "[config.invalid]" in lines[0]
