@@ -441,9 +441,7 @@ def to_json(result: CryptoBench) -> bytes:
 
 
 def _size(n: int) -> str:
-    if n % 1024 == 0:
-        return f"{n // 1024} KiB"
-    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB"
+    return f"{n // 1024} KiB" if n % 1024 == 0 else f"{n:,} B"
 
 
 def _formula(cost: list[CostTerm]) -> str:
