@@ -1,15 +1,51 @@
-"""`bridge adapter`: placeholder until its issue lands."""
+"""`bridge adapter -c FILE`: run one agency's adapter in the foreground until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
 from typing import Any
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("adapter", help="(not yet available)")
+    parser = commands.add_parser(
+        "adapter", help="run an agency's adapter (local HTTP API, delivery, receipts)"
+    )
+    parser.add_argument(
+        "-c", "--config", type=Path, required=True, metavar="FILE", help="adapter TOML config"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    raise SystemExit("bridge adapter is not available yet")
+    from ..config import load_adapter_config
+
+    config = load_adapter_config(args.config)  # a ConfigError becomes one line and exit 2
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: Any) -> int:
+    from ..adapters.service import Adapter
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Adapter(config) as adapter:
+            print(f"adapter {config.agency} listening on {adapter.url}", flush=True)
+            await stop.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    return 0

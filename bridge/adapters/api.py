@@ -1,0 +1,178 @@
+"""The structs of the adapter's HTTP API: what local systems send and what they get back.
+
+One definition serves three purposes: strict decoding of requests (unknown fields refused), the
+encoding of answers and webhook calls, and the OpenAPI document (`bridge.adapters.openapi`), so
+the documentation cannot drift from what the code accepts.
+
+`SubmitRequest` documents a submission with its body as the typed union of message bodies;
+`RawSubmitRequest` is what the adapter actually decodes, with the body kept as raw JSON so that
+`bridge.wire.decode_body` validates exactly the bytes the caller sent (duplicate keys included).
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Final, Literal
+
+import msgspec
+from msgspec import Meta
+
+from ..ids import AGENCY_ID_PATTERN, CONSENT_REF_PATTERN
+from ..wire import (
+    MESSAGE_ID_PATTERN,
+    REASON_CODE_PATTERN,
+    Body,
+    DataCategory,
+    DeliveryState,
+    Purpose,
+)
+
+__all__ = [
+    "MAX_LIFETIME_SECONDS",
+    "MIN_LIFETIME_SECONDS",
+    "Accepted",
+    "Health",
+    "InboxItem",
+    "InboxList",
+    "InboxSummary",
+    "MessageStatus",
+    "OutboundType",
+    "Problem",
+    "RawSubmitRequest",
+    "RecipientStatus",
+    "SubmitRequest",
+    "TimelineEvent",
+]
+
+MIN_LIFETIME_SECONDS: Final = 60
+MAX_LIFETIME_SECONDS: Final = 30 * 86400
+
+AgencyId = Annotated[str, Meta(min_length=1, max_length=63, pattern=AGENCY_ID_PATTERN)]
+MessageId = Annotated[str, Meta(min_length=36, max_length=36, pattern=MESSAGE_ID_PATTERN)]
+ConsentRef = Annotated[str, Meta(min_length=34, max_length=36, pattern=CONSENT_REF_PATTERN)]
+ReasonCode = Annotated[str, Meta(min_length=1, max_length=64, pattern=REASON_CODE_PATTERN)]
+Code = Annotated[str, Meta(min_length=1, max_length=48)]
+UtcDateTime = Annotated[datetime.datetime, Meta(tz=True)]
+
+OutboundType = Literal["referral", "handover", "feedback"]
+"""What a local system may send; receipts are the adapter's own business."""
+
+
+class _Api(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class _SubmitFields(_Api, frozen=True, kw_only=True):
+    type: OutboundType
+    recipients: Annotated[list[AgencyId], Meta(min_length=1, max_length=16)]
+    consent: ConsentRef
+    purpose: Purpose
+    categories: Annotated[list[DataCategory], Meta(min_length=1, max_length=16)]
+    reply_to: MessageId | None = None
+    lifetime_seconds: (
+        Annotated[int, Meta(ge=MIN_LIFETIME_SECONDS, le=MAX_LIFETIME_SECONDS)] | None
+    ) = None
+
+
+class SubmitRequest(_SubmitFields, frozen=True, kw_only=True):
+    """`POST /v1/messages`: a message to seal and send.
+
+    `body` must be a body of `type` (its own `type` tag equal to it); `categories` must be
+    allowed for that type; every recipient must be in the key directory.
+    """
+
+    body: Body
+
+
+class RawSubmitRequest(_SubmitFields, frozen=True, kw_only=True):
+    """`SubmitRequest` as decoded: the body stays raw JSON for `bridge.wire.decode_body`."""
+
+    body: msgspec.Raw
+
+
+class Accepted(_Api, frozen=True, kw_only=True):
+    """`202` to a submission: the message is stored in NATS and will be routed."""
+
+    message_id: MessageId
+
+
+class TimelineEvent(_Api, frozen=True, kw_only=True, omit_defaults=True):
+    """One step of a message: for one recipient, or for all when `recipient` is absent."""
+
+    state: DeliveryState
+    at: UtcDateTime
+    recipient: AgencyId | None = None
+    reason: ReasonCode | None = None
+
+
+class RecipientStatus(_Api, frozen=True, kw_only=True, omit_defaults=True):
+    """Where a message stands for one recipient: the furthest state it reached."""
+
+    agency: AgencyId
+    state: DeliveryState | None = None
+    reason: ReasonCode | None = None
+
+
+class MessageStatus(_Api, frozen=True, kw_only=True):
+    """`GET /v1/messages/{id}`: metadata and timeline of a message this agency sent."""
+
+    message_id: MessageId
+    type: OutboundType
+    created_at: UtcDateTime
+    expires_at: UtcDateTime
+    recipients: list[RecipientStatus]
+    events: list[TimelineEvent]
+
+
+class InboxItem(_Api, frozen=True, kw_only=True):
+    """An opened message, as the webhook receives it and `GET /v1/inbox/{id}` returns it.
+
+    `consent`, `purpose` and `categories` are the signed header's; `body` was validated against
+    its type before delivery.
+    """
+
+    message_id: MessageId
+    type: OutboundType
+    sender: AgencyId
+    consent: ConsentRef
+    purpose: Code
+    categories: list[Code]
+    issued_at: UtcDateTime
+    expires_at: UtcDateTime
+    reply_to: MessageId | None
+    body: Body
+
+
+class InboxSummary(_Api, frozen=True, kw_only=True):
+    """A pending inbox item without its body (which holds the personal data)."""
+
+    message_id: MessageId
+    type: OutboundType
+    sender: AgencyId
+    issued_at: UtcDateTime
+    expires_at: UtcDateTime
+    reply_to: MessageId | None
+
+
+class InboxList(_Api, frozen=True, kw_only=True):
+    """`GET /v1/inbox`: the items waiting for the local system's acknowledgement."""
+
+    items: list[InboxSummary]
+
+
+class Health(_Api, frozen=True, kw_only=True):
+    status: Literal["ok", "unavailable"]
+
+
+class Problem(_Api, frozen=True, kw_only=True, omit_defaults=True):
+    """RFC 9457 problem details; `code` is bridge's reason code, `field` and `pointer` name the
+    offending request field as JSON path and JSON pointer (RFC 6901)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: ReasonCode
+    instance: str | None = None
+    field: str | None = None
+    pointer: str | None = None

@@ -1,0 +1,201 @@
+"""The adapter's aiohttp application: routes, bearer-token checks and problem answers.
+
+Handlers are thin: they check the token's scope, read bounded input, and call `Outbound`,
+`Store` or `PullInbox`. Every error leaves as `application/problem+json` through one
+middleware; an unexpected exception becomes an opaque 500 and is logged by type only, since
+its message might quote a request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+from aiohttp import web
+
+from ..errors import ProtocolError, TransportError
+from ..ids import check_message_id
+from .api import Accepted, Health, InboxList
+from .auth import AuthenticationFailed, Claims, InsufficientScope, TokenVerifier
+from .outbound import Outbound
+from .problems import ApiProblem, problem_response
+from .pull import PullInbox
+from .store import Store
+from .timeline import message_status
+
+__all__ = ["CONTEXT", "ApiContext", "build_app"]
+
+log = logging.getLogger(__name__)
+
+_encoder: Final = msgspec.json.Encoder()
+_READ_CHUNK: Final = 64 * 1024
+_RETRY_AFTER: Final = "5"
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    verifier: TokenVerifier
+    outbound: Outbound
+    store: Store
+    inbox: PullInbox | None
+    ready: Callable[[], bool]
+    max_body_bytes: int
+    openapi: bytes
+    clock: Callable[[], float]
+
+
+CONTEXT: Final = web.AppKey("bridge.adapter", ApiContext)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(value: msgspec.Struct, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=_encoder.encode(value), content_type="application/json")
+
+
+@web.middleware
+async def _problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiProblem as problem:
+        return problem_response(problem, request.path)
+    except AuthenticationFailed as exc:
+        return problem_response(ApiProblem.from_error(401, exc), request.path)
+    except InsufficientScope as exc:
+        return problem_response(ApiProblem.from_error(403, exc), request.path)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = "http.not_found" if exc.status == 404 else f"http.status_{exc.status}"
+        return problem_response(ApiProblem(exc.status, exc.reason, reason=reason), request.path)
+    except Exception as exc:
+        log.error("unhandled %s in %s %s", type(exc).__name__, request.method, request.path)
+        return problem_response(ApiProblem(500, "internal error", reason="internal"), request.path)
+
+
+def _unavailable(detail: str, exc: TransportError) -> ApiProblem:
+    return ApiProblem(503, detail, reason=exc.reason, headers={"Retry-After": _RETRY_AFTER})
+
+
+def _ctx(request: web.Request) -> ApiContext:
+    return request.app[CONTEXT]
+
+
+async def _claims(request: web.Request, scope: str | None) -> Claims:
+    claims = await _ctx(request).verifier.verify(request.headers.get("Authorization"))
+    if scope is not None:
+        claims.require(scope)
+    return claims
+
+
+def _message_id(request: web.Request) -> str:
+    try:
+        return check_message_id(request.match_info["message_id"])
+    except ProtocolError as exc:
+        raise ApiProblem(404, "no such message", reason=exc.reason) from None
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds `limit` (before parsing)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiProblem(413, f"the body exceeds {limit} bytes", reason="request.too_large")
+    data = bytearray()
+    while chunk := await request.content.read(_READ_CHUNK):
+        data += chunk
+        if len(data) > limit:
+            raise ApiProblem(413, f"the body exceeds {limit} bytes", reason="request.too_large")
+    return bytes(data)
+
+
+async def _submit(request: web.Request) -> web.StreamResponse:
+    claims = await _claims(request, "messages:send")
+    ctx = _ctx(request)
+    if request.content_type != "application/json":
+        raise ApiProblem(415, "the body must be application/json", reason="request.media_type")
+    raw = await _read_body(request, ctx.max_body_bytes)
+    message_id = await ctx.outbound.submit(
+        raw, subject=claims.subject, idempotency_key=request.headers.get("Idempotency-Key")
+    )
+    response = _json(Accepted(message_id=message_id), status=202)
+    response.headers["Location"] = f"/v1/messages/{message_id}"
+    return response
+
+
+async def _message(request: web.Request) -> web.StreamResponse:
+    await _claims(request, "messages:read")
+    ctx = _ctx(request)
+    message_id = _message_id(request)
+    try:
+        record = await ctx.store.get_message(message_id)
+    except TransportError as exc:
+        raise _unavailable("records cannot be read right now; retry later", exc) from exc
+    if record is None:
+        raise ApiProblem(404, "no such message", reason="message.unknown")
+    return _json(message_status(record, int(ctx.clock())))
+
+
+def _inbox(request: web.Request) -> PullInbox:
+    inbox = _ctx(request).inbox
+    if inbox is None:
+        raise ApiProblem(
+            404, "this adapter delivers by webhook; there is no inbox", reason="inbox.disabled"
+        )
+    return inbox
+
+
+async def _inbox_list(request: web.Request) -> web.StreamResponse:
+    await _claims(request, "inbox:read")
+    return _json(InboxList(items=_inbox(request).list()))
+
+
+async def _inbox_item(request: web.Request) -> web.StreamResponse:
+    await _claims(request, "inbox:read")
+    item = _inbox(request).get(_message_id(request))
+    if item is None:
+        raise ApiProblem(404, "no such pending message", reason="inbox.unknown")
+    return _json(item)
+
+
+async def _inbox_ack(request: web.Request) -> web.StreamResponse:
+    await _claims(request, "inbox:ack")
+    inbox = _inbox(request)
+    message_id = _message_id(request)
+    try:
+        found = await inbox.ack(message_id)
+    except TransportError as exc:
+        raise _unavailable("the acknowledgement cannot be recorded right now; retry", exc) from exc
+    if not found:
+        raise ApiProblem(404, "no such pending message", reason="inbox.unknown")
+    return web.Response(status=204)
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    return _json(Health(status="ok"))
+
+
+async def _readyz(request: web.Request) -> web.StreamResponse:
+    ready = _ctx(request).ready()
+    return _json(Health(status="ok" if ready else "unavailable"), status=200 if ready else 503)
+
+
+async def _openapi(request: web.Request) -> web.StreamResponse:
+    await _claims(request, None)
+    return web.Response(body=_ctx(request).openapi, content_type="application/json")
+
+
+def build_app(context: ApiContext) -> web.Application:
+    # The body limit is enforced by `_read_body`; aiohttp's own is a backstop just above it.
+    app = web.Application(middlewares=[_problems], client_max_size=context.max_body_bytes + 1)
+    app[CONTEXT] = context
+    app.router.add_post("/v1/messages", _submit)
+    app.router.add_get("/v1/messages/{message_id}", _message)
+    app.router.add_get("/v1/inbox", _inbox_list)
+    app.router.add_get("/v1/inbox/{message_id}", _inbox_item)
+    app.router.add_post("/v1/inbox/{message_id}/ack", _inbox_ack)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/openapi.json", _openapi)
+    return app

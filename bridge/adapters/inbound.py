@@ -1,0 +1,217 @@
+"""Inbound: take envelopes from the agency's inbox, open them, and hand them to a `Sink`.
+
+Per message, in order: verify the envelope; open it and validate its body; a receipt is folded
+into the record of the message it answers and acknowledged; a message already delivered (a
+redelivery after a crash) gets its receipt again and is acknowledged; anything else goes to the
+sink, and is acknowledged only in `complete`, after the local system took it. An envelope that
+fails is never delivered: it is terminated so it does not hold up the ones behind it, and, when
+its signed header verified, the sender gets a `rejected` receipt with the reason code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+
+from ..crypto import Header, Keyring, Limits, open_envelope, verify
+from ..directory import Directory
+from ..errors import BridgeError, TransportError
+from ..transport import fetch
+from ..wire import Delivered, Disposition, Receipt, Rejected, decode_body
+from .api import InboxItem
+from .delivery import Incoming, Sink
+from .receipts import send_receipt
+from .store import RECORD_GRACE_SECONDS, Event, Store
+
+__all__ = ["Inbound"]
+
+log = logging.getLogger(__name__)
+
+_RETRY_DELAY: Final = 2.0
+
+
+def _describe(exc: Exception) -> str:
+    return exc.reason if isinstance(exc, BridgeError) else type(exc).__name__
+
+
+async def _nak(msg: Msg, delay: float) -> None:
+    with contextlib.suppress(nats.errors.Error, OSError):  # else redelivered after the ack wait
+        await msg.nak(delay=delay)
+
+
+def _utc(seconds: int) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+
+
+class Inbound:
+    """Consumes `inbox-<agency>` and drives each message to a sink, a fold, or termination."""
+
+    def __init__(
+        self,
+        *,
+        keyring: Keyring,
+        directory: Callable[[], Directory],
+        store: Store,
+        js: JetStreamContext,
+        sub: JetStreamContext.PullSubscription,
+        limits: Limits,
+        publish_timeout: float,
+        clock: Callable[[], float],
+        fetch_timeout: float = 5.0,
+    ) -> None:
+        self._keyring = keyring
+        self._directory = directory
+        self._store = store
+        self._js = js
+        self._sub = sub
+        self._limits = limits
+        self._publish_timeout = publish_timeout
+        self._clock = clock
+        self._fetch_timeout = fetch_timeout
+        self.delivered = 0
+        self.rejected = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Inbound(agency={self._keyring.agency!r}, delivered={self.delivered}, "
+            f"rejected={self.rejected})"
+        )
+
+    async def run(self, sink: Sink, capacity: Callable[[], Awaitable[int]]) -> None:
+        """Fetch and handle messages forever; `capacity()` says how many to take next."""
+        while True:
+            try:
+                batch = await capacity()
+                msgs = await fetch(self._sub, batch, self._fetch_timeout)
+            except (BridgeError, nats.errors.Error, OSError) as exc:
+                log.warning("inbound: cannot fetch (%s); retrying", _describe(exc))
+                await asyncio.sleep(_RETRY_DELAY)
+                continue
+            for msg in msgs:
+                try:
+                    await self.handle(msg, sink)
+                except (BridgeError, nats.errors.Error, OSError) as exc:
+                    # Left for a later redelivery; nothing was handed to the local system.
+                    log.warning("inbound: a message waits for a retry (%s)", _describe(exc))
+                    await _nak(msg, _RETRY_DELAY)
+
+    async def handle(self, msg: Msg, sink: Sink) -> None:
+        now = int(self._clock())
+        directory = self._directory()
+        try:
+            envelope = await asyncio.to_thread(
+                verify, msg.data, directory, now=now, limits=self._limits
+            )
+        except BridgeError as exc:
+            self.rejected += 1
+            log.warning("inbound envelope refused, not delivered [%s]", exc.reason)
+            await msg.term()
+            return
+        header = envelope.header
+        try:
+            opened = await asyncio.to_thread(
+                open_envelope, msg.data, self._keyring, directory, now=now, limits=self._limits
+            )
+            body = decode_body(header.type, opened.plaintext)
+        except BridgeError as exc:
+            self.rejected += 1
+            log.warning(
+                "inbound message %s from %s refused, not delivered [%s]",
+                header.id,
+                header.sender,
+                exc.reason,
+            )
+            if header.type != "receipt":  # never answer a receipt with a receipt
+                await self._receipt(header, Rejected(reason=exc.reason), directory, now)
+            await msg.term()
+            return
+        del opened
+        if isinstance(body, Receipt):
+            await self._fold_receipt(header, body, now)
+            await msg.ack()
+            return
+        if await self._store.was_delivered(header.id):
+            log.info("inbound message %s was delivered before; acknowledging", header.id)
+            await self._receipt(header, Delivered(), directory, now)
+            await msg.ack()
+            return
+        item = InboxItem(
+            message_id=header.id,
+            type=header.type,  # type: ignore[arg-type]  # receipts were handled above
+            sender=header.sender,
+            consent=header.consent,
+            purpose=header.purpose,
+            categories=list(header.categories),
+            issued_at=_utc(header.iat),
+            expires_at=_utc(header.exp),
+            reply_to=header.reply_to,
+            body=body,
+        )
+        await sink.offer(Incoming(item, header, msg))
+
+    async def complete(self, incoming: Incoming) -> None:
+        """The local system took `incoming`: record it, send the receipt, acknowledge NATS.
+
+        In this order, so that a crash anywhere leads to a redelivery that is acknowledged (and
+        receipted again, deduplicated) without reaching the local system a second time.
+        """
+        now = int(self._clock())
+        header = incoming.header
+        ttl = max(60, header.exp - now) + RECORD_GRACE_SECONDS
+        await self._store.mark_delivered(header.id, now, ttl)
+        await self._receipt(header, Delivered(), self._directory(), now)
+        await incoming.msg.ack()
+        self.delivered += 1
+        log.info("inbound message %s delivered to the local system", header.id)
+
+    async def _receipt(
+        self, header: Header, disposition: Disposition, directory: Directory, now: int
+    ) -> None:
+        try:
+            await send_receipt(
+                header,
+                disposition,
+                keyring=self._keyring,
+                directory=directory,
+                js=self._js,
+                now=now,
+                limits=self._limits,
+                wait=self._publish_timeout,
+            )
+        except TransportError:
+            raise
+        except BridgeError as exc:
+            # The sender's keys may have gone from the directory; the receipt cannot be sealed,
+            # and retrying will not help.
+            log.warning("cannot send a receipt for %s [%s]", header.id, exc.reason)
+
+    async def _fold_receipt(self, header: Header, receipt: Receipt, now: int) -> None:
+        original = receipt.in_reply_to
+        if header.reply_to != original:
+            log.warning("receipt %s names two different messages; ignored", header.id)
+            return
+        record = await self._store.get_message(original)
+        if record is None or header.sender not in record.recipients:
+            log.warning("receipt %s is for no message sent to its sender; ignored", header.id)
+            return
+        at = int(receipt.received_at.timestamp())
+        disposition = receipt.disposition
+        if isinstance(disposition, Rejected):
+            events = [
+                Event(state="rejected", at=at, recipient=header.sender, reason=disposition.reason)
+            ]
+        else:
+            events = [
+                Event(state="delivered", at=at, recipient=header.sender),
+                Event(state="receipted", at=now, recipient=header.sender),
+            ]
+        await self._store.add_events(original, events, now)
+        log.info("receipt from %s folded into message %s", header.sender, original)

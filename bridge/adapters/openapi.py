@@ -1,0 +1,170 @@
+"""The OpenAPI 3.1 document of the adapter's API, generated from the structs in `api`.
+
+Schemas come from `msgspec.json.schema_components`, so what the document promises is what the
+decoder enforces; only paths, parameters and security are written here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from .api import Accepted, Health, InboxItem, InboxList, MessageStatus, Problem, SubmitRequest
+
+__all__ = ["openapi_document"]
+
+_REF: Final = "#/components/schemas/{name}"
+_PROBLEM: Final = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+_MESSAGE_ID: Final = {
+    "name": "message_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    text = {
+        400: "Malformed request",
+        401: "Missing, invalid or expired bearer token",
+        403: "The token lacks the scope",
+        404: "No such item",
+        413: "Request body too large",
+        415: "Not application/json",
+        422: "A field is invalid; `field` and `pointer` name it",
+        503: "NATS unavailable; retry after `Retry-After` seconds",
+    }
+    return {str(s): {"description": text[s], "content": _PROBLEM} for s in statuses}
+
+
+def _op(summary: str, scope: str | None, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": responses, **extra}
+    if scope is not None:
+        op["security"] = [{"bearer": []}]
+        op["description"] = f"Requires the scope `{scope}`."
+        op["x-required-scope"] = scope
+    else:
+        op["security"] = []
+    return op
+
+
+def openapi_document(agency: str, version: str = "1") -> dict[str, Any]:
+    _, schemas = msgspec.json.schema_components(
+        [SubmitRequest, Accepted, MessageStatus, InboxList, InboxItem, Problem, Health],
+        ref_template=_REF,
+    )
+    auth = _problems(401, 403)
+    paths: dict[str, Any] = {
+        "/v1/messages": {
+            "post": _op(
+                "Seal and send a message",
+                "messages:send",
+                {
+                    "202": {
+                        "description": "Stored in NATS; it will be routed",
+                        "headers": {
+                            "Location": {"schema": {"type": "string"}},
+                        },
+                        "content": _json("Accepted"),
+                    },
+                    **_problems(400, 413, 415, 422, 503),
+                    **auth,
+                },
+                requestBody={"required": True, "content": _json("SubmitRequest")},
+                parameters=[
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    }
+                ],
+            )
+        },
+        "/v1/messages/{message_id}": {
+            "get": _op(
+                "Status timeline of a sent message",
+                "messages:read",
+                {
+                    "200": {"description": "The timeline", "content": _json("MessageStatus")},
+                    **_problems(404, 503),
+                    **auth,
+                },
+                parameters=[_MESSAGE_ID],
+            )
+        },
+        "/v1/inbox": {
+            "get": _op(
+                "Messages waiting for acknowledgement (pull mode)",
+                "inbox:read",
+                {"200": {"description": "Pending items", "content": _json("InboxList")}, **auth},
+            )
+        },
+        "/v1/inbox/{message_id}": {
+            "get": _op(
+                "One waiting message, opened",
+                "inbox:read",
+                {
+                    "200": {"description": "The message", "content": _json("InboxItem")},
+                    **_problems(404),
+                    **auth,
+                },
+                parameters=[_MESSAGE_ID],
+            )
+        },
+        "/v1/inbox/{message_id}/ack": {
+            "post": _op(
+                "Acknowledge a message: the local system has it",
+                "inbox:ack",
+                {"204": {"description": "Acknowledged"}, **_problems(404, 503), **auth},
+                parameters=[_MESSAGE_ID],
+            )
+        },
+        "/healthz": {
+            "get": _op(
+                "Liveness", None, {"200": {"description": "Alive", "content": _json("Health")}}
+            )
+        },
+        "/readyz": {
+            "get": _op(
+                "Readiness: NATS connected and key directory loaded",
+                None,
+                {
+                    "200": {"description": "Ready", "content": _json("Health")},
+                    "503": {"description": "Not ready", "content": _json("Health")},
+                },
+            )
+        },
+        "/openapi.json": {
+            "get": _op(
+                "This document",
+                "any",
+                {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
+            )
+        },
+    }
+    paths["/openapi.json"]["get"]["description"] = "Requires a valid token, any scope."
+    paths["/openapi.json"]["get"].pop("x-required-scope")
+    document = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": f"bridge adapter ({agency})",
+            "version": version,
+            "description": "The local HTTP API of a bridge adapter; see docs/adapter.md.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }
+    # A JSON round trip: schema defaults taken from the structs may be tuples.
+    result: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(document))
+    return result

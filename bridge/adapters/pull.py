@@ -1,0 +1,88 @@
+"""Pull delivery: opened messages wait in memory until the local system acknowledges them.
+
+Nothing decrypted is written anywhere: items live in this process only, each with its NATS
+message kept alive by a periodic `in_progress()`. If the adapter stops, the items are gone from
+here, NATS redelivers their messages after the ack wait, and they appear again. The number held
+is bounded by `pull_max_pending`; the inbound loop fetches only as many as there is room for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .api import InboxItem, InboxSummary
+from .delivery import Complete, Incoming, touch
+
+__all__ = ["PullInbox"]
+
+log = logging.getLogger(__name__)
+
+_MAX_FETCH = 16
+
+
+class PullInbox:
+    """The in-memory inbox of pull mode, and a `Sink`."""
+
+    def __init__(self, max_pending: int, complete: Complete, *, keepalive_interval: float) -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self._max = max_pending
+        self._complete = complete
+        self._interval = keepalive_interval
+        self._items: dict[str, Incoming] = {}
+        self._space = asyncio.Event()
+        self._space.set()
+
+    def __repr__(self) -> str:
+        return f"PullInbox(pending={len(self._items)}, max_pending={self._max})"
+
+    def statistics(self) -> dict[str, int]:
+        return {"pending": len(self._items), "max_pending": self._max}
+
+    async def capacity(self) -> int:
+        """Wait until there is room, then say how many messages to fetch."""
+        while len(self._items) >= self._max:
+            self._space.clear()
+            await self._space.wait()
+        return min(_MAX_FETCH, self._max - len(self._items))
+
+    async def offer(self, incoming: Incoming) -> None:
+        # A redelivery of an item still held replaces its NATS message: the newer one is the
+        # one the server expects an acknowledgement for.
+        self._items[incoming.message_id] = incoming
+
+    def list(self) -> list[InboxSummary]:
+        return [
+            InboxSummary(
+                message_id=i.item.message_id,
+                type=i.item.type,
+                sender=i.item.sender,
+                issued_at=i.item.issued_at,
+                expires_at=i.item.expires_at,
+                reply_to=i.item.reply_to,
+            )
+            for i in self._items.values()
+        ]
+
+    def get(self, message_id: str) -> InboxItem | None:
+        incoming = self._items.get(message_id)
+        return None if incoming is None else incoming.item
+
+    async def ack(self, message_id: str) -> bool:
+        """The local system took the item: complete it and forget it. False if not held."""
+        incoming = self._items.get(message_id)
+        if incoming is None:
+            return False
+        await self._complete(incoming)  # raises (and keeps the item) if NATS is unavailable
+        if self._items.get(message_id) is incoming:
+            del self._items[message_id]
+        self._space.set()
+        return True
+
+    async def keep_alive(self) -> None:
+        """Run forever: keep every held message from being redelivered."""
+        while True:
+            await asyncio.sleep(self._interval)
+            for incoming in list(self._items.values()):
+                await touch(incoming.msg)

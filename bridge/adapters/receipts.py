@@ -1,0 +1,96 @@
+"""Signed receipts: what a recipient's adapter sends back about each message it was given.
+
+A receipt is an ordinary envelope of type `receipt` from the recipient to the original sender,
+with `reply_to` naming the original message. Its message id is derived from the original id and
+the recipient agency, so however often a receipt is sent again (a retry, a redelivery after a
+crash) JetStream's duplicate window keeps one, and the sender folds one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import uuid
+from typing import Final
+
+from nats.js.client import JetStreamContext
+
+from ..crypto import Header, Keyring, Limits, seal
+from ..directory import Directory
+from ..ids import check_agency_id, check_message_id
+from ..subjects import submit_subject
+from ..transport import PubAck, publish_durable
+from ..wire import Disposition, Purpose, Receipt, encode_body
+
+__all__ = ["RECEIPT_LIFETIME_SECONDS", "receipt_categories", "receipt_message_id", "send_receipt"]
+
+RECEIPT_LIFETIME_SECONDS: Final = 7 * 86400
+_NAMESPACE: Final = b"bridge/receipt/v1"
+
+
+def receipt_message_id(original_id: str, recipient: str) -> str:
+    """The id of `recipient`'s receipt for `original_id`: deterministic, a valid UUIDv4 form.
+
+    Envelope ids must be version 4 UUIDs, so this is a hash with the version and variant bits
+    set (as UUIDv5 does, with 4 in place of 5) rather than `uuid.uuid5`.
+    """
+    digest = hashlib.sha256(
+        b"\x00".join(
+            (
+                _NAMESPACE,
+                check_message_id(original_id).encode(),
+                check_agency_id(recipient).encode(),
+            )
+        )
+    ).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
+def receipt_categories(original: Header) -> list[str]:
+    """The data categories a receipt's header declares.
+
+    A header must name at least one category, but a receipt carries none
+    (`ALLOWED_CATEGORIES[receipt]` is empty), so it repeats the original's: the consent that
+    covered the message covers a note about its delivery. See docs/adapter.md.
+    """
+    return list(original.categories)
+
+
+async def send_receipt(
+    original: Header,
+    disposition: Disposition,
+    *,
+    keyring: Keyring,
+    directory: Directory,
+    js: JetStreamContext,
+    now: int,
+    limits: Limits,
+    wait: float,
+) -> PubAck:
+    """Seal a receipt about `original` to its sender and publish it to our submit subject."""
+    receipt_id = receipt_message_id(original.id, keyring.agency)
+    body = Receipt(
+        in_reply_to=original.id,
+        received_at=datetime.datetime.fromtimestamp(now, datetime.UTC),
+        disposition=disposition,
+    )
+    envelope = await asyncio.to_thread(
+        seal,
+        encode_body(body),
+        message_type="receipt",
+        sender=keyring,
+        recipients=[original.sender],
+        directory=directory,
+        consent=original.consent,
+        purpose=Purpose.DELIVERY_CONFIRMATION.value,
+        categories=receipt_categories(original),
+        lifetime=RECEIPT_LIFETIME_SECONDS,
+        reply_to=original.id,
+        message_id=receipt_id,
+        now=now,
+        limits=limits,
+    )
+    return await publish_durable(
+        js, submit_subject(keyring.agency), envelope, msg_id=receipt_id, timeout=wait
+    )

@@ -1,0 +1,316 @@
+"""The adapter as one object: loads its files, connects, serves HTTP and runs its loops.
+
+    adapter = Adapter(config)
+    url = await adapter.start()     # http://127.0.0.1:<port>, serving; loops running
+    ...
+    await adapter.stop()
+
+or `async with Adapter(config) as adapter: ...`. Start-up fails with a `BridgeError` (a
+`ConfigError` for files, a `TransportError` for NATS) before anything is served. Background
+work (inbound delivery, status folding, directory reloads, pull keep-alive) runs in one
+TaskGroup owned by the adapter and is cancelled and awaited by `stop()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Final
+
+import aiohttp
+import nats.errors
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+from ..config import AdapterConfig
+from ..crypto import Keyring
+from ..directory import Directory, SerialState, load_anchor
+from ..errors import BridgeError, ConfigError
+from ..subjects import (
+    INBOX_STREAM,
+    STATUS_STREAM,
+    agency_inbox_prefix,
+    inbox_consumer,
+    status_consumer,
+)
+from ..transport import bind_pull, connect
+from .auth import TokenVerifier
+from .http import ApiContext, build_app
+from .inbound import Inbound
+from .openapi import openapi_document
+from .outbound import Outbound
+from .pull import PullInbox
+from .status import StatusFolder
+from .store import Store
+from .webhook import WebhookSink, load_webhook_secret
+
+__all__ = ["Adapter"]
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_KEEPALIVE: Final = 10.0
+
+
+class Adapter:
+    """One agency's adapter. Not restartable: make a new one after `stop()`."""
+
+    def __init__(
+        self,
+        config: AdapterConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        environ: Mapping[str, str] | None = None,
+        fetch_timeout: float = 5.0,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._environ = os.environ if environ is None else environ
+        self._fetch_timeout = fetch_timeout
+        self._directory: Directory | None = None
+        self._nc: NATS | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._url: str | None = None
+        self.inbox: PullInbox | None = None
+        self.inbound: Inbound | None = None
+        self.status: StatusFolder | None = None
+
+    def __repr__(self) -> str:
+        return f"Adapter(agency={self.config.agency!r}, url={self._url!r}, ready={self.ready()})"
+
+    async def __aenter__(self) -> Adapter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            raise RuntimeError("the adapter is not started")
+        return self._url
+
+    def ready(self) -> bool:
+        return (
+            self._directory is not None
+            and self._nc is not None
+            and self._nc.is_connected
+            and self._task is not None
+            and not self._task.done()
+        )
+
+    def directory(self) -> Directory:
+        if self._directory is None:
+            raise RuntimeError("the adapter is not started")
+        return self._directory
+
+    # -- start ------------------------------------------------------------------------------
+
+    def _passphrase(self) -> bytes | None:
+        name = self.config.passphrase_env
+        if name is None:
+            return None
+        value = self._environ.get(name)
+        if value is None:
+            raise ConfigError(
+                f"the key passphrase variable {name} is not set", reason="config.missing"
+            )
+        return value.encode()
+
+    def _load_directory(self) -> Directory:
+        c = self.config
+        return Directory.load_file(
+            c.path(c.directory.file),
+            load_anchor(c.path(c.directory.anchor)),
+            state=SerialState(c.path(c.directory.serial_state)),
+            now=int(self._clock()),
+        )
+
+    async def start(self) -> str:
+        """Load, connect, bind and serve; return the base URL of the HTTP API."""
+        if self._task is not None:
+            raise RuntimeError("an adapter starts once")
+        c = self.config
+        key_file = c.path(c.auth.public_key_file) if c.auth.public_key_file else None
+        verifier = TokenVerifier(c.auth, key_file)
+        keyring = await asyncio.to_thread(Keyring.load, c.path(c.keys_dir), self._passphrase())
+        if keyring.agency != c.agency:
+            raise ConfigError(
+                f"the keys in {c.keys_dir} belong to another agency", reason="config.invalid"
+            )
+        secret = None
+        if c.delivery.mode == "webhook":
+            assert c.delivery.webhook_secret_file is not None  # checked by load_adapter_config
+            secret = load_webhook_secret(c.path(c.delivery.webhook_secret_file))
+        self._directory = self._load_directory()
+        try:
+            await self._start(verifier, keyring, secret)
+        except BaseException:
+            await self._close()
+            raise
+        log.info("adapter %s serving on %s (%s delivery)", c.agency, self._url, c.delivery.mode)
+        return self.url
+
+    async def _start(self, verifier: TokenVerifier, keyring: Keyring, secret: bytes | None) -> None:
+        c = self.config
+        timeout = float(c.nats.request_timeout_seconds)
+        self._nc = await connect(
+            c.nats.url,
+            c.path(c.nats.seed_file),
+            agency_inbox_prefix(c.agency),
+            f"bridge-adapter-{c.agency}",
+            connect_timeout=c.nats.connect_timeout_seconds,
+        )
+        js = self._nc.jetstream(timeout=timeout)
+        store = await Store.open(js, c.agency, timeout)
+        inbox_sub = await bind_pull(js, INBOX_STREAM, inbox_consumer(c.agency))
+        status_sub = await bind_pull(js, STATUS_STREAM, status_consumer(c.agency))
+        keepalive = await self._keepalive_interval(js, timeout)
+        self.inbound = Inbound(
+            keyring=keyring,
+            directory=self.directory,
+            store=store,
+            js=js,
+            sub=inbox_sub,
+            limits=c.limits,
+            publish_timeout=timeout,
+            clock=self._clock,
+            fetch_timeout=self._fetch_timeout,
+        )
+        self.status = StatusFolder(
+            agency=c.agency,
+            store=store,
+            sub=status_sub,
+            clock=self._clock,
+            fetch_timeout=self._fetch_timeout,
+        )
+        sink: WebhookSink | PullInbox
+        if secret is not None:
+            self._session = aiohttp.ClientSession()
+            sink = WebhookSink(
+                c.delivery,
+                secret,
+                self._session,
+                self.inbound.complete,
+                keepalive_interval=keepalive,
+                clock=self._clock,
+            )
+        else:
+            sink = self.inbox = PullInbox(
+                c.delivery.pull_max_pending, self.inbound.complete, keepalive_interval=keepalive
+            )
+        outbound = Outbound(
+            agency=c.agency,
+            keyring=keyring,
+            directory=self.directory,
+            store=store,
+            js=js,
+            limits=c.limits,
+            default_lifetime=c.default_lifetime_seconds,
+            idempotency_ttl=c.idempotency_ttl_seconds,
+            max_bytes=c.http.max_body_bytes,
+            publish_timeout=timeout,
+            clock=self._clock,
+        )
+        app = build_app(
+            ApiContext(
+                verifier=verifier,
+                outbound=outbound,
+                store=store,
+                inbox=self.inbox,
+                ready=self.ready,
+                max_body_bytes=c.http.max_body_bytes,
+                openapi=_encode_openapi(c.agency),
+                clock=self._clock,
+            )
+        )
+        self._task = asyncio.create_task(self._background(sink), name=f"adapter-{c.agency}")
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, c.http.host, c.http.port)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self._url = f"http://{_url_host(host)}:{port}"
+
+    async def _keepalive_interval(self, js: object, wait: float) -> float:
+        """A third of the inbox consumer's ack wait, so a held message is never redelivered."""
+        try:
+            async with asyncio.timeout(wait):
+                info = await js.consumer_info(  # type: ignore[attr-defined]
+                    INBOX_STREAM, inbox_consumer(self.config.agency)
+                )
+            ack_wait = float(info.config.ack_wait or 30.0)
+        except (TimeoutError, nats.errors.Error, OSError):
+            return _DEFAULT_KEEPALIVE
+        return max(0.5, min(_DEFAULT_KEEPALIVE, ack_wait / 3))
+
+    async def _background(self, sink: WebhookSink | PullInbox) -> None:
+        assert self.inbound is not None
+        assert self.status is not None
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.inbound.run(sink, sink.capacity), name="inbound")
+            group.create_task(self.status.run(), name="status")
+            group.create_task(self._reload_directory(), name="directory")
+            if isinstance(sink, PullInbox):
+                group.create_task(sink.keep_alive(), name="pull-keepalive")
+
+    async def _reload_directory(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.directory.reload_seconds)
+            try:
+                directory = await asyncio.to_thread(self._load_directory)
+            except BridgeError as exc:
+                log.warning(
+                    "key directory not reloaded, keeping serial %s [%s]",
+                    self.directory().serial,
+                    exc.reason,
+                )
+                continue
+            if directory.serial != self.directory().serial:
+                log.info("key directory serial %s loaded", directory.serial)
+            self._directory = directory
+
+    # -- stop -------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Stop serving, cancel the loops, close NATS. Held pull items are dropped (and
+        redelivered by NATS later): nothing decrypted outlives the process."""
+        await self._close()
+        log.info("adapter %s stopped", self.config.agency)
+
+    async def _close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._nc is not None:
+            with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
+                async with asyncio.timeout(5.0):
+                    await self._nc.close()
+        self.inbox = None
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _encode_openapi(agency: str) -> bytes:
+    import msgspec
+
+    return msgspec.json.encode(openapi_document(agency))

@@ -1,0 +1,95 @@
+"""Status folding: the broker's events about this agency's messages, into their KV records.
+
+The broker publishes `routed` and `rejected` events to `bridge.status.<sender>.<id>`; the
+adapter consumes its `status-<agency>` consumer and folds each event into `msg.<id>` with a
+compare-and-set, so several adapter instances can share the consumer and the bucket. An event
+is acknowledged only after it was folded (or found to be for no record of ours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Final
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+
+from ..errors import BridgeError
+from ..transport import fetch
+from ..wire import StatusEventInvalid, decode_status_event
+from .store import Event, Store
+
+__all__ = ["StatusFolder"]
+
+log = logging.getLogger(__name__)
+
+_BATCH: Final = 32
+_RETRY_DELAY: Final = 2.0
+
+
+class StatusFolder:
+    def __init__(
+        self,
+        *,
+        agency: str,
+        store: Store,
+        sub: JetStreamContext.PullSubscription,
+        clock: Callable[[], float],
+        fetch_timeout: float = 5.0,
+    ) -> None:
+        self._agency = agency
+        self._store = store
+        self._sub = sub
+        self._clock = clock
+        self._fetch_timeout = fetch_timeout
+        self.folded = 0
+
+    def __repr__(self) -> str:
+        return f"StatusFolder(agency={self._agency!r}, folded={self.folded})"
+
+    async def run(self) -> None:
+        while True:
+            try:
+                msgs = await fetch(self._sub, _BATCH, self._fetch_timeout)
+            except (BridgeError, nats.errors.Error, OSError) as exc:
+                log.warning("status: cannot fetch (%s); retrying", _describe(exc))
+                await asyncio.sleep(_RETRY_DELAY)
+                continue
+            for msg in msgs:
+                try:
+                    await self.handle(msg)
+                except (BridgeError, nats.errors.Error, OSError) as exc:
+                    log.warning("status: an event waits for a retry (%s)", _describe(exc))
+                    with contextlib.suppress(nats.errors.Error, OSError):  # else: ack wait
+                        await msg.nak(delay=_RETRY_DELAY)
+
+    async def handle(self, msg: Msg) -> None:
+        try:
+            event = decode_status_event(msg.data)
+        except StatusEventInvalid as exc:
+            log.warning("status: malformed event dropped [%s]", exc.reason)
+            await msg.term()
+            return
+        if event.sender != self._agency:
+            log.warning("status: event about another agency's message dropped")
+            await msg.term()
+            return
+        folded = Event(
+            state=event.state.value,
+            at=int(event.at.timestamp()),
+            recipient=event.recipient,
+            reason=event.reason,
+        )
+        if await self._store.add_events(event.message_id, [folded], int(self._clock())):
+            self.folded += 1
+        else:
+            log.info("status: event for message %s, which has no record here", event.message_id)
+        await msg.ack()
+
+
+def _describe(exc: Exception) -> str:
+    return exc.reason if isinstance(exc, BridgeError) else type(exc).__name__

@@ -1,0 +1,220 @@
+"""The adapter's records in its own KV bucket (`adapter-<agency>`): metadata only, never content.
+
+Keys (all values JSON):
+
+- `idem.<sha256(token subject | Idempotency-Key)>` -> `IdemRecord`: which message id a caller's
+  idempotency key stands for, and a digest of the request it came with.
+- `msg.<message id>` -> `MessageRecord`: a message this agency sent and its timeline.
+- `dlv.<message id>` -> `DeliveredRecord`: an inbound message the local system has taken, so a
+  redelivery by NATS is acknowledged without delivering it twice.
+
+Several adapter instances may share a bucket, so every change is a compare-and-set on the key's
+revision, retried a bounded number of times. Every write carries a per-message TTL so the bucket
+forgets on its own; writes go through `js.publish` rather than `KeyValue.update` because only the
+former can attach a TTL to an update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable
+from typing import Final, TypeVar
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from ..errors import ProtocolError, TransportError
+from ..ids import check_message_id
+from ..subjects import kv_bucket
+
+__all__ = [
+    "RECORD_GRACE_SECONDS",
+    "DeliveredRecord",
+    "Event",
+    "IdemRecord",
+    "MessageRecord",
+    "Store",
+]
+
+RECORD_GRACE_SECONDS: Final = 30 * 86400
+"""How long a message's record outlives the message's own expiry (for the sender's questions)."""
+
+_MAX_CAS_ATTEMPTS: Final = 16
+_WRONG_LAST_SEQUENCE: Final = (10071, 10164)
+_EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
+_T = TypeVar("_T")
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A timeline entry; `at` in Unix seconds. Same state, recipient and reason = same event."""
+
+    state: str
+    at: int
+    recipient: str | None = None
+    reason: str | None = None
+
+    def same_as(self, other: Event) -> bool:
+        return (self.state, self.recipient, self.reason) == (
+            other.state,
+            other.recipient,
+            other.reason,
+        )
+
+
+class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
+    message_id: str
+    type: str
+    recipients: list[str]
+    created_at: int
+    expires_at: int
+    events: list[Event] = msgspec.field(default_factory=list)
+
+    @property
+    def max_events(self) -> int:
+        # accepted, and per recipient routed/delivered/receipted/rejected, with room for a few
+        # events about all recipients; anything beyond is a misbehaving peer.
+        return 8 + 4 * len(self.recipients)
+
+    def with_events(self, events: Iterable[Event]) -> MessageRecord:
+        merged = list(self.events)
+        for event in events:
+            if not any(event.same_as(old) for old in merged) and len(merged) < self.max_events:
+                merged.append(event)
+        return msgspec.structs.replace(self, events=merged)
+
+
+class IdemRecord(msgspec.Struct, frozen=True, kw_only=True):
+    message_id: str
+    digest: str
+
+
+class DeliveredRecord(msgspec.Struct, frozen=True, kw_only=True):
+    at: int
+
+
+class Store:
+    """Typed access to one agency's KV bucket, with bounded waits and translated errors."""
+
+    def __init__(self, js: JetStreamContext, kv: KeyValue, agency: str, timeout: float) -> None:
+        self._js = js
+        self._kv = kv
+        self._prefix = f"$KV.{kv_bucket(agency)}."
+        self._timeout = timeout
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, agency: str, wait: float) -> Store:
+        kv = await _translated(js.key_value(kv_bucket(agency)), wait, "open the KV bucket")
+        return cls(js, kv, agency, wait)
+
+    # -- idempotency ----------------------------------------------------------------------
+
+    async def claim_idempotency(self, key_hash: str, record: IdemRecord, ttl: int) -> IdemRecord:
+        """Store `record` under `idem.<key_hash>` unless a record is there; return the winner."""
+        key = f"idem.{key_hash}"
+        if await self._write(key, record, last=0, ttl=ttl):
+            return record
+        existing = await self._get(key, IdemRecord)
+        if existing is None:  # expired between the two calls: claim again, once
+            if await self._write(key, record, last=0, ttl=ttl):
+                return record
+            existing = await self._get(key, IdemRecord)
+        if existing is None:
+            raise TransportError("idempotency record keeps changing", reason="store.conflict")
+        return existing[0]
+
+    # -- sent messages --------------------------------------------------------------------
+
+    async def create_message(self, record: MessageRecord, now: int) -> None:
+        """Create `msg.<id>` unless it exists (a retried submission keeps its first record)."""
+        await self._write(_msg_key(record.message_id), record, last=0, ttl=_ttl(record, now))
+
+    async def get_message(self, message_id: str) -> MessageRecord | None:
+        found = await self._get(_msg_key(message_id), MessageRecord)
+        return None if found is None else found[0]
+
+    async def add_events(self, message_id: str, events: list[Event], now: int) -> bool:
+        """Fold `events` into the record; False when there is no such record."""
+        key = _msg_key(message_id)
+        for _ in range(_MAX_CAS_ATTEMPTS):
+            found = await self._get(key, MessageRecord)
+            if found is None:
+                return False
+            record, revision = found
+            updated = record.with_events(events)
+            if updated == record:
+                return True
+            if await self._write(key, updated, last=revision, ttl=_ttl(record, now)):
+                return True
+        raise TransportError("message record keeps changing", reason="store.conflict")
+
+    # -- delivered inbound messages -------------------------------------------------------
+
+    async def mark_delivered(self, message_id: str, at: int, ttl: int) -> None:
+        await self._write(_dlv_key(message_id), DeliveredRecord(at=at), last=0, ttl=ttl)
+
+    async def was_delivered(self, message_id: str) -> bool:
+        return await self._get(_dlv_key(message_id), DeliveredRecord) is not None
+
+    # -- primitives -----------------------------------------------------------------------
+
+    async def _get(self, key: str, kind: type[_T]) -> tuple[_T, int] | None:
+        try:
+            entry = await _translated(self._kv.get(key), self._timeout, "read a record")
+        except TransportError as exc:
+            if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                return None
+            raise
+        try:
+            return msgspec.json.decode(entry.value or b"", type=kind), entry.revision or 0
+        except msgspec.DecodeError as exc:
+            raise ProtocolError("a KV record is malformed", reason="store.malformed") from exc
+
+    async def _write(self, key: str, value: msgspec.Struct, *, last: int, ttl: int) -> bool:
+        """Compare-and-set: write if the key's last revision is `last` (0: absent)."""
+        try:
+            await _translated(
+                self._js.publish(
+                    self._prefix + key,
+                    msgspec.json.encode(value),
+                    timeout=self._timeout,
+                    headers={_EXPECTED_LAST_SUBJECT_SEQ: str(last)},
+                    msg_ttl=max(1, ttl),
+                ),
+                self._timeout,
+                "write a record",
+            )
+        except TransportError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, nats.js.errors.APIError) and (
+                cause.err_code in _WRONG_LAST_SEQUENCE
+            ):
+                return False
+            raise
+        return True
+
+
+def _msg_key(message_id: str) -> str:
+    return f"msg.{check_message_id(message_id)}"
+
+
+def _dlv_key(message_id: str) -> str:
+    return f"dlv.{check_message_id(message_id)}"
+
+
+def _ttl(record: MessageRecord, now: int) -> int:
+    return max(60, record.expires_at - now + RECORD_GRACE_SECONDS)
+
+
+async def _translated(call: Awaitable[_T], wait: float, what: str) -> _T:
+    try:
+        async with asyncio.timeout(wait):
+            return await call
+    except TimeoutError as exc:
+        raise TransportError(f"cannot {what}: no answer in time", reason="store.timeout") from exc
+    except (nats.errors.Error, OSError) as exc:
+        raise TransportError(
+            f"cannot {what}: {type(exc).__name__}", reason="store.unavailable"
+        ) from exc

@@ -1,0 +1,145 @@
+"""Webhook delivery: POST each opened message to the local system, signed with HMAC-SHA256.
+
+The request carries `Bridge-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`
+under the shared secret, and `Bridge-Message-Id` as the receiver's deduplication key. Non-2xx
+answers and connection failures are retried with exponential backoff up to `max_attempts`,
+while the NATS message is kept alive; then the message is handed back to NATS (`nak`) to be
+redelivered later. It is acknowledged only after a 2xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import aiohttp
+import msgspec
+import nats.errors
+
+from ..config import DeliveryConfig
+from ..errors import ConfigError
+from .delivery import Complete, Incoming, kept_alive
+
+__all__ = ["SIGNATURE_HEADER", "WebhookSink", "load_webhook_secret", "sign"]
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER: Final = "Bridge-Signature"
+MESSAGE_ID_HEADER: Final = "Bridge-Message-Id"
+ATTEMPT_HEADER: Final = "Bridge-Delivery-Attempt"
+_MIN_SECRET: Final = 16
+_MAX_SECRET: Final = 4096
+_encoder: Final = msgspec.json.Encoder()
+
+
+def load_webhook_secret(path: Path) -> bytes:
+    """The shared secret, whitespace-trimmed; at least 16 bytes."""
+    try:
+        data = path.read_bytes()[: _MAX_SECRET + 1]
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read webhook secret {path}: {exc.strerror}", reason="config.missing"
+        ) from exc
+    secret = data.strip()
+    if not _MIN_SECRET <= len(secret) <= _MAX_SECRET:
+        raise ConfigError(
+            f"webhook secret {path} must hold {_MIN_SECRET} to {_MAX_SECRET} bytes",
+            reason="config.invalid",
+        )
+    return secret
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    """The `Bridge-Signature` value for `body` sent at `timestamp`."""
+    mac = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+class WebhookSink:
+    """Pushes items to `delivery.webhook_url`; one at a time, in order."""
+
+    def __init__(
+        self,
+        config: DeliveryConfig,
+        secret: bytes,
+        session: aiohttp.ClientSession,
+        complete: Complete,
+        *,
+        keepalive_interval: float,
+        clock: Callable[[], float],
+    ) -> None:
+        if config.webhook_url is None:
+            raise ConfigError("webhook delivery needs webhook_url", reason="config.invalid")
+        self._url = config.webhook_url
+        self._config = config
+        self._secret = secret
+        self._session = session
+        self._complete = complete
+        self._interval = keepalive_interval
+        self._clock = clock
+        self.attempts = 0
+
+    def __repr__(self) -> str:
+        return f"WebhookSink(attempts={self.attempts})"
+
+    async def capacity(self) -> int:
+        return 1
+
+    def _backoff(self, attempt: int) -> float:
+        c = self._config
+        return float(min(c.backoff_max_seconds, c.backoff_initial_seconds * 2 ** (attempt - 1)))
+
+    async def offer(self, incoming: Incoming) -> None:
+        payload = _encoder.encode(incoming.item)
+        attempts = self._config.max_attempts
+        async with kept_alive(incoming.msg, self._interval):
+            for attempt in range(1, attempts + 1):
+                if await self._post(payload, incoming.message_id, attempt):
+                    await self._complete(incoming)
+                    return
+                if attempt < attempts:
+                    await asyncio.sleep(self._backoff(attempt))
+        log.warning(
+            "webhook did not take message %s after %d attempts; NATS redelivers it later",
+            incoming.message_id,
+            attempts,
+        )
+        try:
+            await incoming.msg.nak(delay=self._config.backoff_max_seconds)
+        except (nats.errors.Error, OSError) as exc:  # the ack wait redelivers it anyway
+            log.warning("cannot hand message back to NATS: %s", type(exc).__name__)
+
+    async def _post(self, payload: bytes, message_id: str, attempt: int) -> bool:
+        self.attempts += 1
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(self._secret, int(self._clock()), payload),
+            MESSAGE_ID_HEADER: message_id,
+            ATTEMPT_HEADER: str(attempt),
+        }
+        timeout = aiohttp.ClientTimeout(total=self._config.webhook_timeout_seconds)
+        try:
+            async with self._session.post(
+                self._url, data=payload, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                if 200 <= response.status < 300:
+                    return True
+                log.warning(
+                    "webhook answered %d for message %s (attempt %d)",
+                    response.status,
+                    message_id,
+                    attempt,
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning(
+                "webhook unreachable for message %s (attempt %d): %s",
+                message_id,
+                attempt,
+                type(exc).__name__,
+            )
+        return False

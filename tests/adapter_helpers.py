@@ -1,0 +1,194 @@
+"""Shared builders for the adapter tests: a configured agency, its tokens, and traffic helpers.
+
+Keys and the signed directory come from `envelope_helpers.federation`, built around the real
+current time (the adapter checks validity against its clock). Each agency gets a keys directory,
+the directory file, the pinned anchor, a token signing key and an `AdapterConfig` pointing at the
+test's own nats-server. Inbound traffic is published straight into BRIDGE_INBOX as admin and
+outbound traffic read from BRIDGE_SUBMIT as admin: no broker takes part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+from envelope_helpers import CONSENT, Federation, federation
+
+from bridge.adapters.auth import generate_signing_key, mint_token
+from bridge.config import (
+    AdapterConfig,
+    AuthConfig,
+    DeliveryConfig,
+    DirectoryConfig,
+    HttpConfig,
+    NatsClientConfig,
+)
+from bridge.crypto import Keyring, seal, write_key_file
+from bridge.natsauth import Identity
+from bridge.subjects import SUBMIT_STREAM, inbox_subject, submit_subject
+from bridge.transport import publish_durable
+from bridge.wire import MessageType, encode_body
+from bridge.wire.examples import BODIES
+
+NOW = int(time.time())
+JOBCENTER = "jobcenter-unna"
+SUCHT = "suchtberatung-unna"
+SPDI = "spdi-unna"
+ISSUER = "https://idp.test"
+SCOPES_ALL = ("messages:send", "messages:read", "inbox:read", "inbox:ack")
+
+_T = TypeVar("_T")
+
+
+def fed() -> Federation:
+    return federation(NOW)
+
+
+def keyring(agency: str) -> Keyring:
+    f = fed()
+    return Keyring(agency, [f.key(f"{agency}/sign"), f.key(f"{agency}/enc")])
+
+
+@dataclass
+class Agency:
+    agency: str
+    config: AdapterConfig
+    token_key: Path
+
+    def token(
+        self,
+        *scopes: str,
+        subject: str = "case-system",
+        lifetime: int = 3600,
+        now: int | None = None,
+    ) -> str:
+        return mint_token(
+            self.token_key,
+            issuer=ISSUER,
+            audience=f"bridge-{self.agency}",
+            subject=subject,
+            scopes=scopes or SCOPES_ALL,
+            lifetime_seconds=lifetime,
+            now=now,
+        )
+
+    def auth(self, *scopes: str, subject: str = "case-system") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(*scopes, subject=subject)}"}
+
+
+def make_agency(
+    root: Path,
+    nats_url: str,
+    seed_file: Path,
+    agency: str,
+    *,
+    delivery: DeliveryConfig | None = None,
+    max_body_bytes: int = 768 * 1024,
+) -> Agency:
+    base = root / agency
+    keys = base / "keys"
+    keys.mkdir(parents=True, mode=0o700)
+    f = fed()
+    for use in ("sign", "enc"):
+        write_key_file(keys / f"{use}.key", f.key(f"{agency}/{use}"))
+    (base / "directory.bin").write_bytes(f.directory_bytes)
+    (base / "anchor.json").write_bytes(msgspec.json.encode(f.anchor.public_record()))
+    generate_signing_key(base / "token.key", base / "token.pub")
+    config = AdapterConfig(
+        agency=agency,
+        keys_dir=str(keys),
+        nats=NatsClientConfig(
+            url=nats_url,
+            seed_file=str(seed_file),
+            connect_timeout_seconds=2,
+            request_timeout_seconds=2,
+        ),
+        directory=DirectoryConfig(
+            file=str(base / "directory.bin"),
+            anchor=str(base / "anchor.json"),
+            serial_state=str(base / "serial"),
+        ),
+        auth=AuthConfig(
+            issuer=ISSUER, audience=f"bridge-{agency}", public_key_file=str(base / "token.pub")
+        ),
+        delivery=delivery or DeliveryConfig(mode="pull"),
+        http=HttpConfig(port=0, max_body_bytes=max_body_bytes),
+    )
+    return Agency(agency, config, base / "token.key")
+
+
+def agency_seed(env: Any, agency: str) -> Path:
+    path: Path = env.seed_file(Identity.for_agency(agency))
+    return path
+
+
+def referral_request(recipients: tuple[str, ...] = (SUCHT,), **changes: Any) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "type": "referral",
+        "recipients": list(recipients),
+        "consent": CONSENT,
+        "purpose": "counselling",
+        "categories": ["identity", "contact", "addiction"],
+        "body": msgspec.json.decode(encode_body(BODIES[MessageType.REFERRAL])),
+    }
+    request.update(changes)
+    return request
+
+
+def seal_to(
+    recipient: str,
+    *,
+    sender: str = JOBCENTER,
+    plaintext: bytes | None = None,
+    message_type: str = "referral",
+    message_id: str | None = None,
+    reply_to: str | None = None,
+    categories: tuple[str, ...] = ("identity", "contact", "addiction"),
+    purpose: str = "counselling",
+) -> bytes:
+    return seal(
+        encode_body(BODIES[MessageType.REFERRAL]) if plaintext is None else plaintext,
+        message_type=message_type,
+        sender=keyring(sender),
+        recipients=[recipient],
+        directory=fed().directory,
+        consent=CONSENT,
+        purpose=purpose,
+        categories=list(categories),
+        lifetime=86400,
+        reply_to=reply_to,
+        message_id=message_id,
+    )
+
+
+async def put_in_inbox(admin: Any, recipient: str, envelope: bytes, msg_id: str) -> None:
+    await publish_durable(admin.js, inbox_subject(recipient), envelope, msg_id=msg_id)
+
+
+async def submitted(admin: Any, sender: str) -> int:
+    """How many messages from `sender` wait in BRIDGE_SUBMIT."""
+    info = await admin.js.stream_info(SUBMIT_STREAM, subjects_filter=submit_subject(sender))
+    return int((info.state.subjects or {}).get(submit_subject(sender), 0))
+
+
+async def last_submitted(admin: Any, sender: str) -> Any:
+    return await admin.js.get_last_msg(SUBMIT_STREAM, submit_subject(sender))
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[_T | None]], *, within: float = 15.0, what: str = "condition"
+) -> _T:
+    """Poll `probe` until it returns something truthy; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,317 @@
+"""The adapter's outbound API against a real nats-server: submit, idempotency, refusals, auth.
+
+Submissions are read back from BRIDGE_SUBMIT as admin and verified with the directory; no broker
+runs. Every refusal is checked to publish nothing and to name the field without echoing values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from adapter_helpers import (
+    JOBCENTER,
+    NOW,
+    SUCHT,
+    Agency,
+    agency_seed,
+    eventually,
+    fed,
+    last_submitted,
+    make_agency,
+    referral_request,
+    submitted,
+)
+from openapi_spec_validator import validate
+
+from bridge.adapters.service import Adapter
+from bridge.crypto import verify
+from bridge.subjects import HDR_MSG_ID
+
+MARKER = "Zyxwvutsrq"  # a value that must never come back in a problem
+
+
+@dataclass
+class Running:
+    agency: Agency
+    adapter: Adapter
+    http: aiohttp.ClientSession
+    admin: Any
+
+    @property
+    def url(self) -> str:
+        return self.adapter.url
+
+    async def submit(
+        self, request: Any, *, headers: dict[str, str] | None = None, raw: bytes | None = None
+    ) -> tuple[int, dict[str, Any], Any]:
+        hdrs = {"Content-Type": "application/json", **self.agency.auth()}
+        hdrs.update(headers or {})
+        data = raw if raw is not None else json.dumps(request).encode()
+        async with self.http.post(f"{self.url}/v1/messages", data=data, headers=hdrs) as r:
+            return r.status, dict(r.headers), await r.json(content_type=None)
+
+
+@pytest.fixture
+async def jobcenter(tmp_path: Path, nats_env: Any) -> AsyncIterator[Running]:
+    agency = make_agency(tmp_path, nats_env.url, agency_seed(nats_env, JOBCENTER), JOBCENTER)
+    admin = await nats_env.admin()
+    async with Adapter(agency.config) as adapter, aiohttp.ClientSession() as http:
+        yield Running(agency, adapter, http, admin)
+
+
+async def test_submit_publishes_a_verifiable_envelope_after_the_puback(jobcenter: Running) -> None:
+    status, headers, body = await jobcenter.submit(referral_request())
+    assert status == 202, body
+    message_id = body["message_id"]
+    assert headers["Location"] == f"/v1/messages/{message_id}"
+    msg = await last_submitted(jobcenter.admin, JOBCENTER)
+    assert msg.headers[HDR_MSG_ID] == message_id
+    envelope = verify(msg.data, fed().directory)
+    assert envelope.header.id == message_id
+    assert envelope.header.sender == JOBCENTER
+    assert [r.agency for r in envelope.header.recipients] == [SUCHT]
+    assert envelope.header.categories == ["identity", "contact", "addiction"]
+
+    async with jobcenter.http.get(
+        f"{jobcenter.url}/v1/messages/{message_id}", headers=jobcenter.agency.auth("messages:read")
+    ) as r:
+        assert r.status == 200
+        timeline = await r.json()
+    assert [e["state"] for e in timeline["events"]] == ["accepted"]
+    assert timeline["recipients"] == [{"agency": SUCHT, "state": "accepted"}]
+
+
+async def test_idempotency_key_gives_one_message(jobcenter: Running) -> None:
+    request = referral_request()
+    key = {"Idempotency-Key": "case-4711-attempt"}
+    first = await jobcenter.submit(request, headers=key)
+    second = await jobcenter.submit(request, headers=key)
+    assert first[0] == second[0] == 202
+    assert first[2]["message_id"] == second[2]["message_id"]
+    assert await submitted(jobcenter.admin, JOBCENTER) == 1
+
+    changed = referral_request(purpose="case-handover")
+    status, _, problem = await jobcenter.submit(changed, headers=key)
+    assert status == 422
+    assert problem["code"] == "idempotency.mismatch"
+
+    # The key is per caller: another token subject gets its own message.
+    other = {**key, **jobcenter.agency.auth(subject="another-system")}
+    status, _, body = await jobcenter.submit(request, headers=other)
+    assert status == 202
+    assert body["message_id"] != first[2]["message_id"]
+    assert await submitted(jobcenter.admin, JOBCENTER) == 2
+
+
+def _with_body(**changes: Any) -> dict[str, Any]:
+    request = referral_request()
+    request["body"] = {**request["body"], **changes}
+    return request
+
+
+def _without(field: str) -> dict[str, Any]:
+    request = referral_request()
+    del request[field]
+    return request
+
+
+BAD_REQUESTS = {
+    "unknown field": ({**referral_request(), MARKER: 1}, 422, "request.invalid", "$"),
+    "body field of wrong type": (_with_body(urgency=MARKER), 422, "body.invalid", "$.body.urgency"),
+    "body of another type": (
+        referral_request(type="feedback", categories=["health"]),
+        422,
+        "body.type_mismatch",
+        "$.body.type",
+    ),
+    "unknown recipient": (
+        referral_request(recipients=["klinik-" + MARKER.lower()]),
+        422,
+        "recipient.unknown",
+        "$.recipients[0]",
+    ),
+    "malformed recipient": (
+        referral_request(recipients=[MARKER]),
+        422,
+        "request.invalid",
+        "$.recipients[0]",
+    ),
+    "missing consent": (_without("consent"), 422, "request.invalid", "$.consent"),
+    "bad purpose code": (referral_request(purpose=MARKER), 422, "request.invalid", "$.purpose"),
+    "category not allowed for type": (
+        referral_request(type="feedback", categories=["identity"]),
+        422,
+        "body.type_mismatch",
+        "$.body.type",
+    ),
+    "self as recipient": (
+        referral_request(recipients=[JOBCENTER]),
+        422,
+        "recipient.self",
+        "$.recipients[0]",
+    ),
+    "lifetime too long": (
+        referral_request(lifetime_seconds=10**9),
+        422,
+        "request.invalid",
+        "$.lifetime_seconds",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+async def test_bad_request_is_refused_naming_the_field_and_nothing_is_published(
+    jobcenter: Running, case: str
+) -> None:
+    request, want_status, want_code, want_field = BAD_REQUESTS[case]
+    status, headers, problem = await jobcenter.submit(request)
+    assert status == want_status, problem
+    assert headers["Content-Type"].startswith("application/problem+json")
+    assert problem["code"] == want_code
+    assert problem["field"] == want_field
+    assert problem["status"] == want_status
+    assert {"type", "title", "detail"} <= problem.keys()
+    assert MARKER not in json.dumps(problem)
+    assert MARKER.lower() not in json.dumps(problem)
+    assert await submitted(jobcenter.admin, JOBCENTER) == 0
+
+
+async def test_category_not_allowed_for_a_feedback(jobcenter: Running) -> None:
+    request = referral_request(
+        type="feedback",
+        categories=["health", "identity"],
+        body={
+            "type": "feedback",
+            "in_reply_to": "0b7e6c52-2f1d-4c3a-9e8b-5d4f3a2b1c0d",
+            "outcome": {"code": "measure-started"},
+            "occurred_on": "2026-03-04",
+        },
+    )
+    status, _, problem = await jobcenter.submit(request)
+    assert status == 422, problem
+    assert problem["code"] == "request.category_not_allowed"
+    assert problem["field"] == "$.categories[1]"
+    assert problem["pointer"] == "/categories/1"
+    assert await submitted(jobcenter.admin, JOBCENTER) == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type", "want_status", "want_code"),
+    [
+        (b'{"type": "referral",', "application/json", 400, "request.malformed"),
+        (b"x" * (768 * 1024 + 1), "application/json", 413, "request.too_large"),
+        (b"{}", "text/plain", 415, "request.media_type"),
+    ],
+    ids=["not json", "too large", "wrong media type"],
+)
+async def test_unparseable_requests(
+    jobcenter: Running, raw: bytes, content_type: str, want_status: int, want_code: str
+) -> None:
+    status, _, problem = await jobcenter.submit(
+        None, raw=raw, headers={"Content-Type": content_type}
+    )
+    assert status == want_status
+    assert problem["code"] == want_code
+    assert await submitted(jobcenter.admin, JOBCENTER) == 0
+
+
+async def test_too_large_by_content_length_is_refused_before_reading(jobcenter: Running) -> None:
+    async with jobcenter.http.post(
+        f"{jobcenter.url}/v1/messages",
+        data=b"{}",
+        headers={
+            "Content-Type": "application/json",
+            "Content-Length": str(10**9),
+            **jobcenter.agency.auth(),
+        },
+    ) as r:
+        assert r.status == 413
+
+
+def _tokens(agency: Agency) -> dict[str, tuple[dict[str, str], int]]:
+    return {
+        "missing": ({}, 401),
+        "not bearer": ({"Authorization": "Basic dXNlcjpwdw=="}, 401),
+        "garbage": ({"Authorization": "Bearer not.a.jwt"}, 401),
+        "expired": (
+            {"Authorization": "Bearer " + agency.token(now=NOW - 7200, lifetime=60)},
+            401,
+        ),
+        "wrong scope": ({"Authorization": "Bearer " + agency.token("messages:read")}, 403),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "not bearer", "garbage", "expired", "wrong scope"])
+async def test_tokens_are_checked_before_anything_else(jobcenter: Running, case: str) -> None:
+    auth, want = _tokens(jobcenter.agency)[case]
+    async with jobcenter.http.post(
+        f"{jobcenter.url}/v1/messages",
+        data=json.dumps(referral_request()).encode(),
+        headers={"Content-Type": "application/json", **auth},
+    ) as r:
+        assert r.status == want
+        assert r.headers["Content-Type"].startswith("application/problem+json")
+        if want == 401:
+            assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        problem = await r.json(content_type=None)
+    assert problem["code"] == ("auth.invalid_token" if want == 401 else "auth.insufficient_scope")
+    assert await submitted(jobcenter.admin, JOBCENTER) == 0
+
+
+async def test_every_endpoint_but_health_needs_a_token(jobcenter: Running) -> None:
+    some_id = "7f3c8a52-1d4e-4b6f-9a2c-5e8d0b1f4a73"
+    for method, path in [
+        ("GET", f"/v1/messages/{some_id}"),
+        ("GET", "/v1/inbox"),
+        ("GET", f"/v1/inbox/{some_id}"),
+        ("POST", f"/v1/inbox/{some_id}/ack"),
+        ("GET", "/openapi.json"),
+    ]:
+        async with jobcenter.http.request(method, jobcenter.url + path) as r:
+            assert r.status == 401, path
+    for path in ("/healthz", "/readyz"):
+        async with jobcenter.http.get(jobcenter.url + path) as r:
+            assert r.status == 200, path
+
+
+async def test_unknown_and_malformed_message_ids_are_404(jobcenter: Running) -> None:
+    auth = jobcenter.agency.auth("messages:read")
+    for message_id in ("7f3c8a52-1d4e-4b6f-9a2c-5e8d0b1f4a73", "not-an-id", "..%2F"):
+        async with jobcenter.http.get(
+            f"{jobcenter.url}/v1/messages/{message_id}", headers=auth
+        ) as r:
+            assert r.status == 404
+            assert r.headers["Content-Type"].startswith("application/problem+json")
+
+
+async def test_openapi_document_validates(jobcenter: Running) -> None:
+    async with jobcenter.http.get(
+        f"{jobcenter.url}/openapi.json", headers=jobcenter.agency.auth("inbox:read")
+    ) as r:
+        assert r.status == 200
+        document = await r.json()
+    validate(document)
+    assert document["openapi"].startswith("3.1")
+    assert "SubmitRequest" in document["components"]["schemas"]
+
+
+async def test_nats_down_gives_503_with_retry_after(jobcenter: Running, nats_env: Any) -> None:
+    await nats_env.server.stop()
+
+    async def not_ready() -> bool:
+        async with jobcenter.http.get(f"{jobcenter.url}/readyz") as r:
+            return r.status == 503
+
+    await eventually(not_ready, what="readyz to report NATS down")
+    status, headers, problem = await jobcenter.submit(
+        referral_request(), headers={"Idempotency-Key": "k-1"}
+    )
+    assert status == 503, problem
+    assert int(headers["Retry-After"]) > 0
+    assert problem["code"].startswith(("store.", "transport."))
