@@ -39,7 +39,7 @@ from bridge.broker._directory import DirectoryHolder
 from bridge.config import load_broker_config
 from bridge.crypto import seal
 from bridge.directory import sign_directory
-from bridge.errors import DirectoryError, ProtocolError
+from bridge.errors import DirectoryError, ProtocolError, TransportError
 from bridge.ids import new_message_id
 from bridge.natsauth import Identity
 from bridge.subjects import (
@@ -253,6 +253,18 @@ def test_directory_reload_refuses_bad_files_and_rollback(tmp_path: Path, fed: Fe
     assert info.value.reason == "directory.rollback"
 
 
+def test_expired_directory_pauses_routing(tmp_path: Path, fed: Federation) -> None:
+    anchor_path = tmp_path / "anchor.json"
+    anchor_path.write_bytes(msgspec.json.encode(fed.anchor.public_record()))
+    path = tmp_path / "directory.bin"
+    path.write_bytes(fed.directory_bytes)
+    now = [float(NOW)]
+    holder = DirectoryHolder.open(path, anchor_path, tmp_path / "serial", clock=lambda: now[0])
+    assert holder.usable() is holder.current
+    now[0] = float(fed.directory.body.expires_at)
+    assert holder.usable() is None
+
+
 # -- routing ----------------------------------------------------------------------------------
 
 
@@ -394,6 +406,8 @@ async def test_every_rejection_reaches_the_sender_and_no_inbox(
     spdi = await Agency.connect(nats_env, SPDI)
     assert ids(await counselling.inbox()) == [f"{good}.{COUNSELLING}"]
     assert ids(await spdi.inbox()) == [f"{good}.{SPDI}"]
+    admin = await nats_env.admin()
+    assert (await admin.js.stream_info(SUBMIT_STREAM)).state.messages == 0  # all settled
 
 
 # -- exactly once -----------------------------------------------------------------------------
@@ -493,6 +507,32 @@ async def test_restart_continues_where_it_stopped(
     for recipient in RECIPIENTS:
         copies = await (await Agency.connect(nats_env, recipient)).inbox()
         assert ids(copies) == sorted(f"{m}.{recipient}" for m in before + after)
+
+
+async def test_keeps_routing_across_a_nats_restart(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    async with make_broker(write_config(tmp_path, nats_env, fed)) as broker:
+        first = new_message_id()
+        await jobcenter.submit(referral(fed, first), first)
+        await wait_for("first routed", lambda: broker.statistics().routed == 1)
+        await nats_env.server.restart()
+        second = new_message_id()
+
+        async def submit_when_back() -> None:
+            while True:  # the agency's own client reconnects on its own schedule
+                try:
+                    await jobcenter.submit(referral(fed, second), second)
+                    return
+                except TransportError:
+                    await asyncio.sleep(0.1)
+
+        await _within(30, submit_when_back())
+        await wait_for("second routed", lambda: broker.statistics().routed == 2, within=30)
+    for recipient in RECIPIENTS:
+        copies = await (await Agency.connect(nats_env, recipient)).inbox()
+        assert ids(copies) == sorted(f"{m}.{recipient}" for m in (first, second))
 
 
 # -- directory and process --------------------------------------------------------------------

@@ -156,6 +156,7 @@ class Broker:
             self._name,
             connect_timeout=nats_config.connect_timeout_seconds,
         )
+        sub: JetStreamContext.PullSubscription | None = None
         try:
             js = nc.jetstream(timeout=nats_config.request_timeout_seconds)
             sub = await bind_pull(
@@ -171,7 +172,7 @@ class Broker:
             )
             await self._serve(nc, js, sub)
         finally:
-            await _close(nc)
+            await _close(nc, sub)
             log.info("broker %s stopped", self._name)
 
     async def _serve(
@@ -459,13 +460,20 @@ async def _settle(ack: Coroutine[Any, Any, None]) -> None:
         log.warning("could not acknowledge a submission (it will be redelivered): %s", exc)
 
 
-async def _close(nc: NATS) -> None:
-    """Flush what is pending (acks above all) and close; bounded."""
+async def _close(nc: NATS, sub: JetStreamContext.PullSubscription | None) -> None:
+    """Push out what is pending (acks above all), then close; bounded.
+
+    Not `nc.drain()`: it waits for the pull subscription's queue to be consumed, which never
+    happens to messages fetched but not handled; those return to the stream after ack_wait.
+    """
     try:
         async with asyncio.timeout(_CLOSE_TIMEOUT):
-            await nc.drain()
+            if sub is not None and not nc.is_closed:
+                await sub.unsubscribe()
+            if nc.is_connected:
+                await nc.flush(timeout=int(_CLOSE_TIMEOUT))
     except (TimeoutError, nats.errors.Error, OSError) as exc:
-        log.warning("NATS drain did not finish (%s); closing", type(exc).__name__)
-        with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
-            async with asyncio.timeout(_CLOSE_TIMEOUT):
-                await nc.close()
+        log.warning("could not flush before closing (%s)", type(exc).__name__)
+    with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
+        async with asyncio.timeout(_CLOSE_TIMEOUT):
+            await nc.close()
