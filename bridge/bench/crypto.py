@@ -8,9 +8,10 @@ primitives; 0.93 means 7 % goes to framing, msgpack, key lookups and checks. Abs
 depend on the machine; the ratio mostly does not, so it is what to compare between runs.
 
 Measurement: every item is warmed up, then timed for `seconds / rounds` per round with
-`time.perf_counter`, calls batched so that reading the clock costs nothing measurable. Rounds
-go over all items in turn, so that a machine slowing down or speeding up mid-run affects
-recipes and primitives alike; each item's rate is the median of its rounds.
+`time.perf_counter`, calls batched so that reading the clock costs nothing measurable. Within a
+round the items take turns in slices of a few milliseconds, so that a machine slowing down or
+speeding up mid-run affects recipes and primitives alike; each item's rate is the median of its
+rounds. docs/bench.md says how to read the numbers.
 
 NOTE: this module calls `bridge.crypto._primitives` directly, on purpose: timing the primitives
 is its job. It never touches `cryptography.hazmat` itself.
