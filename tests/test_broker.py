@@ -89,7 +89,13 @@ def clock() -> float:
 
 
 def write_config(
-    tmp_path: Path, env: NatsEnv, fed: Federation, *, batch_size: int = 8, name: str = "broker"
+    tmp_path: Path,
+    env: NatsEnv,
+    fed: Federation,
+    *,
+    batch_size: int = 8,
+    name: str = "broker",
+    reload_seconds: int = 1,
 ) -> Path:
     """A broker config as an operator would write it, with paths relative to the file."""
     base = tmp_path / name
@@ -118,7 +124,7 @@ def write_config(
         'file = "../directory.bin"\n'
         'anchor = "../anchor.json"\n'
         'serial_state = "directory.serial"\n'
-        "reload_seconds = 1\n" + ROUTES + retention
+        f"reload_seconds = {reload_seconds}\n" + ROUTES + retention
     )
     return path
 
@@ -549,6 +555,28 @@ async def test_broker_picks_up_a_new_directory(
         os.replace(new, tmp_path / "directory.bin")
         await wait_for("serial 2", lambda: broker.statistics().directory_serial == 2)
     assert (path.parent / "directory.serial").read_text().strip() == "2"
+
+
+async def test_unknown_recipient_triggers_a_directory_check(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    """A sender that already has the directory naming a new agency is not refused for it."""
+    path = write_config(tmp_path, nats_env, fed, reload_seconds=3600)
+    without_spdi = msgspec.structs.replace(
+        fed.directory.body, agencies=[a for a in fed.directory.body.agencies if a.id != SPDI]
+    )
+    (tmp_path / "directory.bin").write_bytes(sign_directory(without_spdi, fed.anchor))
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    async with make_broker(path) as broker:
+        new = tmp_path / "directory.new"
+        full = msgspec.structs.replace(fed.directory.body, serial=2)
+        new.write_bytes(sign_directory(full, fed.anchor))
+        os.replace(new, tmp_path / "directory.bin")
+        mid = new_message_id()
+        await jobcenter.submit(referral(fed, mid, recipients=[SPDI]), mid)
+        await wait_for("routed", lambda: broker.statistics().routed == 1)
+        assert broker.statistics().directory_serial == 2
+    assert ids(await (await Agency.connect(nats_env, SPDI)).inbox()) == [f"{mid}.{SPDI}"]
 
 
 async def _run_cli(*args: str) -> asyncio.subprocess.Process:

@@ -12,8 +12,10 @@ why nothing is routed twice.
 
 from __future__ import annotations
 
+from ._nats import inbox_msg_id, status_msg_id
 from ._routing import Submission, Verdict, allowed_by_routes, decide, inbox_ttl, parse_submission
-from ._service import Broker, BrokerStatistics, inbox_msg_id, status_msg_id
+from ._service import Broker
+from ._stats import BrokerStatistics
 
 __all__ = [
     "Broker",

@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final
+from typing import Final
 
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
@@ -36,63 +32,29 @@ from ..errors import BridgeError, ProtocolError, TransportError
 from ..natsauth import Identity
 from ..subjects import BROKER_CONSUMER, SUBMIT_STREAM, inbox_subject, status_subject
 from ..transport import bind_pull, connect, fetch, publish_durable
-from ..wire import Component, DeliveryState, MessageType, StatusEvent, encode_status_event
+from ..wire import DeliveryState, encode_status_event
 from ._directory import DirectoryHolder
+from ._nats import (
+    close_connection,
+    deliveries,
+    inbox_msg_id,
+    publish_all,
+    settle,
+    status_event,
+    status_msg_id,
+)
 from ._routing import Submission, Verdict, decide, parse_submission
+from ._stats import BrokerStatistics, Counters
 
-__all__ = ["Broker", "BrokerStatistics", "inbox_msg_id", "status_msg_id"]
+__all__ = ["Broker"]
 
 log = logging.getLogger("bridge.broker")
 
 _FETCH_WAIT: Final = 5.0  # seconds a pull request lingers on the server when nothing is waiting
 _FETCH_BACKOFF: Final = (0.1, 5.0)  # first and largest pause after a failed fetch
 _RETRY_MAX: Final = 300.0  # largest redelivery delay after a failed publish
+_NEWER_DIRECTORY: Final = frozenset({"key.unknown", "envelope.unknown_recipient"})
 _INTERNAL_ATTEMPTS: Final = 3  # deliveries of a submission that keeps hitting a bug before term
-_CLOSE_TIMEOUT: Final = 5.0
-
-
-def inbox_msg_id(message_id: str, recipient: str) -> str:
-    """`Nats-Msg-Id` of the copy of `message_id` in `recipient`'s inbox."""
-    return f"{message_id}.{recipient}"
-
-
-def status_msg_id(message_id: str, state: DeliveryState, recipient: str | None = None) -> str:
-    """`Nats-Msg-Id` of the broker's status event; one per message, state and recipient."""
-    return f"{message_id}.{state.value}" + (f".{recipient}" if recipient else "")
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerStatistics:
-    """Counters since the broker was created.
-
-    `routed`: submissions stored in every recipient's inbox. `rejected`: submissions refused,
-    by reason code. `redelivered`: deliveries of a submission that had been delivered before.
-    `deferred`: submissions handed back for a later retry after a transport failure.
-    `terminated`: submissions without a valid message id (they cannot be reported).
-    `internal_errors`: unexpected failures while handling a submission.
-    """
-
-    routed: int
-    rejected: Mapping[str, int]
-    redelivered: int
-    deferred: int
-    terminated: int
-    internal_errors: int
-    directory_serial: int
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
-
-
-@dataclass
-class _Counters:
-    routed: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    redelivered: int = 0
-    deferred: int = 0
-    terminated: int = 0
-    internal_errors: int = 0
 
 
 class Broker:
@@ -126,10 +88,11 @@ class Broker:
             config.path(config.directory.serial_state),
             clock=clock,
         )
-        self._counters = _Counters()
+        self._counters = Counters()
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
         self._in_batch = False
+        self._ran = False
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -146,8 +109,9 @@ class Broker:
         return self._started.is_set()
 
     async def run(self) -> None:
-        if self._started.is_set():
+        if self._ran:
             raise RuntimeError("a Broker runs once; create a new one to run again")
+        self._ran = True
         nats_config = self._config.nats
         nc = await connect(
             nats_config.url,
@@ -172,7 +136,7 @@ class Broker:
             )
             await self._serve(nc, js, sub)
         finally:
-            await _close(nc, sub)
+            await close_connection(nc, sub)
             log.info("broker %s stopped", self._name)
 
     async def _serve(
@@ -277,8 +241,8 @@ class Broker:
 
     async def _handle(self, js: JetStreamContext, msg: Msg, directory: Directory) -> None:
         """Settle one submission; never raises (except cancellation)."""
-        deliveries = _deliveries(msg)
-        if deliveries > 1:
+        delivery = deliveries(msg)
+        if delivery > 1:
             self._counters.redelivered += 1
         try:
             submission = parse_submission(msg.subject, msg.headers)
@@ -290,13 +254,13 @@ class Broker:
                 exc,
                 exc.reason,
             )
-            await _settle(msg.term())
+            await settle(msg.term())
             return
         try:
             await self._process(js, msg, submission, directory)
         except TransportError as exc:
             self._counters.deferred += 1
-            delay = min(self._retry_delay * 2 ** (deliveries - 1), _RETRY_MAX)
+            delay = min(self._retry_delay * 2 ** (delivery - 1), _RETRY_MAX)
             log.warning(
                 "deferred id=%s sender=%s: %s [%s]; retry in %.1fs",
                 submission.message_id,
@@ -305,17 +269,17 @@ class Broker:
                 exc.reason,
                 delay,
             )
-            await _settle(msg.nak(delay=delay))
+            await settle(msg.nak(delay=delay))
         except Exception:
             self._counters.internal_errors += 1
             log.exception(
                 "internal error on id=%s sender=%s (delivery %d)",
                 submission.message_id,
                 submission.sender,
-                deliveries,
+                delivery,
             )
-            if deliveries < _INTERNAL_ATTEMPTS:
-                await _settle(msg.nak(delay=self._retry_delay))
+            if delivery < _INTERNAL_ATTEMPTS:
+                await settle(msg.nak(delay=self._retry_delay))
             else:
                 await self._give_up(js, msg, submission)
 
@@ -325,7 +289,15 @@ class Broker:
         now = int(self._clock())
         header: Header | None = None
         try:
-            envelope = verify(msg.data, directory, now=now, limits=self._config.limits)
+            try:
+                envelope = verify(msg.data, directory, now=now, limits=self._config.limits)
+            except BridgeError as exc:
+                # A sender may already use a key or name an agency that a newer directory
+                # added, while ours waits for its next scheduled look: look once more now.
+                if exc.reason not in _NEWER_DIRECTORY or not self._directory.reload_if_changed():
+                    raise
+                directory = self._directory.current
+                envelope = verify(msg.data, directory, now=now, limits=self._config.limits)
             header = envelope.header
             verdict = decide(envelope, submission, directory, self._config, now)
         except BridgeError as exc:  # crypto, protocol or policy: the envelope's own fault
@@ -338,7 +310,7 @@ class Broker:
     ) -> None:
         timeout = self._config.publish_timeout_seconds
         message_id = submission.message_id
-        await _all(
+        await publish_all(
             publish_durable(
                 js,
                 inbox_subject(recipient),
@@ -350,13 +322,13 @@ class Broker:
             for recipient in verdict.recipients
         )
         routed = DeliveryState.ROUTED
-        await _all(
+        await publish_all(
             self._publish_status(
                 js, submission, routed, now, recipient=r, message_type=verdict.header.type
             )
             for r in verdict.recipients
         )
-        await _settle(msg.ack())
+        await settle(msg.ack())
         self._counters.routed += 1
         log.info(
             "routed id=%s sender=%s recipients=%s type=%s ttl=%d",
@@ -383,7 +355,7 @@ class Broker:
             reason=reason,
             message_type=header.type if header else None,
         )
-        await _settle(msg.ack())  # handled for good: the sender has been told
+        await settle(msg.ack())  # handled for good: the sender has been told
         self._counters.rejected[reason] += 1
         log.warning(
             "rejected id=%s sender=%s recipients=%s type=%s reason=%s",
@@ -400,7 +372,7 @@ class Broker:
             await self._reject(js, msg, submission, "broker.internal_error", None)
         except Exception:
             log.exception("terminated id=%s unreported", submission.message_id)
-            await _settle(msg.term())
+            await settle(msg.term())
 
     async def _publish_status(
         self,
@@ -413,15 +385,14 @@ class Broker:
         reason: str | None = None,
         message_type: str | None = None,
     ) -> None:
-        event = StatusEvent(
-            message_id=submission.message_id,
-            sender=submission.sender,
+        event = status_event(
+            submission.message_id,
+            submission.sender,
+            state,
+            now,
             recipient=recipient,
-            message_type=MessageType(message_type) if message_type else None,
-            state=state,
             reason=reason,
-            at=datetime.datetime.fromtimestamp(now, datetime.UTC),
-            component=Component.BROKER,
+            message_type=message_type,
         )
         await publish_durable(
             js,
@@ -430,50 +401,3 @@ class Broker:
             msg_id=status_msg_id(submission.message_id, state, recipient),
             timeout=self._config.publish_timeout_seconds,
         )
-
-
-def _deliveries(msg: Msg) -> int:
-    try:
-        return int(msg.metadata.num_delivered)
-    except (AttributeError, TypeError, ValueError, nats.errors.Error):
-        return 1
-
-
-async def _all(publishes: Iterable[Coroutine[Any, Any, object]]) -> None:
-    """Run publishes concurrently; if any fails, raise the first `BridgeError` as itself."""
-    try:
-        async with asyncio.TaskGroup() as tg:
-            for publish in publishes:
-                tg.create_task(publish)
-    except BaseExceptionGroup as group:
-        first = group.exceptions[0]
-        if all(isinstance(e, BridgeError) for e in group.exceptions):
-            raise first  # noqa: B904 - the group is kept as its context
-        raise
-
-
-async def _settle(ack: Coroutine[Any, Any, None]) -> None:
-    """Send an ack, nak or term; if it is lost, the submission comes back after ack_wait."""
-    try:
-        await ack
-    except (nats.errors.Error, OSError) as exc:
-        log.warning("could not acknowledge a submission (it will be redelivered): %s", exc)
-
-
-async def _close(nc: NATS, sub: JetStreamContext.PullSubscription | None) -> None:
-    """Push out what is pending (acks above all), then close; bounded.
-
-    Not `nc.drain()`: it waits for the pull subscription's queue to be consumed, which never
-    happens to messages fetched but not handled; those return to the stream after ack_wait.
-    """
-    try:
-        async with asyncio.timeout(_CLOSE_TIMEOUT):
-            if sub is not None and not nc.is_closed:
-                await sub.unsubscribe()
-            if nc.is_connected:
-                await nc.flush(timeout=int(_CLOSE_TIMEOUT))
-    except (TimeoutError, nats.errors.Error, OSError) as exc:
-        log.warning("could not flush before closing (%s)", type(exc).__name__)
-    with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
-        async with asyncio.timeout(_CLOSE_TIMEOUT):
-            await nc.close()
