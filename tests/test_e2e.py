@@ -1,0 +1,334 @@
+"""End to end: local systems talk HTTP to adapters; adapters, broker and nats-server do the rest.
+
+Everything is real except that the components run in this process: a nats-server with its own
+store, the broker, three adapters serving HTTP on free ports, and the demo sink standing in for
+the counselling service's local system. The state directory is the one `bridge up` prepares, so
+these tests also cover the configs it generates. Waits poll with deadlines; nothing asserts on
+timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import io
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import msgspec
+import pytest
+
+from bridge.adapters.service import Adapter
+from bridge.broker import Broker
+from bridge.config import BrokerConfig, Retention, load_adapter_config, load_broker_config
+from bridge.demo import demo_referral, run_demo
+from bridge.natsauth import Credentials, Identity
+from bridge.natsd import NatsServer
+from bridge.provision import provision_at
+from bridge.up.layout import DEMO_AGENCIES
+from bridge.up.sink import DemoSink
+from bridge.up.state import Stack, prepare
+from bridge.wire import Body, Feedback, MeasureStarted, message_type_of
+
+JOBCENTER = "jobcenter-unna"
+COUNSELLING = "suchtberatung-unna"  # webhook delivery
+SPDI = "spdi-unna"  # pull delivery
+DEADLINE = 30.0
+_T = TypeVar("_T")
+
+
+async def eventually(
+    what: str, check: Callable[[], Awaitable[_T | None]], deadline: float = DEADLINE
+) -> _T:
+    end = time.monotonic() + deadline
+    while True:
+        found = await check()
+        if found is not None:
+            return found
+        if time.monotonic() > end:
+            raise AssertionError(f"{what}: not within {deadline:g}s")
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class E2E:
+    """The running stack and HTTP helpers that act as each agency's local system."""
+
+    stack: Stack
+    server: NatsServer
+    sink: DemoSink
+    session: aiohttp.ClientSession
+    adapters: dict[str, Adapter] = field(default_factory=dict)
+    broker: Broker | None = None
+
+    def broker_config(self) -> BrokerConfig:
+        return load_broker_config(self.stack.layout.broker_config)
+
+    async def start_broker(self, config: BrokerConfig | None = None) -> None:
+        assert self.broker is None
+        broker = Broker(config or self.broker_config(), fetch_wait=1.0, retry_delay=0.5)
+        await broker.__aenter__()
+        self.broker = broker
+
+    async def stop_broker(self) -> None:
+        if self.broker is not None:
+            broker, self.broker = self.broker, None
+            await broker.__aexit__(None, None, None)
+
+    async def start_adapters(self) -> None:
+        for agency in DEMO_AGENCIES:
+            config = load_adapter_config(self.stack.layout.adapter_config(agency.id))
+            adapter = Adapter(config, fetch_timeout=1.0)
+            await adapter.start()
+            self.adapters[agency.id] = adapter
+
+    def _headers(self, agency: str, scopes: list[str]) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.stack.token(agency, scopes, 600)}"}
+
+    async def submit(
+        self,
+        sender: str,
+        recipients: list[str],
+        body: Body,
+        *,
+        categories: tuple[str, ...] = ("identity", "contact", "addiction"),
+        purpose: str = "integration-support",
+        lifetime_seconds: int | None = None,
+    ) -> str:
+        request: dict[str, Any] = {
+            "type": message_type_of(body).value,
+            "recipients": recipients,
+            "consent": f"c-{secrets.token_hex(16)}",
+            "purpose": purpose,
+            "categories": list(categories),
+            "body": body,
+        }
+        if lifetime_seconds is not None:
+            request["lifetime_seconds"] = lifetime_seconds
+        headers = {
+            **self._headers(sender, ["messages:send"]),
+            "Content-Type": "application/json",
+            "Idempotency-Key": str(uuid.uuid4()),
+        }
+        async with self.session.post(
+            f"{self.stack.adapter_url(sender)}/v1/messages",
+            data=msgspec.json.encode(request),
+            headers=headers,
+        ) as response:
+            answer = await response.json()
+            assert response.status == 202, answer
+        return str(answer["message_id"])
+
+    async def status(self, sender: str, message_id: str) -> Any:
+        async with self.session.get(
+            f"{self.stack.adapter_url(sender)}/v1/messages/{message_id}",
+            headers=self._headers(sender, ["messages:read"]),
+        ) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+    async def wait_states(self, sender: str, message_id: str, wanted: dict[str, str]) -> Any:
+        """Wait until each recipient's summary state is the wanted one; return the status."""
+
+        async def reached() -> Any:
+            status = await self.status(sender, message_id)
+            states = {r["agency"]: r.get("state") for r in status["recipients"]}
+            return status if states == wanted else None
+
+        return await eventually(f"{message_id} reaching {wanted}", reached)
+
+    async def inbox(self, agency: str) -> list[str]:
+        async with self.session.get(
+            f"{self.stack.adapter_url(agency)}/v1/inbox",
+            headers=self._headers(agency, ["inbox:read"]),
+        ) as response:
+            assert response.status == 200
+            return [item["message_id"] for item in (await response.json())["items"]]
+
+    async def pull(self, agency: str, message_id: str) -> Any:
+        """Wait for the item in `agency`'s pull inbox, read it and acknowledge it."""
+
+        async def listed() -> bool | None:
+            return True if message_id in await self.inbox(agency) else None
+
+        await eventually(f"{message_id} in {agency}'s inbox", listed)
+        url = f"{self.stack.adapter_url(agency)}/v1/inbox/{message_id}"
+        async with self.session.get(url, headers=self._headers(agency, ["inbox:read"])) as r:
+            assert r.status == 200
+            item = await r.json()
+        async with self.session.post(
+            f"{url}/ack", headers=self._headers(agency, ["inbox:ack"])
+        ) as r:
+            assert r.status in (200, 204), await r.text()
+        return item
+
+    def pushed(self, message_id: str) -> list[Any]:
+        return [d.payload for d in self.sink.deliveries if d.message_id == message_id]
+
+    async def wait_pushed(self, message_id: str) -> Any:
+        async def found() -> Any:
+            hits = self.pushed(message_id)
+            return hits[0] if hits else None
+
+        return await eventually(f"{message_id} pushed to the sink", found)
+
+
+@pytest.fixture
+async def e2e(tmp_path: Path) -> AsyncIterator[E2E]:
+    stack = prepare(tmp_path / "state", port_base=0)
+    layout = stack.layout
+    server = NatsServer.from_layout(layout.nats)
+    await server.start()
+    admin = Credentials(layout.nats.creds_dir).seed_file(Identity.admin())
+    await provision_at(server.url, admin, [a.id for a in DEMO_AGENCIES])
+    secret = layout.webhook_secret(COUNSELLING).read_bytes().strip()
+    sink = DemoSink({COUNSELLING: secret}, stack.sink_access_token())
+    await sink.start(stack.ports.host, stack.ports.sink)
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+    env = E2E(stack=stack, server=server, sink=sink, session=session)
+    try:
+        await env.start_broker()
+        await env.start_adapters()
+        yield env
+    finally:
+        for adapter in env.adapters.values():
+            await adapter.stop()
+        await env.stop_broker()
+        await session.close()
+        await sink.stop()
+        await server.stop()
+
+
+async def test_referral_reaches_webhook_and_pull_and_is_receipted(e2e: E2E) -> None:
+    referral = demo_referral()
+    message_id = await e2e.submit(JOBCENTER, [COUNSELLING, SPDI], referral)
+
+    pushed = await e2e.wait_pushed(message_id)
+    assert pushed["sender"] == JOBCENTER
+    assert pushed["type"] == "referral"
+    assert pushed["body"]["client"]["family_name"] == referral.client.family_name
+
+    pulled = await e2e.pull(SPDI, message_id)
+    assert pulled["body"]["reason"] == referral.reason
+    assert message_id not in await e2e.inbox(SPDI)  # acknowledged: gone from the inbox
+
+    status = await e2e.wait_states(
+        JOBCENTER, message_id, {COUNSELLING: "receipted", SPDI: "receipted"}
+    )
+    seen = {(e["state"], e.get("recipient")) for e in status["events"]}
+    for recipient in (COUNSELLING, SPDI):
+        for state in ("routed", "delivered", "receipted"):
+            assert (state, recipient) in seen, status
+    assert len(e2e.pushed(message_id)) == 1
+
+
+async def test_feedback_travels_back_to_the_jobcenter(e2e: E2E) -> None:
+    referral_id = await e2e.submit(JOBCENTER, [SPDI], demo_referral())
+    await e2e.pull(SPDI, referral_id)
+    feedback = Feedback(
+        in_reply_to=referral_id,
+        outcome=MeasureStarted(),
+        occurred_on=datetime.date.today(),
+    )
+    feedback_id = await e2e.submit(
+        SPDI, [JOBCENTER], feedback, categories=("health",), purpose="integration-support"
+    )
+    item = await e2e.pull(JOBCENTER, feedback_id)
+    assert item["sender"] == SPDI
+    assert item["body"]["in_reply_to"] == referral_id
+    await e2e.wait_states(SPDI, feedback_id, {JOBCENTER: "receipted"})
+
+
+async def test_the_demo_runs_against_the_stack(e2e: E2E) -> None:
+    out = io.StringIO()
+    message_id = await run_demo(e2e.stack, out, patience=DEADLINE)
+    text = out.getvalue()
+    assert message_id in text
+    assert "Done: delivered and receipted for suchtberatung-unna and spdi-unna." in text
+
+
+async def test_accepted_message_survives_broker_and_nats_restart_delivered_once(
+    e2e: E2E,
+) -> None:
+    await e2e.stop_broker()
+    message_id = await e2e.submit(JOBCENTER, [COUNSELLING], demo_referral())
+    status = await e2e.status(JOBCENTER, message_id)
+    assert {r["agency"]: r.get("state") for r in status["recipients"]} == {COUNSELLING: "accepted"}
+
+    await e2e.server.kill()  # a crash: what was acknowledged must be on disk
+    await e2e.server.start()
+    await e2e.start_broker()
+
+    await e2e.wait_states(JOBCENTER, message_id, {COUNSELLING: "receipted"})
+    assert len(e2e.pushed(message_id)) == 1
+
+    # Deliveries to one webhook are in order: once a later message is through, no redelivered
+    # copy of the first can still be on its way.
+    barrier = await e2e.submit(JOBCENTER, [COUNSELLING], demo_referral())
+    await e2e.wait_states(JOBCENTER, barrier, {COUNSELLING: "receipted"})
+    assert len(e2e.pushed(message_id)) == 1
+    assert len(e2e.pushed(barrier)) == 1
+    status = await e2e.status(JOBCENTER, message_id)
+    states = [e["state"] for e in status["events"]]
+    assert states.count("receipted") == 1
+    assert {"accepted", "routed", "delivered", "receipted"} <= set(states)
+
+
+def _feedback() -> Feedback:
+    return Feedback(
+        in_reply_to=str(uuid.uuid4()), outcome=MeasureStarted(), occurred_on=datetime.date.today()
+    )
+
+
+@pytest.mark.parametrize(
+    ("sender", "recipients", "make_body", "categories"),
+    [
+        pytest.param(SPDI, [COUNSELLING], demo_referral, ("identity",), id="service-refers"),
+        pytest.param(JOBCENTER, [COUNSELLING], _feedback, ("health",), id="jobcenter-feedback"),
+        pytest.param(
+            SPDI, [JOBCENTER, COUNSELLING], _feedback, ("health",), id="one-recipient-denied"
+        ),
+    ],
+)
+async def test_route_not_allowed_is_rejected_on_the_timeline(
+    e2e: E2E,
+    sender: str,
+    recipients: list[str],
+    make_body: Callable[[], Body],
+    categories: tuple[str, ...],
+) -> None:
+    message_id = await e2e.submit(sender, recipients, make_body(), categories=categories)
+    status = await e2e.wait_states(sender, message_id, dict.fromkeys(recipients, "rejected"))
+    assert {r.get("reason") for r in status["recipients"]} == {"policy.route_denied"}
+    assert any(
+        e["state"] == "rejected" and e.get("reason") == "policy.route_denied"
+        for e in status["events"]
+    )
+    for recipient in recipients:  # nothing reached anyone, not even the allowed recipient
+        if recipient == COUNSELLING:
+            assert e2e.pushed(message_id) == []
+        else:
+            assert message_id not in await e2e.inbox(recipient)
+
+
+async def test_lifetime_beyond_the_type_limit_is_rejected_on_the_timeline(e2e: E2E) -> None:
+    config = e2e.broker_config()
+    strict = msgspec.structs.replace(
+        config,
+        retention={
+            **config.retention,
+            "referral": Retention(inbox_ttl_seconds=3600, max_lifetime_seconds=7200),
+        },
+    )
+    await e2e.stop_broker()
+    await e2e.start_broker(strict)
+    message_id = await e2e.submit(JOBCENTER, [COUNSELLING], demo_referral(), lifetime_seconds=86400)
+    status = await e2e.wait_states(JOBCENTER, message_id, {COUNSELLING: "rejected"})
+    assert status["recipients"][0]["reason"] == "policy.lifetime"
+    assert e2e.pushed(message_id) == []
