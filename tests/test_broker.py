@@ -230,6 +230,16 @@ def test_routes_are_default_deny(tmp_path: Path, fed: Federation) -> None:
     assert not allowed_by_routes(config, "doctor", "jobcenter", "feedback")
 
 
+def test_the_documented_config_loads(tmp_path: Path) -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "broker.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "broker.toml"
+    path.write_text(example)
+    config = load_broker_config(path)
+    assert allowed_by_routes(config, "jobcenter", "social-psychiatric-service", "referral")
+    assert config.retention["receipt"].inbox_ttl_seconds == 7 * DAY
+
+
 def test_directory_reload_refuses_bad_files_and_rollback(tmp_path: Path, fed: Federation) -> None:
     anchor_path = tmp_path / "anchor.json"
     anchor_path.write_bytes(msgspec.json.encode(fed.anchor.public_record()))
