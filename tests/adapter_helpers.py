@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -127,7 +127,7 @@ def agency_seed(env: Any, agency: str) -> Path:
     return path
 
 
-def referral_request(recipients: tuple[str, ...] = (SUCHT,), **changes: Any) -> dict[str, Any]:
+def referral_request(recipients: Sequence[str] = (SUCHT,), **changes: Any) -> dict[str, Any]:
     request: dict[str, Any] = {
         "type": "referral",
         "recipients": list(recipients),
