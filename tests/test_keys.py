@@ -403,3 +403,45 @@ def test_public_record_json_round_trip(enc_key: PrivateKey) -> None:
     data = msgspec.json.encode(record)
     assert msgspec.json.decode(data, type=PublicKeyRecord).check() == record
     assert enc_key.seed.hex() not in data.decode()
+
+
+def test_sender_signs_with_the_newest_key_the_directory_publishes(tmp_path: Path) -> None:
+    anchor = generate_key("test", "sign", T0 - DAY, T0 + 1000 * DAY)
+    Keyring.create(tmp_path / "a", "jc-mitte", now=T0)
+    Keyring.create(tmp_path / "b", "sucht-nord", now=T0)
+    recipient = Keyring.load(tmp_path / "b")
+    published = Keyring.load(tmp_path / "a")
+    directory = _directory(anchor, [published, recipient], T0 + DAY)
+    old_sign = published.current("sign", T0 + DAY)
+
+    # Rotate the sender; the federation has not published the new keys yet.
+    Keyring.create(tmp_path / "a", "jc-mitte", now=T0 + 2 * DAY)
+    rotated = Keyring.load(tmp_path / "a")
+    at = T0 + 3 * DAY
+    assert rotated.current("sign", at).kid != old_sign.kid
+
+    def sealed(directory: Directory) -> bytes:
+        return seal(
+            b"body",
+            message_type="referral",
+            sender=rotated,
+            recipients=["sucht-nord"],
+            directory=directory,
+            consent=CONSENT,
+            purpose="referral",
+            categories=["contact"],
+            lifetime=DAY,
+            now=at,
+        )
+
+    # Until then the old, published key keeps signing, so peers can still verify.
+    envelope = sealed(directory)
+    assert envelope[6:22] == old_sign.kid
+    assert open_envelope(envelope, recipient, directory, now=at).plaintext == b"body"
+    # Once published, the new key signs.
+    republished = _directory(anchor, [rotated, recipient], at)
+    assert sealed(republished)[6:22] == rotated.current("sign", at).kid
+    # A keyring none of whose signing keys is published cannot seal at all.
+    stranger = Keyring("jc-mitte", [generate_key("jc-mitte", "sign", T0, T0 + 9 * DAY)])
+    with pytest.raises(UnknownKey):
+        stranger.current_published("sign", at, directory)

@@ -217,7 +217,7 @@ def seal(
     broker would reject is never produced.
     """
     at = int(time.time()) if now is None else now
-    signing = sender.current("sign", at)
+    signing = sender.current_published("sign", at, directory)
     keys = [(agency, directory.current_key(agency, "enc", at)) for agency in recipients]
     content_key = P.random_bytes(_CONTENT_KEY_LEN)
     data = _seal_with(

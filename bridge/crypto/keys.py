@@ -409,6 +409,20 @@ class Keyring:
             raise UnknownKey(f"{self.agency} has no valid {use} key")
         return valid[-1]
 
+    def current_published(self, use: KeyUse, now: int, directory: KeyLookup) -> PrivateKey:
+        """The newest valid key of that use that `directory` lists for this agency, unrevoked.
+
+        After `bridge keys rotate` the new key is current locally at once, but peers accept it
+        only when the federation has published it; until then the previous key keeps signing.
+        """
+        for key in reversed(self._keys):
+            if key.use != use or not key.valid_at(now):
+                continue
+            found = directory.key(key.kid)
+            if found is not None and found[0] == self.agency and not directory.is_revoked(key.kid):
+                return key
+        raise UnknownKey(f"{self.agency} has no valid {use} key that the directory lists")
+
     def decryption_key(self, kid: bytes, now: int) -> PrivateKey | None:
         key = self._by_kid.get(kid)
         if key is None or key.use != "enc" or not key.valid_at(now):
