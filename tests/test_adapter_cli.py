@@ -1,0 +1,74 @@
+"""`bridge adapter -c FILE`: a real process, ready over HTTP, stopped cleanly by SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from adapter_helpers import JOBCENTER, agency_seed, make_agency
+
+from bridge.cli import main
+
+
+def _toml(value: Any, prefix: str = "") -> str:
+    """Just enough TOML for an adapter config: scalars, lists of strings, nested tables."""
+    scalars, tables = [], []
+    for key, item in value.items():
+        if isinstance(item, dict):
+            tables.append(_toml(item, f"{prefix}{key}."))
+        elif item is not None:
+            scalars.append(f"{key} = {json.dumps(item)}")
+    head = [f"[{prefix[:-1]}]"] if prefix else []
+    return "\n".join(head + scalars + [""] + tables)
+
+
+def test_config_error_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "adapter.toml"
+    bad.write_text('agency = "jobcenter-unna"\nunknown_key = 1\n')
+    assert main(["adapter", "-c", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "config.invalid" in err
+    assert main(["adapter", "-c", str(tmp_path / "missing.toml")]) == 2
+
+
+async def test_adapter_process_serves_and_stops_on_sigterm(tmp_path: Path, nats_env: Any) -> None:
+    agency = make_agency(tmp_path, nats_env.url, agency_seed(nats_env, JOBCENTER), JOBCENTER)
+    config = msgspec.to_builtins(agency.config)
+    del config["base_dir"]
+    path = tmp_path / "adapter.toml"
+    path.write_text(_toml(config))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "adapter",
+        "-c",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            line = (await proc.stdout.readline()).decode()
+        assert "listening on" in line, line
+        url = line.rsplit(" ", 1)[1].strip()
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/readyz") as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
