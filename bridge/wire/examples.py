@@ -1,8 +1,8 @@
 """One valid, entirely fictional example of each body and of a status event.
 
 For tests, documentation, the OpenAPI description and the demo federation. The names are the
-German placeholder names (Mustermann); the phone numbers are from the ranges the Bundesnetzagentur
-reserves for drama productions; addresses and ids are made up.
+German placeholder names (Mustermann, Beispiel); phone numbers, addresses and ids are made up, and
+e-mail domains use the reserved `.example` top-level domain.
 """
 
 from __future__ import annotations
