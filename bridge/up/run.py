@@ -125,7 +125,11 @@ def _banner(stack: Stack, server: NatsServer, supervisor: Supervisor, sink: Demo
 
 
 async def run_stack(stack: Stack, out: TextIO = sys.stdout) -> int:
-    """Start everything, print the banner, run until a signal or a death; return the exit code."""
+    """Start everything, print the banner, run until a signal or a death; return the exit code.
+
+    A signal during start-up abandons the start and stops what already runs (exit 0); a
+    failing start raises its error after everything started so far is stopped.
+    """
 
     def say(text: str) -> None:
         print(text, file=out, flush=True)
@@ -140,39 +144,20 @@ async def run_stack(stack: Stack, out: TextIO = sys.stdout) -> int:
     supervisor = Supervisor(on_event=lambda text: say(f"bridge up: {text}"))
     sink = DemoSink(_webhook_secrets(layout), stack.sink_access_token())
     try:
-        await server.start()
-        say(f"bridge up: nats-server ready on {server.url} (pid {server.pid})")
-        admin_seed = Credentials(layout.nats.creds_dir).seed_file(Identity.admin())
-        agencies = [agency.id for agency in DEMO_AGENCIES]
-        report = await provision_at(server.url, admin_seed, agencies)
-        created = len(report.by_action(Action.CREATED))
-        updated = len(report.by_action(Action.UPDATED))
-        say(
-            f"bridge up: provisioned streams, consumers and buckets ({created} created, "
-            f"{updated} updated, {len(report.changes) - created - updated} unchanged)"
-        )
-        await sink.start(stack.ports.host, stack.ports.sink)
-        say(f"bridge up: demo sink ready on {sink.url}")
-        admin = await connect(server.url, admin_seed, Identity.admin().inbox_prefix, "bridge-up")
+        starting = asyncio.ensure_future(_start_all(stack, server, supervisor, sink, say))
+        stopped = asyncio.ensure_future(stop.wait())
         try:
-            async with aiohttp.ClientSession() as session:
-                await supervisor.start(
-                    _component(
-                        "broker", layout.broker_config, layout.broker_log, _broker_probe(admin)
-                    )
-                )
-                for agency in DEMO_AGENCIES:
-                    url = f"{stack.adapter_url(agency.id)}/readyz"
-                    await supervisor.start(
-                        _component(
-                            f"adapter {agency.id}",
-                            layout.adapter_config(agency.id),
-                            layout.adapter_log(agency.id),
-                            _http_probe(session, url),
-                        )
-                    )
+            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await admin.close()
+            stopped.cancel()
+            if not starting.done():
+                starting.cancel()
+            # wait() rather than await: the start's own cancellation is not ours to raise.
+            await asyncio.wait({starting, stopped})
+        if stop.is_set():
+            say("bridge up: stop requested")
+            return 0
+        starting.result()  # raises what made the start fail
         say(_banner(stack, server, supervisor, sink))
         return await _watch(stop, server, supervisor, say)
     finally:
@@ -183,6 +168,48 @@ async def run_stack(stack: Stack, out: TextIO = sys.stdout) -> int:
         say("bridge up: stopped")
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _start_all(
+    stack: Stack,
+    server: NatsServer,
+    supervisor: Supervisor,
+    sink: DemoSink,
+    say: Callable[[str], None],
+) -> None:
+    """nats-server, provisioning, the sink, the broker, the adapters: each ready in turn."""
+    layout = stack.layout
+    await server.start()
+    say(f"bridge up: nats-server ready on {server.url} (pid {server.pid})")
+    admin_seed = Credentials(layout.nats.creds_dir).seed_file(Identity.admin())
+    agencies = [agency.id for agency in DEMO_AGENCIES]
+    report = await provision_at(server.url, admin_seed, agencies)
+    created = len(report.by_action(Action.CREATED))
+    updated = len(report.by_action(Action.UPDATED))
+    say(
+        f"bridge up: provisioned streams, consumers and buckets ({created} created, "
+        f"{updated} updated, {len(report.changes) - created - updated} unchanged)"
+    )
+    await sink.start(stack.ports.host, stack.ports.sink)
+    say(f"bridge up: demo sink ready on {sink.url}")
+    admin = await connect(server.url, admin_seed, Identity.admin().inbox_prefix, "bridge-up")
+    try:
+        async with aiohttp.ClientSession() as session:
+            await supervisor.start(
+                _component("broker", layout.broker_config, layout.broker_log, _broker_probe(admin))
+            )
+            for agency in DEMO_AGENCIES:
+                url = f"{stack.adapter_url(agency.id)}/readyz"
+                await supervisor.start(
+                    _component(
+                        f"adapter {agency.id}",
+                        layout.adapter_config(agency.id),
+                        layout.adapter_log(agency.id),
+                        _http_probe(session, url),
+                    )
+                )
+    finally:
+        await admin.close()
 
 
 async def _watch(
