@@ -7,6 +7,7 @@ adapters against each other with the test as the broker, moving envelopes as adm
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import aiohttp
 import pytest
 from adapter_helpers import (
     JOBCENTER,
+    NOW,
     SPDI,
     SUCHT,
     Agency,
@@ -31,9 +33,10 @@ from adapter_helpers import (
 )
 
 from bridge.adapters.service import Adapter
-from bridge.adapters.store import Event, MessageRecord
+from bridge.adapters.store import Event, MessageRecord, Store
 from bridge.adapters.timeline import message_status
 from bridge.ids import new_message_id
+from bridge.natsauth import Identity
 from bridge.subjects import HDR_MSG_ID, status_subject
 from bridge.transport import publish_durable
 from bridge.wire import (
@@ -236,3 +239,35 @@ async def test_two_adapters_end_to_end(tmp_path: Path, nats_env: Any, sender: Se
             return (await sender.states(message_id))[SUCHT] == "receipted"
 
         await eventually(receipted, what="the receipt folded")
+
+
+async def test_concurrent_folds_from_two_instances_lose_nothing(nats_env: Any) -> None:
+    """Compare-and-set with retry: two adapter instances folding at once keep every event."""
+    stores = []
+    for _ in range(2):
+        client = await nats_env.connect(Identity.for_agency(JOBCENTER))
+        stores.append(await Store.open(client.js, JOBCENTER, 5.0))
+    message_id = new_message_id()
+    recipients = [f"agency-{i}" for i in range(8)]
+    record = MessageRecord(
+        message_id=message_id,
+        type="referral",
+        recipients=recipients,
+        created_at=NOW,
+        expires_at=NOW + 3600,
+    )
+    await stores[0].create_message(record, NOW)
+    await asyncio.gather(
+        *(
+            stores[i % 2].add_events(
+                message_id, [Event(state="routed", at=NOW, recipient=agency)], NOW
+            )
+            for i, agency in enumerate(recipients)
+        )
+    )
+    stored = await stores[1].get_message(message_id)
+    assert stored is not None
+    assert sorted(e.recipient or "" for e in stored.events) == recipients
+    assert (
+        await stores[0].add_events(new_message_id(), [Event(state="routed", at=NOW)], NOW) is False
+    )

@@ -285,25 +285,36 @@ class Adapter:
         log.info("adapter %s stopped", self.config.agency)
 
     async def _close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        if self._nc is not None:
-            with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
-                async with asyncio.timeout(5.0):
-                    await self._nc.close()
-        self.inbox = None
+        try:
+            if self._runner is not None:
+                await self._runner.cleanup()
+                self._runner = None
+            await self._stop_background()
+        finally:
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
+            if self._nc is not None:
+                with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
+                    async with asyncio.timeout(5.0):
+                        await self._nc.close()
+            self.inbox = None
+
+    async def _stop_background(self) -> None:
+        task = self._task
+        if task is None:
+            return
+        if task.done():
+            if not task.cancelled() and task.exception() is not None:
+                log.error("adapter background work had failed: %r", task.exception())
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are being cancelled ourselves, not just our task
 
 
 def _url_host(host: str) -> str:

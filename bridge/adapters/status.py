@@ -86,6 +86,14 @@ class StatusFolder:
         )
         if await self._store.add_events(event.message_id, [folded], int(self._clock())):
             self.folded += 1
+        elif event.state.value == "rejected":
+            # Typically a receipt this adapter sent: it has no timeline, but a refused receipt
+            # means the sender never learns of the delivery, which operators should see.
+            log.warning(
+                "status: message %s (no record here) was rejected [%s]",
+                event.message_id,
+                event.reason,
+            )
         else:
             log.info("status: event for message %s, which has no record here", event.message_id)
         await msg.ack()
