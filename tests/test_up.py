@@ -14,6 +14,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from bridge.adapters.webhook import sign
 from bridge.config import load_adapter_config
 from bridge.errors import ConfigError
 from bridge.up.layout import DEMO_AGENCIES, StateLayout
+from bridge.up.ports import choose_ports, load_ports, port_is_free
 from bridge.up.run import READY_LINE, hold_lock
 from bridge.up.sink import verify_webhook_signature
 from bridge.up.state import open_stack, prepare
@@ -359,3 +361,33 @@ def test_second_up_on_the_same_state_is_refused(tmp_path: Path, running: list[Up
     assert refused.returncode == 2
     assert "up.already_running" in refused.stderr
     assert open_stack(state).ports == prepare(state).ports
+
+
+def test_a_recorded_port_in_use_is_named(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    stack = prepare(state, port_base=0)
+    with socket.socket() as squatter:
+        squatter.bind((stack.ports.host, stack.ports.sink))
+        squatter.listen()
+        refused = subprocess.run(
+            [*BRIDGE, "up", "--state", str(state)], capture_output=True, text=True, timeout=60
+        )
+    assert refused.returncode == 2
+    assert "up.port_in_use" in refused.stderr
+    assert f"demo sink ({stack.ports.host}:{stack.ports.sink})" in refused.stderr
+    assert load_ports(state / "ports.json") == stack.ports  # nothing re-chosen behind our back
+
+
+def test_default_ports_are_the_documented_ones_where_free() -> None:
+    ports = choose_ports("127.0.0.1", None)
+    wanted = {
+        "nats-server": 4222,
+        "demo sink": 8409,
+        "adapter jobcenter-unna": 8401,
+        "adapter suchtberatung-unna": 8402,
+        "adapter spdi-unna": 8403,
+    }
+    for what, port in ports.all().items():
+        if port_is_free("127.0.0.1", wanted[what]):
+            assert port == wanted[what], what
+    assert len(set(ports.all().values())) == len(wanted)
