@@ -48,8 +48,10 @@ from bridge.wire import (
     StatusEvent,
     StatusEventInvalid,
     Urgency,
+    WireInvalid,
     decode_body,
     decode_status_event,
+    decode_strict,
     encode_body,
     encode_status_event,
     message_type_of,
@@ -358,6 +360,27 @@ def test_garbage_is_refused(data: bytes, reason: str) -> None:
     with pytest.raises(BodyInvalid) as info:
         decode_body("referral", data)
     assert info.value.reason == reason
+    assert_no_leak(info.value)
+
+
+def test_deep_nesting_is_refused_not_crashed() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(BodyInvalid):
+        decode_body("referral", b'{"type": "referral", "notes": ' + deep + b"}")
+
+    class Envelope(msgspec.Struct):
+        body: msgspec.Raw
+
+    with pytest.raises(WireInvalid) as info:
+        decode_strict(
+            msgspec.json.Decoder(Envelope),
+            b'{"body": ' + deep + b"}",
+            limit=1_000_000,
+            error=WireInvalid,
+            what="request",
+            prefix="request",
+        )
+    assert info.value.reason == "request.malformed"
     assert_no_leak(info.value)
 
 

@@ -29,7 +29,14 @@ from ._bodies import (
     Rejected,
     message_type_of,
 )
-from ._codec import MAX_BODY_BYTES, BodyInvalid, WireInvalid, decode_body, encode_body
+from ._codec import (
+    MAX_BODY_BYTES,
+    BodyInvalid,
+    WireInvalid,
+    decode_body,
+    decode_strict,
+    encode_body,
+)
 from ._codes import Concern, ContactChannel, EndReason, Gender, Service, Urgency
 from ._status import (
     MAX_STATUS_EVENT_BYTES,
@@ -87,6 +94,7 @@ __all__ = [
     "WireInvalid",
     "decode_body",
     "decode_status_event",
+    "decode_strict",
     "encode_body",
     "encode_status_event",
     "message_type_of",

@@ -77,6 +77,7 @@ _PROBLEMS: Final[tuple[tuple[re.Pattern[str], str | None], ...]] = (
     (re.compile(r"^Invalid value "), "Invalid value"),
     (re.compile(r"^JSON is malformed: [a-z ]+ \(byte [0-9]+\)$"), None),
     (re.compile(r"^Input data was truncated$"), None),
+    (re.compile(r"^maximum recursion depth exceeded"), "Nested too deeply"),
 )
 
 
@@ -116,8 +117,11 @@ def decode_strict(
 ) -> _T:
     """Decode `data` with `decoder`; turn every failure into `error(...)` with a safe message.
 
-    Beyond msgspec's checks, an object with a repeated key is refused: parsers disagree on which
-    value wins, and a local system must not read a different value than the one validated here.
+    For any strict JSON document, not only bodies: `error` is a `WireInvalid` subclass, `what`
+    names the document in messages, and the reason is `<prefix>.too_large`, `<prefix>.malformed`
+    or `<prefix>.invalid`. Beyond msgspec's checks, an object with a repeated key is refused:
+    parsers disagree on which value wins, and a local system must not read a different value than
+    the one validated here.
     """
     if len(data) > limit:
         raise error(f"{what} exceeds {limit} bytes", reason=f"{prefix}.too_large")
@@ -125,8 +129,9 @@ def decode_strict(
         value = decoder.decode(data)
     except msgspec.ValidationError as exc:
         _fail(error, what, f"{prefix}.invalid", exc)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        # UnicodeDecodeError: msgspec reports invalid UTF-8 inside a string this way.
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # msgspec reports invalid UTF-8 inside a string as UnicodeDecodeError, and nesting deeper
+        # than it can follow (possible under `msgspec.Raw` or `Any`) as RecursionError.
         _fail(error, what, f"{prefix}.malformed", exc)
     try:
         json.loads(data, object_pairs_hook=_no_duplicates)
@@ -134,7 +139,7 @@ def decode_strict(
         raise error(
             f"{what} invalid: an object repeats a key", reason=f"{prefix}.invalid"
         ) from None
-    except ValueError:
+    except (ValueError, RecursionError):
         raise error(f"{what} malformed", reason=f"{prefix}.malformed") from None
     return value
 
@@ -185,7 +190,7 @@ _TAGS: Final = frozenset(MessageType)
 def _tag_of(data: bytes) -> str | None:
     try:
         return _tag_decoder.decode(data).type
-    except (msgspec.MsgspecError, UnicodeDecodeError):
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
         return None
 
 
