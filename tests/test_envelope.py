@@ -514,6 +514,15 @@ def test_unknown_missing_or_mistyped_header_fields(
     both_reject(fed, with_header(fed, ok, **change), MalformedEnvelope)
 
 
+def test_header_string_that_is_not_utf8(fed: Federation, ok: bytes) -> None:
+    """msgspec raises UnicodeDecodeError here, not DecodeError: it must still be malformed."""
+    raw = split(ok).header
+    at = raw.index(b"\xa8referral") + 1
+    for bad in (b"\xff", b"\xc3", b"\xed"):  # invalid, truncated, surrogate lead byte
+        variant = raw[:at] + bad + raw[at + 1 :]
+        both_reject(fed, with_header(fed, ok, raw=variant), MalformedEnvelope)
+
+
 def test_unknown_field_in_the_middle(fed: Federation, ok: bytes) -> None:
     fields = decode_header(split(ok).header)
     items = list(fields.items())

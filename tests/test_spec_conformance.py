@@ -203,7 +203,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     """Step V9: msgpack with the schema's types and constraints, then re-encode and compare."""
     try:
         header = msgspec.msgpack.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise Reject(MALFORMED) from exc
     malformed(isinstance(header, dict) and all(isinstance(k, str) for k in header))
     required = FIELDS[:-1]

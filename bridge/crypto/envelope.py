@@ -406,7 +406,8 @@ def verify(
 def _decode_header(raw: bytes) -> Header:
     try:
         header = _header_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    # msgspec reports a str that is not valid UTF-8 as UnicodeDecodeError, not DecodeError.
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MalformedEnvelope(f"header does not decode: {exc}") from exc
     # The signer's encoder is canonical; anything else (duplicate keys, other field order,
     # non-minimal integers, explicit nulls) is refused so that every reader sees one header.

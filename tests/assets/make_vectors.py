@@ -419,6 +419,13 @@ def _negatives(fed: Federation, ok: bytes) -> list[Negative]:
         "header-duplicate-key", "field v twice", M, rs(bytes([raw[0] + 1]) + raw[1:] + b"\xa1v\x01")
     )
     add("header-bool-version", "v is true", M, with_header(fed, ok, v=True))
+    sender_at = raw.index(b"\xaejobcenter-unna")
+    add(
+        "header-invalid-utf8",
+        "sender string with a byte that is not UTF-8",
+        M,
+        rs(raw[: sender_at + 1] + b"\xff" + raw[sender_at + 2 :]),
+    )
 
     # -- the header: field rules
     add("header-version-2", "header v 2 under a version-1 frame", M, with_header(fed, ok, v=2))
