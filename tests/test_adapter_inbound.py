@@ -168,6 +168,25 @@ async def test_webhook_that_keeps_failing_gets_the_message_again_later(
     assert len(receiver.for_message(message_id)) == 4
 
 
+async def test_message_is_kept_alive_while_the_webhook_retries(
+    tmp_path: Path, nats_env: Any, receiver: Receiver
+) -> None:
+    """Retries spanning several ack waits do not make NATS redeliver the message to the
+    other instance sharing the consumer."""
+    await nats_env.provision(settings=ProvisionSettings(ack_wait=1.0))
+    receiver.fail_first = 12  # about 2.5 s of retries at 0.2 s backoff
+    agency = webhook_agency(tmp_path, nats_env, receiver.url, max_attempts=20)
+    admin = await nats_env.admin()
+    message_id = new_message_id()
+    async with Adapter(agency.config), Adapter(agency.config):
+        await put_in_inbox(admin, SUCHT, seal_to(SUCHT, message_id=message_id), message_id)
+        await eventually(lambda: submitted(admin, SUCHT), what="the receipt")
+        await eventually(lambda: consumer_settled(admin), what="the inbox message to be acked")
+        info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(SUCHT))
+    assert info.delivered.consumer_seq == 1  # delivered once: never redelivered
+    assert len(receiver.for_message(message_id)) == 13
+
+
 async def test_redelivered_message_is_not_delivered_twice(
     tmp_path: Path, nats_env: Any, receiver: Receiver
 ) -> None:

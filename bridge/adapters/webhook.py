@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER: Final = "Bridge-Signature"
 MESSAGE_ID_HEADER: Final = "Bridge-Message-Id"
 ATTEMPT_HEADER: Final = "Bridge-Delivery-Attempt"
+_MAX_REDELIVERY_DELAY: Final = 3600.0
 _MIN_SECRET: Final = 16
 _MAX_SECRET: Final = 4096
 _encoder: Final = msgspec.json.Encoder()
@@ -94,6 +95,20 @@ class WebhookSink:
         c = self._config
         return float(min(c.backoff_max_seconds, c.backoff_initial_seconds * 2 ** (attempt - 1)))
 
+    def _redelivery_delay(self, incoming: Incoming) -> float:
+        """Grows with each redelivery, so the consumer's bounded `max_deliver` spans hours of
+        an unreachable local system rather than minutes."""
+        try:
+            delivered = max(1, int(incoming.msg.metadata.num_delivered or 1))
+        except (nats.errors.Error, ValueError, TypeError, AttributeError, IndexError):
+            delivered = 1
+        return float(
+            min(
+                _MAX_REDELIVERY_DELAY,
+                self._config.backoff_max_seconds * 2 ** min(delivered - 1, 16),
+            )
+        )
+
     async def offer(self, incoming: Incoming) -> None:
         payload = _encoder.encode(incoming.item)
         attempts = self._config.max_attempts
@@ -110,7 +125,7 @@ class WebhookSink:
             attempts,
         )
         try:
-            await incoming.msg.nak(delay=self._config.backoff_max_seconds)
+            await incoming.msg.nak(delay=self._redelivery_delay(incoming))
         except (nats.errors.Error, OSError) as exc:  # the ack wait redelivers it anyway
             log.warning("cannot hand message back to NATS: %s", type(exc).__name__)
 
