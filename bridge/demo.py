@@ -48,6 +48,7 @@ RECIPIENTS: Final = (WEBHOOK_RECIPIENT, PULL_RECIPIENT)
 _POLL: Final = 0.2
 _HTTP_TIMEOUT: Final = 10.0
 _T = TypeVar("_T")
+_Say = Callable[[str], None]
 
 
 class DemoFailed(TransportError):
@@ -97,7 +98,8 @@ class _Api:
     session: aiohttp.ClientSession
     base: str
     token: str
-    agency: str
+    label: str  # who answers, for messages: "the adapter of spdi-unna"
+    hint: str
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}", **(extra or {})}
@@ -121,15 +123,14 @@ class _Api:
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DemoFailed(
-                f"cannot reach the adapter of {self.agency} at {self.base} "
-                f"({type(exc).__name__}); is `bridge up` running on this state directory?"
+                f"cannot reach {self.label} at {self.base} ({type(exc).__name__}); {self.hint}"
             ) from exc
         decoded: Any = msgspec.json.decode(data) if data else None
         if status not in ok:
             detail = decoded.get("detail") if isinstance(decoded, dict) else None
             code = decoded.get("code") if isinstance(decoded, dict) else None
             raise DemoFailed(
-                f"{method} {path} at the adapter of {self.agency} answered {status}"
+                f"{method} {path} at {self.label} answered {status}"
                 + (f": {detail} [{code}]" if detail else "")
             )
         return status, decoded
@@ -164,29 +165,50 @@ def _when(status: Mapping[str, Any], agency: str | None, state: str) -> str:
     return "?"
 
 
-async def run_demo(stack: Stack, out: TextIO, *, patience: float = 30.0) -> str:
-    """Run the demo against a running stack; return the message id. Raises `DemoFailed`."""
+class _Journey:
+    """The demo's steps, each one bounded; plays the local systems of all three agencies."""
 
-    def say(text: str = "") -> None:
-        print(text, file=out, flush=True)
-
-    state_hint = f"is `bridge up --state {stack.layout.root}` running? See its logs in "
-    hint = state_hint + str(stack.layout.log_dir)
-    async with aiohttp.ClientSession() as session:
-        sender = _Api(
+    def __init__(self, stack: Stack, session: aiohttp.ClientSession, say: _Say, patience: float):
+        self._say = say
+        self._patience = patience
+        self._hint = (
+            f"is `bridge up --state {stack.layout.root}` running? "
+            f"Its logs are in {stack.layout.log_dir}"
+        )
+        self._sender = _Api(
             session,
             stack.adapter_url(SENDER),
             stack.token(SENDER, ["messages:send", "messages:read"], 600),
-            SENDER,
+            f"the adapter of {SENDER}",
+            self._hint,
         )
-        puller = _Api(
+        self._puller = _Api(
             session,
             stack.adapter_url(PULL_RECIPIENT),
             stack.token(PULL_RECIPIENT, ["inbox:read", "inbox:ack"], 600),
-            PULL_RECIPIENT,
+            f"the adapter of {PULL_RECIPIENT}",
+            self._hint,
         )
-        sink = _Api(session, stack.sink_url, stack.sink_access_token(), "the demo sink")
+        self._sink = _Api(
+            session, stack.sink_url, stack.sink_access_token(), "the demo sink", self._hint
+        )
+        self.message_id = ""
 
+    async def _until(self, what: str, check: Callable[[], Awaitable[_T | None]]) -> _T:
+        return await _until(what, check, self._patience, self._hint)
+
+    async def _status(self) -> Any:
+        _, status = await self._sender.call("GET", f"/v1/messages/{self.message_id}")
+        for recipient in status.get("recipients", []):
+            if recipient.get("state") in ("rejected", "expired"):
+                raise DemoFailed(
+                    f"the referral was {recipient['state']} for {recipient.get('agency')} "
+                    f"[{recipient.get('reason') or 'no reason given'}]"
+                )
+        return status
+
+    async def submit(self) -> None:
+        referral = demo_referral()
         consent = f"c-{secrets.token_hex(16)}"
         request = {
             "type": "referral",
@@ -199,82 +221,100 @@ async def run_demo(stack: Stack, out: TextIO, *, patience: float = 30.0) -> str:
                 DataCategory.ADDICTION.value,
                 DataCategory.HEALTH.value,
             ],
-            "body": demo_referral(),
+            "body": referral,
         }
-        say(f"Referral from {SENDER} to {WEBHOOK_RECIPIENT} and {PULL_RECIPIENT}")
-        say(f"  client (fictional): Jonas Beispielmann, consent {consent}")
-        _, accepted = await sender.call(
+        client = referral.client
+        self._say(f"Referral from {SENDER} to {WEBHOOK_RECIPIENT} and {PULL_RECIPIENT}")
+        self._say(
+            f"  client (fictional): {client.given_names} {client.family_name}, consent {consent}"
+        )
+        _, accepted = await self._sender.call(
             "POST",
             "/v1/messages",
             body=msgspec.json.encode(request),
             headers={"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())},
             ok=(202,),
         )
-        message_id = str(accepted["message_id"])
-        say(f"1. accepted    {SENDER}'s adapter sealed and submitted it: message {message_id}")
+        self.message_id = str(accepted["message_id"])
+        self._say(
+            f"1. accepted    {SENDER}'s adapter sealed and submitted it: message {self.message_id}"
+        )
 
-        async def status() -> Any:
-            return (await sender.call("GET", f"/v1/messages/{message_id}"))[1]
+    async def routed(self, agency: str) -> None:
+        async def check() -> Any:
+            current = await self._status()
+            return current if _states(current, agency) - {"accepted"} else None
 
-        for agency in RECIPIENTS:
+        current = await self._until(f"routing to {agency}", check)
+        self._say(
+            f"2. routed      broker checked it and put it in {agency}'s inbox "
+            f"({_when(current, agency, 'routed')})"
+        )
 
-            async def routed(agency: str = agency) -> Any:
-                current = await status()
-                states = _states(current, agency)
-                if "rejected" in states:
-                    raise DemoFailed(f"the broker rejected the referral for {agency}: {current}")
-                return current if states & {"routed", "delivered", "receipted"} else None
-
-            current = await _until(f"routing to {agency}", routed, patience, hint)
-            say(
-                f"2. routed      broker checked it and put it in {agency}'s inbox "
-                f"({_when(current, agency, 'routed')})"
-            )
-
-        async def pushed() -> Any:
-            _, listing = await sink.call("GET", f"/deliveries?agency={WEBHOOK_RECIPIENT}")
+    async def pushed(self) -> None:
+        async def check() -> Any:
+            _, listing = await self._sink.call("GET", f"/deliveries?agency={WEBHOOK_RECIPIENT}")
             hits = [
-                d
+                d["delivery"]
                 for d in listing.get("deliveries", [])
-                if d.get("delivery", {}).get("message_id") == message_id
+                if d.get("delivery", {}).get("message_id") == self.message_id
             ]
-            return hits or None
+            return hits[0] if hits else None
 
-        hits = await _until(f"webhook delivery to {WEBHOOK_RECIPIENT}", pushed, patience, hint)
-        item = hits[0]["delivery"]
+        item = await self._until(f"webhook delivery to {WEBHOOK_RECIPIENT}", check)
         client = item.get("body", {}).get("client", {})
-        say(
+        self._say(
             f"3. delivered   by webhook to {WEBHOOK_RECIPIENT}'s local system (demo sink): "
             f"{item.get('type')} from {item.get('sender')}, client "
             f"{client.get('given_names')} {client.get('family_name')}, signature verified"
         )
 
-        async def waiting() -> Any:
-            _, listing = await puller.call("GET", "/v1/inbox")
+    async def pulled(self) -> None:
+        async def check() -> bool | None:
+            _, listing = await self._puller.call("GET", "/v1/inbox")
             ids = [i.get("message_id") for i in listing.get("items", [])]
-            return True if message_id in ids else None
+            return True if self.message_id in ids else None
 
-        await _until(f"the referral in {PULL_RECIPIENT}'s inbox", waiting, patience, hint)
-        _, opened = await puller.call("GET", f"/v1/inbox/{message_id}")
+        await self._until(f"the referral in {PULL_RECIPIENT}'s inbox", check)
+        path = f"/v1/inbox/{self.message_id}"
+        _, opened = await self._puller.call("GET", path)
         service = opened.get("body", {}).get("requested_service")
-        await puller.call("POST", f"/v1/inbox/{message_id}/ack", ok=(200, 204))
-        say(
+        await self._puller.call("POST", f"{path}/ack", ok=(200, 204))
+        self._say(
             f"4. pulled      from {PULL_RECIPIENT}'s inbox by its local system "
             f"(requested service {service}) and acknowledged"
         )
 
-        async def receipted() -> Any:
-            current = await status()
+    async def receipted(self) -> None:
+        async def check() -> Any:
+            current = await self._status()
             done = all("receipted" in _states(current, a) for a in RECIPIENTS)
             return current if done else None
 
-        final = await _until("receipts from both recipients", receipted, patience, hint)
-        say(f"5. timeline    of {message_id} as {SENDER} sees it:")
+        final = await self._until("receipts from both recipients", check)
+        self._say(f"5. timeline    of {self.message_id} as {SENDER} sees it:")
         for event in final.get("events", []):
             who = event.get("recipient") or "(all)"
             reason = f"  [{event['reason']}]" if event.get("reason") else ""
-            say(f"     {event.get('at', '?'):<32} {event.get('state', '?'):<10} {who}{reason}")
+            at, state = event.get("at", "?"), event.get("state", "?")
+            self._say(f"     {at:<32} {state:<10} {who}{reason}")
         for recipient in final.get("recipients", []):
-            say(f"   {recipient.get('agency'):<20} {recipient.get('state')}")
-        say(f"Done: delivered and receipted for {' and '.join(RECIPIENTS)}.")
-        return message_id
+            self._say(f"   {recipient.get('agency'):<20} {recipient.get('state')}")
+
+
+async def run_demo(stack: Stack, out: TextIO, *, patience: float = 30.0) -> str:
+    """Run the demo against a running stack; return the message id. Raises `DemoFailed`."""
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    async with aiohttp.ClientSession() as session:
+        journey = _Journey(stack, session, say, patience)
+        await journey.submit()
+        for agency in RECIPIENTS:
+            await journey.routed(agency)
+        await journey.pushed()
+        await journey.pulled()
+        await journey.receipted()
+    say(f"Done: delivered and receipted for {' and '.join(RECIPIENTS)}.")
+    return journey.message_id

@@ -391,3 +391,24 @@ def test_default_ports_are_the_documented_ones_where_free() -> None:
         if port_is_free("127.0.0.1", wanted[what]):
             assert port == wanted[what], what
     assert len(set(ports.all().values())) == len(wanted)
+
+
+def test_demo_without_a_running_stack_says_what_to_check(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    prepare(state, port_base=0)
+    done = subprocess.run(
+        [*BRIDGE, "demo", "--state", str(state), "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert f"is `bridge up --state {state}` running?" in done.stderr
+    missing = subprocess.run(
+        [*BRIDGE, "demo", "--state", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 2
+    assert "up.not_prepared" in missing.stderr
