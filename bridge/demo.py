@@ -93,7 +93,7 @@ def demo_referral() -> Referral:
 
 @dataclass(frozen=True, slots=True)
 class _Api:
-    """One agency's adapter API with a bearer token."""
+    """One HTTP API (an adapter's, or the demo sink's) and the bearer token it wants."""
 
     session: aiohttp.ClientSession
     base: str
