@@ -318,3 +318,26 @@ async def test_held_pull_items_come_back_after_a_restart(tmp_path: Path, nats_en
         assert await client.ack(message_id) == 204
     await eventually(lambda: consumer_settled(admin), what="the message acked")
     assert await submitted(admin, SUCHT) == 1
+
+
+async def test_held_pull_items_are_kept_alive(tmp_path: Path, nats_env: Any) -> None:
+    await nats_env.provision(settings=ProvisionSettings(ack_wait=1.0))
+    agency = pull_agency(tmp_path, nats_env)
+    admin = await nats_env.admin()
+    message_id = new_message_id()
+    async with Adapter(agency.config) as adapter, aiohttp.ClientSession() as http:
+        client = PullClient(agency, adapter.url, http)
+        await put_in_inbox(admin, SUCHT, seal_to(SUCHT, message_id=message_id), message_id)
+        await eventually(client.pending, what="the message in the inbox")
+        assert adapter.inbox is not None
+        inbox = adapter.inbox
+        start = inbox.statistics()["keepalive_rounds"]
+
+        async def two_ack_waits() -> bool:
+            # Rounds come every third of the ack wait: six of them span two ack waits.
+            return inbox.statistics()["keepalive_rounds"] >= start + 6
+
+        await eventually(two_ack_waits, what="keep-alive rounds")
+        info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(SUCHT))
+        assert info.delivered.consumer_seq == 1  # never redelivered while held
+        assert await client.pending() == [message_id]

@@ -33,12 +33,17 @@ class PullInbox:
         self._items: dict[str, Incoming] = {}
         self._space = asyncio.Event()
         self._space.set()
+        self._rounds = 0
 
     def __repr__(self) -> str:
         return f"PullInbox(pending={len(self._items)}, max_pending={self._max})"
 
     def statistics(self) -> dict[str, int]:
-        return {"pending": len(self._items), "max_pending": self._max}
+        return {
+            "pending": len(self._items),
+            "max_pending": self._max,
+            "keepalive_rounds": self._rounds,
+        }
 
     async def capacity(self) -> int:
         """Wait until there is room, then say how many messages to fetch."""
@@ -86,3 +91,4 @@ class PullInbox:
             await asyncio.sleep(self._interval)
             for incoming in list(self._items.values()):
                 await touch(incoming.msg)
+            self._rounds += 1
