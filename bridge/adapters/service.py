@@ -234,7 +234,13 @@ class Adapter:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, c.http.host, c.http.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {c.http.host}:{c.http.port}: {exc.strerror}",
+                reason="config.listen",
+            ) from exc
         host, port = self._runner.addresses[0][:2]
         self._url = f"http://{_url_host(host)}:{port}"
 
