@@ -32,6 +32,7 @@ def register(commands: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import asyncio
+    import sys
 
     from ..up.layout import StateLayout
     from ..up.run import hold_lock, run_stack
@@ -39,4 +40,10 @@ def _run(args: argparse.Namespace) -> int:
 
     with hold_lock(StateLayout(args.state.absolute())):
         stack = prepare(args.state, host=args.host, port_base=args.port_base)
+        if args.port_base is not None and not stack.created:
+            print(
+                f"bridge up: --port-base is for a new state directory; keeping the ports "
+                f"recorded in {stack.layout.ports_file}",
+                file=sys.stderr,
+            )
         return asyncio.run(run_stack(stack))
