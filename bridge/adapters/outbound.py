@@ -1,4 +1,4 @@
-"""Outbound: validate a local system's submission, seal it, and hand it to NATS durably.
+"""Outbound: seal a checked submission and hand it to NATS durably.
 
 Nothing is published unless every check passed, and the caller hears `202` only after JetStream
 acknowledged the envelope. With an `Idempotency-Key` the message id is fixed before anything is
@@ -13,126 +13,26 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
-import msgspec
 from nats.js.client import JetStreamContext
 
 from ..crypto import Keyring, Limits, seal
 from ..directory import Directory
-from ..errors import BridgeError, KeyInvalid, TransportError
+from ..errors import BridgeError, TransportError
 from ..ids import new_message_id
 from ..subjects import submit_subject
 from ..transport import publish_durable
-from ..wire import ALLOWED_CATEGORIES, Body, BodyInvalid, MessageType, WireInvalid, decode_body
-from ..wire import encode_body as encode_wire_body
-from ..wire._codec import decode_strict
-from .api import RawSubmitRequest
 from .problems import ApiProblem
 from .store import Event, IdemRecord, MessageRecord, Store
+from .submission import Submission, parse_submission
 
-__all__ = ["Outbound", "Submission", "parse_submission"]
+__all__ = ["Outbound"]
 
 log = logging.getLogger(__name__)
 
 _MAX_IDEMPOTENCY_KEY: Final = 200
 _IDEMPOTENCY_KEY_RE: Final = re.compile(r"^[!-~]+$")
-_MISSING_FIELD_RE: Final = re.compile(r"Object missing required field `([a-z_][a-z0-9_]*)`$")
-_request_decoder: Final = msgspec.json.Decoder(RawSubmitRequest)
-
-
-class _RequestInvalid(WireInvalid):
-    reason = "request.invalid"
-
-
-@dataclass(frozen=True)
-class Submission:
-    """A checked submission: the request's metadata, its body, and what it seals."""
-
-    request: RawSubmitRequest
-    body: Body
-    plaintext: bytes
-    lifetime: int
-
-    def digest(self) -> str:
-        """Identifies the request for idempotency, independent of JSON formatting."""
-        r = self.request
-        meta = msgspec.json.encode(
-            [r.type, r.recipients, r.consent, r.purpose, r.categories, r.reply_to, self.lifetime]
-        )
-        return hashlib.sha256(meta + b"\x00" + self.plaintext).hexdigest()
-
-
-def _invalid(detail: str, reason: str, field: str | None) -> ApiProblem:
-    return ApiProblem(422, detail, reason=reason, field=field)
-
-
-def parse_submission(
-    raw: bytes,
-    *,
-    agency: str,
-    directory: Directory,
-    limits: Limits,
-    default_lifetime: int,
-    max_bytes: int,
-    now: int,
-) -> Submission:
-    """Decode and check a submission; raise `ApiProblem` naming the field, never a value."""
-    try:
-        request = decode_strict(
-            _request_decoder,
-            raw,
-            limit=max_bytes,
-            error=_RequestInvalid,
-            what="request",
-            prefix="request",
-        )
-    except _RequestInvalid as exc:
-        field = exc.path
-        if (m := _MISSING_FIELD_RE.search(str(exc))) is not None:
-            field = ("$" if field in (None, "$") else field) + "." + m[1]
-        status = 400 if exc.reason == "request.malformed" else 422
-        raise ApiProblem(status, str(exc), reason=exc.reason, field=field) from None
-    try:
-        body = decode_body(request.type, bytes(request.body))
-    except BodyInvalid as exc:
-        path = exc.path or "$"
-        field = "$.body" + path[1:]
-        detail = str(exc).replace(f"at {path}", f"at {field}", 1)
-        raise _invalid(detail, exc.reason, field) from None
-    allowed = ALLOWED_CATEGORIES[MessageType(request.type)]
-    for i, category in enumerate(request.categories):
-        if category not in allowed:
-            raise _invalid(
-                f"data category not allowed for a {request.type}",
-                "request.category_not_allowed",
-                f"$.categories[{i}]",
-            )
-        if category in request.categories[:i]:
-            raise _invalid("data category repeated", "request.duplicate", f"$.categories[{i}]")
-    for i, recipient in enumerate(request.recipients):
-        field = f"$.recipients[{i}]"
-        if recipient in request.recipients[:i]:
-            raise _invalid("recipient repeated", "request.duplicate", field)
-        if recipient == agency:
-            raise _invalid("an agency cannot send to itself", "recipient.self", field)
-        if not directory.has_agency(recipient):
-            raise _invalid("recipient is not in the key directory", "recipient.unknown", field)
-        try:
-            directory.current_key(recipient, "enc", now)
-        except KeyInvalid:
-            raise _invalid(
-                "recipient has no valid encryption key", "recipient.no_key", field
-            ) from None
-    lifetime = request.lifetime_seconds or default_lifetime
-    if lifetime > limits.max_lifetime:
-        raise _invalid(
-            f"lifetime exceeds {limits.max_lifetime} seconds",
-            "request.lifetime_too_long",
-            "$.lifetime_seconds",
-        )
-    return Submission(request, body, encode_wire_body(body), lifetime)
 
 
 def _check_idempotency_key(key: str) -> str:
