@@ -12,9 +12,12 @@ undelivered ones; the inbox allows per-message TTLs and has an age backstop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
-from collections.abc import Iterator, Sequence
+import functools
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,6 +299,10 @@ def _same(wanted: object, actual: object) -> bool:
 def _translated(what: str) -> Iterator[None]:
     try:
         yield
+    except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
+        raise TransportError(
+            f"{what}: JetStream is not available (yet)", reason="provision.unavailable"
+        ) from exc
     except nats.js.errors.APIError as exc:
         raise ConfigError(
             f"{what}: JetStream refused: {exc.description} (code {exc.err_code})",
@@ -358,19 +365,39 @@ async def provision(
     js: JetStreamContext,
     agencies: Sequence[str],
     settings: ProvisionSettings | None = None,
+    *,
+    unavailable_wait: float = 10.0,
 ) -> ProvisionReport:
     """Bring streams, consumers and buckets in line with `settings` for these agencies.
 
     Needs the admin identity. Agency ids are checked before the server is asked anything.
+    While JetStream answers "unavailable" (just after a start or a config reload, or while a
+    cluster elects its leader), each step is retried for up to `unavailable_wait` seconds.
     """
     federation = check_federation(agencies)
     s = settings or ProvisionSettings()
-    changes = [await _ensure_stream(js, stream) for stream in _streams(s)]
-    for stream, consumer in _consumers(s, federation):
-        changes.append(await _ensure_consumer(js, stream, consumer))
-    for agency in federation:
-        changes.append(await _ensure_kv(js, s, agency))
-    return ProvisionReport(tuple(changes))
+    steps: list[Callable[[], Awaitable[Change]]] = [
+        functools.partial(_ensure_stream, js, stream) for stream in _streams(s)
+    ]
+    steps += [
+        functools.partial(_ensure_consumer, js, stream, consumer)
+        for stream, consumer in _consumers(s, federation)
+    ]
+    steps += [functools.partial(_ensure_kv, js, s, agency) for agency in federation]
+    return ProvisionReport(tuple([await _patiently(step, unavailable_wait) for step in steps]))
+
+
+async def _patiently(step: Callable[[], Awaitable[Change]], wait: float) -> Change:
+    deadline = time.monotonic() + wait
+    pause = 0.05
+    while True:
+        try:
+            return await step()
+        except TransportError as exc:
+            if exc.reason != "provision.unavailable" or time.monotonic() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(1.0, pause * 2)
 
 
 async def provision_at(

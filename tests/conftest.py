@@ -9,6 +9,7 @@ test module to use other agencies.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +36,26 @@ class NatsClient:
     errors: list[Exception] = field(default_factory=list)
 
     async def permission_errors(self) -> list[str]:
-        """Permission violations reported so far (a flush makes sure earlier ones arrived)."""
+        """Permission violations reported so far, lowercased (as nats-py reports them)."""
         await self.nc.flush(timeout=5)
-        return [str(e) for e in self.errors if "permissions violation" in str(e).lower()]
+        found = (str(e).lower() for e in self.errors)
+        return [text for text in found if "permissions violation" in text]
+
+    async def expect_violations(self, *fragments: str, within: float = 3.0) -> list[str]:
+        """Wait until the server has reported a violation containing each fragment.
+
+        The server's -ERR can arrive after the PONG of a flush, so this polls (bounded).
+        """
+        wanted = [fragment.lower() for fragment in fragments]
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            seen = await self.permission_errors()
+            missing = [w for w in wanted if not any(w in text for text in seen)]
+            if not missing:
+                return seen
+            if asyncio.get_running_loop().time() >= deadline:
+                raise AssertionError(f"no permission violation for {missing}; got {seen}")
+            await asyncio.sleep(0.02)
 
 
 @dataclass

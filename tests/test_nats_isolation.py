@@ -1,0 +1,404 @@
+"""Least privilege, tried with raw nats-py calls against a real server.
+
+Each negative test checks two things: the server reported a permission violation for exactly
+what was attempted, and the attempt had no effect (seen through the admin identity). Each has a
+positive twin showing the same identity can do its own thing, so no test passes merely because
+nothing works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+import nats.errors
+import pytest
+from nats.js import api
+
+from bridge.errors import TransportError
+from bridge.natsauth import Identity, kv_stream
+from bridge.subjects import (
+    BROKER_CONSUMER,
+    INBOX_STREAM,
+    STATUS_STREAM,
+    SUBMIT_STREAM,
+    inbox_consumer,
+    inbox_subject,
+    kv_bucket,
+    status_consumer,
+    status_subject,
+    submit_subject,
+)
+from bridge.transport import bind_pull, connect, fetch, publish_durable
+
+if TYPE_CHECKING:
+    from conftest import NatsClient, NatsEnv
+
+A = "jobcenter-unna"
+B = "suchtberatung-unna"
+MSG_A = "7b0e3f43-6d2c-4a39-9d0b-1c2f3e4d5a6b"
+MSG_B = "0f1e2d3c-4b5a-4968-8776-655443322110"
+DENIED = 0.5  # seconds to wait for an answer that a denied request never gets
+
+
+async def _denied(client: NatsClient, *what: str) -> None:
+    """Assert the server reported a permission violation naming each of `what`."""
+    await client.expect_violations(*what)
+
+
+async def _all_fail(*calls: Awaitable[object]) -> None:
+    """Run the calls concurrently; each must fail (some nats-py calls ignore the API timeout)."""
+    bounded = (asyncio.wait_for(call, 2 * DENIED) for call in calls)
+    results = await asyncio.gather(*bounded, return_exceptions=True)
+    for result in results:
+        assert isinstance(result, Exception), result
+
+
+async def _agency(env: NatsEnv, agency: str) -> NatsClient:
+    return await env.connect(Identity.for_agency(agency), api_timeout=DENIED)
+
+
+async def _route(env: NatsEnv, agency: str, payload: bytes) -> None:
+    broker = await env.connect(Identity.broker())
+    await publish_durable(broker.js, inbox_subject(agency), payload, msg_id=payload.decode())
+
+
+# -- submissions ------------------------------------------------------------------------------
+
+
+async def test_agency_submits_as_itself_only(nats_env: NatsEnv) -> None:
+    a = await _agency(nats_env, A)
+    ack = await publish_durable(a.js, submit_subject(A), b"mine", msg_id="s-1")
+    assert ack.stream == SUBMIT_STREAM
+
+    with pytest.raises(TransportError) as info:
+        await publish_durable(a.js, submit_subject(B), b"forged", msg_id="s-2", timeout=DENIED)
+    assert info.value.reason == "transport.ack_timeout"
+    await a.nc.publish(submit_subject(B), b"forged, no reply")
+    await _denied(a, f'publish to "{submit_subject(B)}"')
+
+    admin = await nats_env.admin()
+    state = (await admin.js.stream_info(SUBMIT_STREAM)).state
+    assert state.messages == 1
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await admin.js.get_msg(SUBMIT_STREAM, subject=submit_subject(B))
+
+
+async def test_agency_cannot_read_submissions(nats_env: NatsEnv) -> None:
+    b = await _agency(nats_env, B)
+    await publish_durable(b.js, submit_subject(B), b"secret", msg_id="s-1")
+    a = await _agency(nats_env, A)
+    seen: list[bytes] = []
+
+    async def spy(msg: nats.aio.msg.Msg) -> None:
+        seen.append(msg.data)
+
+    await a.nc.subscribe("bridge.submit.>", cb=spy)
+    await a.nc.subscribe(submit_subject(B), cb=spy)
+    broker_sub = await bind_pull(a.js, SUBMIT_STREAM, BROKER_CONSUMER)
+    assert await fetch(broker_sub, 1, DENIED) == []
+    await _all_fail(
+        a.js.stream_info(SUBMIT_STREAM),
+        a.js.get_msg(SUBMIT_STREAM, 1),
+        a.js.get_msg(SUBMIT_STREAM, subject=submit_subject(B), direct=True),
+        a.js.consumer_info(SUBMIT_STREAM, BROKER_CONSUMER),
+    )
+    await publish_durable(b.js, submit_subject(B), b"more", msg_id="s-2")
+    await _denied(
+        a,
+        'subscription to "bridge.submit.>"',
+        f'subscription to "{submit_subject(B)}"',
+        f"CONSUMER.MSG.NEXT.{SUBMIT_STREAM}.{BROKER_CONSUMER}",
+        f"STREAM.INFO.{SUBMIT_STREAM}",
+        f"STREAM.MSG.GET.{SUBMIT_STREAM}",
+        f"DIRECT.GET.{SUBMIT_STREAM}",
+    )
+    assert seen == []
+    admin = await nats_env.admin()
+    info = await admin.js.consumer_info(SUBMIT_STREAM, BROKER_CONSUMER)
+    assert info.num_pending == 2  # nothing was taken from the broker's consumer
+
+
+# -- inboxes ----------------------------------------------------------------------------------
+
+
+async def test_agency_pulls_its_own_inbox_and_no_other(nats_env: NatsEnv) -> None:
+    await _route(nats_env, A, b"for-a")
+    await _route(nats_env, B, b"for-b")
+    a = await _agency(nats_env, A)
+
+    own = await bind_pull(a.js, INBOX_STREAM, inbox_consumer(A))
+    msgs = await fetch(own, 10, 2.0)
+    assert [m.data for m in msgs] == [b"for-a"]
+    await msgs[0].ack()
+    assert (await own.consumer_info()).num_pending == 0
+
+    other = await bind_pull(a.js, INBOX_STREAM, inbox_consumer(B))
+    assert await fetch(other, 10, DENIED) == []
+    await _all_fail(a.js.consumer_info(INBOX_STREAM, inbox_consumer(B)))
+    await _denied(
+        a,
+        f"CONSUMER.MSG.NEXT.{INBOX_STREAM}.{inbox_consumer(B)}",
+        f"CONSUMER.INFO.{INBOX_STREAM}.{inbox_consumer(B)}",
+    )
+
+    admin = await nats_env.admin()
+    info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(B))
+    assert (info.num_pending, info.num_ack_pending, info.delivered.stream_seq) == (1, 0, 0)
+
+
+async def test_agency_cannot_ack_or_nak_another_agencys_message(nats_env: NatsEnv) -> None:
+    await _route(nats_env, B, b"for-b")
+    b = await _agency(nats_env, B)
+    [msg] = await fetch(await bind_pull(b.js, INBOX_STREAM, inbox_consumer(B)), 1, 2.0)
+    assert msg.reply.startswith(f"$JS.ACK.{INBOX_STREAM}.{inbox_consumer(B)}.")
+
+    a = await _agency(nats_env, A)
+    await a.nc.publish(msg.reply, b"+ACK")
+    await a.nc.publish(msg.reply, b"+TERM")
+    await _denied(a, f'publish to "{msg.reply}"')
+
+    admin = await nats_env.admin()
+    info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(B))
+    assert info.num_ack_pending == 1  # still waiting for B's own acknowledgement
+    await msg.ack_sync(timeout=2.0)  # and B may acknowledge it
+    assert (await admin.js.stream_info(INBOX_STREAM)).state.messages == 0
+
+
+# -- status -----------------------------------------------------------------------------------
+
+
+async def test_status_events_reach_their_sender_only(nats_env: NatsEnv) -> None:
+    broker = await nats_env.connect(Identity.broker())
+    await publish_durable(broker.js, status_subject(A, MSG_A), b"st-a", msg_id="st-a")
+    await publish_durable(broker.js, status_subject(B, MSG_B), b"st-b", msg_id="st-b")
+    a = await _agency(nats_env, A)
+
+    own = await bind_pull(a.js, STATUS_STREAM, status_consumer(A))
+    msgs = await fetch(own, 10, 2.0)
+    assert [m.data for m in msgs] == [b"st-a"]
+    await msgs[0].ack()
+
+    other = await bind_pull(a.js, STATUS_STREAM, status_consumer(B))
+    assert await fetch(other, 10, DENIED) == []
+    await _all_fail(a.js.stream_info(STATUS_STREAM))
+    await _denied(a, f"CONSUMER.MSG.NEXT.{STATUS_STREAM}.{status_consumer(B)}")
+    admin = await nats_env.admin()
+    assert (await admin.js.consumer_info(STATUS_STREAM, status_consumer(B))).num_pending == 1
+
+
+# -- reply inboxes ----------------------------------------------------------------------------
+
+
+async def test_agency_listens_only_below_its_own_reply_prefix(nats_env: NatsEnv) -> None:
+    a = await _agency(nats_env, A)
+    own = await a.nc.subscribe(f"_INBOX.agency.{A}.probe")
+    forbidden = (
+        "_INBOX.>",
+        "_INBOX.*.>",
+        "_INBOX.broker.>",
+        "_INBOX.ops.>",
+        "_INBOX.admin.>",
+        f"_INBOX.agency.{B}.>",
+        "$JS.ACK.>",
+        ">",
+    )
+    seen: list[str] = []
+
+    async def spy(msg: nats.aio.msg.Msg) -> None:
+        seen.append(msg.subject)
+
+    for subject in forbidden:
+        await a.nc.subscribe(subject, cb=spy)
+    await _denied(a, *(f'subscription to "{s}"' for s in forbidden))
+    own_prefix = f"_INBOX.agency.{A}.".lower()
+    assert not any(own_prefix in v.lower() for v in await a.permission_errors())
+
+    # B works normally meanwhile; none of its replies or deliveries reach A.
+    await _route(nats_env, B, b"for-b")
+    b = await _agency(nats_env, B)
+    [msg] = await fetch(await bind_pull(b.js, INBOX_STREAM, inbox_consumer(B)), 1, 2.0)
+    await msg.ack_sync(timeout=2.0)
+    await a.nc.flush()
+    assert seen == []
+    await a.nc.publish(f"_INBOX.agency.{A}.probe", b"")  # agencies cannot publish there
+    await own.unsubscribe()
+
+
+async def test_foreign_reply_prefix_gets_no_replies(nats_env: NatsEnv) -> None:
+    identity = Identity.for_agency(A)
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    nc = await connect(
+        nats_env.url,
+        nats_env.seed_file(identity),
+        Identity.broker().inbox_prefix,  # pretends to be the broker for replies
+        "impostor",
+        first_connect_timeout=5.0,
+        error_cb=on_error,
+    )
+    try:
+        with pytest.raises(TransportError):
+            await publish_durable(
+                nc.jetstream(), submit_subject(A), b"x", msg_id="i", timeout=DENIED
+            )
+        await nc.flush()
+        assert any('subscription to "_inbox.broker.' in str(e).lower() for e in errors), errors
+    finally:
+        await nc.close()
+
+
+# -- stream and consumer management -----------------------------------------------------------
+
+
+async def test_agency_cannot_manage_streams_or_consumers(nats_env: NatsEnv) -> None:
+    a = await _agency(nats_env, A)
+    steal = api.ConsumerConfig(durable_name="evil", filter_subject=inbox_subject(B))
+    await _all_fail(
+        a.js.add_consumer(INBOX_STREAM, steal),
+        a.js.add_consumer(INBOX_STREAM, api.ConsumerConfig(filter_subject=inbox_subject(A))),
+        a.js.delete_consumer(INBOX_STREAM, inbox_consumer(B)),
+        a.js.delete_consumer(INBOX_STREAM, inbox_consumer(A)),
+        a.js.add_stream(name="EVIL", subjects=["evil.>"]),
+        a.js.update_stream(api.StreamConfig(name=INBOX_STREAM, subjects=["bridge.inbox.*"])),
+        a.js.purge_stream(INBOX_STREAM),
+        a.js.delete_stream(SUBMIT_STREAM),
+        a.js.delete_msg(INBOX_STREAM, 1),
+        a.js.create_key_value(bucket="evil"),
+        a.js.delete_key_value(kv_bucket(A)),
+        a.js.account_info(),
+    )
+    await _denied(
+        a,
+        f"CONSUMER.CREATE.{INBOX_STREAM}",
+        f"CONSUMER.DELETE.{INBOX_STREAM}.{inbox_consumer(B)}",
+        "STREAM.CREATE.EVIL",
+        f"STREAM.UPDATE.{INBOX_STREAM}",
+        f"STREAM.PURGE.{INBOX_STREAM}",
+        f"STREAM.DELETE.{SUBMIT_STREAM}",
+        f"STREAM.MSG.DELETE.{INBOX_STREAM}",
+        f"STREAM.DELETE.{kv_stream(A)}",
+    )
+    admin = await nats_env.admin()
+    consumers = sorted(c.name for c in await admin.js.consumers_info(INBOX_STREAM))
+    assert consumers == sorted(inbox_consumer(x) for x in nats_env.agencies)
+    names = {s.config.name for s in await admin.js.streams_info()}
+    assert "EVIL" not in names
+    assert {SUBMIT_STREAM, kv_stream(A)} <= names
+    # The positive twin: its own consumer's info is readable.
+    assert (await a.js.consumer_info(INBOX_STREAM, inbox_consumer(A))).name == inbox_consumer(A)
+
+
+# -- KV buckets -------------------------------------------------------------------------------
+
+
+async def test_agency_uses_its_own_bucket_only(nats_env: NatsEnv) -> None:
+    a = await _agency(nats_env, A)
+    kv = await a.js.key_value(kv_bucket(A))
+    rev = await kv.put("idem.k1", b"v1")
+    assert (await kv.get("idem.k1")).value == b"v1"
+    rev = await kv.update("idem.k1", b"v2", last=rev)
+    await kv.create("idem.k2", b"short", msg_ttl=60)
+    await kv.delete("idem.k2")
+    assert (await kv.get("idem.k1")).revision == rev
+
+    b = await _agency(nats_env, B)
+    b_kv = await b.js.key_value(kv_bucket(B))
+    await b_kv.put("k", b"b's")
+
+    await _all_fail(
+        a.js.key_value(kv_bucket(B)),
+        a.js.get_msg(kv_stream(B), subject=f"$KV.{kv_bucket(B)}.k", direct=True),
+        a.js.get_msg(kv_stream(B), 1),
+    )
+    await a.nc.publish(f"$KV.{kv_bucket(B)}.k", b"overwritten")
+    await a.nc.publish(f"$KV.{kv_bucket(B)}.injected", b"x")
+    await _denied(
+        a,
+        f"STREAM.INFO.{kv_stream(B)}",
+        f"DIRECT.GET.{kv_stream(B)}",
+        f"STREAM.MSG.GET.{kv_stream(B)}",
+        f'publish to "$KV.{kv_bucket(B)}.k"',
+    )
+    assert (await b_kv.get("k")).value == b"b's"
+    admin = await nats_env.admin()
+    assert await (await admin.js.key_value(kv_bucket(B))).keys() == ["k"]
+
+
+# -- services ---------------------------------------------------------------------------------
+
+
+async def test_broker_routes_but_cannot_submit_or_read_inboxes(nats_env: NatsEnv) -> None:
+    a = await _agency(nats_env, A)
+    await publish_durable(a.js, submit_subject(A), b"sub", msg_id="s-1")
+    broker = await nats_env.connect(Identity.broker(), api_timeout=DENIED)
+
+    sub = await bind_pull(broker.js, SUBMIT_STREAM, BROKER_CONSUMER)
+    [msg] = await fetch(sub, 5, 2.0)
+    await msg.ack_sync(timeout=2.0)
+    await publish_durable(broker.js, inbox_subject(B), b"routed", msg_id="r-1")
+    await publish_durable(broker.js, status_subject(A, MSG_A), b"delivered", msg_id="st-1")
+
+    with pytest.raises(TransportError):
+        await publish_durable(broker.js, submit_subject(A), b"x", msg_id="f", timeout=DENIED)
+    inbox = await bind_pull(broker.js, INBOX_STREAM, inbox_consumer(B))
+    assert await fetch(inbox, 1, DENIED) == []
+    await broker.nc.subscribe(f"_INBOX.agency.{A}.>")
+    await _all_fail(
+        broker.js.key_value(kv_bucket(A)),
+        broker.js.add_consumer(SUBMIT_STREAM, api.ConsumerConfig(durable_name="second")),
+        broker.js.purge_stream(SUBMIT_STREAM),
+    )
+    await _denied(
+        broker,
+        f'publish to "{submit_subject(A)}"',
+        f"CONSUMER.MSG.NEXT.{INBOX_STREAM}.{inbox_consumer(B)}",
+        f'subscription to "_INBOX.agency.{A}.>"',
+        f"STREAM.INFO.{kv_stream(A)}",
+        f"CONSUMER.DURABLE.CREATE.{SUBMIT_STREAM}.second",
+        f"STREAM.PURGE.{SUBMIT_STREAM}",
+    )
+
+
+async def test_ops_reads_status_and_nothing_else(nats_env: NatsEnv) -> None:
+    broker = await nats_env.connect(Identity.broker())
+    await publish_durable(broker.js, status_subject(A, MSG_A), b"delivered", msg_id="st-1")
+    await publish_durable(broker.js, inbox_subject(A), b"content", msg_id="r-1")
+    ops = await nats_env.connect(Identity.ops(), api_timeout=DENIED)
+
+    info = await ops.js.stream_info(STATUS_STREAM)
+    assert info.state.messages == 1
+    last = await ops.js.get_msg(STATUS_STREAM, subject=status_subject(A, MSG_A), direct=True)
+    assert last.data == b"delivered"
+    first = await ops.js.get_msg(STATUS_STREAM, seq=1, direct=True)
+    assert first.data == b"delivered"
+
+    status_sub = await bind_pull(ops.js, STATUS_STREAM, status_consumer(A))
+    assert await fetch(status_sub, 1, DENIED) == []
+    with pytest.raises(TransportError):
+        await publish_durable(
+            ops.js, status_subject(A, MSG_B), b"forged", msg_id="f", timeout=DENIED
+        )
+    await ops.nc.subscribe("bridge.status.>")
+    await _all_fail(
+        ops.js.stream_info(INBOX_STREAM),
+        ops.js.get_msg(INBOX_STREAM, 1),
+        ops.js.add_consumer(STATUS_STREAM, api.ConsumerConfig()),
+        ops.js.purge_stream(STATUS_STREAM),
+    )
+    await _denied(
+        ops,
+        f"CONSUMER.MSG.NEXT.{STATUS_STREAM}.{status_consumer(A)}",
+        f'publish to "{status_subject(A, MSG_B)}"',
+        'subscription to "bridge.status.>"',
+        f"STREAM.INFO.{INBOX_STREAM}",
+        f"STREAM.MSG.GET.{INBOX_STREAM}",
+        f"CONSUMER.CREATE.{STATUS_STREAM}",
+        f"STREAM.PURGE.{STATUS_STREAM}",
+    )
+    admin = await nats_env.admin()
+    assert (await admin.js.consumer_info(STATUS_STREAM, status_consumer(A))).num_pending == 1
