@@ -18,12 +18,16 @@ import msgspec
 from ..crypto import Limits
 from ..directory import Directory
 from ..errors import KeyInvalid
-from ..wire import ALLOWED_CATEGORIES, Body, BodyInvalid, MessageType, WireInvalid, decode_body
+from ..wire import (
+    ALLOWED_CATEGORIES,
+    Body,
+    BodyInvalid,
+    MessageType,
+    WireInvalid,
+    decode_body,
+    decode_strict,
+)
 from ..wire import encode_body as encode_wire_body
-
-# NOTE: decode_strict is not re-exported by bridge.wire (yet); it is the one place that turns
-# msgspec errors into messages that cannot leak request content.
-from ..wire._codec import decode_strict
 from .api import RawSubmitRequest
 from .problems import ApiProblem
 
