@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,7 @@ async def connect(
     reconnect_time_wait: int = 2,
     ping_interval: int = 20,
     max_outstanding_pings: int = 3,
+    tls: ssl.SSLContext | None = None,
     error_cb: ErrorCallback | None = None,
     disconnected_cb: Callback | None = None,
     reconnected_cb: Callback | None = None,
@@ -124,7 +126,8 @@ async def connect(
     instead, so a wrong URL or seed fails start-up with a clear error rather than hanging.
     `inbox_prefix` must be the identity's own (`Identity.inbox_prefix`); with any other, the
     server refuses the reply subscriptions. `error_cb` receives asynchronous errors such as
-    permission violations; by default they are logged.
+    permission violations; by default they are logged. `tls` is the context for `tls://` URLs
+    (without it, the system's trusted CAs are used).
     """
     urls = _check_urls(url)
     _check_subject(inbox_prefix, wildcards=False)
@@ -138,14 +141,15 @@ async def connect(
     public_key_of_seed_file(seed_path)  # the file exists, is private and holds a user seed
 
     user_error_cb = error_cb or _log_error
-    errors: list[Exception] = []
-    refused = asyncio.Event()
+    first_errors: list[Exception] = []  # the latest error while connecting for the first time
+    refused = asyncio.Event()  # the server refused the credentials: retrying will not help
+    connecting_first = True
 
     async def on_error(exc: Exception) -> None:
-        if not refused.is_set():  # still connecting for the first time
-            errors[:] = [exc]
+        if connecting_first:
+            first_errors[:] = [exc]
             if _is_auth_error(exc):
-                refused.set()  # a wrong seed will not get better by retrying
+                refused.set()
         await user_error_cb(exc)
 
     nc = NATS()
@@ -164,6 +168,7 @@ async def connect(
             error_cb=on_error,
             disconnected_cb=disconnected_cb,
             reconnected_cb=reconnected_cb,
+            tls=tls,
         )
     )
     watching = asyncio.create_task(refused.wait())
@@ -178,19 +183,23 @@ async def connect(
         if not connecting.done():
             connecting.cancel()
             await asyncio.wait({connecting})  # let it unwind; never swallows our own cancel
+    connecting_first = False
     failure = None if connecting.cancelled() else connecting.exception()
     if connecting.cancelled() or failure is not None:
-        refused.set()
         await _close_quietly(nc)
-        last = errors[-1] if errors else failure
-        unauthorized = last is not None and _is_auth_error(last)
+        last = first_errors[-1] if first_errors else failure
+        where = f"{', '.join(urls)} as {name!r}"
+        if last is not None and _is_auth_error(last):
+            raise TransportError(
+                f"{where}: authorization violation (wrong seed, or an identity the server "
+                "does not know)",
+                reason="transport.unauthorized",
+            ) from failure
         detail = "no answer" if last is None else _describe(last)
         raise TransportError(
-            f"cannot connect to {', '.join(urls)} as {name!r} within {first_connect_timeout:g}s: "
-            + ("authorization violation (wrong seed?)" if unauthorized else detail),
-            reason="transport.unauthorized" if unauthorized else "transport.connect_failed",
+            f"cannot connect to {where} within {first_connect_timeout:g}s: {detail}",
+            reason="transport.connect_failed",
         ) from failure
-    refused.set()  # connected: later errors are for error_cb only
     return nc
 
 

@@ -28,6 +28,7 @@ from bridge.subjects import (
     kv_bucket,
     status_consumer,
     status_subject,
+    status_subjects_all,
     submit_subject,
 )
 from bridge.transport import bind_pull, connect, fetch, publish_durable
@@ -376,6 +377,15 @@ async def test_ops_reads_status_and_nothing_else(nats_env: NatsEnv) -> None:
     assert last.data == b"delivered"
     first = await ops.js.get_msg(STATUS_STREAM, seq=1, direct=True)
     assert first.data == b"delivered"
+    # Following the stream: the next event at or after a sequence, by direct get.
+    following = await ops.js.get_msg(
+        STATUS_STREAM, seq=1, subject=status_subjects_all(), next=True, direct=True
+    )
+    assert following.seq == 1
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await ops.js.get_msg(
+            STATUS_STREAM, seq=2, subject=status_subjects_all(), next=True, direct=True
+        )
 
     status_sub = await bind_pull(ops.js, STATUS_STREAM, status_consumer(A))
     assert await fetch(status_sub, 1, DENIED) == []
