@@ -16,6 +16,7 @@ __all__ = [
     "AGENCY_ID_PATTERN",
     "CODE_PATTERN",
     "CONSENT_REF_PATTERN",
+    "MESSAGE_ID_PATTERN",
     "MESSAGE_TYPES",
     "check_agency_id",
     "check_code",
@@ -25,14 +26,18 @@ __all__ = [
     "new_message_id",
 ]
 
-AGENCY_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+# Every pattern ends in `$(?!\n)`: msgspec (and jsonschema) match with Python's re.search, where
+# a bare `$` also matches before a final newline, so "health\n" would pass as "health".
+AGENCY_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$(?!\n)"
 # A consent reference names a consent record without naming the client: "c-" and 32 hex digits
 # or a UUID. It must never carry a case number or pseudonym, so free text is refused.
 CONSENT_REF_PATTERN = (
-    r"^c-[0-9a-f]{32}$|^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+    r"^(?:c-[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$(?!\n)"
 )
 # Purpose and data-category codes: short lowercase words joined by hyphens.
-CODE_PATTERN = r"^[a-z][a-z0-9-]{0,47}$"
+CODE_PATTERN = r"^[a-z][a-z0-9-]{0,47}$(?!\n)"
+# A message id: a lowercase random (version 4) UUID in canonical text form.
+MESSAGE_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$(?!\n)"
 
 # The message types an envelope may carry; their bodies are defined in bridge.wire.
 MESSAGE_TYPES = ("referral", "handover", "feedback", "receipt")
@@ -40,7 +45,7 @@ MESSAGE_TYPES = ("referral", "handover", "feedback", "receipt")
 _AGENCY_RE = re.compile(AGENCY_ID_PATTERN)
 _CONSENT_RE = re.compile(CONSENT_REF_PATTERN)
 _CODE_RE = re.compile(CODE_PATTERN)
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+_UUID_RE = re.compile(MESSAGE_ID_PATTERN)
 
 
 def is_agency_id(value: object) -> bool:

@@ -150,6 +150,7 @@ async def test_webhook_delivery_retries_then_acks_and_sends_a_receipt(
     assert header.type == "receipt"
     assert header.reply_to == message_id
     assert header.purpose == "delivery-confirmation"
+    assert header.categories == ["delivery-metadata"]  # no personal data, so none declared
     assert receipt.in_reply_to == message_id
     assert isinstance(receipt.disposition, Delivered)
 

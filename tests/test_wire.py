@@ -197,10 +197,12 @@ def test_header_codes_match_the_code_pattern(vocabulary: Any) -> None:
 
 def test_allowed_categories() -> None:
     assert set(ALLOWED_CATEGORIES) == set(MessageType)
-    assert ALLOWED_CATEGORIES[MessageType.RECEIPT] == frozenset()
+    assert ALLOWED_CATEGORIES[MessageType.RECEIPT] == {DataCategory.DELIVERY_METADATA}
     assert DataCategory.IDENTITY not in ALLOWED_CATEGORIES[MessageType.FEEDBACK]
     assert DataCategory.CONTACT not in ALLOWED_CATEGORIES[MessageType.FEEDBACK]
-    assert ALLOWED_CATEGORIES[MessageType.REFERRAL] == frozenset(DataCategory)
+    personal = frozenset(DataCategory) - {DataCategory.DELIVERY_METADATA}
+    assert ALLOWED_CATEGORIES[MessageType.REFERRAL] == personal
+    assert ALLOWED_CATEGORIES[MessageType.HANDOVER] == personal
 
 
 @given(st.uuids(version=4))

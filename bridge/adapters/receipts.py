@@ -21,7 +21,7 @@ from ..directory import Directory
 from ..ids import check_agency_id, check_message_id
 from ..subjects import submit_subject
 from ..transport import PubAck, publish_durable
-from ..wire import Disposition, Purpose, Receipt, encode_body
+from ..wire import ALLOWED_CATEGORIES, Disposition, MessageType, Purpose, Receipt, encode_body
 
 __all__ = ["RECEIPT_LIFETIME_SECONDS", "receipt_categories", "receipt_message_id", "send_receipt"]
 
@@ -47,14 +47,13 @@ def receipt_message_id(original_id: str, recipient: str) -> str:
     return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
-def receipt_categories(original: Header) -> list[str]:
-    """The data categories a receipt's header declares.
+def receipt_categories() -> list[str]:
+    """The data categories a receipt's header declares: delivery metadata only.
 
-    A header must name at least one category, but a receipt carries none
-    (`ALLOWED_CATEGORIES[receipt]` is empty), so it repeats the original's: the consent that
-    covered the message covers a note about its delivery. See docs/adapter.md.
+    A receipt holds no personal data, so its header must not repeat the original's categories
+    (an audit would then record health data passing where none did).
     """
-    return list(original.categories)
+    return sorted(ALLOWED_CATEGORIES[MessageType.RECEIPT])
 
 
 async def send_receipt(
@@ -84,7 +83,7 @@ async def send_receipt(
         directory=directory,
         consent=original.consent,
         purpose=Purpose.DELIVERY_CONFIRMATION.value,
-        categories=receipt_categories(original),
+        categories=receipt_categories(),
         lifetime=RECEIPT_LIFETIME_SECONDS,
         reply_to=original.id,
         message_id=receipt_id,

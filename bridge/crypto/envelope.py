@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 import time
 from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -44,6 +44,7 @@ from ..ids import (
     AGENCY_ID_PATTERN,
     CODE_PATTERN,
     CONSENT_REF_PATTERN,
+    MESSAGE_ID_PATTERN,
     MESSAGE_TYPES,
     check_agency_id,
     check_code,
@@ -88,6 +89,7 @@ _U32 = struct.Struct(">I")
 _Agency = Annotated[str, msgspec.Meta(pattern=AGENCY_ID_PATTERN)]
 _Code = Annotated[str, msgspec.Meta(pattern=CODE_PATTERN)]
 _Kid = Annotated[bytes, msgspec.Meta(min_length=KID_LEN, max_length=KID_LEN)]
+_MessageId = Annotated[str, msgspec.Meta(pattern=MESSAGE_ID_PATTERN)]
 
 
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -117,8 +119,8 @@ class Header(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
 
     v: int
     suite: int
-    id: str
-    type: str
+    id: _MessageId
+    type: Literal["referral", "handover", "feedback", "receipt"]
     sender: _Agency
     sender_kid: _Kid
     recipients: list[Recipient]
@@ -129,7 +131,7 @@ class Header(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     exp: int
     clen: int
     commit: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
-    reply_to: str | None = None
+    reply_to: _MessageId | None = None
 
 
 _header_encoder = msgspec.msgpack.Encoder()

@@ -17,7 +17,7 @@ from typing import Annotated, Final
 from msgspec import Meta, Struct
 from msgspec.structs import force_setattr
 
-from ..ids import AGENCY_ID_PATTERN
+from ..ids import AGENCY_ID_PATTERN, MESSAGE_ID_PATTERN
 
 __all__ = [
     "MESSAGE_ID_PATTERN",
@@ -59,14 +59,12 @@ _NEVER = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 _NEVER_IN_TEXT = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 
 # One line, no leading or trailing whitespace (so "Müller " and "Müller" cannot both exist).
-_LINE = rf"^[^\s{_NEVER}](?:[^{_NEVER}]*[^\s{_NEVER}])?$"
+_LINE = rf"^[^\s{_NEVER}](?:[^{_NEVER}]*[^\s{_NEVER}])?$(?!\n)"
 # Free text: at least one visible character somewhere.
-_TEXT = rf"^[^{_NEVER_IN_TEXT}]*[^\s{_NEVER_IN_TEXT}][^{_NEVER_IN_TEXT}]*$"
+_TEXT = rf"^[^{_NEVER_IN_TEXT}]*[^\s{_NEVER_IN_TEXT}][^{_NEVER_IN_TEXT}]*$(?!\n)"
 
-# The canonical form bridge.ids.check_message_id accepts: a lowercase version 4 UUID.
-MESSAGE_ID_PATTERN: Final = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 # Reason codes as carried by BridgeError.reason: lowercase words, dots between them.
-REASON_CODE_PATTERN: Final = r"^[a-z][a-z0-9_-]*(?:\.[a-z][a-z0-9_-]*)*$"
+REASON_CODE_PATTERN: Final = r"^[a-z][a-z0-9_-]*(?:\.[a-z][a-z0-9_-]*)*$(?!\n)"
 
 Line = Annotated[str, Meta(min_length=1, max_length=200, pattern=_LINE)]
 """A single line of text, e.g. a preferred contact time or an organisational unit."""
@@ -85,26 +83,28 @@ Email = Annotated[
     Meta(
         min_length=3,
         max_length=254,
-        pattern=r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+$",
+        pattern=r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+$(?!\n)",
     ),
 ]
 """An e-mail address: something, an at sign, a domain with a dot. Deliverability is not ours."""
 
-Phone = Annotated[str, Meta(min_length=3, max_length=32, pattern=r"^\+?[0-9(][0-9 ()/-]*[0-9]$")]
+Phone = Annotated[
+    str, Meta(min_length=3, max_length=32, pattern=r"^\+?[0-9(][0-9 ()/-]*[0-9]$(?!\n)")
+]
 """A phone number as people write it: "+49 30 1234567", "(030) 123 45-67", "0171/1234567"."""
 
 PostalCode = Annotated[
-    str, Meta(min_length=2, max_length=10, pattern=r"^[0-9A-Z][0-9A-Z -]*[0-9A-Z]$")
+    str, Meta(min_length=2, max_length=10, pattern=r"^[0-9A-Z][0-9A-Z -]*[0-9A-Z]$(?!\n)")
 ]
 """A postal code; five digits in Germany, other shapes abroad."""
 
 HouseNumber = Annotated[str, Meta(min_length=1, max_length=16, pattern=_LINE)]
 
-CountryCode = Annotated[str, Meta(min_length=2, max_length=2, pattern=r"^[A-Z]{2}$")]
+CountryCode = Annotated[str, Meta(min_length=2, max_length=2, pattern=r"^[A-Z]{2}$(?!\n)")]
 """ISO 3166-1 alpha-2."""
 
 LanguageTag = Annotated[
-    str, Meta(min_length=2, max_length=35, pattern=r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,3}$")
+    str, Meta(min_length=2, max_length=35, pattern=r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,3}$(?!\n)")
 ]
 """A BCP 47 language tag such as "de", "tr", "uk", "ar-SY"."""
 

@@ -53,22 +53,25 @@ class DataCategory(enum.StrEnum):
     SOCIAL_SITUATION = "social-situation"  # housing, debts, family
     EMPLOYMENT = "employment"  # benefits, work and training history, integration measures
     CASE_NOTES = "case-notes"  # free-text assessments and notes
+    # Not personal data: message ids and delivery times. Receipts declare it, because an
+    # envelope header must name at least one category and a receipt holds none of the above.
+    DELIVERY_METADATA = "delivery-metadata"
 
 
-_ALL: Final = frozenset(DataCategory)
+_PERSONAL: Final = frozenset(DataCategory) - {DataCategory.DELIVERY_METADATA}
 
 ALLOWED_CATEGORIES: Final[Mapping[MessageType, frozenset[DataCategory]]] = MappingProxyType(
     {
         # Identity, contact and the free-text reason and notes can touch any category.
-        MessageType.REFERRAL: _ALL,
-        MessageType.HANDOVER: _ALL,
+        MessageType.REFERRAL: _PERSONAL,
+        MessageType.HANDOVER: _PERSONAL,
         # No identity or contact block; but that a client kept an appointment at an addiction
         # or social-psychiatric service is itself health data, and the note is case notes.
         MessageType.FEEDBACK: frozenset(
             {DataCategory.HEALTH, DataCategory.ADDICTION, DataCategory.CASE_NOTES}
         ),
         # Metadata about delivery only.
-        MessageType.RECEIPT: frozenset(),
+        MessageType.RECEIPT: frozenset({DataCategory.DELIVERY_METADATA}),
     }
 )
 """The categories a body of each type may carry: an upper bound for the header's category list."""
