@@ -174,7 +174,7 @@ def _read(path: Path) -> bytes:
 def _decode(path: Path, kind: type[_C]) -> _C:
     try:
         config = msgspec.toml.decode(_read(path), type=kind)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config {path}: {exc}", reason="config.invalid") from exc
     return msgspec.structs.replace(config, base_dir=str(path.resolve().parent))
 

@@ -80,7 +80,7 @@ def sign_directory(body: DirectoryBody, anchor: PrivateKey) -> bytes:
     # decoding does, so decode what would be signed rather than sign what no loader accepts.
     try:
         _decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DirectoryError(
             f"directory body is invalid: {exc}", reason="directory.malformed"
         ) from exc
@@ -96,7 +96,7 @@ def load_anchor(path: Path) -> PublicKeyRecord:
         raise DirectoryError(
             f"cannot read trust anchor {path}: {exc.strerror}", reason="directory.anchor"
         ) from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DirectoryError(
             f"trust anchor {path} is malformed: {exc}", reason="directory.anchor"
         ) from exc
@@ -176,7 +176,7 @@ class Directory:
             raise DirectoryError("trust anchor key is not valid now", reason="directory.anchor")
         try:
             body = _decoder.decode(raw)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise DirectoryError(
                 f"key directory does not decode: {exc}", reason="directory.malformed"
             ) from exc

@@ -337,7 +337,7 @@ def load_draft(directory: Path) -> Draft:
     raw = _read_bounded(path, "draft", "federation.draft_invalid")
     try:
         draft = msgspec.json.decode(raw, type=Draft)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise _draft_error(directory, f"malformed: {exc}") from exc
     owners: dict[str, str] = {}
     seen: set[str] = set()
@@ -368,7 +368,7 @@ def load_bundle(path: Path) -> AgencyPublicKeys:
     raw = _read_bounded(path, "public bundle", "federation.bundle_invalid")
     try:
         return msgspec.json.decode(raw, type=AgencyPublicKeys).check()
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(
             f"public bundle {path} is malformed: {exc}", reason="federation.bundle_invalid"
         ) from exc

@@ -169,7 +169,7 @@ class Store:
             raise
         try:
             return msgspec.json.decode(entry.value or b"", type=kind), entry.revision or 0
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise ProtocolError("a KV record is malformed", reason="store.malformed") from exc
 
     async def _write(self, key: str, value: msgspec.Struct, *, last: int, ttl: int) -> bool:

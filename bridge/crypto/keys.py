@@ -303,7 +303,7 @@ def load_key_file(path: Path, passphrase: bytes | None = None) -> PrivateKey:
         raise KeyFileError(f"key file {path} is too large")
     try:
         document = _keyfile_decoder.decode(path.read_bytes())
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise KeyFileError(f"key file {path} is malformed: {exc}") from exc
     if document.format != _KEYFILE_FORMAT:
         raise KeyFileError(f"key file {path} has unknown format {document.format!r}")

@@ -152,7 +152,7 @@ def load_ports(path: Path) -> Ports | None:
         return None
     try:
         return msgspec.json.decode(raw, type=Ports)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(
             f"{path}: {exc}; delete it to choose new ports", reason="up.ports"
         ) from exc
