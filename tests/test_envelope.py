@@ -642,6 +642,9 @@ def test_too_many_recipients(fed: Federation, ok: bytes) -> None:
         check(fed, ok, limits=Limits(max_recipients=1))
     with rejected(RecipientError, "envelope.too_many_recipients"):
         check(fed, with_header(fed, ok, recipients=[*two, *two]), limits=Limits(max_recipients=3))
+    # An honest sender learns it before sealing, not as a malformed frame from its own check.
+    with rejected(RecipientError, "envelope.too_many_recipients"):
+        seal_referral(fed, recipients=RECIPIENTS, limits=Limits(max_recipients=1))
 
 
 def test_unknown_recipient_agency(fed: Federation) -> None:

@@ -218,6 +218,12 @@ def seal(
     The result is checked with `verify()` before it is returned, so a sealed envelope that a
     broker would reject is never produced.
     """
+    if len(recipients) > limits.max_recipients:
+        # Checked here because verify() would see the oversized wraps section first and call
+        # the envelope malformed, which says nothing useful to the sender.
+        raise RecipientError(
+            f"at most {limits.max_recipients} recipients", reason="envelope.too_many_recipients"
+        )
     at = int(time.time()) if now is None else now
     signing = sender.current_published("sign", at, directory)
     keys = [(agency, directory.current_key(agency, "enc", at)) for agency in recipients]
