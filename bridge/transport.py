@@ -146,7 +146,7 @@ async def connect(
     connecting_first = True
 
     async def on_error(exc: Exception) -> None:
-        if connecting_first:
+        if connecting_first and not refused.is_set():  # keep a refusal over what follows it
             first_errors[:] = [exc]
             if _is_auth_error(exc):
                 refused.set()
