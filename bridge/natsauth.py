@@ -14,9 +14,11 @@ nats-py makes for those operations (`fetch` on a bound pull subscription, `msg.a
 
 from __future__ import annotations
 
+import collections
 import enum
 import json
 import os
+import secrets
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -215,7 +217,7 @@ def write_private_file(path: Path, data: bytes) -> None:
     symlink is refused), synced, then renamed over `path`; the directory is synced so the rename
     survives a crash.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(tmp, flags, 0o600)
@@ -263,19 +265,19 @@ def _check_private(path: Path, *, directory: bool) -> None:
 
 def check_federation(agencies: Iterable[str]) -> tuple[str, ...]:
     """Validate a federation's agency ids: well formed, no duplicates, bounded, sorted."""
-    checked = []
+    checked: list[str] = []
     for agency in agencies:
+        if len(checked) == MAX_AGENCIES:
+            raise ConfigError(
+                f"a federation may have at most {MAX_AGENCIES} agencies", reason="nats.too_many"
+            )
         try:
             checked.append(check_agency_id(agency))
         except ProtocolError as exc:
             shown = repr(agency)[:80] if isinstance(agency, str) else type(agency).__name__
             raise ConfigError(f"agency id {shown}: {exc}", reason=exc.reason) from exc
-    if len(checked) > MAX_AGENCIES:
-        raise ConfigError(
-            f"a federation may have at most {MAX_AGENCIES} agencies", reason="nats.too_many"
-        )
-    if len(set(checked)) != len(checked):
-        dupes = sorted({a for a in checked if checked.count(a) > 1})
+    dupes = sorted(agency for agency, n in collections.Counter(checked).items() if n > 1)
+    if dupes:
         raise ConfigError(f"agency ids repeated: {', '.join(dupes)}", reason="nats.duplicate")
     return tuple(sorted(checked))
 
@@ -350,7 +352,13 @@ class Credentials:
             name = entry.name
             if name.startswith(_AGENCY_FILE_PREFIX) and name.endswith(_SEED_SUFFIX):
                 agency = name[len(_AGENCY_FILE_PREFIX) : -len(_SEED_SUFFIX)]
-                found.append(check_agency_id(agency))
+                try:
+                    found.append(check_agency_id(agency))
+                except ProtocolError as exc:
+                    raise ConfigError(
+                        f"{entry} is not named after a well-formed agency id",
+                        reason="nats.creds_invalid",
+                    ) from exc
         return tuple(sorted(found))
 
     def __repr__(self) -> str:
