@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import nats.js.errors
 import pytest
 
+from bridge.cli import main
 from bridge.errors import ConfigError, ProtocolError, TransportError
 from bridge.natsauth import Credentials, Identity
 from bridge.natsd import NatsServer, ServerLayout, ServerSettings, configure, load_settings
@@ -409,3 +413,36 @@ async def test_fetch_returns_empty_on_timeout_and_checks_batch(nats_env: NatsEnv
         await fetch(sub, 0, 1.0)
     with pytest.raises(ValueError, match="batch"):
         await fetch(sub, 10_000, 1.0)
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def test_cli_config_serve_provision(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "state"
+    assert main(["nats", "config", "--state", str(state), "--agency", "Bad.x"]) == 2
+    assert "id.agency_malformed" in capsys.readouterr().err
+    assert not state.exists()
+    assert main(["nats", "config", "--state", str(state), "--agency", "a1"]) == 0
+    assert main(["nats", "config", "--state", str(state), "--agency", "a2"]) == 0
+    assert Credentials(ServerLayout.in_state(state).creds_dir).agencies() == ("a1", "a2")
+
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "nats", "serve", "--state", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert serve.stdout is not None
+        assert "ready on nats://127.0.0.1:" in serve.stdout.readline()
+        capsys.readouterr()
+        assert main(["nats", "provision", "--state", str(state)]) == 0
+        out = capsys.readouterr().out
+        assert "created   kv       adapter-a2" in out
+        assert main(["nats", "provision", "--state", str(state)]) == 0
+        assert "created" not in capsys.readouterr().out
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=20) == 0
+    assert "Server Exiting" in ServerLayout.in_state(state).log_file.read_text()
