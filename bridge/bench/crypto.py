@@ -9,9 +9,9 @@ depend on the machine; the ratio mostly does not, so it is what to compare betwe
 
 Measurement: every item is warmed up, then timed for `seconds / rounds` per round with
 `time.perf_counter`, calls batched so that reading the clock costs nothing measurable. Within a
-round the items take turns in slices of a few milliseconds, so that a machine slowing down or
-speeding up mid-run affects recipes and primitives alike; each item's rate is the median of its
-rounds. docs/bench.md says how to read the numbers.
+round the items take turns in slices of a few milliseconds (`bridge.bench._timing`), so that a
+machine slowing down or speeding up mid-run affects recipes and primitives alike; each item's
+rate is the median of its rounds. docs/bench.md says how to read the numbers.
 
 NOTE: this module calls `bridge.crypto._primitives` directly, on purpose: timing the primitives
 is its job. It never touches `cryptography.hazmat` itself.
@@ -23,7 +23,6 @@ import datetime
 import math
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from ..crypto import (
 from ..crypto import _primitives as P
 from ..crypto.envelope import SIGNATURE_CONTEXT
 from ..directory import AgencyEntry, Directory, DirectoryBody, sign_directory
+from ._timing import Progress, Schedule, Tally, no_progress
 
 __all__ = [
     "BODY_SIZES",
@@ -85,7 +85,7 @@ _CONSENT: Final = "c-" + "0" * 32
 _RECIPE_ORDER: Final = {"seal": 0, "verify": 1, "open": 2}
 # A batch of calls between two clock reads lasts about this long (or less in tiny runs).
 _BATCH_SECONDS: Final = 0.001
-# Each item runs for about this long before the next one takes over (see `_measure`).
+# Each item runs for about this long before the next one takes over (see `_timing`).
 _SLICE_SECONDS: Final = 0.005
 
 
@@ -137,25 +137,13 @@ class CryptoBench(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 # -- measuring --------------------------------------------------------------------------------
 
 
-_Progress = Callable[[str], None]
-
-
-def _no_progress(message: str) -> None:
-    pass
-
-
 @dataclass
 class _Item:
     """One thing to time: its batch size, and its calls and seconds per round once timed."""
 
     fn: Callable[[], object]
     batch: int = 1
-    calls: list[int] = field(default_factory=list)
-    elapsed: list[float] = field(default_factory=list)
-
-    @property
-    def rates(self) -> list[float]:
-        return [c / e for c, e in zip(self.calls, self.elapsed, strict=True)]
+    tally: Tally = field(default_factory=Tally)
 
 
 def _warm_up(item: _Item, seconds: float, batch_seconds: float) -> None:
@@ -185,28 +173,13 @@ def _time_slice(item: _Item, seconds: float) -> tuple[int, float]:
             return calls, elapsed
 
 
-def _measure(items: Sequence[_Item], seconds: float, rounds: int, progress: _Progress) -> None:
-    """Give each item `seconds` in all, in `rounds` rounds, interleaved in short slices.
-
-    The machine's speed drifts by tens of percent within a second on a shared host. Within a
-    round every item runs in slices spread evenly over the whole round, so every item sees the
-    same mix of fast and slow moments and the ratios between items hold.
-    """
-    per_round = seconds / rounds
-    slices = max(1, round(per_round / _SLICE_SECONDS))
+def _measure(items: Sequence[_Item], schedule: Schedule, progress: Progress) -> None:
+    """Warm every item up, then time it in the interleaved slices of `schedule`."""
     progress(f"warming up {len(items)} measurements")
     for item in items:
-        _warm_up(item, min(0.2, seconds / 5), min(_BATCH_SECONDS, per_round / slices / 10))
-    for index in range(rounds):
-        progress(f"round {index + 1}/{rounds}")
-        for item in items:
-            item.calls.append(0)
-            item.elapsed.append(0.0)
-        for _ in range(slices):
-            for item in items:
-                calls, elapsed = _time_slice(item, per_round / slices)
-                item.calls[-1] += calls
-                item.elapsed[-1] += elapsed
+        _warm_up(item, schedule.warm_up, min(_BATCH_SECONDS, schedule.slice_length / 10))
+    for item in schedule.turns(items, progress):
+        item.tally.add(*_time_slice(item, schedule.slice_length))
 
 
 # -- the federation and the inputs ------------------------------------------------------------
@@ -358,7 +331,7 @@ def run(
     seconds: float,
     recipients: int,
     rounds: int,
-    progress: _Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> CryptoBench:
     """Time the recipes and their primitives for every size in `BODY_SIZES`.
 
@@ -385,15 +358,16 @@ def run(
         # Size-independent primitives (wrap, unwrap, hkdf, random) are timed once.
         for key, item in primitives.items():
             primitive_items.setdefault(key, item)
-    _measure([*recipe_items.values(), *primitive_items.values()], seconds, rounds, progress)
+    schedule = Schedule(seconds=seconds, rounds=rounds, slice_seconds=_SLICE_SECONDS)
+    _measure([*recipe_items.values(), *primitive_items.values()], schedule, progress)
 
     primitive_rates = {
         key: PrimitiveRate(
             name=key[0],
             label=_LABELS[key[0]],
             input_bytes=key[1],
-            ops_per_second=_median(item),
-            rounds=item.rates,
+            ops_per_second=item.tally.median,
+            rounds=item.tally.rates,
         )
         for key, item in primitive_items.items()
     }
@@ -404,13 +378,13 @@ def run(
             term.count / primitive_rates[term.name, term.input_bytes].ops_per_second
             for term in cost
         )
-        rate = _median(item)
+        rate = item.tally.median
         recipe_rates.append(
             RecipeRate(
                 recipe=recipe,
                 body_bytes=size,
                 ops_per_second=rate,
-                rounds=item.rates,
+                rounds=item.tally.rates,
                 cost=cost,
                 primitive_ops_per_second=1 / seconds_per_call,
                 ratio=rate * seconds_per_call,
@@ -428,10 +402,6 @@ def run(
         recipes=sorted(recipe_rates, key=lambda r: (r.body_bytes, _RECIPE_ORDER[r.recipe])),
         primitives=list(primitive_rates.values()),
     )
-
-
-def _median(item: _Item) -> float:
-    return statistics.median(item.rates)
 
 
 # -- output -----------------------------------------------------------------------------------
