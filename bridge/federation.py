@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from ._files import write_file
 from .crypto import (
     AgencyPublicKeys,
     Keyring,
@@ -131,24 +131,8 @@ class KeyStatus:
 # -- files ------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so that readers see the old or the new file, never a part."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def _write_public(path: Path, data: bytes) -> None:
+    write_file(path, data, mode=0o644)
 
 
 def _read_bounded(path: Path, what: str, reason: str) -> bytes:
@@ -221,7 +205,7 @@ def bundle_path(directory: Path, agency: str) -> Path:
 def write_bundle(directory: Path, keyring: Keyring) -> Path:
     """Write the keyring's public half as `<agency>.pub.json` (readable: nothing secret)."""
     path = bundle_path(directory, keyring.agency)
-    _write_atomic(path, _json(keyring.public()))
+    _write_public(path, _json(keyring.public()))
     return path
 
 
@@ -317,8 +301,8 @@ def init_federation(
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_key_file(directory / ANCHOR_KEY, anchor, passphrase)
     record = anchor.public_record()
-    _write_atomic(directory / ANCHOR_PUB, _json(record))
-    _write_atomic(directory / DRAFT, _json(Draft(federation=federation)))
+    _write_public(directory / ANCHOR_PUB, _json(record))
+    _write_public(directory / DRAFT, _json(Draft(federation=federation)))
     return record
 
 
@@ -360,7 +344,7 @@ def load_draft(directory: Path) -> Draft:
 
 
 def _save_draft(directory: Path, draft: Draft) -> None:
-    _write_atomic(directory / DRAFT, _json(draft))
+    _write_public(directory / DRAFT, _json(draft))
 
 
 def load_bundle(path: Path) -> AgencyPublicKeys:
@@ -521,7 +505,7 @@ def sign_draft(
     # Load it as every component will, so a directory they would refuse is never written.
     loaded = Directory.load(data, record, now=at)
     state.record(body.serial)
-    _write_atomic(target, data)
+    _write_public(target, data)
     return loaded, target
 
 

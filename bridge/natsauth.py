@@ -18,7 +18,6 @@ import collections
 import enum
 import json
 import os
-import secrets
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import nkeys
 
+from ._files import write_private_file
 from .errors import ConfigError, ProtocolError
 from .ids import check_agency_id
 from .subjects import (
@@ -55,7 +55,6 @@ __all__ = [
     "permissions_for",
     "public_key_of_seed_file",
     "render_accounts",
-    "write_private_file",
 ]
 
 ACCOUNT = "BRIDGE"
@@ -208,41 +207,6 @@ def permissions_for(identity: Identity) -> Permissions:
 
 
 # -- files --------------------------------------------------------------------------------------
-
-
-def write_private_file(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically, readable by the owner only from the first byte on.
-
-    The temporary file is created with mode 0600 (O_EXCL, so an attacker's pre-placed file or
-    symlink is refused), synced, then renamed over `path`; the directory is synced so the rename
-    survives a crash.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(tmp, flags, 0o600)
-    except FileExistsError as exc:
-        raise ConfigError(
-            f"temporary file {tmp} exists; remove it if no other bridge process is writing",
-            reason="file.tmp_exists",
-        ) from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror}", reason="file.write") from exc
-    try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o600)  # a umask can only remove bits, but be explicit
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _check_private(path: Path, *, directory: bool) -> None:

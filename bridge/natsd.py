@@ -30,8 +30,9 @@ from typing import Literal
 
 import msgspec
 
+from ._files import write_private_file
 from .errors import ConfigError, TransportError
-from .natsauth import Credentials, check_federation, render_accounts, write_private_file
+from .natsauth import Credentials, check_federation, render_accounts
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from .._files import write_private_file
 from ..config import AuthConfig
-from ..crypto import write_private_file
 from ..errors import ConfigError, PolicyError
 
 __all__ = [

@@ -30,7 +30,6 @@ from .keys import (
     kid_hex,
     load_key_file,
     write_key_file,
-    write_private_file,
 )
 from .signed import sign_document, verify_document
 
@@ -59,5 +58,4 @@ __all__ = [
     "verify",
     "verify_document",
     "write_key_file",
-    "write_private_file",
 ]

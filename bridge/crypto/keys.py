@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import os
 import stat
 import time
 from collections.abc import Iterable
@@ -27,7 +26,8 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from ..errors import KeyFileError, UnknownKey
+from .._files import write_private_file
+from ..errors import ConfigError, KeyFileError, UnknownKey
 from ..ids import check_agency_id
 from . import _primitives as P
 
@@ -44,7 +44,6 @@ __all__ = [
     "kid_hex",
     "load_key_file",
     "write_key_file",
-    "write_private_file",
 ]
 
 KID_LEN = 16
@@ -269,26 +268,10 @@ def write_key_file(path: Path, key: PrivateKey, passphrase: bytes | None = None)
         secret=secret,
     )
     data = msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
-    write_private_file(path, data)
-
-
-def write_private_file(path: Path, data: bytes) -> None:
-    """Create `path` with mode 0600 (never wider, not even for a moment) and fsync it."""
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as exc:
-        raise KeyFileError(f"{tmp} exists: another writer, or a crash; remove it") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.exists():
-            raise KeyFileError(f"{path} exists; refusing to overwrite a key file")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        write_private_file(path, data, overwrite=False)
+    except ConfigError as exc:
+        raise KeyFileError(f"cannot write key file {path}: {exc}") from exc
 
 
 def load_key_file(path: Path, passphrase: bytes | None = None) -> PrivateKey:

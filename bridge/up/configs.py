@@ -11,9 +11,10 @@ import os
 from pathlib import Path
 from typing import Final
 
+from .._files import write_private_file
 from ..config import DEFAULT_RETENTION, load_adapter_config, load_broker_config
 from ..federation import ANCHOR_PUB, SIGNED
-from ..natsauth import Credentials, Identity, write_private_file
+from ..natsauth import Credentials, Identity
 from . import _toml
 from .layout import TOKEN_ISSUER, DemoAgency, StateLayout
 from .ports import Ports, http_url

@@ -17,8 +17,8 @@ from typing import Annotated, Final
 
 import msgspec
 
+from .._files import write_private_file
 from ..errors import ConfigError
-from ..natsauth import write_private_file
 from ..natsd import free_port
 from .layout import DEMO_AGENCIES
 

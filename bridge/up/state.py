@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Final
 
 from .. import federation as fed
+from .._files import write_private_file
 from ..adapters.auth import SCOPES, generate_signing_key, mint_token
 from ..crypto import Keyring, kid_hex
 from ..directory import Directory, load_anchor
 from ..errors import BridgeError, ConfigError
-from ..natsauth import write_private_file
 from ..natsd import ServerSettings, configure
 from .configs import write_adapter_config, write_broker_config
 from .layout import DEMO_AGENCIES, FEDERATION, TOKEN_ISSUER, StateLayout, demo_agency
