@@ -78,7 +78,10 @@ class ProvisionSettings:
     status_max_age: float = 30 * _DAY
     status_max_msg_size: int = 64 * 1024
     ack_wait: float = 30.0
-    max_deliver: int = 20
+    # Unlimited: a message waiting for an unreachable local system or a failing publish is
+    # retried (with growing delays) until its retention limit removes it, never abandoned.
+    # Poison messages do not loop: adapters terminate them and the broker rejects them.
+    max_deliver: int = -1
     max_ack_pending: int = 256
     max_waiting: int = 64
     kv_max_bytes: int = 64 * _MiB
@@ -96,7 +99,9 @@ class ProvisionSettings:
             raise bad("duplicate_window must be at least 1s and at most every stream's max age")
         if not 1.0 <= self.ack_wait <= 3600.0:
             raise bad("ack_wait must be between 1s and 1h")
-        for name in ("max_deliver", "max_ack_pending", "max_waiting"):
+        if self.max_deliver != -1 and not 1 <= self.max_deliver <= 100_000:
+            raise bad("max_deliver must be -1 (unlimited) or between 1 and 100000")
+        for name in ("max_ack_pending", "max_waiting"):
             if not 1 <= getattr(self, name) <= 100_000:
                 raise bad(f"{name} must be between 1 and 100000")
         if not 1 <= self.kv_history <= 64:

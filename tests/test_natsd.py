@@ -292,6 +292,22 @@ def test_provision_settings_are_validated() -> None:
         ProvisionSettings(duplicate_window=90 * 86400.0)
     with pytest.raises(ConfigError):
         ProvisionSettings(max_msg_size=1000)
+    for bad in (0, -2):
+        with pytest.raises(ConfigError):
+            ProvisionSettings(max_deliver=bad)
+    assert ProvisionSettings(max_deliver=5).max_deliver == 5
+
+
+async def test_consumers_redeliver_without_limit(nats_env: NatsEnv) -> None:
+    # A message waiting for an unreachable local system must not be abandoned after N tries;
+    # its TTL or the stream's age limit is what ends it.
+    admin = await nats_env.admin()
+    for stream, consumer in (
+        (INBOX_STREAM, inbox_consumer(JOBCENTER)),
+        (SUBMIT_STREAM, "broker"),
+    ):
+        info = await admin.js.consumer_info(stream, consumer)
+        assert info.config.max_deliver == -1, consumer
 
 
 # -- transport --------------------------------------------------------------------------------
@@ -446,3 +462,15 @@ def test_cli_config_serve_provision(tmp_path: Path, capsys: pytest.CaptureFixtur
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=20) == 0
     assert "Server Exiting" in ServerLayout.in_state(state).log_file.read_text()
+
+
+async def test_provisioning_lifts_an_old_redelivery_limit(nats_env: NatsEnv) -> None:
+    await nats_env.provision(settings=ProvisionSettings(max_deliver=20))
+    admin = await nats_env.admin()
+    assert (
+        await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(JOBCENTER))
+    ).config.max_deliver == 20
+    report = await nats_env.provision()
+    assert report.changed
+    info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(JOBCENTER))
+    assert info.config.max_deliver == -1

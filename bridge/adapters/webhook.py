@@ -96,8 +96,8 @@ class WebhookSink:
         return float(min(c.backoff_max_seconds, c.backoff_initial_seconds * 2 ** (attempt - 1)))
 
     def _redelivery_delay(self, incoming: Incoming) -> float:
-        """Grows with each redelivery, so the consumer's bounded `max_deliver` spans hours of
-        an unreachable local system rather than minutes."""
+        """Grows with each redelivery, so an unreachable local system is asked less and less
+        often (the consumer redelivers without limit until the message's TTL)."""
         try:
             delivered = max(1, int(incoming.msg.metadata.num_delivered or 1))
         except (nats.errors.Error, ValueError, TypeError, AttributeError, IndexError):
