@@ -118,7 +118,9 @@ def _banner(stack: Stack, server: NatsServer, supervisor: Supervisor, sink: Demo
         lines.append(f"    {agency.id:<20} {stack.token(agency.id)}")
     lines += [
         f"  logs          {layout.log_dir}",
-        f"Next: in a second terminal run `bridge demo --state {layout.root}`.",
+        # The command as it can be typed: `bridge` is on PATH only inside its virtualenv.
+        f"Next: in a second terminal run `{_bridge_command()} demo --state {layout.root}`"
+        " (from a checkout: `make demo`).",
         "Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
@@ -245,3 +247,8 @@ def _webhook_secrets(layout: StateLayout) -> dict[str, bytes]:
         for agency in DEMO_AGENCIES
         if agency.delivery == "webhook"
     }
+
+
+def _bridge_command() -> str:
+    script = Path(sys.executable).with_name("bridge")
+    return str(script) if script.exists() else f"{sys.executable} -m bridge"
