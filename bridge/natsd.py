@@ -31,6 +31,7 @@ from typing import Literal
 import msgspec
 
 from ._files import write_private_file
+from ._process import parent_death_signal
 from .errors import ConfigError, TransportError
 from .natsauth import Credentials, check_federation, render_accounts
 
@@ -404,6 +405,7 @@ class NatsServer:
                 stdout=log_fd,
                 stderr=log_fd,
                 start_new_session=True,  # Ctrl-C reaches us; we stop the server in order
+                preexec_fn=parent_death_signal(),  # and if we are killed, it stops too
             )
         except OSError as exc:
             raise ConfigError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import stat
@@ -474,3 +475,43 @@ async def test_provisioning_lifts_an_old_redelivery_limit(nats_env: NatsEnv) -> 
     assert report.changed
     info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(JOBCENTER))
     assert info.config.max_deliver == -1
+
+
+def _exited(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] == "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+async def test_server_does_not_outlive_a_killed_parent(tmp_path: Path) -> None:
+    layout = ServerLayout.in_state(tmp_path / "state")
+    configure(layout, ServerSettings(), [JOBCENTER])
+    script = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from bridge.natsd import NatsServer, ServerLayout\n"
+        "async def main():\n"
+        "    server = NatsServer.from_layout(ServerLayout(Path(sys.argv[1])))\n"
+        "    await server.start()\n"
+        "    print(server.pid, flush=True)\n"
+        "    await asyncio.sleep(120)\n"
+        "asyncio.run(main())\n"
+    )
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, str(layout.root), stdout=subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    line = await asyncio.wait_for(parent.stdout.readline(), 30)
+    server_pid = int(line)
+    parent.send_signal(signal.SIGKILL)  # no cleanup code of the parent runs
+    await parent.wait()
+    for _ in range(100):
+        if _exited(server_pid):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        os.kill(server_pid, signal.SIGKILL)
+        pytest.fail("nats-server kept running after its parent was killed")

@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from .._process import parent_death_signal
 from ..errors import ConfigError, TransportError
 
 __all__ = ["Child", "ChildExited", "ChildSpec", "Probe", "Supervisor", "log_tail"]
 
 _LOG_TAIL_BYTES: Final = 4096
-_PR_SET_PDEATHSIG: Final = 1
 
 Probe = Callable[[], Awaitable[bool]]
 
@@ -60,21 +57,6 @@ def log_tail(path: Path, offset: int = 0, max_bytes: int = _LOG_TAIL_BYTES) -> s
     except OSError:
         return "(no log)"
     return text or "(the log is empty)"
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux to SIGTERM the child when its parent dies, if available."""
-    if not sys.platform.startswith("linux"):
-        return None
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    libc = ctypes.CDLL(name, use_errno=True)
-
-    def hook() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-    return hook
 
 
 class Child:
@@ -148,7 +130,7 @@ class Supervisor:
                 stderr=fd,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **spec.env},
                 start_new_session=True,
-                preexec_fn=_parent_death_signal(),
+                preexec_fn=parent_death_signal(),
             )
         except OSError as exc:
             raise ConfigError(
