@@ -8,13 +8,13 @@ inconsistent key record all raise `DirectoryError` with a precise reason code.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
 import msgspec
 
+from ._files import write_file
 from .crypto import PrivateKey, PublicKeyRecord, sign_document, verify_document
 from .crypto.keys import KeyUse
 from .errors import BridgeError, DirectoryError, KeyFileError, UnknownKey
@@ -283,6 +283,5 @@ class SerialState:
     def record(self, serial: int) -> None:
         if serial <= self.highest():
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(f"{serial}\n")
-        os.replace(tmp, self.path)
+        # Synced before it counts: a serial forgotten in a crash would reopen the rollback door.
+        write_file(self.path, f"{serial}\n".encode(), mode=0o644)
