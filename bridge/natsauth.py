@@ -36,9 +36,11 @@ from .subjects import (
     agency_inbox_prefix,
     inbox_consumer,
     inbox_subjects_all,
-    kv_bucket,
+    kv_bucket_api_subjects,
+    pull_consumer_api_subjects,
     role_inbox_prefix,
     status_consumer,
+    status_stream_read_subjects,
     status_subjects_all,
     submit_subject,
 )
@@ -51,7 +53,6 @@ __all__ = [
     "Permissions",
     "Role",
     "check_federation",
-    "kv_stream",
     "permissions_for",
     "public_key_of_seed_file",
     "render_accounts",
@@ -134,39 +135,6 @@ class Permissions:
     subscribe: tuple[str, ...]
 
 
-# -- JetStream API subjects -------------------------------------------------------------------
-# These are NATS's own API subjects, not bridge's; stream and consumer names come validated
-# from `bridge.subjects`, so no id can add a token or a wildcard here.
-
-_JS_API = "$JS.API"
-
-
-def kv_stream(agency: str) -> str:
-    """The stream behind an agency's KV bucket (the `KV_<bucket>` convention of NATS)."""
-    return f"KV_{kv_bucket(agency)}"
-
-
-def _pull_consumer(stream: str, consumer: str) -> tuple[str, ...]:
-    """Fetch from, inspect and acknowledge one existing durable pull consumer."""
-    return (
-        f"{_JS_API}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
-        f"{_JS_API}.CONSUMER.INFO.{stream}.{consumer}",
-        f"$JS.ACK.{stream}.{consumer}.>",
-    )
-
-
-def _kv_bucket_access(agency: str) -> tuple[str, ...]:
-    bucket = kv_bucket(agency)
-    stream = kv_stream(agency)
-    return (
-        f"$KV.{bucket}.>",  # put, create, update, delete, purge are publishes
-        f"{_JS_API}.STREAM.INFO.{stream}",  # js.key_value() looks the bucket up
-        f"{_JS_API}.DIRECT.GET.{stream}",  # get by revision (direct buckets)
-        f"{_JS_API}.DIRECT.GET.{stream}.>",  # get last by key (direct buckets)
-        f"{_JS_API}.STREAM.MSG.GET.{stream}",  # get, for buckets without direct access
-    )
-
-
 def permissions_for(identity: Identity) -> Permissions:
     """The allow-lists of one identity; see docs/nats.md for the reasoning per role."""
     own_replies = f"{identity.inbox_prefix}.>"
@@ -176,16 +144,16 @@ def permissions_for(identity: Identity) -> Permissions:
         return Permissions(
             publish=(
                 submit_subject(agency),
-                *_pull_consumer(INBOX_STREAM, inbox_consumer(agency)),
-                *_pull_consumer(STATUS_STREAM, status_consumer(agency)),
-                *_kv_bucket_access(agency),
+                *pull_consumer_api_subjects(INBOX_STREAM, inbox_consumer(agency)),
+                *pull_consumer_api_subjects(STATUS_STREAM, status_consumer(agency)),
+                *kv_bucket_api_subjects(agency),
             ),
             subscribe=(own_replies,),
         )
     if identity.role is Role.BROKER:
         return Permissions(
             publish=(
-                *_pull_consumer(SUBMIT_STREAM, BROKER_CONSUMER),
+                *pull_consumer_api_subjects(SUBMIT_STREAM, BROKER_CONSUMER),
                 inbox_subjects_all(),
                 status_subjects_all(),
             ),
@@ -196,11 +164,7 @@ def permissions_for(identity: Identity) -> Permissions:
         # subject through the direct-get API. No consumer, so ops can neither take events from
         # an agency's status consumer nor leave server-side state behind.
         return Permissions(
-            publish=(
-                f"{_JS_API}.STREAM.INFO.{STATUS_STREAM}",
-                f"{_JS_API}.DIRECT.GET.{STATUS_STREAM}",
-                f"{_JS_API}.DIRECT.GET.{STATUS_STREAM}.>",
-            ),
+            publish=status_stream_read_subjects(),
             subscribe=(own_replies,),
         )
     return Permissions(publish=(">",), subscribe=(">",))

@@ -27,7 +27,7 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 
 from .errors import ConfigError, TransportError
-from .natsauth import Identity, check_federation, kv_stream
+from .natsauth import Identity, check_federation
 from .subjects import (
     BROKER_CONSUMER,
     INBOX_STREAM,
@@ -37,6 +37,7 @@ from .subjects import (
     inbox_subject,
     inbox_subjects_all,
     kv_bucket,
+    kv_stream,
     status_consumer,
     status_filter,
     status_subjects_all,

@@ -34,9 +34,14 @@ __all__ = [
     "inbox_subject",
     "inbox_subjects_all",
     "kv_bucket",
+    "kv_bucket_api_subjects",
+    "kv_key_prefix",
+    "kv_stream",
+    "pull_consumer_api_subjects",
     "role_inbox_prefix",
     "status_consumer",
     "status_filter",
+    "status_stream_read_subjects",
     "status_subject",
     "status_subjects_all",
     "submit_subject",
@@ -104,3 +109,58 @@ def role_inbox_prefix(role: str) -> str:
     if role not in ("broker", "ops", "admin"):
         raise ValueError(f"unknown service role {role!r}")
     return f"_INBOX.{role}"
+
+
+# -- NATS's own API subjects ------------------------------------------------------------------
+# Not bridge's subjects, but built here too so that permissions and clients never format a
+# subject by hand. Stream, consumer and bucket names come from the validated builders above
+# (or are module constants), so no agency id can add a token or a wildcard.
+
+_JS_API = "$JS.API"
+
+
+def kv_stream(agency: str) -> str:
+    """The stream behind an agency's KV bucket (the `KV_<bucket>` convention of NATS)."""
+    return f"KV_{kv_bucket(agency)}"
+
+
+def kv_key_prefix(agency: str) -> str:
+    """The subject prefix of the keys in an agency's bucket (`$KV.<bucket>.`)."""
+    return f"$KV.{kv_bucket(agency)}."
+
+
+def pull_consumer_api_subjects(stream: str, consumer: str) -> tuple[str, ...]:
+    """Fetch from, inspect and acknowledge one existing durable pull consumer."""
+    _check_name(stream)
+    _check_name(consumer)
+    return (
+        f"{_JS_API}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+        f"{_JS_API}.CONSUMER.INFO.{stream}.{consumer}",
+        f"$JS.ACK.{stream}.{consumer}.>",
+    )
+
+
+def kv_bucket_api_subjects(agency: str) -> tuple[str, ...]:
+    """Everything nats-py's KV client publishes to for get, create, update and put."""
+    stream = kv_stream(agency)
+    return (
+        f"{kv_key_prefix(agency)}>",  # put, create, update, delete, purge are publishes
+        f"{_JS_API}.STREAM.INFO.{stream}",  # js.key_value() looks the bucket up
+        f"{_JS_API}.DIRECT.GET.{stream}",  # get by revision (direct buckets)
+        f"{_JS_API}.DIRECT.GET.{stream}.>",  # get last by key (direct buckets)
+        f"{_JS_API}.STREAM.MSG.GET.{stream}",  # get, for buckets without direct access
+    )
+
+
+def status_stream_read_subjects() -> tuple[str, ...]:
+    """Read-only access to the status stream: its state and direct gets (ops)."""
+    return (
+        f"{_JS_API}.STREAM.INFO.{STATUS_STREAM}",
+        f"{_JS_API}.DIRECT.GET.{STATUS_STREAM}",
+        f"{_JS_API}.DIRECT.GET.{STATUS_STREAM}.>",
+    )
+
+
+def _check_name(name: str) -> None:
+    if not name or any(c in name for c in ".*> \t\r\n"):
+        raise ValueError(f"not a stream or consumer name: {name!r}")

@@ -17,7 +17,7 @@ import pytest
 from nats.js import api
 
 from bridge.errors import TransportError
-from bridge.natsauth import Identity, kv_stream
+from bridge.natsauth import Identity
 from bridge.subjects import (
     BROKER_CONSUMER,
     INBOX_STREAM,
@@ -26,6 +26,7 @@ from bridge.subjects import (
     inbox_consumer,
     inbox_subject,
     kv_bucket,
+    kv_stream,
     status_consumer,
     status_subject,
     status_subjects_all,

@@ -28,7 +28,7 @@ from nats.js.kv import KeyValue
 
 from ..errors import ProtocolError, TransportError
 from ..ids import check_message_id
-from ..subjects import kv_bucket
+from ..subjects import kv_bucket, kv_key_prefix
 
 __all__ = [
     "RECORD_GRACE_SECONDS",
@@ -101,7 +101,7 @@ class Store:
     def __init__(self, js: JetStreamContext, kv: KeyValue, agency: str, timeout: float) -> None:
         self._js = js
         self._kv = kv
-        self._prefix = f"$KV.{kv_bucket(agency)}."
+        self._prefix = kv_key_prefix(agency)
         self._timeout = timeout
 
     @classmethod
