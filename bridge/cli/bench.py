@@ -1,14 +1,16 @@
 """`bridge bench`: measure bridge on this machine. One subcommand per benchmark module.
 
-Subcommands register themselves in `_SUBCOMMANDS`; a new benchmark (`nats`, end-to-end) adds a
-`_register_*` function there and a module beside `bridge.bench.crypto`.
+Subcommands register themselves in `_SUBCOMMANDS`: `crypto` and `nats` so far; a new benchmark
+(end-to-end) adds a `_register_*` function there and a module beside `bridge.bench.crypto`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 __all__ = ["register"]
@@ -16,6 +18,10 @@ __all__ = ["register"]
 # Mirrors bridge.crypto.DEFAULT_LIMITS.max_recipients, which is not imported here so that
 # `bridge --help` does not load the crypto stack; bridge.bench.crypto.run() checks it again.
 _MAX_RECIPIENTS = 16
+# The same for bridge.bench.nats (MAX_SIZES, MAX_WINDOW, ENVELOPE_MAX_BYTES); run() checks again.
+_MAX_SIZES = 8
+_MAX_WINDOW = 1024
+_MAX_SIZE = 1024 * 1024
 
 
 def register(commands: Any) -> None:
@@ -81,7 +87,83 @@ def _run_crypto(args: argparse.Namespace) -> int:
     return 0
 
 
-_SUBCOMMANDS = (_register_crypto,)
+def _register_nats(subcommands: Any) -> None:
+    parser = subcommands.add_parser(
+        "nats",
+        help="JetStream publish throughput with and without an fsync per write",
+        description=(
+            "Start two temporary nats-servers, one syncing every write to disk (bridge's "
+            "default) and one with nats-server's periodic sync, and time acknowledged publishes "
+            "into BRIDGE_SUBMIT as an agency, one at a time and with a window outstanding, "
+            "against core NATS publish+flush in the same run. See docs/bench.md."
+        ),
+    )
+    parser.add_argument(
+        "--seconds",
+        type=_positive_float,
+        default=2.0,
+        metavar="S",
+        help="time per measurement, over all rounds (default: 2.0; a run takes about 13 x S "
+        "plus a few seconds with two sizes)",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=(1024, 65536),
+        metavar="B,B",
+        help=f"payload sizes in bytes, comma-separated, at most {_MAX_SIZES} (default: 1024,65536)",
+    )
+    parser.add_argument(
+        "--window",
+        type=_window,
+        default=64,
+        metavar="N",
+        help=f"publishes outstanding in the windowed runs, 2 to {_MAX_WINDOW} (default: 64)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=3,
+        metavar="R",
+        help="rounds per measurement; the median is reported (default: 3)",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the temporary stores go (default: the system's temporary directory); "
+        "the fsync cost depends on its file system",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(handler=_run_nats)
+
+
+def _run_nats(args: argparse.Namespace) -> int:
+    from ..bench import nats
+
+    def progress(message: str) -> None:
+        print(f"bench nats: {message}", file=sys.stderr, flush=True)
+
+    result = asyncio.run(
+        nats.run(
+            seconds=args.seconds,
+            rounds=args.rounds,
+            sizes=args.sizes,
+            window=args.window,
+            directory=args.dir,
+            progress=progress,
+        )
+    )
+    if args.json:
+        sys.stdout.buffer.write(nats.to_json(result))
+        sys.stdout.flush()
+    else:
+        print(nats.render_text(result), end="")
+    return 0
+
+
+_SUBCOMMANDS = (_register_crypto, _register_nats)
 
 
 def _positive_float(text: str) -> float:
@@ -101,6 +183,25 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    parts = text.split(",")
+    if len(parts) > _MAX_SIZES:
+        raise argparse.ArgumentTypeError(f"at most {_MAX_SIZES} sizes")
+    sizes = tuple(_positive_int(part.strip()) for part in parts)
+    if any(size > _MAX_SIZE for size in sizes):
+        raise argparse.ArgumentTypeError(f"a size is at most {_MAX_SIZE} bytes (one envelope)")
+    if len(set(sizes)) != len(sizes):
+        raise argparse.ArgumentTypeError("a size is given twice")
+    return sizes
+
+
+def _window(text: str) -> int:
+    value = _positive_int(text)
+    if not 2 <= value <= _MAX_WINDOW:
+        raise argparse.ArgumentTypeError(f"must be between 2 and {_MAX_WINDOW}")
     return value
 
 
