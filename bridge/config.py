@@ -8,6 +8,8 @@ seconds. Unknown keys are errors, so a typo never silently falls back to a defau
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Final, Literal, TypeVar
 
@@ -31,6 +33,7 @@ __all__ = [
     "Route",
     "load_adapter_config",
     "load_broker_config",
+    "nats_tls_context",
 ]
 
 _Agency = Annotated[str, msgspec.Meta(pattern=AGENCY_ID_PATTERN)]
@@ -40,12 +43,19 @@ _C = TypeVar("_C", "BrokerConfig", "AdapterConfig")
 
 
 class NatsClientConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """How a component reaches NATS: a URL and its own nkey seed file (mode 0600)."""
+    """How a component reaches NATS: a URL and its own nkey seed file (mode 0600).
+
+    For `tls://` URLs the system's trusted CAs verify the server unless `tls_ca_file` names a
+    private CA; `tls_cert_file` and `tls_key_file` add a client certificate (mutual TLS).
+    """
 
     url: str
     seed_file: str
     connect_timeout_seconds: _Seconds = 5
     request_timeout_seconds: _Seconds = 10
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
 
 class DirectoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -154,6 +164,27 @@ class AdapterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         return _resolve(self.base_dir, value)
 
 
+def nats_tls_context(
+    config: NatsClientConfig, resolve: Callable[[str], Path]
+) -> ssl.SSLContext | None:
+    """The TLS context for `config`, or None to let the client use the system's defaults."""
+    if config.tls_ca_file is None and config.tls_cert_file is None:
+        return None
+    try:
+        context = ssl.create_default_context(
+            cafile=str(resolve(config.tls_ca_file)) if config.tls_ca_file else None
+        )
+        if config.tls_cert_file is not None:
+            context.load_cert_chain(
+                str(resolve(config.tls_cert_file)),
+                str(resolve(config.tls_key_file)) if config.tls_key_file else None,
+            )
+    except (OSError, ssl.SSLError) as exc:
+        # NOTE: ssl's messages name the file and the problem, never key material.
+        raise ConfigError(f"[nats] TLS files cannot be used: {exc}", reason="config.tls") from exc
+    return context
+
+
 def _resolve(base: str, value: str) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() or not base else Path(base) / path
@@ -181,6 +212,7 @@ def _decode(path: Path, kind: type[_C]) -> _C:
 
 def load_broker_config(path: Path) -> BrokerConfig:
     config = _decode(path, BrokerConfig)
+    _check_nats(path, config.nats)
     for type_name in config.retention:
         if type_name not in MESSAGE_TYPES:
             raise ConfigError(
@@ -207,8 +239,16 @@ def load_broker_config(path: Path) -> BrokerConfig:
     return config
 
 
+def _check_nats(path: Path, nats: NatsClientConfig) -> None:
+    if nats.tls_key_file is not None and nats.tls_cert_file is None:
+        raise ConfigError(
+            f"config {path}: [nats] tls_key_file needs tls_cert_file", reason="config.invalid"
+        )
+
+
 def load_adapter_config(path: Path) -> AdapterConfig:
     config = _decode(path, AdapterConfig)
+    _check_nats(path, config.nats)
     auth = config.auth
     if (auth.public_key_file is None) == (auth.jwks_url is None):
         raise ConfigError(

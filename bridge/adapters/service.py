@@ -26,7 +26,7 @@ import nats.errors
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from ..config import AdapterConfig
+from ..config import AdapterConfig, nats_tls_context
 from ..crypto import Keyring
 from ..directory import Directory, SerialState, load_anchor
 from ..errors import BridgeError, ConfigError
@@ -166,6 +166,7 @@ class Adapter:
             agency_inbox_prefix(c.agency),
             f"bridge-adapter-{c.agency}",
             connect_timeout=c.nats.connect_timeout_seconds,
+            tls=nats_tls_context(c.nats, c.path),
         )
         js = self._nc.jetstream(timeout=timeout)
         store = await Store.open(js, c.agency, timeout)

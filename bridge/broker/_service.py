@@ -25,7 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from ..config import BrokerConfig
+from ..config import BrokerConfig, nats_tls_context
 from ..crypto import Header, verify
 from ..directory import Directory
 from ..errors import BridgeError, ProtocolError, TransportError
@@ -119,6 +119,7 @@ class Broker:
             Identity.broker().inbox_prefix,
             self._name,
             connect_timeout=nats_config.connect_timeout_seconds,
+            tls=nats_tls_context(nats_config, self._config.path),
         )
         sub: JetStreamContext.PullSubscription | None = None
         try:
