@@ -395,7 +395,12 @@ def verify(
     then) the header's encoding and every rule about its fields.
     """
     at = int(time.time()) if now is None else now
-    data = bytes(data)
+    return _verify(bytes(data), directory, at, limits)[0]
+
+
+def _verify(
+    data: bytes, directory: KeyLookup, at: int, limits: Limits
+) -> tuple[VerifiedEnvelope, _Frame]:
     frame = _parse_frame(data, limits)
     sender_agency, sender_key = _checked_key(directory, frame.kid, "sign", None, at)
     signer = P.signing_public(sender_key.public_bytes)
@@ -403,13 +408,14 @@ def verify(
         raise SignatureInvalid("envelope signatures do not verify")
     header = _decode_header(frame.header)
     _check_header(header, frame, sender_agency, directory, at, limits)
-    return VerifiedEnvelope(
+    envelope = VerifiedEnvelope(
         raw=data,
         header=header,
         header_hash=P.sha256(frame.header),
         sender_key=sender_key,
         verified_at=at,
     )
+    return envelope, frame
 
 
 def _decode_header(raw: bytes) -> Header:
@@ -510,7 +516,7 @@ def open_envelope(
 ) -> Opened:
     """Verify, then decrypt as `keyring`'s agency; every recipient gets the same plaintext."""
     at = int(time.time()) if now is None else now
-    envelope = verify(data, directory, now=at, limits=limits)
+    envelope, frame = _verify(bytes(data), directory, at, limits)
     header = envelope.header
     index = next((i for i, r in enumerate(header.recipients) if r.agency == keyring.agency), None)
     if index is None:
@@ -519,7 +525,6 @@ def open_envelope(
     key = keyring.decryption_key(recipient.kid, at)
     if key is None:
         raise UnknownKey("the envelope is sealed to a key this agency does not hold")
-    frame = _parse_frame(envelope.raw, limits)
     offset = index * _WRAP_ENTRY_LEN + KID_LEN
     wrapped = frame.wraps[offset : offset + P.HPKE_WRAP_LEN]
     content_key = key.decrypter().unwrap(wrapped, _wrap_info(envelope.header_hash, recipient.kid))
