@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -72,3 +73,32 @@ async def test_adapter_process_serves_and_stops_on_sigterm(tmp_path: Path, nats_
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.parametrize("command", ["adapter", "broker"])
+async def test_sigterm_while_loading_config_is_a_clean_exit(tmp_path: Path, command: str) -> None:
+    # A FIFO nobody writes to keeps the process inside its config load for as long as we like,
+    # so the signal provably arrives before the service runs.
+    fifo = tmp_path / "config.toml"
+    os.mkfifo(fifo)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", command, "-c", str(fifo), stderr=asyncio.subprocess.PIPE
+    )
+    for _ in range(600):  # until the kernel has it waiting for a writer on the FIFO
+        if _waiting_on_fifo(proc.pid):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the process never reached its config load")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, stderr.decode()
+    assert b"Traceback" not in stderr
+
+
+def _waiting_on_fifo(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/wchan") as handle:
+            return handle.read().strip() == "wait_for_partner"
+    except OSError:
+        return False

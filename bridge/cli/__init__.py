@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
 from ..errors import BridgeError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "stop_quietly_until_running"]
 
 # Order is the order in `bridge --help`.
 _COMMAND_MODULES = (
@@ -40,6 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"{__name__}.{name}")
         module.register(commands)
     return parser
+
+
+def stop_quietly_until_running() -> None:
+    """Make SIGTERM before the event loop takes over a clean exit (0), not a kill (-15).
+
+    A supervisor may stop a service while it is still importing or loading its config; nothing
+    has started then, so there is nothing to undo. The service's own handlers replace this one.
+    """
+
+    def exit_cleanly(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, exit_cleanly)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

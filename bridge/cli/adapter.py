@@ -9,6 +9,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from . import stop_quietly_until_running
+
 
 def register(commands: Any) -> None:
     parser = commands.add_parser(
@@ -24,6 +26,7 @@ def register(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    stop_quietly_until_running()
     from ..config import load_adapter_config
 
     config = load_adapter_config(args.config)  # a ConfigError becomes one line and exit 2

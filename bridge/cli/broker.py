@@ -18,6 +18,9 @@ from typing import Any
 __all__ = ["register"]
 
 
+from . import stop_quietly_until_running
+
+
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "broker", help="verify and route submissions between agencies (runs in the foreground)"
@@ -35,6 +38,7 @@ def register(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    stop_quietly_until_running()
     from ..broker import Broker
     from ..config import load_broker_config
 
