@@ -219,3 +219,13 @@ async def test_run_refuses_bad_arguments_before_starting_anything(
             seconds=seconds, rounds=rounds, sizes=sizes, window=window, directory=tmp_path
         )
     assert _left_behind(tmp_path) == ([], [])
+
+
+def test_cli_names_a_store_directory_it_cannot_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing"
+    assert main(["bench", "nats", "--seconds", "0.05", "--dir", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err
+    assert "[bench.dir]" in err

@@ -43,7 +43,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
-from ..errors import BridgeError, TransportError
+from ..errors import BridgeError, ConfigError, TransportError
 from ..natsauth import Credentials, Identity
 from ..natsd import NatsServer, ServerLayout, ServerSettings, configure
 from ..provision import ENVELOPE_MAX_BYTES, provision
@@ -206,9 +206,9 @@ def _server_version(nc: NATS) -> str:
 
 @dataclass
 class _Item:
-    """One measurement: a slice runs `publish` for about the given seconds, returns the count."""
+    """One measurement: `slice(seconds)` publishes for about that long and returns the count."""
 
-    path: _Kind
+    kind: _Kind
     size: int
     in_flight: int
     slice: Callable[[float], Awaitable[int]]
@@ -219,7 +219,7 @@ class _Item:
         start = time.perf_counter()
         count = await _uninterrupted(self.slice(seconds))
         elapsed = time.perf_counter() - start
-        if self.path != "core":
+        if self.kind != "core":
             self.target.unpurged_bytes += count * self.size
             await self.target.purge_if_full()  # after the clock stopped
         return count, elapsed
@@ -237,6 +237,8 @@ async def _uninterrupted(slice_run: Awaitable[int]) -> int:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # the cancel wins; mark a failure of the slice as seen
         raise
 
 
@@ -346,13 +348,19 @@ async def run(
     """Measure publishes for every size in `sizes`, one at a time and `window` at a time.
 
     Each of the 6 x len(sizes) measurements runs for about `seconds` in all, in `rounds`
-    rounds, after a short warm-up; with two sizes a run takes about 13 x `seconds` plus a few
-    seconds to start the servers. The servers' stores live in a new directory below
-    `directory` (default: the system's temporary directory), removed when the run ends.
+    rounds, after a warm-up of at most 0.2 s; a few seconds more go to starting the servers.
+    The servers' stores live in a new directory below `directory` (default: the system's
+    temporary directory), removed when the run ends.
     """
     schedule = _check(seconds, rounds, sizes, window)
     started = datetime.datetime.now(datetime.UTC)
-    root = Path(tempfile.mkdtemp(prefix="bridge-bench-nats-", dir=directory))
+    try:
+        root = Path(tempfile.mkdtemp(prefix="bridge-bench-nats-", dir=directory))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create a directory in {directory or tempfile.gettempdir()}: {exc.strerror}",
+            reason="bench.dir",
+        ) from exc
     try:
         async with contextlib.AsyncExitStack() as stack:
             progress(f"starting 2 nats-servers in {root}")
@@ -382,7 +390,7 @@ async def run(
 
 def _rows(items: Sequence[_Item]) -> list[Row]:
     rates = {
-        (item.path, item.size, item.in_flight): Rate(
+        (item.kind, item.size, item.in_flight): Rate(
             msgs_per_second=item.tally.median,
             megabytes_per_second=item.tally.median * item.size / 1e6,
             rounds=item.tally.rates,
@@ -392,7 +400,7 @@ def _rows(items: Sequence[_Item]) -> list[Row]:
     rows = []
     for size, in_flight in dict.fromkeys((item.size, item.in_flight) for item in items):
         core, always, default = (
-            rates[path, size, in_flight] for path in ("core", "always", "default")
+            rates[kind, size, in_flight] for kind in ("core", "always", "default")
         )
         rows.append(
             Row(

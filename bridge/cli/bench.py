@@ -103,8 +103,8 @@ def _register_nats(subcommands: Any) -> None:
         type=_positive_float,
         default=2.0,
         metavar="S",
-        help="time per measurement, over all rounds (default: 2.0; a run takes about 13 x S "
-        "plus a few seconds with two sizes)",
+        help="time per measurement, over all rounds (default: 2.0; a run takes about "
+        "6 x sizes x S plus a few seconds)",
     )
     parser.add_argument(
         "--sizes",
