@@ -40,6 +40,7 @@ test: lint typecheck unit
 
 bench: $(VENV)/.installed
 	$(BIN)/bridge bench crypto
+	$(BIN)/bridge bench nats
 
 schemas: $(VENV)/.installed
 	$(BIN)/python -m bridge.schemas schemas
