@@ -22,9 +22,7 @@ from . import stop_quietly_until_running
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser(
-        "broker", help="verify and route submissions between agencies (runs in the foreground)"
-    )
+    parser = commands.add_parser("broker", help="verify and route submissions between agencies")
     parser.add_argument(
         "-c", "--config", type=Path, required=True, metavar="FILE", help="broker config (TOML)"
     )

@@ -14,7 +14,7 @@ __all__ = ["register"]
 
 def register(commands: Any) -> None:
     parser = commands.add_parser(
-        "demo", help="send a referral through the stack `bridge up` runs and show its journey"
+        "demo", help="send a referral through the running stack and show its journey"
     )
     parser.add_argument("--state", type=Path, default=Path(".bridge"), help="state directory")
     parser.add_argument(

@@ -16,7 +16,7 @@ __all__ = ["register"]
 
 def register(commands: Any) -> None:
     parser = commands.add_parser(
-        "token", help="print a bearer token for an agency's adapter in the embedded stack"
+        "token", help="print a bearer token for an adapter of the embedded stack"
     )
     parser.add_argument("--state", type=Path, default=Path(".bridge"), help="state directory")
     parser.add_argument("--agency", required=True, metavar="ID", help="agency id, e.g. spdi-unna")
