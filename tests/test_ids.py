@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_args, get_type_hints
 
 import msgspec
 import pytest
@@ -68,3 +68,10 @@ def test_consent_and_code_checks() -> None:
     for bad in ["Health", "health\n", "1abc", "a" * 49, ""]:
         with pytest.raises(ProtocolError):
             ids.check_code(bad)
+
+
+def test_envelope_header_types_are_the_message_types() -> None:
+    # The header's `type` Literal is what verify enforces; it must not drift from the list.
+    from bridge.crypto import Header
+
+    assert get_args(get_type_hints(Header)["type"]) == ids.MESSAGE_TYPES
