@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,31 +60,20 @@ def _register_crypto(subcommands: Any) -> None:
         metavar="N",
         help=f"recipients per envelope, 1 to {_MAX_RECIPIENTS} (default: 3)",
     )
-    parser.add_argument(
-        "--rounds",
-        type=_positive_int,
-        default=3,
-        metavar="R",
-        help="rounds per measurement; the median is reported (default: 3)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_rounds_and_json(parser)
     parser.set_defaults(handler=_run_crypto)
 
 
 def _run_crypto(args: argparse.Namespace) -> int:
     from ..bench import crypto
 
-    def progress(message: str) -> None:
-        print(f"bench crypto: {message}", file=sys.stderr, flush=True)
-
     result = crypto.run(
-        seconds=args.seconds, recipients=args.recipients, rounds=args.rounds, progress=progress
+        seconds=args.seconds,
+        recipients=args.recipients,
+        rounds=args.rounds,
+        progress=_progress("crypto"),
     )
-    if args.json:
-        sys.stdout.buffer.write(crypto.to_json(result))
-        sys.stdout.flush()
-    else:
-        print(crypto.render_text(result), end="")
+    _emit(crypto.to_json(result) if args.json else crypto.render_text(result))
     return 0
 
 
@@ -120,13 +110,7 @@ def _register_nats(subcommands: Any) -> None:
         metavar="N",
         help=f"publishes outstanding in the windowed runs, 2 to {_MAX_WINDOW} (default: 64)",
     )
-    parser.add_argument(
-        "--rounds",
-        type=_positive_int,
-        default=3,
-        metavar="R",
-        help="rounds per measurement; the median is reported (default: 3)",
-    )
+    _add_rounds_and_json(parser)
     parser.add_argument(
         "--dir",
         type=Path,
@@ -135,15 +119,11 @@ def _register_nats(subcommands: Any) -> None:
         help="where the temporary stores go (default: the system's temporary directory); "
         "the fsync cost depends on its file system",
     )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=_run_nats)
 
 
 def _run_nats(args: argparse.Namespace) -> int:
     from ..bench import nats
-
-    def progress(message: str) -> None:
-        print(f"bench nats: {message}", file=sys.stderr, flush=True)
 
     result = asyncio.run(
         nats.run(
@@ -152,18 +132,41 @@ def _run_nats(args: argparse.Namespace) -> int:
             sizes=args.sizes,
             window=args.window,
             directory=args.dir,
-            progress=progress,
+            progress=_progress("nats"),
         )
     )
-    if args.json:
-        sys.stdout.buffer.write(nats.to_json(result))
-        sys.stdout.flush()
-    else:
-        print(nats.render_text(result), end="")
+    _emit(nats.to_json(result) if args.json else nats.render_text(result))
     return 0
 
 
 _SUBCOMMANDS = (_register_crypto, _register_nats)
+
+
+def _add_rounds_and_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=3,
+        metavar="R",
+        help="rounds per measurement; the median is reported (default: 3)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _progress(bench: str) -> Callable[[str], None]:
+    def progress(message: str) -> None:
+        print(f"bench {bench}: {message}", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def _emit(output: bytes | str) -> None:
+    """JSON as the module encoded it (bytes), text as rendered; progress went to stderr."""
+    if isinstance(output, bytes):
+        sys.stdout.buffer.write(output)
+        sys.stdout.flush()
+    else:
+        print(output, end="")
 
 
 def _positive_float(text: str) -> float:
