@@ -162,8 +162,9 @@ class Outbound:
             msg_id=message_id,
             timeout=self._publish_timeout,
         )
+        accepted_at = int(self._clock())
         await self._store.add_events(
-            message_id, [Event(state="accepted", at=int(self._clock()))], int(self._clock())
+            message_id, [Event(state="accepted", at=accepted_at)], accepted_at
         )
         log.info(
             "submitted message %s (%s, %d recipients%s)",
