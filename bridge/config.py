@@ -16,8 +16,8 @@ from typing import Annotated, Final, Literal, TypeVar
 import msgspec
 
 from .crypto import Limits
-from .directory import Role
 from .errors import ConfigError
+from .federation.directory import Role
 from .ids import AGENCY_ID_PATTERN, MESSAGE_TYPES
 
 __all__ = [

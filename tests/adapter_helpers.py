@@ -29,9 +29,9 @@ from bridge.config import (
     NatsClientConfig,
 )
 from bridge.crypto import Keyring, seal, write_key_file
-from bridge.natsauth import Identity
-from bridge.subjects import SUBMIT_STREAM, inbox_subject, submit_subject
-from bridge.transport import publish_durable
+from bridge.nats.identities import Identity
+from bridge.nats.subjects import SUBMIT_STREAM, inbox_subject, submit_subject
+from bridge.nats.transport import publish_durable
 from bridge.wire import MessageType, encode_body
 from bridge.wire.examples import BODIES
 

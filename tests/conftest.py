@@ -18,10 +18,10 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
-from bridge.natsauth import Credentials, Identity
-from bridge.natsd import NatsServer, ServerLayout, ServerSettings, configure
-from bridge.provision import ProvisionReport, ProvisionSettings, provision
-from bridge.transport import connect
+from bridge.nats.identities import Credentials, Identity
+from bridge.nats.provision import ProvisionReport, ProvisionSettings, provision
+from bridge.nats.server import NatsServer, ServerLayout, ServerSettings, configure
+from bridge.nats.transport import connect
 
 FEDERATION = ("jobcenter-unna", "suchtberatung-unna", "spdi-unna")
 

@@ -24,7 +24,7 @@ import msgspec
 
 from bridge.crypto import Keyring, PrivateKey, PublicKeyRecord
 from bridge.crypto.envelope import SIGNATURE_CONTEXT, _seal_with, seal
-from bridge.directory import AgencyEntry, Directory, DirectoryBody, sign_directory
+from bridge.federation.directory import AgencyEntry, Directory, DirectoryBody, sign_directory
 
 __all__ = [
     "CATEGORIES",

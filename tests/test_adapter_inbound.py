@@ -37,8 +37,8 @@ from bridge.adapters.service import Adapter
 from bridge.config import DeliveryConfig
 from bridge.crypto import open_envelope
 from bridge.ids import new_message_id
-from bridge.provision import ProvisionSettings
-from bridge.subjects import HDR_MSG_ID, INBOX_STREAM, inbox_consumer
+from bridge.nats.provision import ProvisionSettings
+from bridge.nats.subjects import HDR_MSG_ID, INBOX_STREAM, inbox_consumer
 from bridge.wire import Delivered, Receipt, Rejected, decode_body
 
 SECRET = b"0123456789abcdef0123456789abcdef"

@@ -31,7 +31,7 @@ from openapi_spec_validator import validate
 
 from bridge.adapters.service import Adapter
 from bridge.crypto import verify
-from bridge.subjects import HDR_MSG_ID
+from bridge.nats.subjects import HDR_MSG_ID
 
 MARKER = "Zyxwvutsrq"  # a value that must never come back in a problem
 

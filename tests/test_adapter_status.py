@@ -36,9 +36,9 @@ from bridge.adapters.service import Adapter
 from bridge.adapters.store import Event, MessageRecord, Store
 from bridge.adapters.timeline import message_status
 from bridge.ids import new_message_id
-from bridge.natsauth import Identity
-from bridge.subjects import HDR_MSG_ID, status_subject
-from bridge.transport import publish_durable
+from bridge.nats.identities import Identity
+from bridge.nats.subjects import HDR_MSG_ID, status_subject
+from bridge.nats.transport import publish_durable
 from bridge.wire import (
     Component,
     Delivered,

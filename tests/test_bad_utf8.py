@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from bridge import federation
 from bridge.config import load_adapter_config, load_broker_config
 from bridge.crypto import load_key_file
-from bridge.directory import load_anchor
 from bridge.errors import BridgeError, ConfigError, DirectoryError, KeyFileError
+from bridge.federation import operator as federation
+from bridge.federation.directory import load_anchor
 from bridge.up.ports import load_ports
 
 BAD_JSON = b'{"format": "\xff\xfe"}'

@@ -38,11 +38,11 @@ from bridge.broker import Broker, BrokerStatistics, allowed_by_routes, parse_sub
 from bridge.broker._directory import DirectoryHolder
 from bridge.config import load_broker_config
 from bridge.crypto import seal
-from bridge.directory import sign_directory
 from bridge.errors import DirectoryError, ProtocolError, TransportError
+from bridge.federation.directory import sign_directory
 from bridge.ids import new_message_id
-from bridge.natsauth import Identity
-from bridge.subjects import (
+from bridge.nats.identities import Identity
+from bridge.nats.subjects import (
     BROKER_CONSUMER,
     HDR_MSG_ID,
     HDR_TTL,
@@ -54,7 +54,7 @@ from bridge.subjects import (
     status_consumer,
     submit_subject,
 )
-from bridge.transport import bind_pull, fetch, publish_durable
+from bridge.nats.transport import bind_pull, fetch, publish_durable
 from bridge.wire import DeliveryState, StatusEvent, decode_status_event
 
 if TYPE_CHECKING:

@@ -16,11 +16,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bridge import federation as F
 from bridge.cli import build_parser, main
 from bridge.crypto import AgencyPublicKeys, Keyring, open_envelope, seal
-from bridge.directory import Directory, SerialState, load_anchor
 from bridge.errors import BridgeError
+from bridge.federation import operator as F
+from bridge.federation.directory import Directory, SerialState, load_anchor
 
 AGENCIES = {
     "jc-mitte": ("Jobcenter Mitte", "jobcenter"),
@@ -467,7 +467,7 @@ def test_revoke_reaches_the_signed_directory(
     assert directory.body.revoked == [enc.kid.hex()]
 
 
-# -- bridge.federation directly (time injected) -----------------------------------------------
+# -- bridge.federation.operator directly (time injected) -------------------------------------------
 
 
 def _start(fed: Path) -> int:

@@ -15,7 +15,8 @@ import msgspec
 import pytest
 
 from bridge.crypto import PrivateKey, generate_key, sign_document
-from bridge.directory import (
+from bridge.errors import DirectoryError, UnknownKey
+from bridge.federation.directory import (
     CONTEXT,
     MAGIC,
     MAX_DIRECTORY_BYTES,
@@ -26,7 +27,6 @@ from bridge.directory import (
     load_anchor,
     sign_directory,
 )
-from bridge.errors import DirectoryError, UnknownKey
 
 T0 = 1_750_000_000
 DAY = 86400

@@ -28,9 +28,9 @@ from bridge.adapters.service import Adapter
 from bridge.broker import Broker
 from bridge.config import BrokerConfig, Retention, load_adapter_config, load_broker_config
 from bridge.demo import demo_referral, run_demo
-from bridge.natsauth import Credentials, Identity
-from bridge.natsd import NatsServer
-from bridge.provision import provision_at
+from bridge.nats.identities import Credentials, Identity
+from bridge.nats.provision import provision_at
+from bridge.nats.server import NatsServer
 from bridge.up.layout import DEMO_AGENCIES
 from bridge.up.sink import DemoSink
 from bridge.up.state import Stack, prepare

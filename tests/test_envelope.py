@@ -52,7 +52,6 @@ from envelope_helpers import (
 from bridge import errors
 from bridge.crypto import Keyring, Limits, PrivateKey, open_envelope, verify
 from bridge.crypto.envelope import DEFAULT_LIMITS, SIGNATURE_CONTEXT, Opened, VerifiedEnvelope
-from bridge.directory import Directory
 from bridge.errors import (
     DecryptionFailed,
     EnvelopeExpired,
@@ -71,6 +70,7 @@ from bridge.errors import (
     UnsupportedSuite,
     UnsupportedVersion,
 )
+from bridge.federation.directory import Directory
 
 VECTORS = Path(__file__).parent / "assets" / "vectors"
 

@@ -22,8 +22,8 @@ from bridge.crypto import (
     seal,
     write_key_file,
 )
-from bridge.directory import AgencyEntry, Directory, DirectoryBody, sign_directory
 from bridge.errors import BridgeError, KeyExpired, KeyFileError, ProtocolError, UnknownKey
+from bridge.federation.directory import AgencyEntry, Directory, DirectoryBody, sign_directory
 
 T0 = 1_750_000_000
 DAY = 86400

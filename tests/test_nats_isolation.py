@@ -17,8 +17,8 @@ import pytest
 from nats.js import api
 
 from bridge.errors import TransportError
-from bridge.natsauth import Identity
-from bridge.subjects import (
+from bridge.nats.identities import Identity
+from bridge.nats.subjects import (
     BROKER_CONSUMER,
     INBOX_STREAM,
     STATUS_STREAM,
@@ -32,7 +32,7 @@ from bridge.subjects import (
     status_subjects_all,
     submit_subject,
 )
-from bridge.transport import bind_pull, connect, fetch, publish_durable
+from bridge.nats.transport import bind_pull, connect, fetch, publish_durable
 
 if TYPE_CHECKING:
     from conftest import NatsClient, NatsEnv

@@ -21,8 +21,8 @@ from cryptography.x509.oid import NameOID
 
 from bridge.config import NatsClientConfig, nats_tls_context
 from bridge.errors import ConfigError, TransportError
-from bridge.natsd import find_nats_server, free_port
-from bridge.transport import connect
+from bridge.nats.server import find_nats_server, free_port
+from bridge.nats.transport import connect
 
 
 def _name(common: str) -> x509.Name:

@@ -17,10 +17,10 @@ import pytest
 
 from bridge.cli import main
 from bridge.errors import ConfigError, ProtocolError, TransportError
-from bridge.natsauth import Credentials, Identity
-from bridge.natsd import NatsServer, ServerLayout, ServerSettings, configure, load_settings
-from bridge.provision import Action, ProvisionSettings
-from bridge.subjects import (
+from bridge.nats.identities import Credentials, Identity
+from bridge.nats.provision import Action, ProvisionSettings
+from bridge.nats.server import NatsServer, ServerLayout, ServerSettings, configure, load_settings
+from bridge.nats.subjects import (
     INBOX_STREAM,
     STATUS_STREAM,
     SUBMIT_STREAM,
@@ -29,7 +29,7 @@ from bridge.subjects import (
     kv_bucket,
     submit_subject,
 )
-from bridge.transport import bind_pull, connect, fetch, publish_durable
+from bridge.nats.transport import bind_pull, connect, fetch, publish_durable
 
 if TYPE_CHECKING:
     from conftest import NatsEnv
@@ -492,7 +492,7 @@ async def test_server_does_not_outlive_a_killed_parent(tmp_path: Path) -> None:
     script = (
         "import asyncio, sys\n"
         "from pathlib import Path\n"
-        "from bridge.natsd import NatsServer, ServerLayout\n"
+        "from bridge.nats.server import NatsServer, ServerLayout\n"
         "async def main():\n"
         "    server = NatsServer.from_layout(ServerLayout(Path(sys.argv[1])))\n"
         "    await server.start()\n"

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from bridge import subjects as S
 from bridge.errors import ProtocolError
+from bridge.nats import subjects as S
 
 ID = "3f2b8c1e-9a4d-4e6f-8b2a-1c3d5e7f9a0b"
 AGENCY_BUILDERS: dict[str, Callable[[str], object]] = {

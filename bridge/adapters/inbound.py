@@ -22,9 +22,9 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from ..crypto import Header, Keyring, Limits, open_envelope, verify
-from ..directory import Directory
 from ..errors import BridgeError, TransportError
-from ..transport import fetch
+from ..federation.directory import Directory
+from ..nats.transport import fetch
 from ..wire import Delivered, Disposition, Receipt, Rejected, decode_body
 from .api import InboxItem
 from .delivery import Incoming, Sink

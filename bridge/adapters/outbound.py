@@ -18,11 +18,11 @@ from typing import Final
 from nats.js.client import JetStreamContext
 
 from ..crypto import Keyring, Limits, seal
-from ..directory import Directory
 from ..errors import BridgeError, TransportError
+from ..federation.directory import Directory
 from ..ids import new_message_id
-from ..subjects import submit_subject
-from ..transport import publish_durable
+from ..nats.subjects import submit_subject
+from ..nats.transport import publish_durable
 from .problems import ApiProblem
 from .store import Event, IdemRecord, MessageRecord, Store
 from .submission import Submission, parse_submission

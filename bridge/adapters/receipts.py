@@ -17,10 +17,10 @@ from typing import Final
 from nats.js.client import JetStreamContext
 
 from ..crypto import Header, Keyring, Limits, seal
-from ..directory import Directory
+from ..federation.directory import Directory
 from ..ids import check_agency_id, check_message_id
-from ..subjects import submit_subject
-from ..transport import PubAck, publish_durable
+from ..nats.subjects import submit_subject
+from ..nats.transport import PubAck, publish_durable
 from ..wire import ALLOWED_CATEGORIES, Disposition, MessageType, Purpose, Receipt, encode_body
 
 __all__ = ["RECEIPT_LIFETIME_SECONDS", "receipt_categories", "receipt_message_id", "send_receipt"]

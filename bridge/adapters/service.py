@@ -28,16 +28,16 @@ from nats.aio.client import Client as NATS
 
 from ..config import AdapterConfig, nats_tls_context
 from ..crypto import Keyring
-from ..directory import Directory, SerialState, load_anchor
 from ..errors import BridgeError, ConfigError
-from ..subjects import (
+from ..federation.directory import Directory, SerialState, load_anchor
+from ..nats.subjects import (
     INBOX_STREAM,
     STATUS_STREAM,
     agency_inbox_prefix,
     inbox_consumer,
     status_consumer,
 )
-from ..transport import bind_pull, connect
+from ..nats.transport import bind_pull, connect
 from .auth import TokenVerifier
 from .http import ApiContext, build_app
 from .inbound import Inbound

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from ..errors import BridgeError
-from ..transport import fetch
+from ..nats.transport import fetch
 from ..wire import StatusEventInvalid, decode_status_event
 from .store import Event, Store
 

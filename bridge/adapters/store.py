@@ -28,7 +28,7 @@ from nats.js.kv import KeyValue
 
 from ..errors import ProtocolError, TransportError
 from ..ids import check_message_id
-from ..subjects import kv_bucket, kv_key_prefix
+from ..nats.subjects import kv_bucket, kv_key_prefix
 
 __all__ = [
     "RECORD_GRACE_SECONDS",

@@ -16,8 +16,8 @@ from typing import Final
 import msgspec
 
 from ..crypto import Limits
-from ..directory import Directory
 from ..errors import KeyInvalid
+from ..federation.directory import Directory
 from ..wire import (
     ALLOWED_CATEGORIES,
     Body,

@@ -42,7 +42,7 @@ from ..crypto import (
 )
 from ..crypto import _primitives as P
 from ..crypto.envelope import SIGNATURE_CONTEXT
-from ..directory import AgencyEntry, Directory, DirectoryBody, sign_directory
+from ..federation.directory import AgencyEntry, Directory, DirectoryBody, sign_directory
 from ._timing import Progress, Schedule, Tally, no_progress
 
 __all__ = [

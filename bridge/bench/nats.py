@@ -3,7 +3,7 @@
 The run starts two private nats-servers in a temporary directory, each provisioned like a real
 federation of one agency: one with `sync_interval: always` (bridge's default, an `fsync` before
 every acknowledgement) and one with nats-server's default periodic sync. Into each, the agency
-publishes into the real `BRIDGE_SUBMIT` stream through `bridge.transport.publish_durable` (with
+publishes into the real `BRIDGE_SUBMIT` stream through `bridge.nats.transport.publish_durable` (with
 `Nats-Msg-Id`, waiting for the acknowledgement), for every payload size, in two ways:
 
 - one at a time: the next publish starts when the previous one is acknowledged (latency-bound);
@@ -44,11 +44,11 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from ..errors import BridgeError, ConfigError, TransportError
-from ..natsauth import Credentials, Identity
-from ..natsd import NatsServer, ServerLayout, ServerSettings, configure
-from ..provision import ENVELOPE_MAX_BYTES, provision
-from ..subjects import SUBMIT_STREAM, submit_subject
-from ..transport import connect, publish_durable
+from ..nats.identities import Credentials, Identity
+from ..nats.provision import ENVELOPE_MAX_BYTES, provision
+from ..nats.server import NatsServer, ServerLayout, ServerSettings, configure
+from ..nats.subjects import SUBMIT_STREAM, submit_subject
+from ..nats.transport import connect, publish_durable
 from ._timing import Progress, Schedule, Tally, no_progress
 
 __all__ = [

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..crypto import PublicKeyRecord
-from ..directory import Directory, SerialState, load_anchor
 from ..errors import DirectoryError
+from ..federation.directory import Directory, SerialState, load_anchor
 
 __all__ = ["DirectoryHolder"]
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from ..config import BrokerConfig
 from ..crypto import Header, VerifiedEnvelope
-from ..directory import Directory
 from ..errors import EnvelopeExpired, PolicyError, ProtocolError
+from ..federation.directory import Directory
 from ..ids import check_agency_id, check_message_id
-from ..subjects import HDR_MSG_ID, submit_subject
+from ..nats.subjects import HDR_MSG_ID, submit_subject
 
 __all__ = [
     "Submission",

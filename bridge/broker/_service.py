@@ -27,11 +27,11 @@ from nats.js.client import JetStreamContext
 
 from ..config import BrokerConfig, nats_tls_context
 from ..crypto import Header, verify
-from ..directory import Directory
 from ..errors import BridgeError, ProtocolError, TransportError
-from ..natsauth import Identity
-from ..subjects import BROKER_CONSUMER, SUBMIT_STREAM, inbox_subject, status_subject
-from ..transport import bind_pull, connect, fetch, publish_durable
+from ..federation.directory import Directory
+from ..nats.identities import Identity
+from ..nats.subjects import BROKER_CONSUMER, SUBMIT_STREAM, inbox_subject, status_subject
+from ..nats.transport import bind_pull, connect, fetch, publish_durable
 from ..wire import DeliveryState, encode_status_event
 from ._directory import DirectoryHolder
 from ._nats import (

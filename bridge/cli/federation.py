@@ -1,6 +1,6 @@
 """`bridge federation`: the operator's trust anchor, draft and signed key directory.
 
-The work is done by `bridge.federation`; this module only parses and prints.
+The work is done by `bridge.federation.operator`; this module only parses and prints.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def register(commands: Any) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from ..federation import ANCHOR_KEY, ANCHOR_PUB, DRAFT, init_federation
+    from ..federation.operator import ANCHOR_KEY, ANCHOR_PUB, DRAFT, init_federation
 
     record = init_federation(
         args.dir, args.federation, days=args.valid_days, passphrase=passphrase_from_args(args)
@@ -87,7 +87,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _add_agency(args: argparse.Namespace) -> int:
-    from ..federation import add_agency, load_bundle
+    from ..federation.operator import add_agency, load_bundle
 
     change = add_agency(args.dir, args.id, args.name, args.role, load_bundle(args.keys))
     verb = "added" if change.created else "updated"
@@ -99,7 +99,7 @@ def _add_agency(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from ..federation import revoke_key
+    from ..federation.operator import revoke_key
 
     agency, newly = revoke_key(args.dir, args.kid)
     state = "revoked" if newly else "was already revoked"
@@ -108,7 +108,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _sign(args: argparse.Namespace) -> int:
-    from ..federation import sign_draft
+    from ..federation.operator import sign_draft
 
     directory, path = sign_draft(
         args.dir, days=args.valid_days, passphrase=passphrase_from_args(args), out=args.out
@@ -123,7 +123,7 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from ..federation import show_directory
+    from ..federation.operator import show_directory
 
     directory = show_directory(args.dir, path=args.file)
     body = directory.body

@@ -1,7 +1,7 @@
 """`bridge keys`: an agency's own keys (create, list, rotate) and its public bundle.
 
-The work is done by `bridge.federation`; this module only parses and prints. Passphrases come
-from a file or an environment variable, never from argv, which every user can read with `ps`.
+The work is done by `bridge.federation.operator`; this module only parses and prints. Passphrases
+come from a file or an environment variable, never from argv, which every user can read with `ps`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def add_passphrase_options(parser: argparse.ArgumentParser, purpose: str) -> Non
 
 
 def passphrase_from_args(args: argparse.Namespace) -> bytes | None:
-    from ..federation import read_passphrase
+    from ..federation.operator import read_passphrase
 
     return read_passphrase(file=args.passphrase_file, env=args.passphrase_env)
 
@@ -68,7 +68,7 @@ def register(commands: Any) -> None:
 
 def _new(args: argparse.Namespace) -> int:
     from ..crypto import kid_hex
-    from ..federation import new_keys
+    from ..federation.operator import new_keys
 
     keyring, bundle = new_keys(
         args.dir, args.agency, days=args.valid_days, passphrase=passphrase_from_args(args)
@@ -86,7 +86,7 @@ def _show(args: argparse.Namespace) -> int:
     import msgspec
 
     from ..crypto import Keyring
-    from ..federation import key_statuses
+    from ..federation.operator import key_statuses
 
     keyring = Keyring.load(args.dir, passphrase_from_args(args))
     if args.public:
@@ -103,7 +103,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def _rotate(args: argparse.Namespace) -> int:
     from ..crypto import kid_hex
-    from ..federation import rotate_keys
+    from ..federation.operator import rotate_keys
 
     keyring, made, bundle = rotate_keys(
         args.dir, days=args.valid_days, passphrase=passphrase_from_args(args)

@@ -69,8 +69,8 @@ def _config(args: argparse.Namespace) -> int:
     import msgspec
 
     from ..errors import ConfigError
-    from ..natsauth import Credentials, check_federation
-    from ..natsd import ServerLayout, ServerSettings, configure, load_settings
+    from ..nats.identities import Credentials, check_federation
+    from ..nats.server import ServerLayout, ServerSettings, configure, load_settings
 
     layout = ServerLayout.in_state(args.state)
     given = check_federation(args.agency)  # before anything is written
@@ -115,7 +115,7 @@ def _port(value: str) -> int | str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..natsd import NatsServer, ServerLayout
+    from ..nats.server import NatsServer, ServerLayout
 
     server = NatsServer.from_layout(ServerLayout.in_state(args.state))
     return asyncio.run(_run_server(server, ServerLayout.in_state(args.state).log_file))
@@ -152,9 +152,9 @@ async def _run_server(server: Any, log_file: Path) -> int:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from ..natsauth import Credentials, Identity
-    from ..natsd import ServerLayout, load_settings
-    from ..provision import ProvisionSettings, provision_at
+    from ..nats.identities import Credentials, Identity
+    from ..nats.provision import ProvisionSettings, provision_at
+    from ..nats.server import ServerLayout, load_settings
 
     layout = ServerLayout.in_state(args.state)
     credentials = Credentials(layout.creds_dir)

@@ -13,8 +13,8 @@ from typing import Final
 
 from .._files import write_private_file
 from ..config import DEFAULT_RETENTION, load_adapter_config, load_broker_config
-from ..federation import ANCHOR_PUB, SIGNED
-from ..natsauth import Credentials, Identity
+from ..federation.operator import ANCHOR_PUB, SIGNED
+from ..nats.identities import Credentials, Identity
 from . import _toml
 from .layout import TOKEN_ISSUER, DemoAgency, StateLayout
 from .ports import Ports, http_url

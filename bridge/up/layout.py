@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from ..directory import Role
+from ..federation.directory import Role
 from ..ids import check_agency_id
-from ..natsd import ServerLayout
+from ..nats.server import ServerLayout
 
 __all__ = [
     "DEMO_AGENCIES",

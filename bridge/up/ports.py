@@ -19,7 +19,7 @@ import msgspec
 
 from .._files import write_private_file
 from ..errors import ConfigError
-from ..natsd import free_port
+from ..nats.server import free_port
 from .layout import DEMO_AGENCIES
 
 __all__ = [

@@ -23,11 +23,11 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from ..errors import ConfigError
-from ..natsauth import Credentials, Identity
-from ..natsd import NatsServer
-from ..provision import Action, provision_at
-from ..subjects import BROKER_CONSUMER, SUBMIT_STREAM
-from ..transport import connect
+from ..nats.identities import Credentials, Identity
+from ..nats.provision import Action, provision_at
+from ..nats.server import NatsServer
+from ..nats.subjects import BROKER_CONSUMER, SUBMIT_STREAM
+from ..nats.transport import connect
 from .layout import DEMO_AGENCIES, StateLayout
 from .ports import check_free
 from .sink import DemoSink

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from .. import federation as fed
 from .._files import write_private_file
 from ..adapters.auth import SCOPES, generate_signing_key, mint_token
 from ..crypto import Keyring, kid_hex
-from ..directory import Directory, load_anchor
 from ..errors import BridgeError, ConfigError
-from ..natsd import ServerSettings, configure
+from ..federation import operator as fed
+from ..federation.directory import Directory, load_anchor
+from ..nats.server import ServerSettings, configure
 from .configs import write_adapter_config, write_broker_config
 from .layout import DEMO_AGENCIES, FEDERATION, TOKEN_ISSUER, StateLayout, demo_agency
 from .ports import Ports, choose_ports, http_url, load_ports, save_ports

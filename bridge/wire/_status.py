@@ -1,6 +1,6 @@
 """Status events: what happened to a message on its way, for senders and operations.
 
-Published on NATS (`bridge.subjects.status_subject`) as JSON, so operators can read them with
+Published on NATS (`bridge.nats.subjects.status_subject`) as JSON, so operators can read them with
 ordinary tools and the same JSON Schema describes them. Metadata only: ids, agencies, a state, a
 reason code, a time. Nothing from inside an envelope ever goes here.
 """

@@ -25,8 +25,8 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from ._files import write_file
-from .crypto import (
+from .._files import write_file
+from ..crypto import (
     AgencyPublicKeys,
     Keyring,
     PrivateKey,
@@ -37,6 +37,8 @@ from .crypto import (
     verify_document,
     write_key_file,
 )
+from ..errors import BridgeError, ConfigError
+from ..ids import AGENCY_ID_PATTERN, check_agency_id
 from .directory import (
     CONTEXT,
     MAGIC,
@@ -49,8 +51,6 @@ from .directory import (
     load_anchor,
     sign_directory,
 )
-from .errors import BridgeError, ConfigError
-from .ids import AGENCY_ID_PATTERN, check_agency_id
 
 __all__ = [
     "ANCHOR_KEY",

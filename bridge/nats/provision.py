@@ -26,8 +26,8 @@ import nats.js.errors
 from nats.js import api
 from nats.js.client import JetStreamContext
 
-from .errors import ConfigError, TransportError
-from .natsauth import Identity, check_federation
+from ..errors import ConfigError, TransportError
+from .identities import Identity, check_federation
 from .subjects import (
     BROKER_CONSUMER,
     INBOX_STREAM,

@@ -4,7 +4,7 @@ Every party authenticates to NATS with its own nkey. The server configuration ho
 keys; each seed lives in its own file (mode 0600) in a credentials directory (mode 0700) and is
 read by the one process that acts as that identity.
 
-Permissions are allow-lists built from `bridge.subjects`; whatever is not listed is denied. An
+Permissions are allow-lists built from `bridge.nats.subjects`; whatever is not listed is denied. An
 agency may publish only its own submissions, pull only from its own inbox and status consumers,
 use only its own KV bucket and receive replies only on its own inbox prefix. It cannot create,
 delete or inspect streams or consumers. The JetStream API subjects below are the exact requests
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import nkeys
 
-from ._files import write_private_file
-from .errors import ConfigError, ProtocolError
-from .ids import check_agency_id
+from .._files import write_private_file
+from ..errors import ConfigError, ProtocolError
+from ..ids import check_agency_id
 from .subjects import (
     BROKER_CONSUMER,
     INBOX_STREAM,

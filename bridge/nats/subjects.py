@@ -3,7 +3,7 @@
 Agency ids are validated before they are put into any name, so an id with `.`, `*`, `>` or
 whitespace can never rewrite routing. No other module formats a subject by hand.
 
-Topology (one JetStream account, created by `bridge.provision`):
+Topology (one JetStream account, created by `bridge.nats.provision`):
 
 - stream `BRIDGE_SUBMIT`, subjects `bridge.submit.<sender>`: what adapters submit; work queue,
   consumed by the broker's durable consumer `broker` (several brokers share it).
@@ -20,7 +20,7 @@ only to its own replies and never see another identity's pulled messages or acks
 
 from __future__ import annotations
 
-from .ids import check_agency_id, check_message_id
+from ..ids import check_agency_id, check_message_id
 
 __all__ = [
     "BROKER_CONSUMER",

@@ -14,11 +14,11 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from ._files import write_file
-from .crypto import PrivateKey, PublicKeyRecord, sign_document, verify_document
-from .crypto.keys import KeyUse
-from .errors import BridgeError, DirectoryError, KeyFileError, UnknownKey
-from .ids import AGENCY_ID_PATTERN
+from .._files import write_file
+from ..crypto import PrivateKey, PublicKeyRecord, sign_document, verify_document
+from ..crypto.keys import KeyUse
+from ..errors import BridgeError, DirectoryError, KeyFileError, UnknownKey
+from ..ids import AGENCY_ID_PATTERN
 
 __all__ = [
     "MAGIC",

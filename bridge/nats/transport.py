@@ -29,8 +29,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from .errors import ProtocolError, TransportError
-from .natsauth import public_key_of_seed_file
+from ..errors import ProtocolError, TransportError
+from .identities import public_key_of_seed_file
 from .subjects import HDR_MSG_ID, HDR_TTL
 
 __all__ = [

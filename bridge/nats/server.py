@@ -30,10 +30,10 @@ from typing import Literal
 
 import msgspec
 
-from ._files import write_private_file
-from ._process import parent_death_signal
-from .errors import ConfigError, TransportError
-from .natsauth import Credentials, check_federation, render_accounts
+from .._files import write_private_file
+from .._process import parent_death_signal
+from ..errors import ConfigError, TransportError
+from .identities import Credentials, check_federation, render_accounts
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",

@@ -1,0 +1,1 @@
+"""NATS plumbing: embedded server, identities and permissions, provisioning, transport, subjects."""
