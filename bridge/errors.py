@@ -33,9 +33,11 @@ __all__ = [
     "NotARecipient",
     "NotYetValid",
     "PolicyError",
+    "PolicyFileError",
     "ProtocolError",
     "RecipientError",
     "SignatureInvalid",
+    "SignedPolicyError",
     "TooLarge",
     "TransportError",
     "UnknownKey",
@@ -188,3 +190,22 @@ class KeyFileError(ConfigError):
     """A private key file cannot be read: wrong format, permissions or passphrase."""
 
     reason = "keyfile.invalid"
+
+
+class SignedPolicyError(CryptoError):
+    """A signed routing policy is badly signed, rolled back, malformed or missing."""
+
+    reason = "policy.invalid"
+
+
+class PolicyFileError(ConfigError):
+    """A routing policy file is malformed, names unknown things or contradicts itself.
+
+    `line` is the 1-based line at fault, when one can be named; the message already says it.
+    """
+
+    reason = "policy.file_invalid"
+
+    def __init__(self, message: str, *, line: int | None = None, reason: str | None = None) -> None:
+        super().__init__(f"line {line}: {message}" if line is not None else message, reason=reason)
+        self.line = line

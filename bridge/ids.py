@@ -18,6 +18,7 @@ __all__ = [
     "CONSENT_REF_PATTERN",
     "MESSAGE_ID_PATTERN",
     "MESSAGE_TYPES",
+    "SYSTEM_MESSAGE_TYPES",
     "check_agency_id",
     "check_code",
     "check_consent_ref",
@@ -41,6 +42,10 @@ MESSAGE_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[
 
 # The message types an envelope may carry; their bodies are defined in bridge.wire.
 MESSAGE_TYPES = ("referral", "handover", "feedback", "receipt")
+# The types bridge itself sends about other messages (receipts, notices): no personal data, no
+# consent of their own. The routing policy lets them travel along every allowed flow, either way,
+# without a rule each (bridge.policy); every other type needs a rule.
+SYSTEM_MESSAGE_TYPES = ("receipt",)
 
 _AGENCY_RE = re.compile(AGENCY_ID_PATTERN)
 _CONSENT_RE = re.compile(CONSENT_REF_PATTERN)

@@ -65,6 +65,7 @@ __all__ = [
     "bundle_path",
     "init_federation",
     "key_statuses",
+    "load_anchor_pair",
     "load_bundle",
     "load_draft",
     "new_keys",
@@ -433,9 +434,10 @@ def revoke_key(directory: Path, kid: str) -> tuple[str, bool]:
     return owner, True
 
 
-def _load_anchor_pair(
+def load_anchor_pair(
     directory: Path, passphrase: bytes | None
 ) -> tuple[PrivateKey, PublicKeyRecord]:
+    """The trust anchor's private key and its pinned public record, checked to belong together."""
     key = load_key_file(directory / ANCHOR_KEY, passphrase)
     record = load_anchor(directory / ANCHOR_PUB)
     if key.use != "sign" or kid_hex(key.kid) != record.kid:
@@ -481,7 +483,7 @@ def sign_draft(
     valid = _check_days(days, MAX_DIRECTORY_DAYS, "directory")
     target = directory / SIGNED if out is None else out
     draft = load_draft(directory)
-    anchor, record = _load_anchor_pair(directory, passphrase)
+    anchor, record = load_anchor_pair(directory, passphrase)
     at = _now(now)
     if at + valid > anchor.not_after:
         raise ConfigError(

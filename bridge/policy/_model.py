@@ -1,0 +1,282 @@
+"""The routing policy as checked data, and the one function that decides a flow with it.
+
+`PolicyRules` is what a policy file says once it parsed and checked (`bridge.policy.parse_policy`).
+It answers two questions: which rule, if any, lets an agency of one role send a type to an
+agency of another (`rule_for`), and whether a concrete message is allowed (`evaluate`, which
+the broker and the sending adapter both call, so they cannot disagree on the rules).
+
+System notices (`bridge.ids.SYSTEM_MESSAGE_TYPES`: receipts and the like) need no rule: they may
+travel between two agencies wherever some rule lets either send the other anything, need no
+consent, and carry only delivery metadata for delivery confirmation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from ..errors import PolicyError
+from ..ids import SYSTEM_MESSAGE_TYPES
+from ..wire import ALLOWED_CATEGORIES, DataCategory, MessageType, Purpose
+
+__all__ = [
+    "RECIPIENT",
+    "SENDER",
+    "SYSTEM_CATEGORIES",
+    "SYSTEM_PURPOSES",
+    "Decision",
+    "Flow",
+    "FlowRequest",
+    "PolicyRules",
+    "RoleLookup",
+    "Rule",
+    "TypeLimits",
+]
+
+SENDER: Final = "sender"
+RECIPIENT: Final = "recipient"
+SYSTEM_PURPOSES: Final = frozenset({Purpose.DELIVERY_CONFIRMATION.value})
+SYSTEM_CATEGORIES: Final = frozenset({DataCategory.DELIVERY_METADATA.value})
+
+
+class _Entry(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+
+
+class RoleLookup(Protocol):
+    """What the policy needs of the key directory: each agency's role."""
+
+    def agency(self, agency: str) -> _Entry | None: ...
+    def agencies(self) -> Sequence[_Entry]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TypeLimits:
+    """Limits of one message type: envelope size, lifetime a sender may give, inbox wait."""
+
+    max_bytes: int
+    max_lifetime: int
+    inbox_ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One `[[flows]]` entry: agencies of `senders` roles may send `types` to `recipients` roles.
+
+    `consent_issuers` holds `"sender"`, `"recipient"` or role names: whose consents count.
+    """
+
+    name: str
+    line: int | None
+    senders: tuple[str, ...]
+    recipients: tuple[str, ...]
+    types: tuple[str, ...]
+    purposes: frozenset[str]
+    categories: frozenset[str]
+    consent_required: bool
+    consent_issuers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """What the policy allows `sender` to send `recipient` as `message_type`, and under what.
+
+    `consent_issuers` are agency ids: a consent counts for this flow only if one of them issued
+    it (by default only the sender). `system` flows (receipts, notices) need no consent and exist
+    because `rule` allows some content between the two agencies, in one direction or the other.
+    """
+
+    rule: Rule
+    sender: str
+    recipient: str
+    message_type: str
+    system: bool
+    consent_required: bool
+    consent_issuers: frozenset[str]
+    purposes: frozenset[str]
+    categories: frozenset[str]
+    limits: TypeLimits
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRequest:
+    """The metadata of one message, as far as the policy judges it (the envelope header's)."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    message_type: str
+    purpose: str
+    categories: tuple[str, ...]
+    size: int | None  # envelope bytes; None before sealing (the adapter checks it after)
+    iat: int
+    exp: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome for one message: allowed with a flow per recipient, or the first denial."""
+
+    allowed: bool
+    reason: str | None
+    detail: str
+    flows: tuple[Flow, ...] = ()
+    recipient: str | None = None  # the recipient a denial is about, if it is about one
+    rule: Rule | None = None  # the rule a denial was measured against, if one matched
+
+    def raise_if_denied(self) -> tuple[Flow, ...]:
+        if not self.allowed:
+            raise PolicyError(self.detail, reason=self.reason)
+        return self.flows
+
+
+def _deny(reason: str, detail: str, **where: object) -> Decision:
+    return Decision(False, reason, detail, **where)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class PolicyRules:
+    """A parsed and checked policy file. Default deny: what no rule allows is refused."""
+
+    federation: str
+    max_consent_validity: int
+    roles: Mapping[str, str]
+    rules: tuple[Rule, ...]
+    limits: Mapping[str, TypeLimits]
+    _index: dict[tuple[str, str, str], Rule] = field(default_factory=dict, repr=False)
+    _pairs: dict[tuple[str, str], Rule] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for rule in self.rules:
+            for s in rule.senders:
+                for r in rule.recipients:
+                    self._pairs.setdefault((s, r), rule)
+                    for t in rule.types:
+                        self._index[(s, r, t)] = rule
+
+    def rule_for(self, sender_role: str, recipient_role: str, message_type: str) -> Rule | None:
+        """The rule behind this (role, role, type), or None. System types follow any rule
+        between the two roles, in either direction."""
+        if message_type in SYSTEM_MESSAGE_TYPES:
+            return self._pairs.get((sender_role, recipient_role)) or self._pairs.get(
+                (recipient_role, sender_role)
+            )
+        return self._index.get((sender_role, recipient_role, message_type))
+
+    def type_limits(self, message_type: str) -> TypeLimits | None:
+        return self.limits.get(message_type)
+
+    def flow(
+        self, sender: str, recipient: str, message_type: str, directory: RoleLookup
+    ) -> Flow | None:
+        """What the policy allows `sender` to send `recipient` as `message_type` (agency ids,
+        roles from `directory`); None when it does not allow it at all."""
+        sender_entry, recipient_entry = directory.agency(sender), directory.agency(recipient)
+        if sender_entry is None or recipient_entry is None:
+            return None
+        rule = self.rule_for(sender_entry.role, recipient_entry.role, message_type)
+        limits = self.limits.get(message_type)
+        if rule is None or limits is None:
+            return None
+        if message_type in SYSTEM_MESSAGE_TYPES:
+            allowed = _wire_categories(message_type)
+            return Flow(
+                rule=rule,
+                sender=sender,
+                recipient=recipient,
+                message_type=message_type,
+                system=True,
+                consent_required=False,
+                consent_issuers=frozenset(),
+                purposes=SYSTEM_PURPOSES,
+                categories=allowed or SYSTEM_CATEGORIES,
+                limits=limits,
+            )
+        return Flow(
+            rule=rule,
+            sender=sender,
+            recipient=recipient,
+            message_type=message_type,
+            system=False,
+            consent_required=rule.consent_required,
+            consent_issuers=frozenset(_issuers(rule.consent_issuers, sender, recipient, directory)),
+            purposes=rule.purposes,
+            categories=rule.categories,
+            limits=limits,
+        )
+
+    def evaluate(self, request: FlowRequest, directory: RoleLookup) -> Decision:
+        """Decide one message. Checks in order, per recipient in the header's order: a rule
+        allows the flow, the purpose, every category; then the type's size and lifetime."""
+        flows = []
+        for recipient in request.recipients:
+            flow = self.flow(request.sender, recipient, request.message_type, directory)
+            if flow is None:
+                return _deny(
+                    "policy.route_denied",
+                    f"no rule lets {_role(request.sender, directory)} send a "
+                    f"{request.message_type} to {_role(recipient, directory)}",
+                    recipient=recipient,
+                )
+            if request.purpose not in flow.purposes:
+                return _deny(
+                    "policy.purpose_denied",
+                    f"rule {flow.rule.name!r} does not allow this purpose",
+                    recipient=recipient,
+                    rule=flow.rule,
+                )
+            outside = [c for c in request.categories if c not in flow.categories]
+            if outside:
+                return _deny(
+                    "policy.category_denied",
+                    f"rule {flow.rule.name!r} does not allow the data categories "
+                    f"{', '.join(sorted(set(outside)))}",
+                    recipient=recipient,
+                    rule=flow.rule,
+                )
+            flows.append(flow)
+        if not flows:
+            return _deny("policy.route_denied", "a message needs at least one recipient")
+        limits = flows[0].limits
+        if request.size is not None and request.size > limits.max_bytes:
+            return _deny(
+                "policy.too_large",
+                f"a {request.message_type} may be at most {limits.max_bytes} bytes",
+                rule=flows[0].rule,
+            )
+        if request.exp - request.iat > limits.max_lifetime:
+            return _deny(
+                "policy.lifetime",
+                f"lifetime exceeds {limits.max_lifetime}s allowed for a {request.message_type}",
+                rule=flows[0].rule,
+            )
+        return Decision(True, None, "allowed", tuple(flows))
+
+
+def _wire_categories(message_type: str) -> frozenset[str] | None:
+    """The categories the wire format allows a type's body to hold, if it knows the type."""
+    try:
+        allowed = ALLOWED_CATEGORIES.get(MessageType(message_type))
+    except ValueError:
+        return None
+    return None if allowed is None else frozenset(c.value for c in allowed)
+
+
+def _role(agency: str, directory: RoleLookup) -> str:
+    entry = directory.agency(agency)
+    return f"a {entry.role}" if entry is not None else "an agency outside the directory"
+
+
+def _issuers(
+    spec: Iterable[str], sender: str, recipient: str, directory: RoleLookup
+) -> Iterable[str]:
+    for item in spec:
+        if item == SENDER:
+            yield sender
+        elif item == RECIPIENT:
+            yield recipient
+        else:
+            yield from (a.id for a in directory.agencies() if a.role == item)
