@@ -30,7 +30,7 @@ from bridge.config import (
 )
 from bridge.crypto import Keyring, seal, write_key_file
 from bridge.nats.identities import Identity
-from bridge.nats.subjects import SUBMIT_STREAM, inbox_subject, submit_subject
+from bridge.nats.subjects import inbox_subject, submit_stream, submit_subject
 from bridge.nats.transport import publish_durable
 from bridge.wire import MessageType, encode_body
 from bridge.wire.examples import BODIES
@@ -171,13 +171,13 @@ async def put_in_inbox(admin: Any, recipient: str, envelope: bytes, msg_id: str)
 
 
 async def submitted(admin: Any, sender: str) -> int:
-    """How many messages from `sender` wait in BRIDGE_SUBMIT."""
-    info = await admin.js.stream_info(SUBMIT_STREAM, subjects_filter=submit_subject(sender))
-    return int((info.state.subjects or {}).get(submit_subject(sender), 0))
+    """How many messages from `sender` wait in its submit stream."""
+    info = await admin.js.stream_info(submit_stream(sender))
+    return int(info.state.messages)
 
 
 async def last_submitted(admin: Any, sender: str) -> Any:
-    return await admin.js.get_last_msg(SUBMIT_STREAM, submit_subject(sender))
+    return await admin.js.get_last_msg(submit_stream(sender), submit_subject(sender))
 
 
 async def eventually(

@@ -48,10 +48,10 @@ from bridge.nats.subjects import (
     HDR_TTL,
     INBOX_STREAM,
     STATUS_STREAM,
-    SUBMIT_STREAM,
     inbox_consumer,
     inbox_subject,
     status_consumer,
+    submit_stream,
     submit_subject,
 )
 from bridge.nats.transport import bind_pull, fetch, publish_durable
@@ -306,9 +306,9 @@ async def test_routes_a_referral_to_every_recipient(
     )
     for recipient in RECIPIENTS:
         copies = await (await Agency.connect(nats_env, recipient)).inbox()
-        assert ids(copies) == sorted(f"{m}.{recipient}" for m in (long, short))
+        assert ids(copies) == sorted(f"{SENDER}.{m}.{recipient}" for m in (long, short))
         for msg in copies:
-            message_id = msg.headers[HDR_MSG_ID].split(".")[0]
+            message_id = msg.headers[HDR_MSG_ID].split(".")[1]
             assert msg.data == sealed[message_id]  # the exact bytes, not a re-encoding
             assert msg.headers[HDR_TTL] == str(1800 if message_id == short else INBOX_TTL)
     events = await jobcenter.statuses()
@@ -420,10 +420,10 @@ async def test_every_rejection_reaches_the_sender_and_no_inbox(
     assert told == {mid: reason for mid, (_, reason) in expected.items()}
 
     spdi = await Agency.connect(nats_env, SPDI)
-    assert ids(await counselling.inbox()) == [f"{good}.{COUNSELLING}"]
-    assert ids(await spdi.inbox()) == [f"{good}.{SPDI}"]
+    assert ids(await counselling.inbox()) == [f"{SENDER}.{good}.{COUNSELLING}"]
+    assert ids(await spdi.inbox()) == [f"{SENDER}.{good}.{SPDI}"]
     admin = await nats_env.admin()
-    assert (await admin.js.stream_info(SUBMIT_STREAM)).state.messages == 0  # all settled
+    assert (await admin.js.stream_info(submit_stream(SENDER))).state.messages == 0  # all settled
 
 
 # -- exactly once -----------------------------------------------------------------------------
@@ -449,7 +449,7 @@ async def test_partly_routed_submission_is_retried_without_duplicates(
     assert stats.rejected == {}
     for recipient in RECIPIENTS:
         copies = await (await Agency.connect(nats_env, recipient)).inbox()
-        assert ids(copies) == [f"{mid}.{recipient}"]
+        assert ids(copies) == [f"{SENDER}.{mid}.{recipient}"]
     events = await jobcenter.statuses()
     assert sorted((e.recipient or "", e.state) for e in events) == [
         (r, DeliveryState.ROUTED) for r in sorted(RECIPIENTS)
@@ -469,10 +469,10 @@ async def test_redelivered_after_a_crash_before_the_ack(
     data = referral(fed, mid)
     await jobcenter.submit(data, mid)
     crashed = await nats_env.connect(Identity.broker())
-    sub = await bind_pull(crashed.js, SUBMIT_STREAM, BROKER_CONSUMER)
+    sub = await bind_pull(crashed.js, submit_stream(SENDER), BROKER_CONSUMER)
     (first,) = await fetch(sub, 1, 2.0)
     await publish_durable(
-        crashed.js, inbox_subject(COUNSELLING), first.data, msg_id=f"{mid}.{COUNSELLING}"
+        crashed.js, inbox_subject(COUNSELLING), first.data, msg_id=f"{SENDER}.{mid}.{COUNSELLING}"
     )
     await first.nak()
     await crashed.nc.flush()
@@ -482,7 +482,7 @@ async def test_redelivered_after_a_crash_before_the_ack(
     assert broker.statistics().redelivered == 1
     for recipient in RECIPIENTS:
         copies = await (await Agency.connect(nats_env, recipient)).inbox()
-        assert ids(copies) == [f"{mid}.{recipient}"]
+        assert ids(copies) == [f"{SENDER}.{mid}.{recipient}"]
 
 
 async def test_two_brokers_route_each_submission_once(
@@ -499,7 +499,7 @@ async def test_two_brokers_route_each_submission_once(
     assert a.statistics().routed + b.statistics().routed == len(sent)
     for recipient in RECIPIENTS:
         copies = await (await Agency.connect(nats_env, recipient)).inbox()
-        assert ids(copies) == sorted(f"{m}.{recipient}" for m in sent)
+        assert ids(copies) == sorted(f"{SENDER}.{m}.{recipient}" for m in sent)
     events = await jobcenter.statuses()
     assert len(events) == len(sent) * len(RECIPIENTS)
 
@@ -522,7 +522,7 @@ async def test_restart_continues_where_it_stopped(
     assert second.statistics().redelivered == 0
     for recipient in RECIPIENTS:
         copies = await (await Agency.connect(nats_env, recipient)).inbox()
-        assert ids(copies) == sorted(f"{m}.{recipient}" for m in before + after)
+        assert ids(copies) == sorted(f"{SENDER}.{m}.{recipient}" for m in before + after)
 
 
 async def test_keeps_routing_across_a_nats_restart(
@@ -548,7 +548,7 @@ async def test_keeps_routing_across_a_nats_restart(
         await wait_for("second routed", lambda: broker.statistics().routed == 2, within=30)
     for recipient in RECIPIENTS:
         copies = await (await Agency.connect(nats_env, recipient)).inbox()
-        assert ids(copies) == sorted(f"{m}.{recipient}" for m in (first, second))
+        assert ids(copies) == sorted(f"{SENDER}.{m}.{recipient}" for m in (first, second))
 
 
 # -- directory and process --------------------------------------------------------------------
@@ -586,7 +586,7 @@ async def test_unknown_recipient_triggers_a_directory_check(
         await jobcenter.submit(referral(fed, mid, recipients=[SPDI]), mid)
         await wait_for("routed", lambda: broker.statistics().routed == 1)
         assert broker.statistics().directory_serial == 2
-    assert ids(await (await Agency.connect(nats_env, SPDI)).inbox()) == [f"{mid}.{SPDI}"]
+    assert ids(await (await Agency.connect(nats_env, SPDI)).inbox()) == [f"{SENDER}.{mid}.{SPDI}"]
 
 
 async def _run_cli(*args: str) -> asyncio.subprocess.Process:

@@ -22,7 +22,6 @@ from bridge.nats.subjects import (
     BROKER_CONSUMER,
     INBOX_STREAM,
     STATUS_STREAM,
-    SUBMIT_STREAM,
     inbox_consumer,
     inbox_subject,
     kv_bucket,
@@ -30,6 +29,7 @@ from bridge.nats.subjects import (
     status_consumer,
     status_subject,
     status_subjects_all,
+    submit_stream,
     submit_subject,
 )
 from bridge.nats.transport import bind_pull, connect, fetch, publish_durable
@@ -72,7 +72,7 @@ async def _route(env: NatsEnv, agency: str, payload: bytes) -> None:
 async def test_agency_submits_as_itself_only(nats_env: NatsEnv) -> None:
     a = await _agency(nats_env, A)
     ack = await publish_durable(a.js, submit_subject(A), b"mine", msg_id="s-1")
-    assert ack.stream == SUBMIT_STREAM
+    assert ack.stream == submit_stream(A)
 
     with pytest.raises(TransportError) as info:
         await publish_durable(a.js, submit_subject(B), b"forged", msg_id="s-2", timeout=DENIED)
@@ -81,10 +81,8 @@ async def test_agency_submits_as_itself_only(nats_env: NatsEnv) -> None:
     await _denied(a, f'publish to "{submit_subject(B)}"')
 
     admin = await nats_env.admin()
-    state = (await admin.js.stream_info(SUBMIT_STREAM)).state
-    assert state.messages == 1
-    with pytest.raises(nats.js.errors.NotFoundError):
-        await admin.js.get_msg(SUBMIT_STREAM, subject=submit_subject(B))
+    assert (await admin.js.stream_info(submit_stream(A))).state.messages == 1
+    assert (await admin.js.stream_info(submit_stream(B))).state.messages == 0
 
 
 async def test_agency_cannot_read_submissions(nats_env: NatsEnv) -> None:
@@ -98,27 +96,27 @@ async def test_agency_cannot_read_submissions(nats_env: NatsEnv) -> None:
 
     await a.nc.subscribe("bridge.submit.>", cb=spy)
     await a.nc.subscribe(submit_subject(B), cb=spy)
-    broker_sub = await bind_pull(a.js, SUBMIT_STREAM, BROKER_CONSUMER)
+    broker_sub = await bind_pull(a.js, submit_stream(B), BROKER_CONSUMER)
     assert await fetch(broker_sub, 1, DENIED) == []
     await _all_fail(
-        a.js.stream_info(SUBMIT_STREAM),
-        a.js.get_msg(SUBMIT_STREAM, 1),
-        a.js.get_msg(SUBMIT_STREAM, subject=submit_subject(B), direct=True),
-        a.js.consumer_info(SUBMIT_STREAM, BROKER_CONSUMER),
+        a.js.stream_info(submit_stream(B)),
+        a.js.get_msg(submit_stream(B), 1),
+        a.js.get_msg(submit_stream(B), subject=submit_subject(B), direct=True),
+        a.js.consumer_info(submit_stream(B), BROKER_CONSUMER),
     )
     await publish_durable(b.js, submit_subject(B), b"more", msg_id="s-2")
     await _denied(
         a,
         'subscription to "bridge.submit.>"',
         f'subscription to "{submit_subject(B)}"',
-        f"CONSUMER.MSG.NEXT.{SUBMIT_STREAM}.{BROKER_CONSUMER}",
-        f"STREAM.INFO.{SUBMIT_STREAM}",
-        f"STREAM.MSG.GET.{SUBMIT_STREAM}",
-        f"DIRECT.GET.{SUBMIT_STREAM}",
+        f"CONSUMER.MSG.NEXT.{submit_stream(B)}.{BROKER_CONSUMER}",
+        f"STREAM.INFO.{submit_stream(B)}",
+        f"STREAM.MSG.GET.{submit_stream(B)}",
+        f"DIRECT.GET.{submit_stream(B)}",
     )
     assert seen == []
     admin = await nats_env.admin()
-    info = await admin.js.consumer_info(SUBMIT_STREAM, BROKER_CONSUMER)
+    info = await admin.js.consumer_info(submit_stream(B), BROKER_CONSUMER)
     assert info.num_pending == 2  # nothing was taken from the broker's consumer
 
 
@@ -268,7 +266,7 @@ async def test_agency_cannot_manage_streams_or_consumers(nats_env: NatsEnv) -> N
         a.js.add_stream(name="EVIL", subjects=["evil.>"]),
         a.js.update_stream(api.StreamConfig(name=INBOX_STREAM, subjects=["bridge.inbox.*"])),
         a.js.purge_stream(INBOX_STREAM),
-        a.js.delete_stream(SUBMIT_STREAM),
+        a.js.delete_stream(submit_stream(B)),
         a.js.delete_msg(INBOX_STREAM, 1),
         a.js.create_key_value(bucket="evil"),
         a.js.delete_key_value(kv_bucket(A)),
@@ -281,7 +279,7 @@ async def test_agency_cannot_manage_streams_or_consumers(nats_env: NatsEnv) -> N
         "STREAM.CREATE.EVIL",
         f"STREAM.UPDATE.{INBOX_STREAM}",
         f"STREAM.PURGE.{INBOX_STREAM}",
-        f"STREAM.DELETE.{SUBMIT_STREAM}",
+        f"STREAM.DELETE.{submit_stream(B)}",
         f"STREAM.MSG.DELETE.{INBOX_STREAM}",
         f"STREAM.DELETE.{kv_stream(A)}",
     )
@@ -290,7 +288,7 @@ async def test_agency_cannot_manage_streams_or_consumers(nats_env: NatsEnv) -> N
     assert consumers == sorted(inbox_consumer(x) for x in nats_env.agencies)
     names = {s.config.name for s in await admin.js.streams_info()}
     assert "EVIL" not in names
-    assert {SUBMIT_STREAM, kv_stream(A)} <= names
+    assert {submit_stream(A), submit_stream(B), kv_stream(A)} <= names
     # The positive twin: its own consumer's info is readable.
     assert (await a.js.consumer_info(INBOX_STREAM, inbox_consumer(A))).name == inbox_consumer(A)
 
@@ -339,7 +337,7 @@ async def test_broker_routes_but_cannot_submit_or_read_inboxes(nats_env: NatsEnv
     await publish_durable(a.js, submit_subject(A), b"sub", msg_id="s-1")
     broker = await nats_env.connect(Identity.broker(), api_timeout=DENIED)
 
-    sub = await bind_pull(broker.js, SUBMIT_STREAM, BROKER_CONSUMER)
+    sub = await bind_pull(broker.js, submit_stream(A), BROKER_CONSUMER)
     [msg] = await fetch(sub, 5, 2.0)
     await msg.ack_sync(timeout=2.0)
     await publish_durable(broker.js, inbox_subject(B), b"routed", msg_id="r-1")
@@ -352,8 +350,8 @@ async def test_broker_routes_but_cannot_submit_or_read_inboxes(nats_env: NatsEnv
     await broker.nc.subscribe(f"_INBOX.agency.{A}.>")
     await _all_fail(
         broker.js.key_value(kv_bucket(A)),
-        broker.js.add_consumer(SUBMIT_STREAM, api.ConsumerConfig(durable_name="second")),
-        broker.js.purge_stream(SUBMIT_STREAM),
+        broker.js.add_consumer(submit_stream(A), api.ConsumerConfig(durable_name="second")),
+        broker.js.purge_stream(submit_stream(A)),
     )
     await _denied(
         broker,
@@ -361,8 +359,8 @@ async def test_broker_routes_but_cannot_submit_or_read_inboxes(nats_env: NatsEnv
         f"CONSUMER.MSG.NEXT.{INBOX_STREAM}.{inbox_consumer(B)}",
         f'subscription to "_INBOX.agency.{A}.>"',
         f"STREAM.INFO.{kv_stream(A)}",
-        f"CONSUMER.DURABLE.CREATE.{SUBMIT_STREAM}.second",
-        f"STREAM.PURGE.{SUBMIT_STREAM}",
+        f"CONSUMER.DURABLE.CREATE.{submit_stream(A)}.second",
+        f"STREAM.PURGE.{submit_stream(A)}",
     )
 
 

@@ -18,15 +18,15 @@ import pytest
 from bridge.cli import main
 from bridge.errors import ConfigError, ProtocolError, TransportError
 from bridge.nats.identities import Credentials, Identity
-from bridge.nats.provision import Action, ProvisionSettings
+from bridge.nats.provision import Action, Change, ProvisionSettings
 from bridge.nats.server import NatsServer, ServerLayout, ServerSettings, configure, load_settings
 from bridge.nats.subjects import (
     INBOX_STREAM,
     STATUS_STREAM,
-    SUBMIT_STREAM,
     inbox_consumer,
     inbox_subject,
     kv_bucket,
+    submit_stream,
     submit_subject,
 )
 from bridge.nats.transport import bind_pull, connect, fetch, publish_durable
@@ -48,7 +48,7 @@ async def test_server_starts_with_jetstream(nats_env: NatsEnv) -> None:
     info = await admin.js.account_info()
     assert info.streams >= 3
     streams = {s.config.name for s in await admin.js.streams_info()}
-    assert {SUBMIT_STREAM, INBOX_STREAM, STATUS_STREAM} <= streams
+    assert {INBOX_STREAM, STATUS_STREAM} | {submit_stream(a) for a in nats_env.agencies} <= streams
 
 
 async def test_config_has_public_keys_only_and_files_are_private(nats_env: NatsEnv) -> None:
@@ -86,8 +86,8 @@ async def test_acknowledged_message_survives_restart_and_kill(nats_env: NatsEnv)
     await nats_env.server.kill()  # no clean shutdown: what was acknowledged must be on disk
     await nats_env.server.start()
     admin = await nats_env.admin()
-    assert (await admin.js.get_msg(SUBMIT_STREAM, first.seq)).data == b"before restart"
-    assert (await admin.js.get_msg(SUBMIT_STREAM, second.seq)).data == b"before kill"
+    assert (await admin.js.get_msg(submit_stream(JOBCENTER), first.seq)).data == b"before restart"
+    assert (await admin.js.get_msg(submit_stream(JOBCENTER), second.seq)).data == b"before kill"
 
 
 async def test_restart_on_same_store_and_port_from_layout(nats_env: NatsEnv) -> None:
@@ -101,7 +101,7 @@ async def test_restart_on_same_store_and_port_from_layout(nats_env: NatsEnv) -> 
             again.url, nats_env.seed_file(Identity.admin()), "_INBOX.admin", "test-admin"
         )
         try:
-            msg = await nc.jetstream().get_msg(SUBMIT_STREAM, ack.seq)
+            msg = await nc.jetstream().get_msg(submit_stream(JOBCENTER), ack.seq)
             assert msg.data == b"x"
         finally:
             await nc.close()
@@ -226,7 +226,30 @@ async def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
 async def test_provisioning_is_idempotent(nats_env: NatsEnv) -> None:
     report = await nats_env.provision()
     assert not report.changed, str(report)
-    assert len(report.changes) == 3 + 1 + 2 * len(nats_env.agencies) + len(nats_env.agencies)
+    # Shared: inbox and status streams. Per agency: its submit stream with the broker's
+    # consumer, its inbox and status consumers, its bucket.
+    assert len(report.changes) == 2 + 5 * len(nats_env.agencies)
+
+
+async def test_provisioning_retires_the_shared_submit_stream_only_when_empty(
+    nats_env_unprovisioned: NatsEnv,
+) -> None:
+    env = nats_env_unprovisioned
+    admin = await env.admin()
+    await admin.js.add_stream(name="BRIDGE_SUBMIT", subjects=["bridge.submit.*"])
+    await publish_durable(admin.js, submit_subject(JOBCENTER), b"old", msg_id="m-1")
+    with pytest.raises(ConfigError) as info:
+        await env.provision()
+    assert info.value.reason == "provision.legacy_submit"
+    assert (await admin.js.stream_info("BRIDGE_SUBMIT")).state.messages == 1  # nothing lost
+    await admin.js.purge_stream("BRIDGE_SUBMIT")  # as if the earlier broker had routed it
+    report = await env.provision()
+    assert [str(c) for c in report.by_action(Action.REMOVED)] == [
+        str(Change("stream", "BRIDGE_SUBMIT", Action.REMOVED))
+    ]
+    assert (await admin.js.stream_info(submit_stream(JOBCENTER))).config.subjects == [
+        submit_subject(JOBCENTER)
+    ]
 
 
 async def test_provisioning_rejects_malformed_agency_before_touching_the_server(
@@ -236,7 +259,7 @@ async def test_provisioning_rejects_malformed_agency_before_touching_the_server(
         await nats_env_unprovisioned.provision(["jobcenter-unna", "evil.*"])
     admin = await nats_env_unprovisioned.admin()
     with pytest.raises(nats.js.errors.NotFoundError):
-        await admin.js.stream_info(SUBMIT_STREAM)
+        await admin.js.stream_info(submit_stream("jobcenter-unna"))
 
 
 async def test_adding_an_agency_leaves_the_others_alone(nats_env: NatsEnv) -> None:
@@ -252,6 +275,8 @@ async def test_adding_an_agency_leaves_the_others_alone(nats_env: NatsEnv) -> No
     report = await nats_env.provision([*nats_env.agencies, newcomer])
     created = {c.name for c in report.by_action(Action.CREATED)}
     assert created == {
+        submit_stream(newcomer),
+        f"{submit_stream(newcomer)}/broker",
         f"{INBOX_STREAM}/inbox-{newcomer}",
         f"{STATUS_STREAM}/status-{newcomer}",
         f"adapter-{newcomer}",
@@ -278,7 +303,7 @@ async def test_provisioning_updates_a_changed_limit(nats_env: NatsEnv) -> None:
     report = await nats_env.provision(settings=ProvisionSettings(duplicate_window=3600.0))
     updated = {c.name: c.fields for c in report.by_action(Action.UPDATED)}
     assert updated == {
-        SUBMIT_STREAM: ("duplicate_window",),
+        **{submit_stream(a): ("duplicate_window",) for a in nats_env.agencies},
         INBOX_STREAM: ("duplicate_window",),
         STATUS_STREAM: ("duplicate_window",),
     }
@@ -305,7 +330,7 @@ async def test_consumers_redeliver_without_limit(nats_env: NatsEnv) -> None:
     admin = await nats_env.admin()
     for stream, consumer in (
         (INBOX_STREAM, inbox_consumer(JOBCENTER)),
-        (SUBMIT_STREAM, "broker"),
+        (submit_stream(JOBCENTER), "broker"),
     ):
         info = await admin.js.consumer_info(stream, consumer)
         assert info.config.max_deliver == -1, consumer
@@ -319,7 +344,7 @@ async def test_publish_durable_deduplicates_by_msg_id(nats_env: NatsEnv) -> None
     subject = submit_subject(JOBCENTER)
     first = await publish_durable(agency.js, subject, b"x", msg_id="same")
     again = await publish_durable(agency.js, subject, b"x", msg_id="same")
-    assert (first.stream, first.duplicate) == (SUBMIT_STREAM, False)
+    assert (first.stream, first.duplicate) == (submit_stream(JOBCENTER), False)
     assert (again.seq, again.duplicate) == (first.seq, True)
 
 
@@ -369,7 +394,7 @@ async def test_publish_arguments_are_checked(nats_env: NatsEnv) -> None:
     bad_calls: list[dict[str, object]] = [
         {"msg_id": ""},
         {"msg_id": "has space"},
-        {"msg_id": "x" * 200},
+        {"msg_id": "x" * 257},
         {"msg_id": "ok", "ttl": 0},
         {"msg_id": "ok", "ttl": 1.5},
         {"msg_id": "ok", "headers": {"Nats-Msg-Id": "other"}},
@@ -387,7 +412,7 @@ async def test_publish_arguments_are_checked(nats_env: NatsEnv) -> None:
         agency.js, subject, b"x", msg_id="ok", headers={"Bridge-Type": "referral"}
     )
     admin = await nats_env.admin()
-    stored = await admin.js.get_msg(SUBMIT_STREAM, ack.seq)
+    stored = await admin.js.get_msg(submit_stream(JOBCENTER), ack.seq)
     assert stored.headers == {"Bridge-Type": "referral", "Nats-Msg-Id": "ok"}
 
 

@@ -12,6 +12,7 @@ from bridge.nats import subjects as S
 ID = "3f2b8c1e-9a4d-4e6f-8b2a-1c3d5e7f9a0b"
 AGENCY_BUILDERS: dict[str, Callable[[str], object]] = {
     "submit": S.submit_subject,
+    "submit_stream": S.submit_stream,
     "inbox": S.inbox_subject,
     "status": lambda a: S.status_subject(a, ID),
     "status_filter": S.status_filter,
@@ -34,6 +35,7 @@ def test_builders_refuse_ids_that_could_rewrite_routing(builder: str, evil: str)
 
 def test_built_subjects() -> None:
     assert S.submit_subject("spdi-unna") == "bridge.submit.spdi-unna"
+    assert S.submit_stream("spdi-unna") == "BRIDGE_SUBMIT_spdi-unna"
     assert S.inbox_subject("spdi-unna") == "bridge.inbox.spdi-unna"
     assert S.status_subject("spdi-unna", ID) == f"bridge.status.spdi-unna.{ID}"
     assert S.kv_stream("spdi-unna") == "KV_adapter-spdi-unna"
@@ -51,7 +53,7 @@ def test_api_subjects_refuse_bad_stream_or_consumer_names(name: str) -> None:
     with pytest.raises(ValueError, match="name"):
         S.pull_consumer_api_subjects(name, "broker")
     with pytest.raises(ValueError, match="name"):
-        S.pull_consumer_api_subjects(S.SUBMIT_STREAM, name)
+        S.pull_consumer_api_subjects(S.INBOX_STREAM, name)
 
 
 def test_service_reply_prefixes_are_fixed() -> None:

@@ -3,8 +3,9 @@
 The run starts two private nats-servers in a temporary directory, each provisioned like a real
 federation of one agency: one with `sync_interval: always` (bridge's default, an `fsync` before
 every acknowledgement) and one with nats-server's default periodic sync. Into each, the agency
-publishes into the real `BRIDGE_SUBMIT` stream through `bridge.nats.transport.publish_durable` (with
-`Nats-Msg-Id`, waiting for the acknowledgement), for every payload size, in two ways:
+publishes into its real submit stream (`BRIDGE_SUBMIT_bench-agency`) through
+`bridge.nats.transport.publish_durable` (with `Nats-Msg-Id`, waiting for the acknowledgement),
+for every payload size, in two ways:
 
 - one at a time: the next publish starts when the previous one is acknowledged (latency-bound);
 - with a window: that many publishes outstanding at once (throughput-bound).
@@ -47,7 +48,7 @@ from ..errors import BridgeError, ConfigError, TransportError
 from ..nats.identities import Credentials, Identity
 from ..nats.provision import ENVELOPE_MAX_BYTES, provision
 from ..nats.server import NatsServer, ServerLayout, ServerSettings, configure
-from ..nats.subjects import SUBMIT_STREAM, submit_subject
+from ..nats.subjects import submit_stream, submit_subject
 from ..nats.transport import connect, publish_durable
 from ._timing import Progress, Schedule, Tally, no_progress
 
@@ -95,7 +96,7 @@ class Row(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One payload size with `in_flight` publishes outstanding: the three rates and ratios.
 
     `core` is publish+flush without JetStream; `sync_always` and `sync_default` are JetStream
-    publishes into `BRIDGE_SUBMIT`, acknowledged, with and without an fsync per write.
+    publishes into its agency's submit stream, acknowledged, with and without an fsync per write.
     """
 
     payload_bytes: int
@@ -148,10 +149,10 @@ class _Target:
 
     async def purge(self) -> None:
         try:
-            await self.admin_js.purge_stream(SUBMIT_STREAM)
+            await self.admin_js.purge_stream(submit_stream(_AGENCY))
         except (TimeoutError, nats.errors.Error, OSError) as exc:
             raise TransportError(
-                f"cannot purge {SUBMIT_STREAM}: {exc!r}", reason="bench.purge"
+                f"cannot purge {submit_stream(_AGENCY)}: {exc!r}", reason="bench.purge"
             ) from exc
         self.unpurged_bytes = 0
 
@@ -243,7 +244,7 @@ async def _uninterrupted(slice_run: Awaitable[int]) -> int:
 
 
 def _durable(target: _Target, payload: bytes, window: int) -> Callable[[float], Awaitable[int]]:
-    """Acknowledged publishes into BRIDGE_SUBMIT as the agency, `window` outstanding at most."""
+    """Acknowledged publishes into the agency's submit stream, `window` outstanding at most."""
     subject = submit_subject(_AGENCY)
 
     async def publisher(deadline: float) -> int:
@@ -485,7 +486,7 @@ def render_text(result: NatsBench) -> str:
         "vs core = JetStream msgs/s / core publish+flush msgs/s at the same size and in-flight.",
         "always/default = sync always msgs/s / server default msgs/s: 1.00 = the fsync is free.",
         "MB/s counts payload bytes (10^6). JetStream publishes are acknowledged, into "
-        f"{SUBMIT_STREAM}.",
+        f"{submit_stream(_AGENCY)}.",
     ]
     if result.store_filesystem == "tmpfs":
         lines.append("The store is on tmpfs, where fsync costs nothing: use --dir on a disk.")

@@ -1,9 +1,13 @@
 """The broker's side of NATS: message id conventions, status events, acks and closing.
 
-Every publish the broker makes is keyed by a `Nats-Msg-Id` derived from the submission's message
-id, so that doing it again (after a redelivery) stores nothing new within the stream's duplicate
-window. The ids stay within the 128 characters `publish_durable` allows: a UUID and at most one
-agency id (63) and a state name.
+Every publish the broker makes is keyed by a `Nats-Msg-Id` derived from the submission's sender
+and message id, so that doing it again (after a redelivery) stores nothing new within the
+stream's duplicate window. The sender is part of every id: message ids are chosen by senders
+(and a receipt's can be computed by anyone who knows the original's), so ids without it would
+let one agency pre-empt another's inbox copy or status event by submitting its own envelope
+under the same id first. Only the broker publishes to the inbox and status streams, and each id
+names the one sender that could have caused it. Agency ids hold no `.`, so the joined ids are
+unambiguous; they stay within the 256 characters `publish_durable` allows.
 """
 
 from __future__ import annotations
@@ -38,14 +42,16 @@ log = logging.getLogger("bridge.broker")
 _CLOSE_TIMEOUT: Final = 5.0
 
 
-def inbox_msg_id(message_id: str, recipient: str) -> str:
-    """`Nats-Msg-Id` of the copy of `message_id` in `recipient`'s inbox."""
-    return f"{message_id}.{recipient}"
+def inbox_msg_id(sender: str, message_id: str, recipient: str) -> str:
+    """`Nats-Msg-Id` of the copy of `sender`'s `message_id` in `recipient`'s inbox."""
+    return f"{sender}.{message_id}.{recipient}"
 
 
-def status_msg_id(message_id: str, state: DeliveryState, recipient: str | None = None) -> str:
-    """`Nats-Msg-Id` of the broker's status event; one per message, state and recipient."""
-    return f"{message_id}.{state.value}" + (f".{recipient}" if recipient else "")
+def status_msg_id(
+    sender: str, message_id: str, state: DeliveryState, recipient: str | None = None
+) -> str:
+    """`Nats-Msg-Id` of the broker's status event; one per sender, message, state, recipient."""
+    return f"{sender}.{message_id}.{state.value}" + (f".{recipient}" if recipient else "")
 
 
 def status_event(
@@ -99,7 +105,7 @@ async def settle(ack: Coroutine[Any, Any, None]) -> None:
         log.warning("could not acknowledge a submission (it will be redelivered): %s", exc)
 
 
-async def close_connection(nc: NATS, sub: JetStreamContext.PullSubscription | None) -> None:
+async def close_connection(nc: NATS, subs: Iterable[JetStreamContext.PullSubscription]) -> None:
     """Push out what is pending (acks above all), then close; bounded.
 
     Not `nc.drain()`: it waits for the pull subscription's queue to be consumed, which never
@@ -107,8 +113,9 @@ async def close_connection(nc: NATS, sub: JetStreamContext.PullSubscription | No
     """
     try:
         async with asyncio.timeout(_CLOSE_TIMEOUT):
-            if sub is not None and not nc.is_closed:
-                await sub.unsubscribe()
+            for sub in subs:
+                if not nc.is_closed:
+                    await sub.unsubscribe()
             if nc.is_connected:
                 await nc.flush(timeout=int(_CLOSE_TIMEOUT))
     except (TimeoutError, nats.errors.Error, OSError) as exc:

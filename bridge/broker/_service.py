@@ -30,7 +30,7 @@ from ..crypto import Header, verify
 from ..errors import BridgeError, ProtocolError, TransportError
 from ..federation.directory import Directory
 from ..nats.identities import Identity
-from ..nats.subjects import BROKER_CONSUMER, SUBMIT_STREAM, inbox_subject, status_subject
+from ..nats.subjects import BROKER_CONSUMER, inbox_subject, status_subject, submit_stream
 from ..nats.transport import bind_pull, connect, fetch, publish_durable
 from ..wire import DeliveryState, encode_status_event
 from ._directory import DirectoryHolder
@@ -91,7 +91,7 @@ class Broker:
         self._counters = Counters()
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
-        self._in_batch = False
+        self._in_batch = 0  # batches being handled, over all submit streams
         self._ran = False
         self._task: asyncio.Task[None] | None = None
 
@@ -121,39 +121,54 @@ class Broker:
             connect_timeout=nats_config.connect_timeout_seconds,
             tls=nats_tls_context(nats_config, self._config.path),
         )
-        sub: JetStreamContext.PullSubscription | None = None
+        subs: list[JetStreamContext.PullSubscription] = []
         try:
             js = nc.jetstream(timeout=nats_config.request_timeout_seconds)
-            sub = await bind_pull(
-                js, SUBMIT_STREAM, BROKER_CONSUMER, pending_msgs_limit=4 * self._config.batch_size
-            )
-            self._started.set()
-            log.info(
-                "broker %s consuming %s/%s, directory serial %d",
-                self._name,
-                SUBMIT_STREAM,
-                BROKER_CONSUMER,
-                self._directory.current.serial,
-            )
-            await self._serve(nc, js, sub)
+            await self._serve(nc, js, subs)
         finally:
-            await close_connection(nc, sub)
+            await close_connection(nc, subs)
             log.info("broker %s stopped", self._name)
 
     async def _serve(
-        self, nc: NATS, js: JetStreamContext, sub: JetStreamContext.PullSubscription
+        self, nc: NATS, js: JetStreamContext, subs: list[JetStreamContext.PullSubscription]
     ) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
-                consumer = tg.create_task(self._consume(nc, js, sub))
+                consumers: dict[str, asyncio.Task[None]] = {}
                 watcher = tg.create_task(
                     self._directory.watch(self._config.directory.reload_seconds)
                 )
-                await self._stop.wait()
+                # One consumer per sender's submit stream, for every agency in the directory;
+                # agencies a reloaded directory adds are picked up at the next look.
+                while not self._stop.is_set():
+                    for agency in self._directory.current.agencies():
+                        if agency.id not in consumers:
+                            sub = await bind_pull(
+                                js,
+                                submit_stream(agency.id),
+                                BROKER_CONSUMER,
+                                pending_msgs_limit=4 * self._config.batch_size,
+                            )
+                            subs.append(sub)
+                            consumers[agency.id] = tg.create_task(
+                                self._consume(nc, js, sub), name=f"consume {agency.id}"
+                            )
+                    if not self._started.is_set():
+                        self._started.set()
+                        log.info(
+                            "broker %s consuming %d submit streams, directory serial %d",
+                            self._name,
+                            len(consumers),
+                            self._directory.current.serial,
+                        )
+                    await self._sleep(self._config.directory.reload_seconds)
                 watcher.cancel()
-                if self._in_batch:  # let it settle what it can; the rest is redelivered
-                    await asyncio.wait({consumer}, timeout=self._config.publish_timeout_seconds + 2)
-                consumer.cancel()
+                if self._in_batch:  # let them settle what they can; the rest is redelivered
+                    await asyncio.wait(
+                        consumers.values(), timeout=self._config.publish_timeout_seconds + 2
+                    )
+                for consumer in consumers.values():
+                    consumer.cancel()
         except BaseExceptionGroup as group:
             if len(group.exceptions) == 1 and isinstance(group.exceptions[0], BridgeError):
                 raise group.exceptions[0]  # noqa: B904 - the group is kept as its context
@@ -224,13 +239,13 @@ class Broker:
             pause = _FETCH_BACKOFF[0]
             if not msgs:
                 continue
-            self._in_batch = True
+            self._in_batch += 1
             try:
                 async with asyncio.TaskGroup() as tg:
                     for msg in msgs:
                         tg.create_task(self._handle(js, msg, directory))
             finally:
-                self._in_batch = False
+                self._in_batch -= 1
 
     async def _sleep(self, seconds: float) -> None:
         """Wait `seconds`, or less if the broker is asked to stop."""
@@ -316,7 +331,7 @@ class Broker:
                 js,
                 inbox_subject(recipient),
                 msg.data,
-                msg_id=inbox_msg_id(message_id, recipient),
+                msg_id=inbox_msg_id(submission.sender, message_id, recipient),
                 ttl=verdict.ttl,
                 timeout=timeout,
             )
@@ -399,6 +414,6 @@ class Broker:
             js,
             status_subject(submission.sender, submission.message_id),
             encode_status_event(event),
-            msg_id=status_msg_id(submission.message_id, state, recipient),
+            msg_id=status_msg_id(submission.sender, submission.message_id, state, recipient),
             timeout=self._config.publish_timeout_seconds,
         )

@@ -32,7 +32,6 @@ from .subjects import (
     BROKER_CONSUMER,
     INBOX_STREAM,
     STATUS_STREAM,
-    SUBMIT_STREAM,
     agency_inbox_prefix,
     inbox_consumer,
     inbox_subjects_all,
@@ -42,6 +41,7 @@ from .subjects import (
     status_consumer,
     status_stream_read_subjects,
     status_subjects_all,
+    submit_stream,
     submit_subject,
 )
 
@@ -135,8 +135,12 @@ class Permissions:
     subscribe: tuple[str, ...]
 
 
-def permissions_for(identity: Identity) -> Permissions:
-    """The allow-lists of one identity; see docs/nats.md for the reasoning per role."""
+def permissions_for(identity: Identity, federation: Sequence[str]) -> Permissions:
+    """The allow-lists of one identity in a federation; see docs/nats.md for the reasoning.
+
+    The broker's list names each agency's submit stream, so it consumes exactly the streams
+    of the federation's agencies (and nothing that merely has a consumer named `broker`).
+    """
     own_replies = f"{identity.inbox_prefix}.>"
     if identity.role is Role.AGENCY:
         assert identity.agency is not None
@@ -153,7 +157,13 @@ def permissions_for(identity: Identity) -> Permissions:
     if identity.role is Role.BROKER:
         return Permissions(
             publish=(
-                *pull_consumer_api_subjects(SUBMIT_STREAM, BROKER_CONSUMER),
+                *(
+                    subject
+                    for agency in check_federation(federation)
+                    for subject in pull_consumer_api_subjects(
+                        submit_stream(agency), BROKER_CONSUMER
+                    )
+                ),
                 inbox_subjects_all(),
                 status_subjects_all(),
             ),
@@ -348,7 +358,7 @@ def render_accounts(credentials: Credentials, agencies: Sequence[str]) -> str:
         "    users: [",
     ]
     for identity in identities:
-        perms = permissions_for(identity)
+        perms = permissions_for(identity, federation)
         lines += [
             f"      # {identity.name}",
             f"      {{nkey: {_quote(credentials.public_key(identity))}, permissions: {{",

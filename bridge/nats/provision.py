@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -32,7 +33,6 @@ from .subjects import (
     BROKER_CONSUMER,
     INBOX_STREAM,
     STATUS_STREAM,
-    SUBMIT_STREAM,
     inbox_consumer,
     inbox_subject,
     inbox_subjects_all,
@@ -41,7 +41,8 @@ from .subjects import (
     status_consumer,
     status_filter,
     status_subjects_all,
-    submit_subjects_all,
+    submit_stream,
+    submit_subject,
 )
 from .transport import connect
 
@@ -58,6 +59,7 @@ __all__ = [
 ENVELOPE_MAX_BYTES = 1024 * 1024
 """The largest envelope bridge sends; streams allow this plus room for headers."""
 
+_T = TypeVar("_T")
 _HEADER_ROOM = 16 * 1024
 _DAY = 24 * 3600.0
 _MiB = 1024 * 1024
@@ -124,6 +126,11 @@ class Action(enum.StrEnum):
     CREATED = "created"
     UPDATED = "updated"
     UNCHANGED = "unchanged"
+    REMOVED = "removed"  # only the empty legacy stream `BRIDGE_SUBMIT`
+
+
+_LEGACY_SUBMIT_STREAM = "BRIDGE_SUBMIT"
+"""The one submit stream all agencies shared before each got its own; its subjects overlap."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,21 +165,28 @@ class ProvisionReport:
 # -- wanted configurations --------------------------------------------------------------------
 
 
-def _streams(s: ProvisionSettings) -> list[api.StreamConfig]:
+def _submit_stream(s: ProvisionSettings, agency: str) -> api.StreamConfig:
+    # One per agency: JetStream deduplicates by Nats-Msg-Id per stream, whoever published, so
+    # in a stream shared by agencies one could make the stream drop another's publish by
+    # choosing its id first. Here only the sender itself can publish under its ids.
+    return api.StreamConfig(
+        name=submit_stream(agency),
+        description=f"bridge: submissions of {agency}, consumed by the broker",
+        subjects=[submit_subject(agency)],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        discard=api.DiscardPolicy.NEW,
+        max_bytes=s.submit_max_bytes,
+        max_age=s.submit_max_age,
+        max_msg_size=s.max_msg_size,
+        duplicate_window=s.duplicate_window,
+        storage=api.StorageType.FILE,
+        num_replicas=s.replicas,
+    )
+
+
+def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamConfig]:
     return [
-        api.StreamConfig(
-            name=SUBMIT_STREAM,
-            description="bridge: submissions from adapters, consumed by the broker",
-            subjects=[submit_subjects_all()],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            discard=api.DiscardPolicy.NEW,
-            max_bytes=s.submit_max_bytes,
-            max_age=s.submit_max_age,
-            max_msg_size=s.max_msg_size,
-            duplicate_window=s.duplicate_window,
-            storage=api.StorageType.FILE,
-            num_replicas=s.replicas,
-        ),
+        *(_submit_stream(s, agency) for agency in agencies),
         api.StreamConfig(
             name=INBOX_STREAM,
             description="bridge: routed envelopes, one consumer per recipient agency",
@@ -237,8 +251,11 @@ def _consumer(s: ProvisionSettings, name: str, filter_subject: str) -> api.Consu
 def _consumers(
     s: ProvisionSettings, agencies: Sequence[str]
 ) -> list[tuple[str, api.ConsumerConfig]]:
-    wanted = [(SUBMIT_STREAM, _consumer(s, BROKER_CONSUMER, submit_subjects_all()))]
+    wanted = []
     for agency in agencies:
+        wanted.append(
+            (submit_stream(agency), _consumer(s, BROKER_CONSUMER, submit_subject(agency)))
+        )
         wanted.append((INBOX_STREAM, _consumer(s, inbox_consumer(agency), inbox_subject(agency))))
         wanted.append((STATUS_STREAM, _consumer(s, status_consumer(agency), status_filter(agency))))
     return wanted
@@ -367,6 +384,29 @@ async def _ensure_kv(js: JetStreamContext, s: ProvisionSettings, agency: str) ->
         return Change("kv", bucket, Action.UPDATED, fields)
 
 
+async def _retire_legacy_submit(js: JetStreamContext) -> Change | None:
+    """Remove the shared submit stream of earlier versions if it is empty; refuse otherwise.
+
+    Its subjects (`bridge.submit.*`) overlap every per-agency submit stream, so they cannot
+    be created beside it. A submission still in it must be routed first (run the broker of
+    the earlier version until the stream is empty), never dropped.
+    """
+    name = _LEGACY_SUBMIT_STREAM
+    with _translated(f"stream {name}"):
+        try:
+            info = await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            return None
+        if info.state.messages:
+            raise ConfigError(
+                f"stream {name} (shared by all agencies in earlier versions) still holds "
+                f"{info.state.messages} submissions; let the earlier broker route them first",
+                reason="provision.legacy_submit",
+            )
+        await js.delete_stream(name)
+        return Change("stream", name, Action.REMOVED)
+
+
 async def provision(
     js: JetStreamContext,
     agencies: Sequence[str],
@@ -382,18 +422,20 @@ async def provision(
     """
     federation = check_federation(agencies)
     s = settings or ProvisionSettings()
+    retired = await _patiently(functools.partial(_retire_legacy_submit, js), unavailable_wait)
     steps: list[Callable[[], Awaitable[Change]]] = [
-        functools.partial(_ensure_stream, js, stream) for stream in _streams(s)
+        functools.partial(_ensure_stream, js, stream) for stream in _streams(s, federation)
     ]
     steps += [
         functools.partial(_ensure_consumer, js, stream, consumer)
         for stream, consumer in _consumers(s, federation)
     ]
     steps += [functools.partial(_ensure_kv, js, s, agency) for agency in federation]
-    return ProvisionReport(tuple([await _patiently(step, unavailable_wait) for step in steps]))
+    changes = [await _patiently(step, unavailable_wait) for step in steps]
+    return ProvisionReport(tuple(([retired] if retired else []) + changes))
 
 
-async def _patiently(step: Callable[[], Awaitable[Change]], wait: float) -> Change:
+async def _patiently(step: Callable[[], Awaitable[_T]], wait: float) -> _T:
     deadline = time.monotonic() + wait
     pause = 0.05
     while True:

@@ -5,13 +5,17 @@ whitespace can never rewrite routing. No other module formats a subject by hand.
 
 Topology (one JetStream account, created by `bridge.nats.provision`):
 
-- stream `BRIDGE_SUBMIT`, subjects `bridge.submit.<sender>`: what adapters submit; work queue,
-  consumed by the broker's durable consumer `broker` (several brokers share it).
-- stream `BRIDGE_INBOX`, subjects `bridge.inbox.<recipient>`: routed envelopes; work queue with
-  per-message TTL (the retention limit of the message type); one durable consumer
-  `inbox-<recipient>` per agency, filtered on its own subject.
-- stream `BRIDGE_STATUS`, subjects `bridge.status.<sender>.<message-id>`: status events the broker
-  reports back to senders; one durable consumer `status-<sender>` per agency.
+- one stream `BRIDGE_SUBMIT_<sender>` per agency, subject `bridge.submit.<sender>`: what that
+  agency's adapter submits; work queue, consumed by the broker's durable consumer `broker` on
+  each (several brokers share them). JetStream deduplicates by `Nats-Msg-Id` per stream,
+  whoever published, so a stream shared by several agencies would let one of them pre-empt
+  another's id; with one stream per sender, only the sender itself can.
+- stream `BRIDGE_INBOX`, subjects `bridge.inbox.<recipient>`: routed envelopes; work queue
+  with per-message TTL (the retention limit of the message type); one durable consumer
+  `inbox-<recipient>` per agency, filtered on its own subject. Only the broker publishes here.
+- stream `BRIDGE_STATUS`, subjects `bridge.status.<sender>.<message-id>`: status events the
+  broker reports back to senders; one durable consumer `status-<sender>` per agency. Only the
+  broker publishes here.
 - KV bucket `adapter-<agency>`: the adapter's own records (idempotency keys, message timelines).
 
 Each NATS identity uses its own reply-inbox prefix (`_INBOX.<role>...`), so that it may subscribe
@@ -28,7 +32,7 @@ __all__ = [
     "HDR_TTL",
     "INBOX_STREAM",
     "STATUS_STREAM",
-    "SUBMIT_STREAM",
+    "SUBMIT_STREAM_PREFIX",
     "agency_inbox_prefix",
     "inbox_consumer",
     "inbox_subject",
@@ -44,11 +48,11 @@ __all__ = [
     "status_stream_read_subjects",
     "status_subject",
     "status_subjects_all",
+    "submit_stream",
     "submit_subject",
-    "submit_subjects_all",
 ]
 
-SUBMIT_STREAM = "BRIDGE_SUBMIT"
+SUBMIT_STREAM_PREFIX = "BRIDGE_SUBMIT_"
 INBOX_STREAM = "BRIDGE_INBOX"
 STATUS_STREAM = "BRIDGE_STATUS"
 BROKER_CONSUMER = "broker"
@@ -63,8 +67,9 @@ def submit_subject(sender: str) -> str:
     return f"{_PREFIX}.submit.{check_agency_id(sender)}"
 
 
-def submit_subjects_all() -> str:
-    return f"{_PREFIX}.submit.*"
+def submit_stream(sender: str) -> str:
+    """The stream of `sender`'s submissions; no other agency can publish into it."""
+    return f"{SUBMIT_STREAM_PREFIX}{check_agency_id(sender)}"
 
 
 def inbox_subject(recipient: str) -> str:

@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..nats.identities import Credentials, Identity
 from ..nats.provision import Action, provision_at
 from ..nats.server import NatsServer
-from ..nats.subjects import BROKER_CONSUMER, SUBMIT_STREAM
+from ..nats.subjects import BROKER_CONSUMER, submit_stream
 from ..nats.transport import connect
 from .layout import DEMO_AGENCIES, StateLayout
 from .ports import check_free
@@ -73,15 +73,18 @@ def _http_probe(session: aiohttp.ClientSession, url: str) -> Probe:
 
 
 def _broker_probe(admin: NATS) -> Probe:
-    """Ready once the broker has a pull request waiting on its consumer: it is consuming."""
+    """Ready once the broker has a pull request waiting on every agency's submit stream."""
 
     async def probe() -> bool:
         js = admin.jetstream(timeout=_PROBE_TIMEOUT)
         try:
-            info = await js.consumer_info(SUBMIT_STREAM, BROKER_CONSUMER)
+            for agency in DEMO_AGENCIES:
+                info = await js.consumer_info(submit_stream(agency.id), BROKER_CONSUMER)
+                if not info.num_waiting:
+                    return False
         except (nats.errors.Error, TimeoutError, OSError):
             return False
-        return bool(info.num_waiting)
+        return True
 
     return probe
 
