@@ -34,7 +34,7 @@ typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
 unit: $(VENV)/.installed-test
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadscope
 
 test: lint typecheck unit
 

@@ -373,7 +373,14 @@ def encode_header(fields: dict[str, Any]) -> bytes:
     return msgspec.msgpack.encode(fields)
 
 
-DROP: Any = object()  # a `with_header` value that removes the field
+class _Drop:
+    """A `with_header` value that removes the field; its repr is stable across processes."""
+
+    def __repr__(self) -> str:
+        return "DROP"
+
+
+DROP: Any = _Drop()
 
 
 def with_header(
