@@ -43,6 +43,7 @@ __all__ = [
     "UnknownKey",
     "UnsupportedSuite",
     "UnsupportedVersion",
+    "reasons_of",
 ]
 
 
@@ -209,3 +210,22 @@ class PolicyFileError(ConfigError):
     def __init__(self, message: str, *, line: int | None = None, reason: str | None = None) -> None:
         super().__init__(f"line {line}: {message}" if line is not None else message, reason=reason)
         self.line = line
+
+
+def reasons_of(exc: BaseException) -> str:
+    """What to log about a failure: reason codes (type names for foreign errors), never text.
+
+    An exception's text may quote what it parsed, so logs carry this instead. Exception groups
+    (from task groups) are flattened to their distinct leaves, comma-separated.
+    """
+    leaves: list[str] = []
+
+    def walk(one: BaseException) -> None:
+        if isinstance(one, BaseExceptionGroup):
+            for inner in one.exceptions:
+                walk(inner)
+        else:
+            leaves.append(one.reason if isinstance(one, BridgeError) else type(one).__name__)
+
+    walk(exc)
+    return ", ".join(dict.fromkeys(leaves))

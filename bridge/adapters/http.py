@@ -164,7 +164,8 @@ async def _inbox_ack(request: web.Request) -> web.StreamResponse:
     inbox = _inbox(request)
     message_id = _message_id(request)
     try:
-        found = await inbox.ack(message_id)
+        # Not held, but recorded as delivered: an ack repeated because its 204 was lost.
+        found = await inbox.ack(message_id) or await _ctx(request).store.was_delivered(message_id)
     except TransportError as exc:
         raise _unavailable("the acknowledgement cannot be recorded right now; retry", exc) from exc
     if not found:

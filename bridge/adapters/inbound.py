@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from ..crypto import Header, Keyring, Limits, open_envelope, verify
-from ..errors import BridgeError, TransportError
+from ..errors import BridgeError, TransportError, reasons_of
 from ..federation.directory import Directory
 from ..nats.transport import fetch
 from ..wire import Delivered, Disposition, Receipt, Rejected, decode_body
@@ -36,10 +36,6 @@ __all__ = ["Inbound"]
 log = logging.getLogger(__name__)
 
 _RETRY_DELAY: Final = 2.0
-
-
-def _describe(exc: Exception) -> str:
-    return exc.reason if isinstance(exc, BridgeError) else type(exc).__name__
 
 
 async def _nak(msg: Msg, delay: float) -> None:
@@ -92,15 +88,19 @@ class Inbound:
                 batch = await capacity()
                 msgs = await fetch(self._sub, batch, self._fetch_timeout)
             except (BridgeError, nats.errors.Error, OSError) as exc:
-                log.warning("inbound: cannot fetch (%s); retrying", _describe(exc))
+                log.warning("inbound: cannot fetch (%s); retrying", reasons_of(exc))
                 await asyncio.sleep(_RETRY_DELAY)
                 continue
             for msg in msgs:
+                # `except*`: a sink works in task groups, whose failures come as ExceptionGroups.
+                # Anything else is a bug: it ends the adapter's background work, which makes the
+                # adapter exit non-zero (see `Adapter.wait`) so that a supervisor restarts it.
                 try:
                     await self.handle(msg, sink)
-                except (BridgeError, nats.errors.Error, OSError) as exc:
-                    # Left for a later redelivery; nothing was handed to the local system.
-                    log.warning("inbound: a message waits for a retry (%s)", _describe(exc))
+                except* (BridgeError, nats.errors.Error, OSError) as group:
+                    # Left for a later redelivery. If the local system already took the message
+                    # and it was not recorded, the redelivery is marked as a possible repeat.
+                    log.warning("inbound: a message waits for a retry (%s)", reasons_of(group))
                     await _nak(msg, _RETRY_DELAY)
 
     async def handle(self, msg: Msg, sink: Sink) -> None:
@@ -168,7 +168,11 @@ class Inbound:
         ttl = max(60, header.exp - now) + RECORD_GRACE_SECONDS
         await self._store.mark_delivered(header.id, now, ttl)
         await self._receipt(header, Delivered(), self._directory(), now)
-        await incoming.msg.ack()
+        try:
+            await incoming.msg.ack()
+        except (nats.errors.Error, OSError) as exc:
+            # Recorded and receipted: the redelivery finds the record and is only acknowledged.
+            log.warning("inbound message %s: NATS ack lost (%s)", header.id, type(exc).__name__)
         self.delivered += 1
         log.info("inbound message %s delivered to the local system", header.id)
 

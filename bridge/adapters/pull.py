@@ -4,12 +4,24 @@ Nothing decrypted is written anywhere: items live in this process only, each wit
 message kept alive by a periodic `in_progress()`. If the adapter stops, the items are gone from
 here, NATS redelivers their messages after the ack wait, and they appear again. The number held
 is bounded by `pull_max_pending`; the inbound loop fetches only as many as there is room for.
+
+An item acknowledged with 204 is never offered again. JetStream may redeliver a message the
+adapter still holds (after a nats-server restart, say): the redelivered copy replaces the held
+one, since its delivery is the one the server now expects an ack for. Such a copy can arrive
+while the local system's ack is being recorded, or just after (it was checked against the
+delivered records before the ack wrote one); the inbox remembers the ids it completed recently
+and acknowledges such late copies instead of listing them again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections import OrderedDict
+from typing import Final
+
+import nats.errors
 
 from .api import InboxItem, InboxSummary
 from .delivery import Complete, Incoming, touch
@@ -19,6 +31,7 @@ __all__ = ["PullInbox"]
 log = logging.getLogger(__name__)
 
 _MAX_FETCH = 16
+_REMEMBERED: Final = 4096  # completed ids kept to recognise late copies; far above any race
 
 
 class PullInbox:
@@ -31,6 +44,7 @@ class PullInbox:
         self._complete = complete
         self._interval = keepalive_interval
         self._items: dict[str, Incoming] = {}
+        self._completed: OrderedDict[str, None] = OrderedDict()
         self._space = asyncio.Event()
         self._space.set()
         self._rounds = 0
@@ -53,6 +67,13 @@ class PullInbox:
         return min(_MAX_FETCH, self._max - len(self._items))
 
     async def offer(self, incoming: Incoming) -> None:
+        if incoming.message_id in self._completed:
+            log.info(
+                "inbound message %s was acknowledged just now; not offered again",
+                incoming.message_id,
+            )
+            await _ack_quietly(incoming)
+            return
         # A redelivery of an item still held replaces its NATS message: the newer one is the
         # one the server expects an acknowledgement for.
         self._items[incoming.message_id] = incoming
@@ -80,8 +101,13 @@ class PullInbox:
         if incoming is None:
             return False
         await self._complete(incoming)  # raises (and keeps the item) if NATS is unavailable
-        if self._items.get(message_id) is incoming:
-            del self._items[message_id]
+        self._completed[message_id] = None
+        self._completed.move_to_end(message_id)
+        if len(self._completed) > _REMEMBERED:
+            self._completed.popitem(last=False)
+        latest = self._items.pop(message_id, None)
+        if latest is not None and latest is not incoming:
+            await _ack_quietly(latest)  # a redelivered copy replaced it during the completion
         self._space.set()
         return True
 
@@ -92,3 +118,13 @@ class PullInbox:
             for incoming in list(self._items.values()):
                 await touch(incoming.msg)
             self._rounds += 1
+
+
+async def _ack_quietly(incoming: Incoming) -> None:
+    """Acknowledge a copy of a message already recorded as delivered (and receipted).
+
+    If the ack is lost, JetStream redelivers the copy later; the delivered record then makes
+    the inbound loop acknowledge it without offering it.
+    """
+    with contextlib.suppress(nats.errors.Error, OSError):
+        await incoming.msg.ack()

@@ -9,6 +9,11 @@ or `async with Adapter(config) as adapter: ...`. Start-up fails with a `BridgeEr
 `ConfigError` for files, a `TransportError` for NATS) before anything is served. Background
 work (inbound delivery, status folding, directory reloads, pull keep-alive) runs in one
 TaskGroup owned by the adapter and is cancelled and awaited by `stop()`.
+
+Each part handles and retries the failures it expects (NATS away, a store write refused). An
+unexpected failure ends all of them: it is logged as critical, `ready()` turns false and
+`wait()` raises, so that `bridge adapter` exits non-zero and its supervisor restarts it. An
+adapter never keeps serving HTTP with its background work dead.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from nats.aio.client import Client as NATS
 
 from ..config import AdapterConfig, nats_tls_context
 from ..crypto import Keyring
-from ..errors import BridgeError, ConfigError
+from ..errors import BridgeError, ConfigError, TransportError, reasons_of
 from ..federation.directory import Directory, SerialState, load_anchor
 from ..nats.subjects import (
     INBOX_STREAM,
@@ -72,6 +77,7 @@ class Adapter:
         self._fetch_timeout = fetch_timeout
         self._directory: Directory | None = None
         self._nc: NATS | None = None
+        self._nc_closed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -104,6 +110,17 @@ class Adapter:
             and self._task is not None
             and not self._task.done()
         )
+
+    async def wait(self) -> None:
+        """Wait while the background work runs; raise what ended it.
+
+        It never ends on its own except by failing, so a caller running the adapter as a
+        service treats any return or exception here as fatal.
+        """
+        if self._task is None:
+            raise RuntimeError("the adapter is not started")
+        await asyncio.shield(self._task)
+        raise TransportError("the adapter's background work ended", reason="adapter.stopped")
 
     def directory(self) -> Directory:
         if self._directory is None:
@@ -167,6 +184,7 @@ class Adapter:
             f"bridge-adapter-{c.agency}",
             connect_timeout=c.nats.connect_timeout_seconds,
             tls=nats_tls_context(c.nats, c.path),
+            closed_cb=self._on_closed,
         )
         js = self._nc.jetstream(timeout=timeout)
         store = await Store.open(js, c.agency, timeout)
@@ -260,12 +278,31 @@ class Adapter:
     async def _background(self, sink: WebhookSink | PullInbox) -> None:
         assert self.inbound is not None
         assert self.status is not None
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self.inbound.run(sink, sink.capacity), name="inbound")
-            group.create_task(self.status.run(), name="status")
-            group.create_task(self._reload_directory(), name="directory")
-            if isinstance(sink, PullInbox):
-                group.create_task(sink.keep_alive(), name="pull-keepalive")
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.inbound.run(sink, sink.capacity), name="inbound")
+                group.create_task(self.status.run(), name="status")
+                group.create_task(self._reload_directory(), name="directory")
+                group.create_task(self._watch_connection(), name="connection")
+                if isinstance(sink, PullInbox):
+                    group.create_task(sink.keep_alive(), name="pull-keepalive")
+        except* Exception as failed:
+            # Type names and reason codes only: an exception's text may quote what it parsed.
+            log.critical(
+                "adapter %s: background work failed (%s); the adapter must be restarted",
+                self.config.agency,
+                reasons_of(failed),
+            )
+            raise
+
+    async def _on_closed(self) -> None:
+        self._nc_closed.set()
+
+    async def _watch_connection(self) -> None:
+        """Fail once the NATS client has given up for good (it reconnects forever otherwise):
+        fetch loops would retry on a closed connection for ever, alive but idle."""
+        await self._nc_closed.wait()
+        raise TransportError("the NATS connection is closed for good", reason="transport.closed")
 
     async def _reload_directory(self) -> None:
         while True:

@@ -5,6 +5,12 @@ under the shared secret, and `Bridge-Message-Id` as the receiver's deduplication
 answers and connection failures are retried with exponential backoff up to `max_attempts`,
 while the NATS message is kept alive; then the message is handed back to NATS (`nak`) to be
 redelivered later. It is acknowledged only after a 2xx.
+
+After a 2xx the local system has the message, so recording it (delivered record, receipt, ack)
+is retried in place rather than by posting it again. Whenever this message may have reached the
+local system before (an earlier attempt, or an earlier delivery by NATS, in this process or a
+previous one), the call carries `Bridge-Possible-Repeat: true`; docs/adapter.md says when that
+happens and how a receiver removes the repeat by `Bridge-Message-Id`.
 """
 
 from __future__ import annotations
@@ -22,16 +28,25 @@ import msgspec
 import nats.errors
 
 from ..config import DeliveryConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, TransportError
 from .delivery import Complete, Incoming, kept_alive
 
-__all__ = ["SIGNATURE_HEADER", "WebhookSink", "load_webhook_secret", "sign"]
+__all__ = [
+    "ATTEMPT_HEADER",
+    "MESSAGE_ID_HEADER",
+    "REPEAT_HEADER",
+    "SIGNATURE_HEADER",
+    "WebhookSink",
+    "load_webhook_secret",
+    "sign",
+]
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER: Final = "Bridge-Signature"
 MESSAGE_ID_HEADER: Final = "Bridge-Message-Id"
 ATTEMPT_HEADER: Final = "Bridge-Delivery-Attempt"
+REPEAT_HEADER: Final = "Bridge-Possible-Repeat"
 _MAX_REDELIVERY_DELAY: Final = 3600.0
 _MIN_SECRET: Final = 16
 _MAX_SECRET: Final = 4096
@@ -98,10 +113,7 @@ class WebhookSink:
     def _redelivery_delay(self, incoming: Incoming) -> float:
         """Grows with each redelivery, so an unreachable local system is asked less and less
         often (the consumer redelivers without limit until the message's TTL)."""
-        try:
-            delivered = max(1, int(incoming.msg.metadata.num_delivered or 1))
-        except (nats.errors.Error, ValueError, TypeError, AttributeError, IndexError):
-            delivered = 1
+        delivered = _deliveries(incoming)
         return float(
             min(
                 _MAX_REDELIVERY_DELAY,
@@ -112,10 +124,12 @@ class WebhookSink:
     async def offer(self, incoming: Incoming) -> None:
         payload = _encoder.encode(incoming.item)
         attempts = self._config.max_attempts
+        delivered_before = _deliveries(incoming) > 1
         async with kept_alive(incoming.msg, self._interval):
             for attempt in range(1, attempts + 1):
-                if await self._post(payload, incoming.message_id, attempt):
-                    await self._complete(incoming)
+                repeat = delivered_before or attempt > 1
+                if await self._post(payload, incoming.message_id, attempt, repeat=repeat):
+                    await self._record(incoming)
                     return
                 if attempt < attempts:
                     await asyncio.sleep(self._backoff(attempt))
@@ -129,7 +143,28 @@ class WebhookSink:
         except (nats.errors.Error, OSError) as exc:  # the ack wait redelivers it anyway
             log.warning("cannot hand message back to NATS: %s", type(exc).__name__)
 
-    async def _post(self, payload: bytes, message_id: str, attempt: int) -> bool:
+    async def _record(self, incoming: Incoming) -> None:
+        """Complete a message the local system took, retrying while NATS is unavailable.
+
+        Raises the last `TransportError` if NATS stays away through `max_attempts` tries; the
+        message is then redelivered later and posted again, marked as a possible repeat.
+        """
+        attempts = self._config.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                await self._complete(incoming)
+                return
+            except TransportError as exc:
+                if attempt == attempts:
+                    raise
+                log.warning(
+                    "webhook took message %s but it cannot be recorded yet [%s]; retrying",
+                    incoming.message_id,
+                    exc.reason,
+                )
+            await asyncio.sleep(self._backoff(attempt))
+
+    async def _post(self, payload: bytes, message_id: str, attempt: int, *, repeat: bool) -> bool:
         self.attempts += 1
         headers = {
             "Content-Type": "application/json",
@@ -137,6 +172,8 @@ class WebhookSink:
             MESSAGE_ID_HEADER: message_id,
             ATTEMPT_HEADER: str(attempt),
         }
+        if repeat:
+            headers[REPEAT_HEADER] = "true"
         timeout = aiohttp.ClientTimeout(total=self._config.webhook_timeout_seconds)
         try:
             async with self._session.post(
@@ -158,3 +195,12 @@ class WebhookSink:
                 type(exc).__name__,
             )
         return False
+
+
+def _deliveries(incoming: Incoming) -> int:
+    """How often NATS has delivered this message, this time included (kept by the server, so
+    it counts deliveries to earlier adapter processes too)."""
+    try:
+        return max(1, int(incoming.msg.metadata.num_delivered or 1))
+    except (nats.errors.Error, ValueError, TypeError, AttributeError, IndexError):
+        return 1

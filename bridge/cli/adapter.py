@@ -1,4 +1,8 @@
-"""`bridge adapter -c FILE`: run one agency's adapter in the foreground until SIGTERM or SIGINT."""
+"""`bridge adapter -c FILE`: run one agency's adapter in the foreground until SIGTERM or SIGINT.
+
+A clean stop exits 0. If the adapter's background work fails (see `Adapter.wait`), the adapter
+is stopped and the process exits 1, so that its supervisor restarts it.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +51,16 @@ async def _serve(config: Any) -> int:
     try:
         async with Adapter(config) as adapter:
             print(f"adapter {config.agency} listening on {adapter.url}", flush=True)
-            await stop.wait()
+            stopping = asyncio.ensure_future(stop.wait())
+            failing = asyncio.ensure_future(adapter.wait())
+            try:
+                await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                failing.cancel()
+                await asyncio.wait({stopping, failing})
+            if not stop.is_set():
+                return 1  # the failure was logged where it happened
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)

@@ -118,6 +118,7 @@ async def connect(
     error_cb: ErrorCallback | None = None,
     disconnected_cb: Callback | None = None,
     reconnected_cb: Callback | None = None,
+    closed_cb: Callback | None = None,
 ) -> NATS:
     """Connect as the identity whose seed is in `seed_file`.
 
@@ -126,8 +127,9 @@ async def connect(
     instead, so a wrong URL or seed fails start-up with a clear error rather than hanging.
     `inbox_prefix` must be the identity's own (`Identity.inbox_prefix`); with any other, the
     server refuses the reply subscriptions. `error_cb` receives asynchronous errors such as
-    permission violations; by default they are logged. `tls` is the context for `tls://` URLs
-    (without it, the system's trusted CAs are used).
+    permission violations; by default they are logged. `closed_cb` is called once the client
+    has closed for good (by `close()`, or because nats-py gave up). `tls` is the context for
+    `tls://` URLs (without it, the system's trusted CAs are used).
     """
     urls = _check_urls(url)
     _check_subject(inbox_prefix, wildcards=False)
@@ -168,6 +170,7 @@ async def connect(
             error_cb=on_error,
             disconnected_cb=disconnected_cb,
             reconnected_cb=reconnected_cb,
+            closed_cb=closed_cb,
             tls=tls,
         )
     )
