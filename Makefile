@@ -41,6 +41,7 @@ test: lint typecheck unit
 bench: $(VENV)/.installed
 	$(BIN)/bridge bench crypto
 	$(BIN)/bridge bench nats
+	$(BIN)/bridge bench e2e
 
 schemas: $(VENV)/.installed
 	$(BIN)/python -m bridge.schemas schemas

@@ -1,0 +1,135 @@
+"""`bridge bench e2e`: the shape of its result, and that it leaves nothing behind.
+
+Never a timing: rates depend on the machine and its load, so nothing here bounds a rate, a
+latency or a ratio. One quick run (`--quick`: tiny windows, about a second per measurement)
+through the command line checks that every row, limit and process is there, every number is
+usable, no local system got a message twice, and that the stack is stopped and its directory
+removed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.bench import e2e
+from bridge.bench._local import body_of_size
+from bridge.cli import main
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc and finds leftovers through it"
+)
+
+PROCESSES = {
+    "nats-server",
+    "broker",
+    "adapter jobcenter-unna",
+    "adapter suchtberatung-unna",
+    "adapter spdi-unna",
+    "bench (local systems)",
+}
+
+
+def _usable(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _processes_under(directory: Path) -> list[int]:
+    wanted = str(directory).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if wanted in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_run_has_every_row_and_cleans_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "result.json"
+    code = main(["bench", "e2e", "--quick", "--dir", str(tmp_path), "--output", str(output)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "bridge bench e2e --quick" in text
+    assert "peak resident memory" in text
+
+    result = json.loads(output.read_bytes())
+    assert result["format"] == e2e.FORMAT
+    assert result["quick"] is True
+    assert len(result["load_average"]) == 3
+    rows = {(r["body_bytes"], r["recipients"]): r for r in result["rows"]}
+    assert set(rows) == {(1024, 1), (1024, 2), (65536, 1), (65536, 2)}
+    for row in rows.values():
+        for value in (
+            row["msgs_per_second"],
+            row["ratio"],
+            row["cpu_ms_per_message"],
+            row["transport"]["msgs_per_second"],
+            row["transport"]["measured_msgs_per_second"],
+            row["crypto"]["msgs_per_second"],
+            row["latency"]["rate"],
+        ):
+            assert _usable(value)
+        assert row["envelope_bytes"] > row["body_bytes"]
+        assert row["lower_limit"] in ("transport", "crypto")
+        lower = min(row["transport"]["msgs_per_second"], row["crypto"]["msgs_per_second"])
+        assert row["ratio"] == pytest.approx(row["msgs_per_second"] / lower)
+        assert set(row["cpu_ms_by_process"]) == PROCESSES
+        assert row["duplicates"] == 0
+        for which in ("delivered", "receipted"):
+            p = row["latency"][which]
+            assert 0 < p["p50"] <= p["p95"] <= p["p99"] <= p["max"]
+        # Each message is stored at least once in submit and once per recipient's inbox.
+        assert row["writes_by_stream"]["BRIDGE_SUBMIT"] >= 1
+        assert row["writes_by_stream"]["BRIDGE_INBOX"] >= row["recipients"]
+        assert row["transport"]["writes_per_message"] == 1 + 3 * row["recipients"]
+    # Two recipients need more crypto than one: a second open and a second receipt.
+    assert (
+        rows[1024, 2]["crypto"]["cpu_ms_per_message"]
+        > rows[1024, 1]["crypto"]["cpu_ms_per_message"]
+    )
+    backlogs = [m["backlog"] for m in result["memory"]]
+    assert backlogs == list(e2e.Settings.quick_check().backlogs)
+    for memory in result["memory"]:
+        assert set(memory["peak_rss_bytes"]) == PROCESSES
+        assert all(v > 0 for v in memory["peak_rss_bytes"].values())
+    assert set(result["memory_growth"]) == PROCESSES
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+    assert _processes_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("size", [1024, 4096, 65536])
+def test_bodies_have_the_size_asked_for_and_are_valid(size: int) -> None:
+    assert len(body_of_size(size)) == size  # encode_body() validated it on the way
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--backlog", "1000"],
+        ["--backlog", "5000,1000"],
+        ["--backlog", "0,10"],
+        ["--window", "1"],
+        ["--seconds", "0"],
+    ],
+)
+def test_bad_options_are_refused_before_anything_starts(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "e2e", "--dir", str(tmp_path), *argv])
+    assert exit_info.value.code == 2
+    assert list(tmp_path.iterdir()) == []
+    assert "usage:" in capsys.readouterr().err
