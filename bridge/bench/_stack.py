@@ -24,7 +24,7 @@ from nats.aio.client import Client as NATS
 from ..nats.identities import Credentials, Identity
 from ..nats.provision import provision_at
 from ..nats.server import NatsServer
-from ..nats.subjects import BROKER_CONSUMER, SUBMIT_STREAM
+from ..nats.subjects import BROKER_CONSUMER, submit_stream
 from ..nats.transport import connect
 from ..up.layout import DEMO_AGENCIES
 from ..up.state import Stack, prepare
@@ -94,17 +94,20 @@ class BenchStack:
         self.processes.append(Watched("bench (local systems)", os.getpid()))
 
     def _broker_probe(self) -> Probe:
-        """Ready once the broker has a pull request waiting on its consumer."""
+        """Ready once the broker has a pull request waiting on every agency's submit stream."""
         admin = self.admin
         assert admin is not None
 
         async def probe() -> bool:
             js = admin.jetstream(timeout=_PROBE_TIMEOUT)
             try:
-                info = await js.consumer_info(SUBMIT_STREAM, BROKER_CONSUMER)
+                for agency in DEMO_AGENCIES:
+                    info = await js.consumer_info(submit_stream(agency.id), BROKER_CONSUMER)
+                    if not info.num_waiting:
+                        return False
             except (nats.errors.Error, TimeoutError, OSError):
                 return False
-            return bool(info.num_waiting)
+            return True
 
         return probe
 

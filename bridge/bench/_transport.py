@@ -44,9 +44,9 @@ from ..nats.server import NatsServer, ServerLayout, ServerSettings, configure
 from ..nats.subjects import (
     BROKER_CONSUMER,
     INBOX_STREAM,
-    SUBMIT_STREAM,
     inbox_consumer,
     inbox_subject,
+    submit_stream,
     submit_subject,
 )
 from ..nats.transport import bind_pull, connect, fetch, publish_durable
@@ -128,7 +128,10 @@ class TransportServer:
         await provision(self._admin_js, self._agencies)
         broker = (await connected(Identity.broker())).jetstream(timeout=_TIMEOUT)
         self._js["broker"] = broker
-        self._subs["broker"] = await bind_pull(broker, SUBMIT_STREAM, BROKER_CONSUMER)
+        for agency in self._agencies:  # the broker reads every agency's submit stream
+            self._subs[f"broker {agency}"] = await bind_pull(
+                broker, submit_stream(agency), BROKER_CONSUMER
+            )
         for agency in self._agencies:
             js = (await connected(Identity.for_agency(agency))).jetstream(timeout=_TIMEOUT)
             self._js[agency] = js
@@ -167,7 +170,8 @@ class TransportServer:
         # fetch would leave its pull request on the server for the next measurement.
         self._running = True
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._broker(receipt_from=recipients))
+            for agency in (self._sender, *recipients):
+                tg.create_task(self._broker(agency, receipt_from=recipients))
             tg.create_task(self._sender_inbox())
             for r in recipients:
                 tg.create_task(self._recipient(r, receipt))
@@ -205,7 +209,7 @@ class TransportServer:
     async def _pulled(self, who: str) -> list[Msg]:
         return await fetch(self._subs[who], _BATCH, _FETCH_WAIT)
 
-    async def _broker(self, receipt_from: Sequence[str]) -> None:
+    async def _broker(self, submitter: str, receipt_from: Sequence[str]) -> None:
         js = self._js["broker"]
         senders = {submit_subject(r): r for r in receipt_from}
 
@@ -230,7 +234,7 @@ class TransportServer:
             await msg.ack()
 
         while self._running:
-            msgs = await self._pulled("broker")
+            msgs = await self._pulled(f"broker {submitter}")
             await asyncio.gather(*(route(msg) for msg in msgs))
 
     def _waiting_recipients(self, msg_id: str) -> list[str]:

@@ -50,7 +50,7 @@ import msgspec
 
 from ..crypto import Keyring, seal
 from ..errors import ConfigError, TransportError
-from ..nats.subjects import BROKER_CONSUMER, SUBMIT_STREAM
+from ..nats.subjects import BROKER_CONSUMER, submit_stream
 from ..wire import Delivered, Purpose, Receipt, encode_body
 from . import crypto as crypto_bench
 from ._local import (
@@ -583,8 +583,11 @@ async def _until_routed(load: _Load) -> None:
     js = load.stack.admin.jetstream(timeout=10.0)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        info = await js.consumer_info(SUBMIT_STREAM, BROKER_CONSUMER)
-        if not info.num_pending and not info.num_ack_pending:
+        infos = [
+            await js.consumer_info(submit_stream(agency), BROKER_CONSUMER)
+            for agency in (SENDER, *_RECIPIENTS)
+        ]
+        if not any(info.num_pending or info.num_ack_pending for info in infos):
             return
         await asyncio.sleep(0.2)
     raise TransportError("the broker did not route the backlog", reason="bench.backlog")
