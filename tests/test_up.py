@@ -3,8 +3,9 @@
 The first tests check the state directory without starting anything (fast). The slow test runs
 `bridge up` as a subprocess on free ports, runs `bridge demo` against it, stops it with SIGTERM
 and checks that no child survived, starts it again to check that it resumes (same keys, same
-ports, the earlier message still on the timeline), and finally kills the broker to check that an
-unexpected death stops the rest with a non-zero exit. Waits poll with deadlines.
+ports, the earlier message still on the timeline), and finally kills the broker, nats-server and
+an adapter to check that each is restarted and the demo still goes through. Waits poll with
+deadlines.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from bridge.up.ports import choose_ports, load_ports, port_is_free
 from bridge.up.run import READY_LINE, hold_lock
 from bridge.up.sink import verify_webhook_signature
 from bridge.up.state import open_stack, prepare
+from bridge.up.supervisor import Backoff
 
 BRIDGE = (sys.executable, "-m", "bridge")
 START_DEADLINE = 60.0
@@ -273,6 +275,20 @@ def _assert_all_gone(pids: dict[str, int]) -> None:
     assert {name: pid for name, pid in pids.items() if not _gone(pid)} == {}
 
 
+def _wait_ready(url: str, deadline: float = START_DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > end:
+            raise AssertionError(f"{url} not ready")
+        time.sleep(0.2)
+
+
 def _message_status(state: Path, url: str, message_id: str) -> Any:
     token = subprocess.run(
         [
@@ -345,9 +361,24 @@ def test_up_demo_stop_resume_and_crash(tmp_path: Path, running: list[UpProcess])
     assert recipients == {"suchtberatung-unna": "receipted", "spdi-unna": "receipted"}
 
     pids = _pids(banner)
-    os.kill(pids["broker"], signal.SIGKILL)
-    assert second.finish() == 1, second.output
-    assert "broker exited unexpectedly" in second.output
+    for name in ("broker", "nats-server", "spdi-unna"):
+        os.kill(pids[name], signal.SIGKILL)
+        second.wait_for(f"{name} exited unexpectedly with code -9; restarting in")
+        restarted = second.wait_for(f"{name} restarted")
+        found = re.search(r"\(pid (\d+)\)", restarted)
+        assert found is not None, restarted
+        pids[name] = int(found.group(1))
+    for url, _, _ in adapters.values():  # a restarted child is not waited for by `bridge up`
+        _wait_ready(url)
+    demo = subprocess.run(
+        [*BRIDGE, "demo", "--state", str(state), "--timeout", "60"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr + second.output
+    second.proc.send_signal(signal.SIGTERM)
+    assert second.finish() == 0, second.output
     _assert_all_gone(pids)
 
 
@@ -412,3 +443,13 @@ def test_demo_without_a_running_stack_says_what_to_check(tmp_path: Path) -> None
     )
     assert missing.returncode == 2
     assert "up.not_prepared" in missing.stderr
+
+
+def test_restart_pauses_double_to_a_ceiling_and_reset_after_a_stable_run() -> None:
+    backoff = Backoff(initial=0.5, maximum=4.0, stable_after=60.0)
+    assert [backoff.after(1.0) for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert backoff.after(60.0) == 0.5
+    assert backoff.after(0.1) == 1.0
+    assert backoff.restarts == 8
+    with pytest.raises(ValueError, match="initial <= maximum"):
+        Backoff(initial=5.0, maximum=1.0)

@@ -2,8 +2,9 @@
 
 Start order is dependency order (nats-server, provisioning, the sink, the broker, the adapters),
 each waited for until it is ready; stop order is the reverse. Ctrl-C and SIGTERM set an event
-rather than cancel anything, so the shutdown itself cannot be interrupted half way. If a child
-dies on its own, the rest are stopped and the run ends with exit code 1.
+rather than cancel anything, so the shutdown itself cannot be interrupted half way. A process
+that dies on its own, nats-server included, is restarted after a growing pause (`Backoff`) and
+the run says so; the others reconnect to it. Only a signal ends the run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import fcntl
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, TextIO
@@ -22,7 +24,7 @@ import aiohttp
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from ..errors import ConfigError
+from ..errors import BridgeError, ConfigError
 from ..nats.identities import Credentials, Identity
 from ..nats.provision import Action, provision_at
 from ..nats.server import NatsServer
@@ -32,7 +34,7 @@ from .layout import DEMO_AGENCIES, StateLayout
 from .ports import check_free
 from .sink import DemoSink
 from .state import DEFAULT_TOKEN_LIFETIME, Stack
-from .supervisor import ChildSpec, Probe, Supervisor
+from .supervisor import Backoff, ChildSpec, Probe, Supervisor, until_stopped
 
 __all__ = ["READY_LINE", "hold_lock", "run_stack"]
 
@@ -164,7 +166,8 @@ async def run_stack(stack: Stack, out: TextIO = sys.stdout) -> int:
             return 0
         starting.result()  # raises what made the start fail
         say(_banner(stack, server, supervisor, sink))
-        return await _watch(stop, server, supervisor, say)
+        await _supervise(stop, server, supervisor, say)
+        return 0
     finally:
         say("bridge up: stopping")
         await supervisor.stop_all()
@@ -217,31 +220,38 @@ async def _start_all(
         await admin.close()
 
 
-async def _watch(
+async def _supervise(
     stop: asyncio.Event, server: NatsServer, supervisor: Supervisor, say: Callable[[str], None]
-) -> int:
-    """Wait for a stop signal (exit 0) or any process ending on its own (exit 1)."""
-    stopped = asyncio.ensure_future(stop.wait())
-    child_died = asyncio.ensure_future(supervisor.first_exit())
-    server_died = asyncio.ensure_future(server.wait())
-    waiters = (stopped, child_died, server_died)
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
-    if stop.is_set():
-        return 0
-    if child_died.done() and not child_died.cancelled():
-        child = child_died.result()
+) -> None:
+    """Restart whatever dies, nats-server and children alike, until a stop signal."""
+    async with asyncio.TaskGroup() as group:
+        group.create_task(supervisor.supervise(stop))
+        group.create_task(_keep_server(stop, server, say))
+
+
+async def _keep_server(stop: asyncio.Event, server: NatsServer, say: Callable[[str], None]) -> None:
+    backoff = Backoff()
+    started = time.monotonic()
+    while True:
+        if await until_stopped(stop, server.wait()):
+            return
+        code = await server.wait()  # at once: it has exited
+        tail = server.log_tail()
+        delay = backoff.after(time.monotonic() - started)
         say(
-            f"bridge up: {child.name} exited unexpectedly with code {child.returncode}; "
-            f"log {child.spec.log_file}:\n{child.log_tail()}"
+            f"bridge up: nats-server exited unexpectedly with code {code}; restarting in "
+            f"{delay:g}s (restart {backoff.restarts}):\n{tail}"
         )
-    else:
-        say(f"bridge up: nats-server exited unexpectedly:\n{server.log_tail()}")
-    return 1
+        await server.stop()  # releases its lock and ports file, so it can start again
+        if await until_stopped(stop, asyncio.sleep(delay)):
+            return
+        try:
+            await server.start()
+        except BridgeError as exc:
+            say(f"bridge up: nats-server could not be restarted [{exc.reason}]")
+            continue  # wait() returns at once for a failed start: the next pause is longer
+        started = time.monotonic()
+        say(f"bridge up: nats-server restarted on {server.url} (pid {server.pid})")
 
 
 def _webhook_secrets(layout: StateLayout) -> dict[str, bytes]:

@@ -1,9 +1,13 @@
-"""Run the stack's child processes, notice when one dies, and stop them in order.
+"""Run the stack's child processes, restart the ones that die, and stop them in order.
 
 Children get their own session, so Ctrl-C in the terminal reaches only `bridge up`, which then
 stops them in the reverse order of starting (adapters, broker, nats-server). On Linux each child
 also gets a parent-death signal, so a `bridge up` killed with SIGKILL leaves no orphans behind.
 Output of each child goes to its own log file; errors quote the tail of that log.
+
+A child that exits on its own (a crash, or a bridge process that found part of itself dead and
+exited non-zero on purpose) is restarted after a pause that doubles with each quick death
+(`Backoff`), and `supervise()` says so with the tail of its log.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ from typing import Final
 from .._process import parent_death_signal
 from ..errors import ConfigError, TransportError
 
-__all__ = ["Child", "ChildExited", "ChildSpec", "Probe", "Supervisor", "log_tail"]
+__all__ = [
+    "Backoff",
+    "Child",
+    "ChildExited",
+    "ChildSpec",
+    "Probe",
+    "Supervisor",
+    "log_tail",
+    "until_stopped",
+]
 
 _LOG_TAIL_BYTES: Final = 4096
 
@@ -47,6 +60,48 @@ class ChildSpec:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class Backoff:
+    """Pauses before restarting something that died: doubling from `initial` up to `maximum`,
+    and back to `initial` once it had run for `stable_after` seconds before dying."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    stable_after: float = 60.0
+    restarts: int = 0
+    _next: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum or self.stable_after <= 0:
+            raise ValueError("want 0 < initial <= maximum and stable_after > 0")
+        self._next = self.initial
+
+    def after(self, ran_for: float) -> float:
+        """The pause before the next start of something that ran `ran_for` seconds."""
+        if ran_for >= self.stable_after:
+            self._next = self.initial
+        delay = self._next
+        self._next = min(self.maximum, self._next * 2)
+        self.restarts += 1
+        return delay
+
+
+async def until_stopped(stop: asyncio.Event, work: Awaitable[object]) -> bool:
+    """Run `work` until it finishes or `stop` is set; True if `stop` was set (work cancelled)."""
+    working = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({working, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (working, stopping):
+            task.cancel()
+        await asyncio.wait({working, stopping})
+    failure = None if working.cancelled() else working.exception()
+    if failure is not None:
+        raise failure
+    return stop.is_set()
+
+
 def log_tail(path: Path, offset: int = 0, max_bytes: int = _LOG_TAIL_BYTES) -> str:
     """The end of a log file after `offset`, bounded; for error messages."""
     try:
@@ -66,6 +121,7 @@ class Child:
         self.spec = spec
         self._proc = proc
         self._log_offset = log_offset
+        self.started_at = time.monotonic()
 
     @property
     def name(self) -> str:
@@ -104,11 +160,18 @@ class Child:
 
 
 class Supervisor:
-    """Starts children one after another and stops them all, last started first."""
+    """Starts children one after another, restarts those that die (`supervise`), and stops
+    them all, last started first."""
 
-    def __init__(self, *, on_event: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        on_event: Callable[[str], None] | None = None,
+        backoff: Callable[[], Backoff] = Backoff,
+    ) -> None:
         self._children: list[Child] = []
         self._on_event = on_event or (lambda _: None)
+        self._backoff = backoff
 
     @property
     def children(self) -> tuple[Child, ...]:
@@ -119,6 +182,13 @@ class Supervisor:
 
     async def start(self, spec: ChildSpec) -> Child:
         """Start a child and wait until its probe says it is ready, or fail with its log tail."""
+        child = await self._spawn(spec)
+        self._children.append(child)
+        await self._wait_ready(child)
+        self._on_event(f"{child.name} ready (pid {child.pid})")
+        return child
+
+    async def _spawn(self, spec: ChildSpec) -> Child:
         spec.log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(spec.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -138,11 +208,7 @@ class Supervisor:
             ) from exc
         finally:
             os.close(fd)
-        child = Child(spec, proc, offset)
-        self._children.append(child)
-        await self._wait_ready(child)
-        self._on_event(f"{child.name} ready (pid {child.pid})")
-        return child
+        return Child(spec, proc, offset)
 
     async def _wait_ready(self, child: Child) -> None:
         deadline = time.monotonic() + child.spec.start_timeout
@@ -162,18 +228,40 @@ class Supervisor:
                 )
             await asyncio.sleep(0.1)
 
-    async def first_exit(self) -> Child:
-        """Wait until any child exits and return it (for reporting an unexpected death)."""
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Restart every child that exits, until `stop` is set; then return (call `stop_all`).
+
+        Stopping is an event rather than a cancellation, so that a restart is never cut off
+        between spawning a process and recording it for `stop_all`. A restarted child is not
+        probed for readiness: the others reconnect to it on their own, and its log tells
+        whether it came up. It takes the place of the old one in the stop order.
+        """
         if not self._children:
-            raise ConfigError("no children to watch", reason="up.no_children")
-        waiters = {asyncio.ensure_future(child.wait()): child for child in self._children}
-        try:
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
-        return waiters[next(iter(done))]
+            raise ConfigError("no children to supervise", reason="up.no_children")
+        async with asyncio.TaskGroup() as group:
+            for slot, child in enumerate(self._children):
+                group.create_task(self._keep(slot, stop), name=f"supervise {child.name}")
+
+    async def _keep(self, slot: int, stop: asyncio.Event) -> None:
+        backoff = self._backoff()
+        while True:
+            child = self._children[slot]
+            if await until_stopped(stop, child.wait()):
+                return
+            delay = backoff.after(time.monotonic() - child.started_at)
+            self._on_event(
+                f"{child.name} exited unexpectedly with code {child.returncode}; restarting in "
+                f"{delay:g}s (restart {backoff.restarts}); log {child.spec.log_file}:\n"
+                f"{child.log_tail()}"
+            )
+            if await until_stopped(stop, asyncio.sleep(delay)):
+                return
+            try:
+                self._children[slot] = await self._spawn(child.spec)
+            except ConfigError as exc:
+                self._on_event(f"{child.name} could not be restarted: {exc}")
+                continue  # the old child's wait() returns at once: the next pause is longer
+            self._on_event(f"{child.name} restarted (pid {self._children[slot].pid})")
 
     async def stop_all(self) -> dict[str, int]:
         """Stop every child, last started first; return each one's exit code.
