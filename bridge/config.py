@@ -23,6 +23,7 @@ from .ids import AGENCY_ID_PATTERN, MESSAGE_TYPES
 __all__ = [
     "DEFAULT_RETENTION",
     "AdapterConfig",
+    "AuditConfig",
     "AuthConfig",
     "BrokerConfig",
     "DeliveryConfig",
@@ -94,9 +95,22 @@ class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     types: list[str]
 
 
+class AuditConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The broker as the audit writer: its checkpoint signing key, and how often it signs.
+
+    A checkpoint is signed after `checkpoint_every` records, and at the latest
+    `checkpoint_seconds` after the first record it does not yet cover.
+    """
+
+    key_file: str
+    checkpoint_every: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    checkpoint_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 60
+
+
 class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     nats: NatsClientConfig
     directory: DirectoryConfig
+    audit: AuditConfig
     routes: list[Route]
     retention: dict[str, Retention] = msgspec.field(default_factory=lambda: DEFAULT_RETENTION)
     limits: Limits = msgspec.field(default_factory=Limits)

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import msgspec
 
+from .audit import AuditRecord
 from .crypto.envelope import Header
 from .wire import Feedback, Handover, Receipt, Referral, StatusEvent
 
@@ -49,11 +50,16 @@ DOCUMENTS: Final[tuple[tuple[str, type], ...]] = (
     ("receipt", Receipt),
     ("status-event", StatusEvent),
     ("envelope-header", Header),
+    ("audit-record", AuditRecord),
 )
 
 
 # Notes for readers of one schema that the struct's docstring does not give.
 _COMMENTS: Final[dict[str, str]] = {
+    "audit-record": (
+        "One record of the audit stream BRIDGE_AUDIT (and one line of `bridge audit export`). "
+        "`prev` is the SHA-256 of the exact bytes of the record before; docs/audit.md."
+    ),
     "envelope-header": (
         "On the wire the header is canonical msgpack inside the signed envelope frame "
         "(docs/envelope.md). This schema describes the same fields in JSON form, byte strings "

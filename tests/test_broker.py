@@ -34,6 +34,7 @@ from envelope_helpers import (
     seal_referral,
 )
 
+from bridge.audit import generate_audit_key
 from bridge.broker import Broker, BrokerStatistics, allowed_by_routes, parse_submission
 from bridge.broker._directory import DirectoryHolder
 from bridge.config import load_broker_config
@@ -104,6 +105,7 @@ def write_config(
     if not directory.exists():
         directory.write_bytes(fed.directory_bytes)
         (tmp_path / "anchor.json").write_bytes(msgspec.json.encode(fed.anchor.public_record()))
+        generate_audit_key(tmp_path / "audit.key", tmp_path / "audit.pub.json")
     retention = "".join(
         f"\n[retention.{kind}]\ninbox_ttl_seconds = {ttl}\nmax_lifetime_seconds = {life}\n"
         for kind, ttl, life in (
@@ -124,7 +126,9 @@ def write_config(
         'file = "../directory.bin"\n'
         'anchor = "../anchor.json"\n'
         'serial_state = "directory.serial"\n'
-        f"reload_seconds = {reload_seconds}\n" + ROUTES + retention
+        f"reload_seconds = {reload_seconds}\n"
+        "\n[audit]\n"
+        'key_file = "../audit.key"\n' + ROUTES + retention
     )
     return path
 
@@ -220,7 +224,8 @@ def test_routes_are_default_deny(tmp_path: Path, fed: Federation) -> None:
     path = tmp_path / "broker.toml"
     path.write_text(
         '[nats]\nurl = "nats://127.0.0.1:4222"\nseed_file = "x.nk"\n'
-        '[directory]\nfile = "d"\nanchor = "a"\nserial_state = "s"\n' + ROUTES
+        '[directory]\nfile = "d"\nanchor = "a"\nserial_state = "s"\n'
+        '[audit]\nkey_file = "k"\n' + ROUTES
     )
     config = load_broker_config(path)
     assert allowed_by_routes(config, "jobcenter", "counselling", "referral")

@@ -70,7 +70,7 @@ def test_every_schema_is_valid_2020_12(name: str) -> None:
 def test_registry_covers_every_document() -> None:
     names = [name for name, _ in schemas.DOCUMENTS]
     assert len(set(names)) == len(names)
-    assert {*MessageType, "status-event", "envelope-header"} == set(names)
+    assert {*MessageType, "status-event", "envelope-header", "audit-record"} == set(names)
 
 
 @pytest.mark.parametrize("message_type", list(MessageType))

@@ -19,9 +19,17 @@ from nats.js.client import JetStreamContext
 from ..crypto import Header, Keyring, Limits, seal
 from ..federation.directory import Directory
 from ..ids import check_agency_id, check_message_id
-from ..nats.subjects import submit_subject
+from ..nats.subjects import HDR_DISPOSITION, submit_subject
 from ..nats.transport import PubAck, publish_durable
-from ..wire import ALLOWED_CATEGORIES, Disposition, MessageType, Purpose, Receipt, encode_body
+from ..wire import (
+    ALLOWED_CATEGORIES,
+    Disposition,
+    MessageType,
+    Purpose,
+    Receipt,
+    Rejected,
+    encode_body,
+)
 
 __all__ = ["RECEIPT_LIFETIME_SECONDS", "receipt_categories", "receipt_message_id", "send_receipt"]
 
@@ -90,6 +98,14 @@ async def send_receipt(
         now=now,
         limits=limits,
     )
+    # The broker cannot read the body; it records the outcome in the audit trail from this
+    # header (metadata only: a state and a reason code).
+    outcome = f"rejected {disposition.reason}" if isinstance(disposition, Rejected) else "delivered"
     return await publish_durable(
-        js, submit_subject(keyring.agency), envelope, msg_id=receipt_id, timeout=wait
+        js,
+        submit_subject(keyring.agency),
+        envelope,
+        msg_id=receipt_id,
+        headers={HDR_DISPOSITION: outcome},
+        timeout=wait,
     )

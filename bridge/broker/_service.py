@@ -1,7 +1,8 @@
 """The broker process: fetch submissions, decide, route or reject, and only then acknowledge.
 
 Exactly-once routing rests on three things. A submission is acknowledged only after every inbox
-copy and every status event it leads to is stored (JetStream acked each publish). Every such
+copy, every status event and every audit record it leads to is stored (JetStream acked each
+publish). Every such
 publish carries a `Nats-Msg-Id` derived from the message id, so a redelivered submission (its
 broker crashed, a publish failed, two brokers raced) republishes the same ids and the streams
 drop the copies within their duplicate window. And the decision depends only on the bytes, the
@@ -25,6 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
+from ..audit import AuditEvent, AuditWriter, load_audit_key
 from ..config import BrokerConfig, nats_tls_context
 from ..crypto import Header, verify
 from ..errors import BridgeError, ProtocolError, TransportError
@@ -33,6 +35,7 @@ from ..nats.identities import Identity
 from ..nats.subjects import BROKER_CONSUMER, inbox_subject, status_subject, submit_stream
 from ..nats.transport import bind_pull, connect, fetch, publish_durable
 from ..wire import DeliveryState, encode_status_event
+from ._audit import directory_events, rejection_events, routing_events
 from ._directory import DirectoryHolder
 from ._nats import (
     close_connection,
@@ -88,6 +91,9 @@ class Broker:
             config.path(config.directory.serial_state),
             clock=clock,
         )
+        self._audit_key = load_audit_key(config.path(config.audit.key_file))
+        self._audit: AuditWriter | None = None
+        self._audited_serial = 0
         self._counters = Counters()
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
@@ -124,7 +130,16 @@ class Broker:
         subs: list[JetStreamContext.PullSubscription] = []
         try:
             js = nc.jetstream(timeout=nats_config.request_timeout_seconds)
+            self._audit = AuditWriter(
+                js,
+                self._audit_key,
+                every=self._config.audit.checkpoint_every,
+                interval=self._config.audit.checkpoint_seconds,
+                timeout=self._config.publish_timeout_seconds,
+                clock=self._clock,
+            )
             await self._serve(nc, js, subs)
+            await self._last_checkpoint()
         finally:
             await close_connection(nc, subs)
             log.info("broker %s stopped", self._name)
@@ -138,6 +153,8 @@ class Broker:
                 watcher = tg.create_task(
                     self._directory.watch(self._config.directory.reload_seconds)
                 )
+                assert self._audit is not None
+                signer = tg.create_task(self._audit.run_checkpoints())
                 # One consumer per sender's submit stream, for every agency in the directory;
                 # agencies a reloaded directory adds are picked up at the next look.
                 while not self._stop.is_set():
@@ -163,6 +180,7 @@ class Broker:
                         )
                     await self._sleep(self._config.directory.reload_seconds)
                 watcher.cancel()
+                signer.cancel()
                 if self._in_batch:  # let them settle what they can; the rest is redelivered
                     await asyncio.wait(
                         consumers.values(), timeout=self._config.publish_timeout_seconds + 2
@@ -173,6 +191,16 @@ class Broker:
             if len(group.exceptions) == 1 and isinstance(group.exceptions[0], BridgeError):
                 raise group.exceptions[0]  # noqa: B904 - the group is kept as its context
             raise
+
+    async def _last_checkpoint(self) -> None:
+        """Sign what this broker appended, so a clean stop leaves nothing unsigned."""
+        if self._audit is None:
+            return
+        try:
+            async with asyncio.timeout(self._config.publish_timeout_seconds):
+                await self._audit.checkpoint()
+        except (TimeoutError, TransportError) as exc:
+            log.warning("no final audit checkpoint (%s)", type(exc).__name__)
 
     async def __aenter__(self) -> Broker:
         self._task = asyncio.create_task(self.run(), name=f"broker {self._name}")
@@ -229,6 +257,15 @@ class Broker:
             if directory is None:
                 await self._sleep(self._config.directory.reload_seconds)
                 continue
+            if directory.serial != self._audited_serial:
+                try:
+                    await self._record(directory_events(directory.serial, int(self._clock())))
+                except TransportError as exc:
+                    log.warning("audit trail unavailable, waiting [%s]", exc.reason)
+                    await self._sleep(pause)
+                    pause = min(pause * 2, _FETCH_BACKOFF[1])
+                    continue
+                self._audited_serial = directory.serial
             try:
                 msgs = await fetch(sub, self._config.batch_size, self._fetch_wait)
             except TransportError as exc:
@@ -344,6 +381,7 @@ class Broker:
             )
             for r in verdict.recipients
         )
+        await self._record(routing_events(verdict, msg.headers, now))
         await settle(msg.ack())
         self._counters.routed += 1
         log.info(
@@ -363,14 +401,16 @@ class Broker:
         reason: str,
         header: Header | None,
     ) -> None:
+        now = int(self._clock())
         await self._publish_status(
             js,
             submission,
             DeliveryState.REJECTED,
-            int(self._clock()),
+            now,
             reason=reason,
             message_type=header.type if header else None,
         )
+        await self._record(rejection_events(submission, header, reason, now))
         await settle(msg.ack())  # handled for good: the sender has been told
         self._counters.rejected[reason] += 1
         log.warning(
@@ -389,6 +429,11 @@ class Broker:
         except Exception:
             log.exception("terminated id=%s unreported", submission.message_id)
             await settle(msg.term())
+
+    async def _record(self, items: list[tuple[str, AuditEvent]]) -> None:
+        """Append to the audit trail; a `TransportError` defers the submission like any publish."""
+        assert self._audit is not None
+        await self._audit.append(items)
 
     async def _publish_status(
         self,

@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "token",
     "up",
     "demo",
+    "audit",
     "bench",
 )
 

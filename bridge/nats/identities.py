@@ -33,6 +33,9 @@ from .subjects import (
     INBOX_STREAM,
     STATUS_STREAM,
     agency_inbox_prefix,
+    audit_read_subjects,
+    audit_stream_admin_subjects,
+    audit_write_subjects,
     inbox_consumer,
     inbox_subjects_all,
     kv_bucket_api_subjects,
@@ -129,10 +132,14 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class Permissions:
-    """Subjects an identity may publish to and subscribe to; everything else is denied."""
+    """Subjects an identity may publish to and subscribe to; everything else is denied.
+
+    `deny_publish` carves exceptions out of a broad allow (the admin's `>`).
+    """
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+    deny_publish: tuple[str, ...] = ()
 
 
 def permissions_for(identity: Identity, federation: Sequence[str]) -> Permissions:
@@ -166,18 +173,21 @@ def permissions_for(identity: Identity, federation: Sequence[str]) -> Permission
                 ),
                 inbox_subjects_all(),
                 status_subjects_all(),
+                *audit_write_subjects(),
             ),
             subscribe=(own_replies,),
         )
     if identity.role is Role.OPS:
-        # Read-only on the status stream: its state, and single messages by sequence or by
-        # subject through the direct-get API. No consumer, so ops can neither take events from
-        # an agency's status consumer nor leave server-side state behind.
+        # Read-only on the status and audit streams: their state, and single messages by
+        # sequence or by subject through the direct-get API. No consumer, so ops can neither
+        # take events from an agency's status consumer nor leave server-side state behind.
         return Permissions(
-            publish=status_stream_read_subjects(),
+            publish=(*status_stream_read_subjects(), *audit_read_subjects()),
             subscribe=(own_replies,),
         )
-    return Permissions(publish=(">",), subscribe=(">",))
+    # The admin provisions everything, but may neither write audit records nor delete, purge
+    # or remove the audit stream: the trail must hold against its operators too.
+    return Permissions(publish=(">",), subscribe=(">",), deny_publish=audit_stream_admin_subjects())
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -362,7 +372,9 @@ def render_accounts(credentials: Credentials, agencies: Sequence[str]) -> str:
         lines += [
             f"      # {identity.name}",
             f"      {{nkey: {_quote(credentials.public_key(identity))}, permissions: {{",
-            f"        publish: {{allow: {_render_list(perms.publish, ' ' * 8)}}}",
+            f"        publish: {{allow: {_render_list(perms.publish, ' ' * 8)}"
+            + (f", deny: {_render_list(perms.deny_publish, ' ' * 8)}" if perms.deny_publish else "")
+            + "}",
             f"        subscribe: {{allow: {_render_list(perms.subscribe, ' ' * 8)}}}",
             "      }}",
         ]

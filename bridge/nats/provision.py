@@ -30,9 +30,11 @@ from nats.js.client import JetStreamContext
 from ..errors import ConfigError, TransportError
 from .identities import Identity, check_federation
 from .subjects import (
+    AUDIT_STREAM,
     BROKER_CONSUMER,
     INBOX_STREAM,
     STATUS_STREAM,
+    audit_subject,
     inbox_consumer,
     inbox_subject,
     inbox_subjects_all,
@@ -80,6 +82,10 @@ class ProvisionSettings:
     status_max_bytes: int = 256 * _MiB
     status_max_age: float = 30 * _DAY
     status_max_msg_size: int = 64 * 1024
+    # The audit trail outlives what it records: long enough to answer a client's request for
+    # information (GDPR Art. 15) about every message whose records still exist.
+    audit_max_bytes: int = 1 * _GiB
+    audit_max_age: float = 730 * _DAY
     ack_wait: float = 30.0
     # Unlimited: a message waiting for an unreachable local system or a failing publish is
     # retried (with growing delays) until its retention limit removes it, never abandoned.
@@ -97,7 +103,7 @@ class ProvisionSettings:
 
         if self.replicas not in (1, 3, 5):
             raise bad("replicas must be 1, 3 or 5")
-        ages = (self.submit_max_age, self.inbox_max_age, self.status_max_age)
+        ages = (self.submit_max_age, self.inbox_max_age, self.status_max_age, self.audit_max_age)
         if not 1.0 <= self.duplicate_window <= min(ages):
             raise bad("duplicate_window must be at least 1s and at most every stream's max age")
         if not 1.0 <= self.ack_wait <= 3600.0:
@@ -115,6 +121,7 @@ class ProvisionSettings:
             "submit_max_bytes": (self.submit_max_bytes, self.max_msg_size),
             "inbox_max_bytes": (self.inbox_max_bytes, self.max_msg_size),
             "status_max_bytes": (self.status_max_bytes, self.status_max_msg_size),
+            "audit_max_bytes": (self.audit_max_bytes, self.status_max_msg_size),
             "kv_max_bytes": (self.kv_max_bytes, self.kv_max_value_size),
         }
         for name, (total, one) in sizes.items():
@@ -215,6 +222,24 @@ def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamCo
             storage=api.StorageType.FILE,
             num_replicas=s.replicas,
         ),
+        api.StreamConfig(
+            name=AUDIT_STREAM,
+            description="bridge: hash-chained audit trail, written by the broker only",
+            subjects=[audit_subject()],
+            retention=api.RetentionPolicy.LIMITS,
+            # Full: refuse new records (the broker then holds submissions) rather than drop
+            # old ones before their age limit.
+            discard=api.DiscardPolicy.NEW,
+            max_bytes=s.audit_max_bytes,
+            max_age=s.audit_max_age,
+            max_msg_size=s.status_max_msg_size,
+            duplicate_window=s.duplicate_window,
+            allow_direct=True,
+            deny_delete=True,
+            deny_purge=True,
+            storage=api.StorageType.FILE,
+            num_replicas=s.replicas,
+        ),
     ]
 
 
@@ -230,6 +255,8 @@ _STREAM_FIELDS = (
     "num_replicas",
     "allow_msg_ttl",
     "allow_direct",
+    "deny_delete",
+    "deny_purge",
     "description",
 )
 

@@ -17,6 +17,8 @@ Topology (one JetStream account, created by `bridge.nats.provision`):
   broker reports back to senders; one durable consumer `status-<sender>` per agency. Only the
   broker publishes here.
 - KV bucket `adapter-<agency>`: the adapter's own records (idempotency keys, message timelines).
+- stream `BRIDGE_AUDIT`, subject `bridge.audit`: the hash-chained audit trail; only the broker
+  (the single audit writer) may publish, nobody may delete or purge (docs/audit.md).
 
 Each NATS identity uses its own reply-inbox prefix (`_INBOX.<role>...`), so that it may subscribe
 only to its own replies and never see another identity's pulled messages or acks.
@@ -27,13 +29,20 @@ from __future__ import annotations
 from ..ids import check_agency_id, check_message_id
 
 __all__ = [
+    "AUDIT_STREAM",
     "BROKER_CONSUMER",
+    "HDR_DISPOSITION",
+    "HDR_EXPECTED_LAST_SEQ",
     "HDR_MSG_ID",
     "HDR_TTL",
     "INBOX_STREAM",
     "STATUS_STREAM",
     "SUBMIT_STREAM_PREFIX",
     "agency_inbox_prefix",
+    "audit_read_subjects",
+    "audit_stream_admin_subjects",
+    "audit_subject",
+    "audit_write_subjects",
     "inbox_consumer",
     "inbox_subject",
     "inbox_subjects_all",
@@ -55,10 +64,14 @@ __all__ = [
 SUBMIT_STREAM_PREFIX = "BRIDGE_SUBMIT_"
 INBOX_STREAM = "BRIDGE_INBOX"
 STATUS_STREAM = "BRIDGE_STATUS"
+AUDIT_STREAM = "BRIDGE_AUDIT"
 BROKER_CONSUMER = "broker"
 
 HDR_MSG_ID = "Nats-Msg-Id"
 HDR_TTL = "Nats-TTL"
+HDR_EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
+HDR_DISPOSITION = "Bridge-Disposition"
+"""On a receipt's submission: `delivered`, or `rejected <reason code>` (for the audit trail)."""
 
 _PREFIX = "bridge"
 
@@ -90,6 +103,10 @@ def status_filter(sender: str) -> str:
 
 def status_subjects_all() -> str:
     return f"{_PREFIX}.status.*.*"
+
+
+def audit_subject() -> str:
+    return f"{_PREFIX}.audit"
 
 
 def inbox_consumer(agency: str) -> str:
@@ -169,3 +186,31 @@ def status_stream_read_subjects() -> tuple[str, ...]:
 def _check_name(name: str) -> None:
     if not name or any(c in name for c in ".*> \t\r\n"):
         raise ValueError(f"not a stream or consumer name: {name!r}")
+
+
+def audit_read_subjects() -> tuple[str, ...]:
+    """Read-only access to the audit stream: its state and direct gets (ops, verifiers)."""
+    return (
+        f"{_JS_API}.STREAM.INFO.{AUDIT_STREAM}",
+        f"{_JS_API}.DIRECT.GET.{AUDIT_STREAM}",
+        f"{_JS_API}.DIRECT.GET.{AUDIT_STREAM}.>",
+    )
+
+
+def audit_write_subjects() -> tuple[str, ...]:
+    """What the audit writer needs: append, and read the head of the chain from the leader."""
+    return (
+        audit_subject(),
+        f"{_JS_API}.STREAM.INFO.{AUDIT_STREAM}",
+        f"{_JS_API}.STREAM.MSG.GET.{AUDIT_STREAM}",
+    )
+
+
+def audit_stream_admin_subjects() -> tuple[str, ...]:
+    """What even the admin must not do to the audit stream: append, delete, purge, remove it."""
+    return (
+        audit_subject(),
+        f"{_JS_API}.STREAM.DELETE.{AUDIT_STREAM}",
+        f"{_JS_API}.STREAM.PURGE.{AUDIT_STREAM}",
+        f"{_JS_API}.STREAM.MSG.DELETE.{AUDIT_STREAM}",
+    )

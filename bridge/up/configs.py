@@ -81,6 +81,7 @@ def write_broker_config(layout: StateLayout, ports: Ports) -> Path:
         {
             "nats": _nats(layout, ports, path, Identity.broker()),
             "directory": _directory(layout, path, layout.broker_dir),
+            "audit": {"key_file": _rel(layout.audit_key, path)},
             "routes": [dict(route) for route in ROUTES],
             "retention": retention,
         },

@@ -98,6 +98,16 @@ class StateLayout:
         return self.broker_dir / "broker.toml"
 
     @property
+    def audit_key(self) -> Path:
+        """The broker's audit checkpoint signing key (private)."""
+        return self.broker_dir / "audit-signing.key"
+
+    @property
+    def audit_public_key(self) -> Path:
+        """Its public half, which `bridge audit verify` pins."""
+        return self.federation_dir / "audit.pub.json"
+
+    @property
     def sink_dir(self) -> Path:
         return self.root / "sink"
 

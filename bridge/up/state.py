@@ -1,7 +1,8 @@
 """Create the state directory of the embedded stack on the first run, resume it on later ones.
 
 Everything secret is made here exactly once: the federation's trust anchor, each agency's
-keyring, NATS identities, token signing keys, the webhook secret and the sink's access token.
+keyring, NATS identities, token signing keys, the webhook secret, the sink's access token and
+the broker's audit signing key.
 A later run reuses all of it and only rewrites what is derived (server and component configs,
 and the signed key directory when it nears expiry), so keys, ports and the JetStream store
 survive restarts. Every step checks what exists before it writes, so an interrupted first run
@@ -21,6 +22,7 @@ from typing import Final
 
 from .._files import write_private_file
 from ..adapters.auth import SCOPES, generate_signing_key, mint_token
+from ..audit import generate_audit_key
 from ..crypto import Keyring, kid_hex
 from ..errors import BridgeError, ConfigError
 from ..federation import operator as fed
@@ -150,6 +152,10 @@ def _ensure_secrets(layout: StateLayout) -> None:
         secret = layout.webhook_secret(agency.id)
         if agency.delivery == "webhook" and not secret.exists():
             write_private_file(secret, secrets.token_hex(32).encode() + b"\n")
+    if not layout.audit_key.exists():
+        layout.broker_dir.mkdir(mode=0o700, exist_ok=True)
+        layout.audit_public_key.unlink(missing_ok=True)
+        generate_audit_key(layout.audit_key, layout.audit_public_key)
     layout.sink_dir.mkdir(mode=0o700, exist_ok=True)
     if not layout.sink_token.exists():
         write_private_file(layout.sink_token, secrets.token_urlsafe(32).encode() + b"\n")

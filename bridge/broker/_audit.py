@@ -1,0 +1,115 @@
+"""The audit events the broker records for one submission, built from what it has checked.
+
+Adapters never write to the audit trail. What happens at a recipient reaches it through the
+broker: a receipt is an ordinary envelope the recipient submits, so when the broker routes one
+it records, for the message the receipt answers, `delivered` (or `rejected` by the recipient,
+with its reason code) and `receipted`. Whether the receipt says delivered or rejected is inside
+the encrypted body; the recipient's adapter repeats it in the `Bridge-Disposition` header of the
+submission, which only that agency's NATS identity can publish (the signed receipt itself, held
+by the sender, is the evidence).
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Mapping
+from typing import Final
+
+from msgspec.structs import replace
+
+from ..audit import AuditEvent, AuditKind, audit_msg_id
+from ..crypto import Header
+from ..nats.subjects import HDR_DISPOSITION
+from ..wire import MessageType
+from ..wire._types import REASON_CODE_PATTERN
+from ._routing import Submission, Verdict
+
+__all__ = ["directory_events", "rejection_events", "routing_events"]
+
+_REASON_RE: Final = re.compile(REASON_CODE_PATTERN)
+AuditItem = tuple[str, AuditEvent]
+
+
+def _utc(seconds: int) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+
+
+def _about(header: Header, kind: AuditKind, at: datetime.datetime) -> AuditEvent:
+    return AuditEvent(
+        kind=kind,
+        at=at,
+        message_id=header.id,
+        sender=header.sender,
+        message_type=MessageType(header.type),
+        consent=header.consent,
+        purpose=header.purpose,
+        categories=list(header.categories),
+    )
+
+
+def routing_events(
+    verdict: Verdict, headers: Mapping[str, str] | None, now: int
+) -> list[AuditItem]:
+    header = verdict.header
+    at = _utc(now)
+    mid = header.id
+    accepted = _about(header, AuditKind.ACCEPTED, at)
+    items: list[AuditItem] = [
+        (audit_msg_id("submitted", mid), replace(accepted, kind=AuditKind.SUBMITTED)),
+        (audit_msg_id("accepted", mid), accepted),
+    ]
+    expires = _utc(now + verdict.ttl)
+    for recipient in verdict.recipients:
+        routed = replace(accepted, kind=AuditKind.ROUTED, recipient=recipient, expires_at=expires)
+        items.append((audit_msg_id("routed", mid, recipient), routed))
+    if header.type == "receipt" and header.reply_to is not None:
+        items += _receipt_events(header, headers, at)
+    return items
+
+
+def _receipt_events(
+    header: Header, headers: Mapping[str, str] | None, at: datetime.datetime
+) -> list[AuditItem]:
+    """What a routed receipt says about the message it answers (see the module's docstring)."""
+    assert header.reply_to is not None
+    if len(header.recipients) != 1:
+        return []
+    original, responder = header.reply_to, header.sender
+    base = AuditEvent(
+        kind=AuditKind.RECEIPTED,
+        at=at,
+        message_id=original,
+        sender=header.recipients[0].agency,
+        recipient=responder,
+    )
+    items: list[AuditItem] = []
+    state, _, reason = (headers or {}).get(HDR_DISPOSITION, "").partition(" ")
+    if state == "delivered" and not reason:
+        delivered = replace(base, kind=AuditKind.DELIVERED)
+        items.append((audit_msg_id("delivered", original, responder), delivered))
+    elif state == "rejected" and len(reason) <= 64 and _REASON_RE.fullmatch(reason):
+        refused = replace(base, kind=AuditKind.REJECTED, reason=reason)
+        items.append((audit_msg_id("rejected", original, responder), refused))
+    items.append((audit_msg_id("receipted", original, responder), base))
+    return items
+
+
+def rejection_events(
+    submission: Submission, header: Header | None, reason: str, now: int
+) -> list[AuditItem]:
+    at = _utc(now)
+    mid = submission.message_id
+    if header is not None:
+        submitted = _about(header, AuditKind.SUBMITTED, at)
+    else:  # the envelope did not verify: only what NATS vouches for (subject, Nats-Msg-Id)
+        submitted = AuditEvent(
+            kind=AuditKind.SUBMITTED, at=at, message_id=mid, sender=submission.sender
+        )
+    rejected = replace(submitted, kind=AuditKind.REJECTED, reason=reason)
+    return [(audit_msg_id("submitted", mid), submitted), (audit_msg_id("rejected", mid), rejected)]
+
+
+def directory_events(serial: int, now: int) -> list[AuditItem]:
+    event = AuditEvent(kind=AuditKind.DIRECTORY_CHANGED, at=_utc(now), version=str(serial))
+    return [(audit_msg_id("directory-changed", str(serial)), event)]
