@@ -29,7 +29,7 @@ from ..wire import Delivered, Disposition, Receipt, Rejected, decode_body
 from .api import InboxItem
 from .delivery import Incoming, Sink
 from .receipts import send_receipt
-from .store import RECORD_GRACE_SECONDS, Event, Store
+from .store import RECORD_GRACE_SECONDS, Event, MessageRecord, ReceiptFold, Store
 
 __all__ = ["Inbound"]
 
@@ -206,7 +206,7 @@ class Inbound:
         if record is None or header.sender not in record.recipients:
             log.warning("receipt %s is for no message sent to its sender; ignored", header.id)
             return
-        at = int(receipt.received_at.timestamp())
+        at = _receipt_time(receipt, record, header.sender, now)
         disposition = receipt.disposition
         if isinstance(disposition, Rejected):
             events = [
@@ -217,5 +217,37 @@ class Inbound:
                 Event(state="delivered", at=at, recipient=header.sender),
                 Event(state="receipted", at=now, recipient=header.sender),
             ]
-        await self._store.add_events(original, events, now)
+        folded = await self._store.add_receipt(original, header.sender, events, now)
+        if folded is ReceiptFold.CONTRADICTS:
+            log.warning(
+                "receipt %s from %s contradicts its earlier receipt for message %s; refused "
+                "[receipt.contradicts]",
+                header.id,
+                header.sender,
+                original,
+            )
+            return
         log.info("receipt from %s folded into message %s", header.sender, original)
+
+
+def _receipt_time(receipt: Receipt, record: MessageRecord, recipient: str, now: int) -> int:
+    """When the recipient says it received the message, kept within what can be true.
+
+    The time comes from the recipient's clock. It cannot be before the message was routed to
+    it (or, without that event, before the message existed) nor after our own clock, so a
+    backdated or future claim is recorded at the nearest bound, and logged.
+    """
+    claimed = int(receipt.received_at.timestamp())
+    routed = [e.at for e in record.events if e.state == "routed" and e.recipient == recipient]
+    earliest = max([record.created_at, *routed])
+    at = min(max(claimed, earliest), max(now, earliest))
+    if at != claimed:
+        log.warning(
+            "receipt time from %s for message %s is out of bounds by %ds; recorded as %d "
+            "[receipt.time_bounded]",
+            recipient,
+            record.message_id,
+            claimed - at,
+            at,
+        )
+    return at

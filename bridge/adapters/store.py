@@ -17,6 +17,7 @@ former can attach a TTL to an update.
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Awaitable, Iterable
 from typing import Final, TypeVar
 
@@ -36,6 +37,7 @@ __all__ = [
     "Event",
     "IdemRecord",
     "MessageRecord",
+    "ReceiptFold",
     "Store",
 ]
 
@@ -46,6 +48,7 @@ _MAX_CAS_ATTEMPTS: Final = 16
 _WRONG_LAST_SEQUENCE: Final = (10071, 10164)
 _EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
 _T = TypeVar("_T")
+_RECEIPT_STATES: Final = frozenset({"receipted", "rejected"})
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -78,12 +81,30 @@ class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
         # events about all recipients; anything beyond is a misbehaving peer.
         return 8 + 4 * len(self.recipients)
 
+    def receipt_of(self, recipient: str) -> Event | None:
+        """The event a receipt from `recipient` left (`receipted`, or its `rejected`), if any.
+
+        The broker's rejections name no recipient, so they are never mistaken for one.
+        """
+        for event in self.events:
+            if event.recipient == recipient and event.state in _RECEIPT_STATES:
+                return event
+        return None
+
     def with_events(self, events: Iterable[Event]) -> MessageRecord:
         merged = list(self.events)
         for event in events:
             if not any(event.same_as(old) for old in merged) and len(merged) < self.max_events:
                 merged.append(event)
         return msgspec.structs.replace(self, events=merged)
+
+
+class ReceiptFold(enum.Enum):
+    """What folding a recipient's receipt into a message's record did."""
+
+    FOLDED = "folded"  # recorded (or it was recorded already, identically)
+    NO_RECORD = "no_record"  # no message of ours with this id
+    CONTRADICTS = "contradicts"  # the recipient's earlier receipt said otherwise; it is final
 
 
 class IdemRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -148,6 +169,32 @@ class Store:
                 return True
             if await self._write(key, updated, last=revision, ttl=_ttl(record, now)):
                 return True
+        raise TransportError("message record keeps changing", reason="store.conflict")
+
+    async def add_receipt(
+        self, message_id: str, recipient: str, events: list[Event], now: int
+    ) -> ReceiptFold:
+        """Fold the events of `recipient`'s receipt, unless an earlier receipt of it differs.
+
+        A recipient's receipt is final: once its `receipted` or `rejected` is recorded, a
+        receipt saying otherwise changes nothing. Checked and written in one compare-and-set.
+        """
+        key = _msg_key(message_id)
+        final = next(e for e in events if e.state in _RECEIPT_STATES)
+        for _ in range(_MAX_CAS_ATTEMPTS):
+            found = await self._get(key, MessageRecord)
+            if found is None:
+                return ReceiptFold.NO_RECORD
+            record, revision = found
+            earlier = record.receipt_of(recipient)
+            if earlier is not None:
+                same = earlier.same_as(final)
+                return ReceiptFold.FOLDED if same else ReceiptFold.CONTRADICTS
+            updated = record.with_events(events)
+            if updated == record:
+                return ReceiptFold.FOLDED
+            if await self._write(key, updated, last=revision, ttl=_ttl(record, now)):
+                return ReceiptFold.FOLDED
         raise TransportError("message record keeps changing", reason="store.conflict")
 
     # -- delivered inbound messages -------------------------------------------------------
