@@ -819,7 +819,7 @@ def render_text(result: E2EBench) -> str:
         )
     lines += ["", "durable writes per message by stream (e2e; transport path: total):"]
     for row in result.rows:
-        parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(row.writes_by_stream.items()))
+        parts = ", ".join(f"{_stream(k)} {v:.1f}" for k, v in sorted(row.writes_by_stream.items()))
         lines.append(
             f"{_size(row.body_bytes):>7} {row.recipients:>4}  {parts}"
             f"  | transport {row.transport.writes_per_message:.1f}"
@@ -838,6 +838,14 @@ def render_text(result: E2EBench) -> str:
             + " ".join(f"{result.memory_growth.get(n, math.nan):>10.2f}" for n in mem_names)
         )
     return "\n".join(lines) + "\n"
+
+
+def _stream(name: str) -> str:
+    """BRIDGE_SUBMIT_x -> submit x, KV_adapter-x -> kv x: a table row fits a terminal."""
+    for prefix, label in (("BRIDGE_SUBMIT_", "submit "), ("KV_adapter-", "kv "), ("BRIDGE_", "")):
+        if name.startswith(prefix):
+            return label + name[len(prefix) :].lower()
+    return name
 
 
 def _short(name: str) -> str:
