@@ -1,11 +1,12 @@
 """Inbound: take envelopes from the agency's inbox, open them, and hand them to a `Sink`.
 
-Per message, in order: verify the envelope; open it and validate its body; a receipt is folded
-into the record of the message it answers and acknowledged; a message already delivered (a
-redelivery after a crash) gets its receipt again and is acknowledged; anything else goes to the
-sink, and is acknowledged only in `complete`, after the local system took it. An envelope that
-fails is never delivered: it is terminated so it does not hold up the ones behind it, and, when
-its signed header verified, the sender gets a `rejected` receipt with the reason code.
+Per message, in order: verify and open the envelope (one signature check) and validate its
+body; a receipt is folded into the record of the message it answers and acknowledged; a message
+already delivered (a redelivery after a crash) gets its receipt again and is acknowledged;
+anything else goes to the sink, and is acknowledged only in `complete`, after the local system
+took it. An envelope that fails is never delivered: it is terminated so it does not hold up the
+ones behind it, and, when its signed header verified, the sender gets a `rejected` receipt with
+the reason code.
 """
 
 from __future__ import annotations
@@ -107,31 +108,18 @@ class Inbound:
         now = int(self._clock())
         directory = self._directory()
         try:
-            envelope = await asyncio.to_thread(
-                verify, msg.data, directory, now=now, limits=self._limits
-            )
-        except BridgeError as exc:
-            self.rejected += 1
-            log.warning("inbound envelope refused, not delivered [%s]", exc.reason)
-            await msg.term()
-            return
-        header = envelope.header
-        try:
+            # open_envelope() verifies before it decrypts: one signature check per message.
             opened = await asyncio.to_thread(
                 open_envelope, msg.data, self._keyring, directory, now=now, limits=self._limits
             )
+            header = opened.envelope.header
+        except BridgeError as exc:
+            await self._refuse(msg, exc, directory, now)
+            return
+        try:
             body = decode_body(header.type, opened.plaintext)
         except BridgeError as exc:
-            self.rejected += 1
-            log.warning(
-                "inbound message %s from %s refused, not delivered [%s]",
-                header.id,
-                header.sender,
-                exc.reason,
-            )
-            if header.type != "receipt":  # never answer a receipt with a receipt
-                await self._receipt(header, Rejected(reason=exc.reason), directory, now)
-            await msg.term()
+            await self._refuse(msg, exc, directory, now)
             return
         del opened
         if isinstance(body, Receipt):
@@ -156,6 +144,32 @@ class Inbound:
             body=body,
         )
         await sink.offer(Incoming(item, header, msg))
+
+    async def _refuse(self, msg: Msg, exc: BridgeError, directory: Directory, now: int) -> None:
+        """Never deliver `msg`; if its signed header verifies, tell the sender why.
+
+        Only on this rare path is the envelope verified on its own, to tell an envelope that
+        is not authentic (dropped silently) from one that is but cannot be opened or read.
+        """
+        self.rejected += 1
+        try:
+            envelope = await asyncio.to_thread(
+                verify, msg.data, directory, now=now, limits=self._limits
+            )
+        except BridgeError as unverified:
+            log.warning("inbound envelope refused, not delivered [%s]", unverified.reason)
+            await msg.term()
+            return
+        header = envelope.header
+        log.warning(
+            "inbound message %s from %s refused, not delivered [%s]",
+            header.id,
+            header.sender,
+            exc.reason,
+        )
+        if header.type != "receipt":  # never answer a receipt with a receipt
+            await self._receipt(header, Rejected(reason=exc.reason), directory, now)
+        await msg.term()
 
     async def complete(self, incoming: Incoming) -> None:
         """The local system took `incoming`: record it, send the receipt, acknowledge NATS.
