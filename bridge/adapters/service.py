@@ -286,6 +286,8 @@ class Adapter:
                 group.create_task(self._watch_connection(), name="connection")
                 if isinstance(sink, PullInbox):
                     group.create_task(sink.keep_alive(), name="pull-keepalive")
+                else:
+                    group.create_task(sink.run(), name="webhook-records")
         except* Exception as failed:
             # Type names and reason codes only: an exception's text may quote what it parsed.
             log.critical(
