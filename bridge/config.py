@@ -26,6 +26,7 @@ __all__ = [
     "AuditConfig",
     "AuthConfig",
     "BrokerConfig",
+    "ConsentConfig",
     "DeliveryConfig",
     "DirectoryConfig",
     "HttpConfig",
@@ -107,12 +108,20 @@ class AuditConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     checkpoint_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 60
 
 
+class ConsentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Consent enforcement (docs/consent.md). On unless a config turns it off explicitly;
+    `enforce = false` exists for tests and migrations and is logged loudly at start-up."""
+
+    enforce: bool = True
+
+
 class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     nats: NatsClientConfig
     directory: DirectoryConfig
     audit: AuditConfig
     routes: list[Route]
     retention: dict[str, Retention] = msgspec.field(default_factory=lambda: DEFAULT_RETENTION)
+    consent: ConsentConfig = msgspec.field(default_factory=ConsentConfig)
     limits: Limits = msgspec.field(default_factory=Limits)
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=256)] = 32
     publish_timeout_seconds: _Seconds = 10
@@ -171,6 +180,7 @@ class AdapterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     passphrase_env: str | None = None
     default_lifetime_seconds: _Seconds = 14 * 86400
     idempotency_ttl_seconds: _Seconds = 86400
+    consent: ConsentConfig = msgspec.field(default_factory=ConsentConfig)
     limits: Limits = msgspec.field(default_factory=Limits)
     base_dir: str = ""
 

@@ -45,6 +45,12 @@ SENDER: Final = "jobcenter-unna"
 WEBHOOK_RECIPIENT: Final = "suchtberatung-unna"
 PULL_RECIPIENT: Final = "spdi-unna"
 RECIPIENTS: Final = (WEBHOOK_RECIPIENT, PULL_RECIPIENT)
+_CATEGORIES: Final = (
+    DataCategory.IDENTITY.value,
+    DataCategory.CONTACT.value,
+    DataCategory.ADDICTION.value,
+    DataCategory.HEALTH.value,
+)
 _POLL: Final = 0.2
 _HTTP_TIMEOUT: Final = 10.0
 _T = TypeVar("_T")
@@ -178,7 +184,9 @@ class _Journey:
         self._sender = _Api(
             session,
             stack.adapter_url(SENDER),
-            stack.token(SENDER, ["messages:send", "messages:read"], 600),
+            stack.token(
+                SENDER, ["messages:send", "messages:read", "consents:read", "consents:write"], 600
+            ),
             f"the adapter of {SENDER}",
             self._hint,
         )
@@ -193,6 +201,7 @@ class _Journey:
             session, stack.sink_url, stack.sink_access_token(), "the demo sink", self._hint
         )
         self.message_id = ""
+        self.consent_id = ""
 
     async def _until(self, what: str, check: Callable[[], Awaitable[_T | None]]) -> _T:
         return await _until(what, check, self._patience, self._hint)
@@ -207,20 +216,40 @@ class _Journey:
                 )
         return status
 
+    async def consent(self) -> None:
+        """The case worker registers the client's signed release form at the adapter."""
+        now = datetime.datetime.now(datetime.UTC)
+        request = {
+            "recipients": list(RECIPIENTS),
+            "purposes": [Purpose.INTEGRATION_SUPPORT.value],
+            "categories": list(_CATEGORIES),
+            "types": ["referral", "handover"],
+            "valid_until": (now + datetime.timedelta(days=180)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "local_ref": f"DEMO-{secrets.token_hex(3).upper()}",
+        }
+        _, view = await self._sender.call(
+            "POST",
+            "/v1/consents",
+            body=msgspec.json.encode(request),
+            headers={"Content-Type": "application/json"},
+            ok=(201,),
+        )
+        self.consent_id = str(view["consent_id"])
+        self._say(
+            f"0. consent     registered at {SENDER}'s adapter: {self.consent_id} "
+            f"(case file {request['local_ref']} stays in the adapter; "
+            f"form: /v1/consents/{self.consent_id}/form)"
+        )
+
     async def submit(self) -> None:
         referral = demo_referral()
-        consent = f"c-{secrets.token_hex(16)}"
+        consent = self.consent_id
         request = {
             "type": "referral",
             "recipients": list(RECIPIENTS),
             "consent": consent,
             "purpose": Purpose.INTEGRATION_SUPPORT.value,
-            "categories": [
-                DataCategory.IDENTITY.value,
-                DataCategory.CONTACT.value,
-                DataCategory.ADDICTION.value,
-                DataCategory.HEALTH.value,
-            ],
+            "categories": list(_CATEGORIES),
             "body": referral,
         }
         client = referral.client
@@ -310,6 +339,7 @@ async def run_demo(stack: Stack, out: TextIO, *, patience: float = 30.0) -> str:
 
     async with aiohttp.ClientSession() as session:
         journey = _Journey(stack, session, say, patience)
+        await journey.consent()
         await journey.submit()
         for agency in RECIPIENTS:
             await journey.routed(agency)

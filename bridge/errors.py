@@ -18,6 +18,8 @@ from __future__ import annotations
 __all__ = [
     "BridgeError",
     "ConfigError",
+    "ConsentDenied",
+    "ConsentInvalid",
     "CryptoError",
     "DecryptionFailed",
     "DirectoryError",
@@ -185,6 +187,21 @@ class DirectoryError(CryptoError):
     """The key directory is badly signed, expired, rolled back or malformed."""
 
     reason = "directory.invalid"
+
+
+class ConsentInvalid(CryptoError):
+    """A consent record or withdrawal is forged, tampered with, misplaced or malformed."""
+
+    reason = "consent.invalid"
+
+
+class ConsentDenied(PolicyError):
+    """A message that its consent does not cover; `reason` says which check failed.
+
+    docs/consent.md lists every reason code.
+    """
+
+    reason = "consent.denied"
 
 
 class KeyFileError(ConfigError):

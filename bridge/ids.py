@@ -18,6 +18,7 @@ __all__ = [
     "CONSENT_REF_PATTERN",
     "MESSAGE_ID_PATTERN",
     "MESSAGE_TYPES",
+    "NO_CONSENT",
     "SYSTEM_MESSAGE_TYPES",
     "check_agency_id",
     "check_code",
@@ -35,6 +36,9 @@ AGENCY_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$(?!\n)"
 CONSENT_REF_PATTERN = (
     r"^(?:c-[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$(?!\n)"
 )
+# The reference a message carries when it names no consent (a flow that needs none, such as a
+# receipt of a message without one); a flow that needs a consent refuses it as `consent.missing`.
+NO_CONSENT = "c-" + "0" * 32
 # Purpose and data-category codes: short lowercase words joined by hyphens.
 CODE_PATTERN = r"^[a-z][a-z0-9-]{0,47}$(?!\n)"
 # A message id: a lowercase random (version 4) UUID in canonical text form.

@@ -23,6 +23,7 @@ from bridge.adapters.auth import generate_signing_key, mint_token
 from bridge.config import (
     AdapterConfig,
     AuthConfig,
+    ConsentConfig,
     DeliveryConfig,
     DirectoryConfig,
     HttpConfig,
@@ -40,7 +41,14 @@ JOBCENTER = "jobcenter-unna"
 SUCHT = "suchtberatung-unna"
 SPDI = "spdi-unna"
 ISSUER = "https://idp.test"
-SCOPES_ALL = ("messages:send", "messages:read", "inbox:read", "inbox:ack")
+SCOPES_ALL = (
+    "messages:send",
+    "messages:read",
+    "inbox:read",
+    "inbox:ack",
+    "consents:read",
+    "consents:write",
+)
 
 _T = TypeVar("_T")
 
@@ -89,6 +97,7 @@ def make_agency(
     *,
     delivery: DeliveryConfig | None = None,
     max_body_bytes: int = 768 * 1024,
+    enforce_consent: bool = False,
 ) -> Agency:
     base = root / agency
     keys = base / "keys"
@@ -118,6 +127,8 @@ def make_agency(
         ),
         delivery=delivery or DeliveryConfig(mode="pull"),
         http=HttpConfig(port=0, max_body_bytes=max_body_bytes),
+        # Off unless a test is about consent: the others send under made-up consent ids.
+        consent=ConsentConfig(enforce=enforce_consent),
     )
     return Agency(agency, config, base / "token.key")
 

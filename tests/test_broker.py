@@ -97,6 +97,7 @@ def write_config(
     batch_size: int = 8,
     name: str = "broker",
     reload_seconds: int = 1,
+    enforce_consent: bool = False,
 ) -> Path:
     """A broker config as an operator would write it, with paths relative to the file."""
     base = tmp_path / name
@@ -128,7 +129,9 @@ def write_config(
         'serial_state = "directory.serial"\n'
         f"reload_seconds = {reload_seconds}\n"
         "\n[audit]\n"
-        'key_file = "../audit.key"\n' + ROUTES + retention
+        'key_file = "../audit.key"\n'
+        # Off unless a test is about consent: the others send under a made-up consent id.
+        f"\n[consent]\nenforce = {'true' if enforce_consent else 'false'}\n" + ROUTES + retention
     )
     return path
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import io
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -101,10 +100,12 @@ class E2E:
         purpose: str = "integration-support",
         lifetime_seconds: int | None = None,
     ) -> str:
+        kind = message_type_of(body).value
+        consent = await self.register_consent(sender, recipients, purpose, categories, kind)
         request: dict[str, Any] = {
-            "type": message_type_of(body).value,
+            "type": kind,
             "recipients": recipients,
-            "consent": f"c-{secrets.token_hex(16)}",
+            "consent": consent,
             "purpose": purpose,
             "categories": list(categories),
             "body": body,
@@ -124,6 +125,35 @@ class E2E:
             answer = await response.json()
             assert response.status == 202, answer
         return str(answer["message_id"])
+
+    async def register_consent(
+        self,
+        issuer: str,
+        recipients: list[str],
+        purpose: str,
+        categories: tuple[str, ...],
+        kind: str,
+    ) -> str:
+        """Register the client's consent at the sender's adapter, as its case worker would."""
+        request = {
+            "recipients": recipients,
+            "purposes": [purpose],
+            "categories": list(categories),
+            "types": [kind],
+            "valid_until": _in_days(300),
+            "local_ref": f"case-{uuid.uuid4().hex[:8]}",
+        }
+        async with self.session.post(
+            f"{self.stack.adapter_url(issuer)}/v1/consents",
+            data=msgspec.json.encode(request),
+            headers={
+                **self._headers(issuer, ["consents:write"]),
+                "Content-Type": "application/json",
+            },
+        ) as response:
+            answer = await response.json()
+            assert response.status == 201, answer
+        return str(answer["consent_id"])
 
     async def status(self, sender: str, message_id: str) -> Any:
         async with self.session.get(
@@ -332,3 +362,8 @@ async def test_lifetime_beyond_the_type_limit_is_rejected_on_the_timeline(e2e: E
     status = await e2e.wait_states(JOBCENTER, message_id, {COUNSELLING: "rejected"})
     assert status["recipients"][0]["reason"] == "policy.lifetime"
     assert e2e.pushed(message_id) == []
+
+
+def _in_days(days: int) -> str:
+    moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

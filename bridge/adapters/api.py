@@ -31,6 +31,11 @@ __all__ = [
     "MAX_LIFETIME_SECONDS",
     "MIN_LIFETIME_SECONDS",
     "Accepted",
+    "ConsentEvent",
+    "ConsentList",
+    "ConsentRequest",
+    "ConsentView",
+    "DeletionConfirmed",
     "Health",
     "InboxItem",
     "InboxList",
@@ -88,6 +93,77 @@ class RawSubmitRequest(_SubmitFields, frozen=True, kw_only=True):
     """`SubmitRequest` as decoded: the body stays raw JSON for `bridge.wire.decode_body`."""
 
     body: msgspec.Raw
+
+
+LocalRef = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\s\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$(?!\n)",
+    ),
+]
+"""The agency's own reference for the client (a case file number): kept in the adapter."""
+
+ConsentState = Literal["active", "not-yet-valid", "expired", "withdrawn"]
+
+
+class ConsentRequest(_Api, frozen=True, kw_only=True):
+    """`POST /v1/consents`: register a consent this agency obtained from a client.
+
+    `local_ref` stays in this adapter's own store and never leaves it: the signed record names
+    no client. `valid_from` defaults to now.
+    """
+
+    recipients: Annotated[list[AgencyId], Meta(min_length=1, max_length=16)]
+    purposes: Annotated[list[Purpose], Meta(min_length=1, max_length=5)]
+    categories: Annotated[list[DataCategory], Meta(min_length=1, max_length=16)]
+    types: Annotated[list[OutboundType], Meta(min_length=1, max_length=3)]
+    valid_from: UtcDateTime | None = None
+    valid_until: UtcDateTime
+    local_ref: LocalRef
+
+
+class ConsentEvent(_Api, frozen=True, kw_only=True, omit_defaults=True):
+    """What happened since a withdrawal: `notified` (a recipient was sent the signed notice),
+    `deletion-confirmed` (the recipient's system confirmed that it deleted the data)."""
+
+    state: Literal["withdrawn", "notified", "deletion-confirmed"]
+    at: UtcDateTime
+    recipient: AgencyId | None = None
+
+
+class ConsentView(_Api, frozen=True, kw_only=True, omit_defaults=True):
+    """`GET /v1/consents/{id}`: the signed record, its state and what followed a withdrawal.
+
+    `local_ref` is shown only to the agency that registered the consent.
+    """
+
+    consent_id: ConsentRef
+    issuer: AgencyId
+    recipients: list[AgencyId]
+    purposes: list[Code]
+    categories: list[Code]
+    types: list[Code]
+    valid_from: UtcDateTime
+    valid_until: UtcDateTime
+    issued_at: UtcDateTime
+    state: ConsentState
+    withdrawn_at: UtcDateTime | None = None
+    local_ref: LocalRef | None = None
+    events: list[ConsentEvent] = msgspec.field(default_factory=list)
+
+
+class ConsentList(_Api, frozen=True, kw_only=True):
+    """`GET /v1/consents?local_ref=...`: this agency's consents for one client."""
+
+    items: list[ConsentView]
+
+
+class DeletionConfirmed(_Api, frozen=True, kw_only=True):
+    """`POST /v1/inbox/{id}/deleted` answer: the confirmation was sent to the issuing agency."""
+
+    message_id: MessageId
 
 
 class Accepted(_Api, frozen=True, kw_only=True):

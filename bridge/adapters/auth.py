@@ -41,7 +41,14 @@ __all__ = [
     "mint_token",
 ]
 
-SCOPES: Final = ("messages:send", "messages:read", "inbox:read", "inbox:ack")
+SCOPES: Final = (
+    "messages:send",
+    "messages:read",
+    "inbox:read",
+    "inbox:ack",
+    "consents:read",
+    "consents:write",
+)
 _MAX_TOKEN_BYTES: Final = 8192
 
 

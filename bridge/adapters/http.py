@@ -17,9 +17,12 @@ import msgspec
 from aiohttp import web
 
 from ..errors import ProtocolError, TransportError
+from ..federation.directory import Directory
 from ..ids import check_message_id
 from .api import Accepted, Health, InboxList
 from .auth import AuthenticationFailed, Claims, InsufficientScope, TokenVerifier
+from .consents import Consents
+from .form import LANGUAGES, render_form
 from .outbound import Outbound
 from .problems import ApiProblem, problem_response
 from .pull import PullInbox
@@ -45,6 +48,8 @@ class ApiContext:
     max_body_bytes: int
     openapi: bytes
     clock: Callable[[], float]
+    consents: Consents
+    directory: Callable[[], Directory]
 
 
 CONTEXT: Final = web.AppKey("bridge.adapter", ApiContext)
@@ -173,6 +178,51 @@ async def _inbox_ack(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+async def _consent_create(request: web.Request) -> web.StreamResponse:
+    await _claims(request, "consents:write")
+    ctx = _ctx(request)
+    if request.content_type != "application/json":
+        raise ApiProblem(415, "the body must be application/json", reason="request.media_type")
+    view = await ctx.consents.register(await _read_body(request, ctx.max_body_bytes))
+    response = _json(view, status=201)
+    response.headers["Location"] = f"/v1/consents/{view.consent_id}"
+    return response
+
+
+async def _consent_get(request: web.Request) -> web.StreamResponse:
+    await _claims(request, "consents:read")
+    return _json(await _ctx(request).consents.view(request.match_info["consent_id"]))
+
+
+async def _consent_list(request: web.Request) -> web.StreamResponse:
+    await _claims(request, "consents:read")
+    local_ref = request.query.get("local_ref")
+    if local_ref is None:
+        raise ApiProblem(
+            422,
+            "give the local reference to search for",
+            reason="request.invalid",
+            field="local_ref",
+        )
+    return _json(await _ctx(request).consents.for_local_ref(local_ref))
+
+
+async def _consent_withdraw(request: web.Request) -> web.StreamResponse:
+    await _claims(request, "consents:write")
+    return _json(await _ctx(request).consents.withdraw(request.match_info["consent_id"]))
+
+
+async def _consent_form(request: web.Request) -> web.StreamResponse:
+    await _claims(request, "consents:read")
+    ctx = _ctx(request)
+    lang = request.query.get("lang", "de")
+    if lang not in LANGUAGES:
+        raise ApiProblem(422, "lang must be de or en", reason="request.invalid", field="lang")
+    view_state = await ctx.consents.record(request.match_info["consent_id"])
+    page = render_form(view_state, ctx.directory(), lang)  # type: ignore[arg-type]
+    return web.Response(text=page, content_type="text/html", charset="utf-8")
+
+
 async def _healthz(request: web.Request) -> web.StreamResponse:
     return _json(Health(status="ok"))
 
@@ -196,6 +246,11 @@ def build_app(context: ApiContext) -> web.Application:
     app.router.add_get("/v1/inbox", _inbox_list)
     app.router.add_get("/v1/inbox/{message_id}", _inbox_item)
     app.router.add_post("/v1/inbox/{message_id}/ack", _inbox_ack)
+    app.router.add_post("/v1/consents", _consent_create)
+    app.router.add_get("/v1/consents", _consent_list)
+    app.router.add_get("/v1/consents/{consent_id}", _consent_get)
+    app.router.add_delete("/v1/consents/{consent_id}", _consent_withdraw)
+    app.router.add_get("/v1/consents/{consent_id}/form", _consent_form)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/openapi.json", _openapi)

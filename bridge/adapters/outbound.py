@@ -17,8 +17,9 @@ from typing import Final
 
 from nats.js.client import JetStreamContext
 
+from ..consent import MessageFacts, Registry, check_message
 from ..crypto import Keyring, Limits, seal
-from ..errors import BridgeError, TransportError
+from ..errors import BridgeError, ConsentDenied, ConsentInvalid, TransportError
 from ..federation.directory import Directory
 from ..ids import new_message_id
 from ..nats.subjects import submit_subject
@@ -62,8 +63,10 @@ class Outbound:
         max_bytes: int,
         publish_timeout: float,
         clock: Callable[[], float],
+        registry: Registry | None,
         retry_after: int = 5,
     ) -> None:
+        """`registry` is None only when consent enforcement is off (`[consent] enforce`)."""
         self._agency = agency
         self._keyring = keyring
         self._directory = directory
@@ -76,6 +79,7 @@ class Outbound:
         self._publish_timeout = publish_timeout
         self._clock = clock
         self._retry_after = retry_after
+        self._registry = registry
 
     async def submit(self, raw: bytes, *, subject: str, idempotency_key: str | None) -> str:
         """Check, seal and publish; return the message id once JetStream has stored it."""
@@ -91,6 +95,7 @@ class Outbound:
             now=now,
         )
         try:
+            await self._check_consent(submission, directory, now)
             return await self._submit(submission, directory, subject, idempotency_key, now)
         except TransportError as exc:
             log.warning("submission not accepted: NATS unavailable [%s]", exc.reason)
@@ -100,6 +105,26 @@ class Outbound:
                 reason=exc.reason,
                 headers={"Retry-After": str(self._retry_after)},
             ) from exc
+
+    async def _check_consent(self, submission: Submission, directory: Directory, now: int) -> None:
+        """The broker's consent check, run here first so the local system hears it at once."""
+        if self._registry is None:
+            return
+        request = submission.request
+        facts = MessageFacts(
+            consent=request.consent,
+            sender=self._agency,
+            recipients=tuple(request.recipients),
+            type=request.type,
+            purpose=request.purpose.value,
+            categories=tuple(c.value for c in request.categories),
+            expires_at=now + submission.lifetime,
+        )
+        agencies = [entry.id for entry in directory.agencies()]
+        try:
+            await check_message(facts, self._registry, directory, agencies, now)
+        except (ConsentDenied, ConsentInvalid) as exc:
+            raise ApiProblem(422, str(exc), reason=exc.reason, field="$.consent") from None
 
     async def _submit(
         self,
@@ -166,6 +191,11 @@ class Outbound:
         await self._store.add_events(
             message_id, [Event(state="accepted", at=accepted_at)], accepted_at
         )
+        # Remembered under our own consent, so a withdrawal knows whom to send notices.
+        try:
+            await self._store.update_consent(request.consent, now=accepted_at, message=message_id)
+        except TransportError as exc:
+            log.warning("message %s not noted under its consent [%s]", message_id, exc.reason)
         log.info(
             "submitted message %s (%s, %d recipients%s)",
             message_id,

@@ -32,6 +32,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from ..config import AdapterConfig, nats_tls_context
+from ..consent import Registry
 from ..crypto import Keyring
 from ..errors import BridgeError, ConfigError, TransportError, reasons_of
 from ..federation.directory import Directory, SerialState, load_anchor
@@ -44,6 +45,7 @@ from ..nats.subjects import (
 )
 from ..nats.transport import bind_pull, connect
 from .auth import TokenVerifier
+from .consents import Consents
 from .http import ApiContext, build_app
 from .inbound import Inbound
 from .openapi import openapi_document
@@ -188,6 +190,11 @@ class Adapter:
         )
         js = self._nc.jetstream(timeout=timeout)
         store = await Store.open(js, c.agency, timeout)
+        registry = Registry(js, timeout=timeout)
+        if not c.consent.enforce:
+            log.warning(
+                "adapter %s: consent enforcement is OFF ([consent] enforce = false)", c.agency
+            )
         inbox_sub = await bind_pull(js, INBOX_STREAM, inbox_consumer(c.agency))
         status_sub = await bind_pull(js, STATUS_STREAM, status_consumer(c.agency))
         keepalive = await self._keepalive_interval(js, timeout)
@@ -236,6 +243,15 @@ class Adapter:
             max_bytes=c.http.max_body_bytes,
             publish_timeout=timeout,
             clock=self._clock,
+            registry=registry if c.consent.enforce else None,
+        )
+        consents = Consents(
+            agency=c.agency,
+            keyring=keyring,
+            directory=self.directory,
+            store=store,
+            registry=registry,
+            clock=self._clock,
         )
         app = build_app(
             ApiContext(
@@ -247,6 +263,8 @@ class Adapter:
                 max_body_bytes=c.http.max_body_bytes,
                 openapi=_encode_openapi(c.agency),
                 clock=self._clock,
+                consents=consents,
+                directory=self.directory,
             )
         )
         self._task = asyncio.create_task(self._background(sink), name=f"adapter-{c.agency}")

@@ -7,6 +7,10 @@ Keys (all values JSON):
 - `msg.<message id>` -> `MessageRecord`: a message this agency sent and its timeline.
 - `dlv.<message id>` -> `DeliveredRecord`: an inbound message the local system has taken, so a
   redelivery by NATS is acknowledged without delivering it twice.
+- `cst.<consent id>` -> `ConsentLocal`: a consent this agency registered: its local reference
+  (which never leaves this bucket), the messages sent under it, and what followed a withdrawal.
+- `ref.<sha256(local reference)>` -> `RefIndex`: the consent ids registered for one local
+  reference (`consents_for_local_ref`).
 
 Several adapter instances may share a bucket, so every change is a compare-and-set on the key's
 revision, retried a bounded number of times. Every write carries a per-message TTL so the bucket
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 from collections.abc import Awaitable, Iterable
 from typing import Final, TypeVar
 
@@ -28,11 +33,13 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from ..errors import ProtocolError, TransportError
-from ..ids import check_message_id
+from ..ids import check_consent_ref, check_message_id
 from ..nats.subjects import kv_bucket, kv_key_prefix
 
 __all__ = [
+    "MAX_CONSENT_MESSAGES",
     "RECORD_GRACE_SECONDS",
+    "ConsentLocal",
     "DeliveredRecord",
     "Event",
     "IdemRecord",
@@ -44,6 +51,10 @@ __all__ = [
 RECORD_GRACE_SECONDS: Final = 30 * 86400
 """How long a message's record outlives the message's own expiry (for the sender's questions)."""
 
+MAX_CONSENT_MESSAGES: Final = 4096
+"""Messages remembered per consent (for withdrawal notices); a consent is for one client."""
+
+_MAX_REF_CONSENTS: Final = 256
 _MAX_CAS_ATTEMPTS: Final = 16
 _WRONG_LAST_SEQUENCE: Final = (10071, 10164)
 _EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
@@ -114,6 +125,20 @@ class IdemRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 class DeliveredRecord(msgspec.Struct, frozen=True, kw_only=True):
     at: int
+
+
+class ConsentLocal(msgspec.Struct, frozen=True, kw_only=True):
+    """This adapter's own notes on a consent it registered; `events` as on message records."""
+
+    consent_id: str
+    local_ref: str
+    valid_until: int
+    messages: list[str] = msgspec.field(default_factory=list)
+    events: list[Event] = msgspec.field(default_factory=list)
+
+
+class RefIndex(msgspec.Struct, frozen=True, kw_only=True):
+    consent_ids: list[str]
 
 
 class Store:
@@ -205,6 +230,68 @@ class Store:
     async def was_delivered(self, message_id: str) -> bool:
         return await self._get(_dlv_key(message_id), DeliveredRecord) is not None
 
+    # -- consents ------------------------------------------------------------------------
+
+    async def create_consent(self, record: ConsentLocal, now: int) -> None:
+        """Store a new consent's local record and index it under its local reference."""
+        ttl = _consent_ttl(record.valid_until, now)
+        if not await self._write(_cst_key(record.consent_id), record, last=0, ttl=ttl):
+            raise TransportError("consent record exists already", reason="store.conflict")
+        key = _ref_key(record.local_ref)
+        for _ in range(_MAX_CAS_ATTEMPTS):
+            found = await self._get(key, RefIndex)
+            ids = [] if found is None else found[0].consent_ids
+            ids = [*ids, record.consent_id][-_MAX_REF_CONSENTS:]
+            # The index lives as long as the longest-lived consent it names.
+            if await self._write(
+                key,
+                RefIndex(consent_ids=ids),
+                last=found[1] if found else 0,
+                ttl=max(ttl, RECORD_GRACE_SECONDS * 12),
+            ):
+                return
+        raise TransportError("consent index keeps changing", reason="store.conflict")
+
+    async def get_consent(self, consent_id: str) -> ConsentLocal | None:
+        found = await self._get(_cst_key(consent_id), ConsentLocal)
+        return None if found is None else found[0]
+
+    async def consents_for_local_ref(self, local_ref: str) -> list[str]:
+        """The ids of the consents this agency registered for `local_ref`, oldest first."""
+        found = await self._get(_ref_key(local_ref), RefIndex)
+        return [] if found is None else list(found[0].consent_ids)
+
+    async def update_consent(
+        self,
+        consent_id: str,
+        *,
+        now: int,
+        message: str | None = None,
+        events: Iterable[Event] = (),
+    ) -> bool:
+        """Remember a message sent under the consent and/or fold events; False if unknown."""
+        key = _cst_key(consent_id)
+        new_events = list(events)
+        for _ in range(_MAX_CAS_ATTEMPTS):
+            found = await self._get(key, ConsentLocal)
+            if found is None:
+                return False
+            record, revision = found
+            messages = record.messages
+            if message is not None and message not in messages:
+                messages = [*messages, message][-MAX_CONSENT_MESSAGES:]
+            merged = list(record.events)
+            for event in new_events:
+                if not any(event.same_as(old) for old in merged) and len(merged) < 64:
+                    merged.append(event)
+            updated = msgspec.structs.replace(record, messages=messages, events=merged)
+            if updated == record:
+                return True
+            ttl = _consent_ttl(record.valid_until, now)
+            if await self._write(key, updated, last=revision, ttl=ttl):
+                return True
+        raise TransportError("consent record keeps changing", reason="store.conflict")
+
     # -- primitives -----------------------------------------------------------------------
 
     async def _get(self, key: str, kind: type[_T]) -> tuple[_T, int] | None:
@@ -249,6 +336,18 @@ def _msg_key(message_id: str) -> str:
 
 def _dlv_key(message_id: str) -> str:
     return f"dlv.{check_message_id(message_id)}"
+
+
+def _cst_key(consent_id: str) -> str:
+    return f"cst.{check_consent_ref(consent_id)}"
+
+
+def _ref_key(local_ref: str) -> str:
+    return "ref." + hashlib.sha256(local_ref.encode()).hexdigest()
+
+
+def _consent_ttl(valid_until: int, now: int) -> int:
+    return max(60, valid_until - now + RECORD_GRACE_SECONDS)
 
 
 def _ttl(record: MessageRecord, now: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -31,7 +31,7 @@ from ..wire import encode_body as encode_wire_body
 from .api import RawSubmitRequest
 from .problems import ApiProblem
 
-__all__ = ["Submission", "parse_submission"]
+__all__ = ["Submission", "decode_request", "parse_submission"]
 
 _MISSING_FIELD_RE: Final = re.compile(r"Object missing required field `([a-z_][a-z0-9_]*)`$")
 _request_decoder: Final = msgspec.json.Decoder(RawSubmitRequest)
@@ -59,6 +59,23 @@ class Submission:
         return hashlib.sha256(meta + b"\x00" + self.plaintext).hexdigest()
 
 
+_R = TypeVar("_R")
+
+
+def decode_request(decoder: msgspec.json.Decoder[_R], raw: bytes, max_bytes: int) -> _R:
+    """Strictly decode an API request; `ApiProblem` 400 (malformed) or 422 naming the field."""
+    try:
+        return decode_strict(
+            decoder, raw, limit=max_bytes, error=_RequestInvalid, what="request", prefix="request"
+        )
+    except _RequestInvalid as exc:
+        field = exc.path
+        if (m := _MISSING_FIELD_RE.search(str(exc))) is not None:
+            field = ("$" if field in (None, "$") else field) + "." + m[1]
+        status = 400 if exc.reason == "request.malformed" else 422
+        raise ApiProblem(status, str(exc), reason=exc.reason, field=field) from None
+
+
 def _invalid(detail: str, reason: str, field: str | None) -> ApiProblem:
     return ApiProblem(422, detail, reason=reason, field=field)
 
@@ -74,21 +91,7 @@ def parse_submission(
     now: int,
 ) -> Submission:
     """Decode and check a submission; raise `ApiProblem` naming the field, never a value."""
-    try:
-        request = decode_strict(
-            _request_decoder,
-            raw,
-            limit=max_bytes,
-            error=_RequestInvalid,
-            what="request",
-            prefix="request",
-        )
-    except _RequestInvalid as exc:
-        field = exc.path
-        if (m := _MISSING_FIELD_RE.search(str(exc))) is not None:
-            field = ("$" if field in (None, "$") else field) + "." + m[1]
-        status = 400 if exc.reason == "request.malformed" else 422
-        raise ApiProblem(status, str(exc), reason=exc.reason, field=field) from None
+    request = decode_request(_request_decoder, raw, max_bytes)
     try:
         body = decode_body(request.type, bytes(request.body))
     except BodyInvalid as exc:

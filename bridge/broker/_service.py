@@ -6,7 +6,8 @@ publish). Every such
 publish carries a `Nats-Msg-Id` derived from the message id, so a redelivered submission (its
 broker crashed, a publish failed, two brokers raced) republishes the same ids and the streams
 drop the copies within their duplicate window. And the decision depends only on the bytes, the
-directory and the time, so a second look reaches the same verdict.
+directory, the consent registry and the time, so a second look reaches the same verdict unless
+the consent was withdrawn in between (then the message is rightly rejected).
 
 Each submission is handled on its own; whatever goes wrong with one is settled for that one
 (rejected, retried later or terminated), so a poison message never blocks the rest of a batch.
@@ -28,14 +29,23 @@ from nats.js.client import JetStreamContext
 
 from ..audit import AuditEvent, AuditWriter, load_audit_key
 from ..config import BrokerConfig, nats_tls_context
+from ..consent import Registry
 from ..crypto import Header, verify
 from ..errors import BridgeError, ProtocolError, TransportError
 from ..federation.directory import Directory
 from ..nats.identities import Identity
-from ..nats.subjects import BROKER_CONSUMER, inbox_subject, status_subject, submit_stream
+from ..nats.subjects import (
+    BROKER_CONSUMER,
+    HDR_CONSENT,
+    HDR_SENDER,
+    inbox_subject,
+    status_subject,
+    submit_stream,
+)
 from ..nats.transport import bind_pull, connect, fetch, publish_durable
 from ..wire import DeliveryState, encode_status_event
 from ._audit import directory_events, rejection_events, routing_events
+from ._consent import check_consent
 from ._directory import DirectoryHolder
 from ._nats import (
     close_connection,
@@ -100,6 +110,7 @@ class Broker:
         self._in_batch = 0  # batches being handled, over all submit streams
         self._ran = False
         self._task: asyncio.Task[None] | None = None
+        self._registry: Registry | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -138,6 +149,11 @@ class Broker:
                 timeout=self._config.publish_timeout_seconds,
                 clock=self._clock,
             )
+            self._registry = Registry(js, timeout=self._config.publish_timeout_seconds)
+            if not self._config.consent.enforce:
+                log.warning(
+                    "broker %s: consent enforcement is OFF ([consent] enforce = false)", self._name
+                )
             await self._serve(nc, js, subs)
             await self._last_checkpoint()
         finally:
@@ -353,6 +369,11 @@ class Broker:
                 envelope = verify(msg.data, directory, now=now, limits=self._config.limits)
             header = envelope.header
             verdict = decide(envelope, submission, directory, self._config, now)
+            if self._config.consent.enforce:
+                assert self._registry is not None
+                await check_consent(header, self._registry, directory, now)
+        except TransportError:
+            raise  # the registry cannot be read: held and retried, never rejected for it
         except BridgeError as exc:  # crypto, protocol or policy: the envelope's own fault
             await self._reject(js, msg, submission, exc.reason, header)
             return
@@ -369,6 +390,7 @@ class Broker:
                 inbox_subject(recipient),
                 msg.data,
                 msg_id=inbox_msg_id(submission.sender, message_id, recipient),
+                headers={HDR_CONSENT: verdict.header.consent, HDR_SENDER: submission.sender},
                 ttl=verdict.ttl,
                 timeout=timeout,
             )

@@ -6,7 +6,8 @@ read by the one process that acts as that identity.
 
 Permissions are allow-lists built from `bridge.nats.subjects`; whatever is not listed is denied. An
 agency may publish only its own submissions, pull only from its own inbox and status consumers,
-use only its own KV bucket and receive replies only on its own inbox prefix. It cannot create,
+use only its own KV bucket, write only its own part of the consent registry (and read records
+whose subject it names) and receive replies only on its own inbox prefix. It cannot create,
 delete or inspect streams or consumers. The JetStream API subjects below are the exact requests
 nats-py makes for those operations (`fetch` on a bound pull subscription, `msg.ack()`,
 `js.key_value()` and `kv.get/put/create/update/delete`), checked against its source.
@@ -30,13 +31,18 @@ from ..errors import ConfigError, ProtocolError
 from ..ids import check_agency_id
 from .subjects import (
     BROKER_CONSUMER,
+    CONSENT_STREAM,
     INBOX_STREAM,
     STATUS_STREAM,
+    WITHDRAWAL_CONSUMER,
+    agency_consent_publish_subjects,
     agency_inbox_prefix,
     audit_read_subjects,
     audit_stream_admin_subjects,
     audit_write_subjects,
+    consent_read_subjects,
     inbox_consumer,
+    inbox_edit_subjects,
     inbox_subjects_all,
     kv_bucket_api_subjects,
     pull_consumer_api_subjects,
@@ -158,6 +164,8 @@ def permissions_for(identity: Identity, federation: Sequence[str]) -> Permission
                 *pull_consumer_api_subjects(INBOX_STREAM, inbox_consumer(agency)),
                 *pull_consumer_api_subjects(STATUS_STREAM, status_consumer(agency)),
                 *kv_bucket_api_subjects(agency),
+                *agency_consent_publish_subjects(agency),
+                *consent_read_subjects(),
             ),
             subscribe=(own_replies,),
         )
@@ -174,6 +182,9 @@ def permissions_for(identity: Identity, federation: Sequence[str]) -> Permission
                 inbox_subjects_all(),
                 status_subjects_all(),
                 *audit_write_subjects(),
+                *consent_read_subjects(),
+                *pull_consumer_api_subjects(CONSENT_STREAM, WITHDRAWAL_CONSUMER),
+                *inbox_edit_subjects(),
             ),
             subscribe=(own_replies,),
         )

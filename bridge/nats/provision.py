@@ -32,9 +32,12 @@ from .identities import Identity, check_federation
 from .subjects import (
     AUDIT_STREAM,
     BROKER_CONSUMER,
+    CONSENT_STREAM,
     INBOX_STREAM,
     STATUS_STREAM,
+    WITHDRAWAL_CONSUMER,
     audit_subject,
+    consent_subjects_all,
     inbox_consumer,
     inbox_subject,
     inbox_subjects_all,
@@ -45,6 +48,7 @@ from .subjects import (
     status_subjects_all,
     submit_stream,
     submit_subject,
+    withdrawal_subjects_all,
 )
 from .transport import connect
 
@@ -86,6 +90,11 @@ class ProvisionSettings:
     # information (GDPR Art. 15) about every message whose records still exist.
     audit_max_bytes: int = 1 * _GiB
     audit_max_age: float = 730 * _DAY
+    # Consent records hold no personal data and must outlive every consent's validity and the
+    # messages sent under it; bridge.consent caps a consent's validity well below this.
+    consent_max_bytes: int = 256 * _MiB
+    consent_max_age: float = 6 * 365 * _DAY
+    consent_max_msg_size: int = 32 * 1024
     ack_wait: float = 30.0
     # Unlimited: a message waiting for an unreachable local system or a failing publish is
     # retried (with growing delays) until its retention limit removes it, never abandoned.
@@ -122,6 +131,7 @@ class ProvisionSettings:
             "inbox_max_bytes": (self.inbox_max_bytes, self.max_msg_size),
             "status_max_bytes": (self.status_max_bytes, self.status_max_msg_size),
             "audit_max_bytes": (self.audit_max_bytes, self.status_max_msg_size),
+            "consent_max_bytes": (self.consent_max_bytes, self.consent_max_msg_size),
             "kv_max_bytes": (self.kv_max_bytes, self.kv_max_value_size),
         }
         for name, (total, one) in sizes.items():
@@ -240,6 +250,26 @@ def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamCo
             storage=api.StorageType.FILE,
             num_replicas=s.replicas,
         ),
+        api.StreamConfig(
+            name=CONSENT_STREAM,
+            description="bridge: consent registry, one write-once subject per record",
+            subjects=consent_subjects_all(),
+            retention=api.RetentionPolicy.LIMITS,
+            # Write once, never replaced or removed: the server refuses a second message on a
+            # subject (a replayed or altered record, a withdrawn withdrawal) and every delete.
+            discard=api.DiscardPolicy.NEW,
+            max_msgs_per_subject=1,
+            discard_new_per_subject=True,
+            deny_delete=True,
+            deny_purge=True,
+            max_bytes=s.consent_max_bytes,
+            max_age=s.consent_max_age,
+            max_msg_size=s.consent_max_msg_size,
+            duplicate_window=s.duplicate_window,
+            allow_direct=True,
+            storage=api.StorageType.FILE,
+            num_replicas=s.replicas,
+        ),
     ]
 
 
@@ -255,6 +285,8 @@ _STREAM_FIELDS = (
     "num_replicas",
     "allow_msg_ttl",
     "allow_direct",
+    "max_msgs_per_subject",
+    "discard_new_per_subject",
     "deny_delete",
     "deny_purge",
     "description",
@@ -278,7 +310,7 @@ def _consumer(s: ProvisionSettings, name: str, filter_subject: str) -> api.Consu
 def _consumers(
     s: ProvisionSettings, agencies: Sequence[str]
 ) -> list[tuple[str, api.ConsumerConfig]]:
-    wanted = []
+    wanted = [(CONSENT_STREAM, _consumer(s, WITHDRAWAL_CONSUMER, withdrawal_subjects_all()))]
     for agency in agencies:
         wanted.append(
             (submit_stream(agency), _consumer(s, BROKER_CONSUMER, submit_subject(agency)))

@@ -19,6 +19,10 @@ Topology (one JetStream account, created by `bridge.nats.provision`):
 - KV bucket `adapter-<agency>`: the adapter's own records (idempotency keys, message timelines).
 - stream `BRIDGE_AUDIT`, subject `bridge.audit`: the hash-chained audit trail; only the broker
   (the single audit writer) may publish, nobody may delete or purge (docs/audit.md).
+- stream `BRIDGE_CONSENT`, subjects `bridge.consent.<issuer>.<consent-id>.record` and
+  `....withdrawal`: the consent registry. Each subject holds at most one message, which can be
+  neither replaced nor deleted; an agency may write only below its own `<issuer>` token. The
+  broker reads it and consumes withdrawals with its durable consumer `broker-withdrawals`.
 
 Each NATS identity uses its own reply-inbox prefix (`_INBOX.<role>...`), so that it may subscribe
 only to its own replies and never see another identity's pulled messages or acks.
@@ -26,24 +30,34 @@ only to its own replies and never see another identity's pulled messages or acks
 
 from __future__ import annotations
 
-from ..ids import check_agency_id, check_message_id
+from ..ids import check_agency_id, check_consent_ref, check_message_id
 
 __all__ = [
     "AUDIT_STREAM",
     "BROKER_CONSUMER",
+    "CONSENT_KINDS",
+    "CONSENT_STREAM",
+    "HDR_CONSENT",
     "HDR_DISPOSITION",
     "HDR_EXPECTED_LAST_SEQ",
     "HDR_MSG_ID",
+    "HDR_SENDER",
     "HDR_TTL",
     "INBOX_STREAM",
     "STATUS_STREAM",
     "SUBMIT_STREAM_PREFIX",
+    "WITHDRAWAL_CONSUMER",
+    "agency_consent_publish_subjects",
     "agency_inbox_prefix",
     "audit_read_subjects",
     "audit_stream_admin_subjects",
     "audit_subject",
     "audit_write_subjects",
+    "consent_read_subjects",
+    "consent_subject",
+    "consent_subjects_all",
     "inbox_consumer",
+    "inbox_edit_subjects",
     "inbox_subject",
     "inbox_subjects_all",
     "kv_bucket",
@@ -59,6 +73,7 @@ __all__ = [
     "status_subjects_all",
     "submit_stream",
     "submit_subject",
+    "withdrawal_subjects_all",
 ]
 
 SUBMIT_STREAM_PREFIX = "BRIDGE_SUBMIT_"
@@ -66,12 +81,19 @@ INBOX_STREAM = "BRIDGE_INBOX"
 STATUS_STREAM = "BRIDGE_STATUS"
 AUDIT_STREAM = "BRIDGE_AUDIT"
 BROKER_CONSUMER = "broker"
+CONSENT_STREAM = "BRIDGE_CONSENT"
+WITHDRAWAL_CONSUMER = "broker-withdrawals"
+CONSENT_KINDS = ("record", "withdrawal")
 
 HDR_MSG_ID = "Nats-Msg-Id"
 HDR_TTL = "Nats-TTL"
 HDR_EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
 HDR_DISPOSITION = "Bridge-Disposition"
 """On a receipt's submission: `delivered`, or `rejected <reason code>` (for the audit trail)."""
+# On the broker's inbox copies, so a withdrawal can find them without opening envelopes.
+# Both are metadata the signed header already carries: a random consent id, an agency id.
+HDR_CONSENT = "Bridge-Consent"
+HDR_SENDER = "Bridge-Sender"
 
 _PREFIX = "bridge"
 
@@ -107,6 +129,21 @@ def status_subjects_all() -> str:
 
 def audit_subject() -> str:
     return f"{_PREFIX}.audit"
+
+
+def consent_subject(issuer: str, consent_id: str, kind: str) -> str:
+    """Where `issuer` keeps a consent record (`record`) or its withdrawal (`withdrawal`)."""
+    if kind not in CONSENT_KINDS:
+        raise ValueError(f"unknown consent document kind {kind!r}")
+    return f"{_PREFIX}.consent.{check_agency_id(issuer)}.{check_consent_ref(consent_id)}.{kind}"
+
+
+def consent_subjects_all() -> list[str]:
+    return [f"{_PREFIX}.consent.*.*.{kind}" for kind in CONSENT_KINDS]
+
+
+def withdrawal_subjects_all() -> str:
+    return f"{_PREFIX}.consent.*.*.withdrawal"
 
 
 def inbox_consumer(agency: str) -> str:
@@ -180,6 +217,29 @@ def status_stream_read_subjects() -> tuple[str, ...]:
         f"{_JS_API}.STREAM.INFO.{STATUS_STREAM}",
         f"{_JS_API}.DIRECT.GET.{STATUS_STREAM}",
         f"{_JS_API}.DIRECT.GET.{STATUS_STREAM}.>",
+    )
+
+
+def agency_consent_publish_subjects(agency: str) -> tuple[str, ...]:
+    """An agency writes records and withdrawals only in its own part of the registry."""
+    own = f"{_PREFIX}.consent.{check_agency_id(agency)}.*"
+    return tuple(f"{own}.{kind}" for kind in CONSENT_KINDS)
+
+
+def consent_read_subjects() -> tuple[str, ...]:
+    """Direct gets of the one message on a named registry subject (whoever knows the id).
+
+    Only the by-subject form: the bare `$JS.API.DIRECT.GET.BRIDGE_CONSENT`, which takes a
+    sequence number and so could walk the whole registry, is not included.
+    """
+    return (f"{_JS_API}.DIRECT.GET.{CONSENT_STREAM}.{_PREFIX}.consent.>",)
+
+
+def inbox_edit_subjects() -> tuple[str, ...]:
+    """Read single inbox messages and delete them by sequence (the broker, on withdrawal)."""
+    return (
+        f"{_JS_API}.STREAM.MSG.GET.{INBOX_STREAM}",
+        f"{_JS_API}.STREAM.MSG.DELETE.{INBOX_STREAM}",
     )
 
 

@@ -1,0 +1,33 @@
+"""The broker's consent check: the registry look-up behind every routing decision.
+
+A consent that does not cover a message rejects it with the check's reason code; a registry
+that cannot be read raises `TransportError`, which the service turns into a delayed redelivery:
+the message is held, neither routed nor dropped, until the registry answers again.
+"""
+
+from __future__ import annotations
+
+from ..consent import ConsentState, MessageFacts, Registry, check_message
+from ..crypto import Header
+from ..federation.directory import Directory
+
+__all__ = ["check_consent", "facts_of"]
+
+
+def facts_of(header: Header) -> MessageFacts:
+    return MessageFacts(
+        consent=header.consent,
+        sender=header.sender,
+        recipients=tuple(r.agency for r in header.recipients),
+        type=header.type,
+        purpose=header.purpose,
+        categories=tuple(header.categories),
+        expires_at=header.exp,
+    )
+
+
+async def check_consent(
+    header: Header, registry: Registry, directory: Directory, now: int
+) -> ConsentState | None:
+    agencies = [entry.id for entry in directory.agencies()]
+    return await check_message(facts_of(header), registry, directory, agencies, now)
