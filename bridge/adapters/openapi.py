@@ -10,7 +10,18 @@ from typing import Any, Final
 
 import msgspec
 
-from .api import Accepted, Health, InboxItem, InboxList, MessageStatus, Problem, SubmitRequest
+from .api import (
+    Accepted,
+    ConsentList,
+    ConsentRequest,
+    ConsentView,
+    Health,
+    InboxItem,
+    InboxList,
+    MessageStatus,
+    Problem,
+    SubmitRequest,
+)
 
 __all__ = ["openapi_document"]
 
@@ -21,6 +32,12 @@ _MESSAGE_ID: Final = {
     "in": "path",
     "required": True,
     "schema": {"type": "string", "format": "uuid"},
+}
+_CONSENT_ID: Final = {
+    "name": "consent_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^c-[0-9a-f]{32}$"},
 }
 
 
@@ -55,7 +72,18 @@ def _op(summary: str, scope: str | None, responses: dict[str, Any], **extra: Any
 
 def openapi_document(agency: str, version: str = "1") -> dict[str, Any]:
     _, schemas = msgspec.json.schema_components(
-        [SubmitRequest, Accepted, MessageStatus, InboxList, InboxItem, Problem, Health],
+        [
+            SubmitRequest,
+            Accepted,
+            MessageStatus,
+            InboxList,
+            InboxItem,
+            ConsentRequest,
+            ConsentView,
+            ConsentList,
+            Problem,
+            Health,
+        ],
         ref_template=_REF,
     )
     auth = _problems(401, 403)
@@ -123,6 +151,81 @@ def openapi_document(agency: str, version: str = "1") -> dict[str, Any]:
                 "inbox:ack",
                 {"204": {"description": "Acknowledged"}, **_problems(404, 503), **auth},
                 parameters=[_MESSAGE_ID],
+            )
+        },
+        "/v1/consents": {
+            "post": _op(
+                "Register a consent this agency obtained (the local reference stays here)",
+                "consents:write",
+                {
+                    "201": {
+                        "description": "Signed and stored in the consent registry",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "content": _json("ConsentView"),
+                    },
+                    **_problems(400, 413, 415, 422, 503),
+                    **auth,
+                },
+                requestBody={"required": True, "content": _json("ConsentRequest")},
+            ),
+            "get": _op(
+                "This agency's consents for one local reference",
+                "consents:read",
+                {
+                    "200": {"description": "Oldest first", "content": _json("ConsentList")},
+                    **_problems(422, 503),
+                    **auth,
+                },
+                parameters=[
+                    {
+                        "name": "local_ref",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    }
+                ],
+            ),
+        },
+        "/v1/consents/{consent_id}": {
+            "get": _op(
+                "A consent: the signed record, its state, what followed a withdrawal",
+                "consents:read",
+                {
+                    "200": {"description": "The consent", "content": _json("ConsentView")},
+                    **_problems(404, 503),
+                    **auth,
+                },
+                parameters=[_CONSENT_ID],
+            ),
+            "delete": _op(
+                "Withdraw a consent (a signed withdrawal is stored; nothing is overwritten)",
+                "consents:write",
+                {
+                    "200": {"description": "Withdrawn", "content": _json("ConsentView")},
+                    **_problems(404, 503),
+                    **auth,
+                },
+                parameters=[_CONSENT_ID],
+            ),
+        },
+        "/v1/consents/{consent_id}/form": {
+            "get": _op(
+                "The printable release form (HTML with print styles)",
+                "consents:read",
+                {
+                    "200": {"description": "The form", "content": {"text/html": {}}},
+                    **_problems(404, 422, 503),
+                    **auth,
+                },
+                parameters=[
+                    _CONSENT_ID,
+                    {
+                        "name": "lang",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["de", "en"], "default": "de"},
+                    },
+                ],
             )
         },
         "/healthz": {

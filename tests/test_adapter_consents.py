@@ -1,0 +1,235 @@
+"""The adapter's consent API against a real nats-server: register, show, find, withdraw, form.
+
+The adapter runs with enforcement on, so its check before publishing is exercised with the same
+reason codes the broker gives. Records are read back from the registry as the broker would.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from adapter_helpers import (
+    JOBCENTER,
+    SPDI,
+    SUCHT,
+    Agency,
+    agency_seed,
+    fed,
+    make_agency,
+    referral_request,
+    submitted,
+)
+
+from bridge.adapters.form import render_form
+from bridge.adapters.service import Adapter
+from bridge.consent import Registry
+from bridge.wire import DataCategory, Purpose
+
+CASE_FILE = "AZ 4711/26-Müller"  # the local reference: personal data, must stay in the adapter
+
+
+def _at(days: float) -> str:
+    moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def consent_request(**changes: Any) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "recipients": [SUCHT, SPDI],
+        "purposes": ["counselling", "integration-support"],
+        "categories": ["identity", "contact", "addiction"],
+        "types": ["referral"],
+        "valid_until": _at(90),
+        "local_ref": CASE_FILE,
+    }
+    request.update(changes)
+    return request
+
+
+@dataclass
+class Running:
+    agency: Agency
+    adapter: Adapter
+    http: aiohttp.ClientSession
+    admin: Any
+
+    async def call(
+        self, method: str, path: str, body: Any = None, *, scope: str = "consents:write"
+    ) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json", **self.agency.auth(scope)}
+        data = None if body is None else json.dumps(body).encode()
+        async with self.http.request(
+            method, f"{self.adapter.url}{path}", data=data, headers=headers
+        ) as r:
+            if r.content_type == "text/html":
+                return r.status, await r.text()
+            return r.status, await r.json(content_type=None)
+
+    async def register(self, **changes: Any) -> dict[str, Any]:
+        status, view = await self.call("POST", "/v1/consents", consent_request(**changes))
+        assert status == 201, view
+        return dict(view)
+
+
+@pytest.fixture
+async def jobcenter(tmp_path: Path, nats_env: Any) -> AsyncIterator[Running]:
+    agency = make_agency(
+        tmp_path, nats_env.url, agency_seed(nats_env, JOBCENTER), JOBCENTER, enforce_consent=True
+    )
+    admin = await nats_env.admin()
+    async with Adapter(agency.config) as adapter, aiohttp.ClientSession() as http:
+        yield Running(agency, adapter, http, admin)
+
+
+async def test_a_registered_consent_is_signed_stored_and_names_no_client(
+    jobcenter: Running,
+) -> None:
+    view = await jobcenter.register()
+    consent_id = view["consent_id"]
+    assert view["state"] == "active"
+    assert view["local_ref"] == CASE_FILE
+    assert view["recipients"] == sorted([SUCHT, SPDI])
+    # What the broker reads: verified as the Jobcenter's, and without the local reference.
+    registry = Registry(jobcenter.admin.js, timeout=2.0)
+    state = await registry.state(JOBCENTER, consent_id, fed().directory)
+    assert state is not None
+    assert state.consent.body.purposes == ["counselling", "integration-support"]
+    raw = await registry.raw(JOBCENTER, consent_id, "record")
+    assert raw is not None
+    assert b"4711" not in raw
+    assert b"4711" not in raw
+    status, again = await jobcenter.call("GET", f"/v1/consents/{consent_id}", scope="consents:read")
+    assert status == 200
+    assert again == view
+    other = await jobcenter.register(local_ref="AZ 9999/26")
+    status, found = await jobcenter.call(
+        "GET", f"/v1/consents?local_ref={CASE_FILE}", scope="consents:read"
+    )
+    assert status == 200
+    assert [item["consent_id"] for item in found["items"]] == [consent_id]
+    assert other["consent_id"] != consent_id
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "code"),
+    [
+        ({"recipients": ["klinik-nirgendwo"]}, "$.recipients[0]", "recipient.unknown"),
+        ({"recipients": [JOBCENTER]}, "$.recipients[0]", "recipient.self"),
+        ({"purposes": ["gossip"]}, "$.purposes[0]", "request.invalid"),
+        ({"categories": ["health", "shoe-size"]}, "$.categories[1]", "request.invalid"),
+        ({"types": ["receipt"]}, "$.types[0]", "request.invalid"),
+        (
+            {"valid_from": _at(10), "valid_until": _at(5)},
+            "$.valid_until",
+            "consent.validity_order",
+        ),
+        ({"valid_until": _at(3 * 365)}, "$.valid_until", "consent.validity_too_long"),
+        ({"local_ref": ""}, "$.local_ref", "request.invalid"),
+    ],
+)
+async def test_a_bad_consent_request_gets_422_naming_the_field(
+    jobcenter: Running, changes: dict[str, Any], field: str, code: str
+) -> None:
+    status, problem = await jobcenter.call("POST", "/v1/consents", consent_request(**changes))
+    assert status == 422, problem
+    assert (problem["field"], problem["code"]) == (field, code)
+    assert CASE_FILE not in json.dumps(problem)
+    info = await jobcenter.admin.js.stream_info("BRIDGE_CONSENT")
+    assert info.state.messages == 0  # nothing was stored
+
+
+async def test_the_adapter_refuses_what_the_broker_would_with_the_same_code(
+    jobcenter: Running,
+) -> None:
+    view = await jobcenter.register()
+    consent_id = view["consent_id"]
+    short = await jobcenter.register(valid_until=_at(2))
+
+    async def submit(**changes: Any) -> tuple[int, Any]:
+        return await jobcenter.call(
+            "POST",
+            "/v1/messages",
+            referral_request(**{"consent": consent_id, **changes}),
+            scope="messages:send",
+        )
+
+    status, accepted = await submit()
+    assert status == 202, accepted
+    for changes, code in (
+        ({"consent": "c-" + "ab" * 16}, "consent.unknown"),
+        ({"consent": "c-" + "0" * 32}, "consent.missing"),
+        ({"purpose": "case-handover"}, "consent.purpose_not_covered"),
+        ({"categories": ["identity", "health"]}, "consent.category_not_covered"),
+        ({"type": "handover", "body": _handover()}, "consent.type_not_covered"),
+        ({"consent": short["consent_id"]}, "consent.outlived"),  # 14 days > 2 days
+    ):
+        status, problem = await submit(**changes)
+        assert status == 422, (changes, problem)
+        assert (problem["code"], problem["field"]) == (code, "$.consent")
+    status, withdrawn = await jobcenter.call("DELETE", f"/v1/consents/{consent_id}")
+    assert status == 200
+    assert withdrawn["state"] == "withdrawn"
+    assert withdrawn["withdrawn_at"]
+    status, problem = await submit()
+    assert (status, problem["code"]) == (422, "consent.withdrawn")
+    assert await submitted(jobcenter.admin, JOBCENTER) == 1  # only the first got through
+    # Withdrawing again changes nothing and says so.
+    status, again = await jobcenter.call("DELETE", f"/v1/consents/{consent_id}")
+    assert (status, again["withdrawn_at"]) == (200, withdrawn["withdrawn_at"])
+
+
+def _handover() -> Any:
+    from bridge.wire import MessageType, encode_body
+    from bridge.wire.examples import BODIES
+
+    return json.loads(encode_body(BODIES[MessageType.HANDOVER]))
+
+
+@pytest.mark.parametrize("lang", ["de", "en"])
+async def test_the_release_form_names_every_recipient_purpose_and_category(
+    jobcenter: Running, lang: str
+) -> None:
+    view = await jobcenter.register(
+        purposes=[p.value for p in Purpose],
+        categories=[c.value for c in DataCategory],
+        types=["referral", "handover", "feedback"],
+    )
+    path = f"/v1/consents/{view['consent_id']}/form?lang={lang}"
+    status, page = await jobcenter.call("GET", path, scope="consents:read")
+    assert status == 200
+    assert f'<html lang="{lang}">' in page
+    assert "@media print" in page
+    directory = fed().directory
+    for agency in view["recipients"]:
+        entry = directory.agency(agency)
+        assert entry is not None
+        assert html.escape(entry.name) in page
+    from bridge.adapters import form
+
+    for code in view["purposes"]:
+        assert html.escape(form._PURPOSES[code][lang]) in page  # type: ignore[index]
+    for code in view["categories"]:
+        assert html.escape(form._CATEGORIES[code][lang]) in page  # type: ignore[index]
+    assert CASE_FILE not in page  # the form is handed to the client; the case file is not on it
+    assert ("widerrufen" if lang == "de" else "withdraw") in page
+    status, problem = await jobcenter.call(
+        "GET", f"/v1/consents/{view['consent_id']}/form?lang=fr", scope="consents:read"
+    )
+    assert (status, problem["field"]) == (422, "lang")
+
+
+def test_the_form_escapes_what_it_shows() -> None:
+    from consent_helpers import consent_body
+    from envelope_helpers import federation
+
+    body = consent_body(federation(), purposes=["x-<script>"])
+    page = render_form(body, federation().directory, "en")
+    assert "<script>" not in page
