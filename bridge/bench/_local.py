@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import time
 import uuid
 from collections.abc import Sequence
@@ -167,14 +168,47 @@ class _Accepted(msgspec.Struct):
     message_id: str
 
 
+class _Registered(msgspec.Struct):
+    consent_id: str
+
+
 class Submitter:
     """The Jobcenter's case system: one submission at a time per call, over its own session."""
 
     def __init__(self, session: aiohttp.ClientSession, url: str, token: str) -> None:
         self._session = session
+        self._base = url
         self._url = f"{url}/v1/messages"
         self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self.refused = 0
+        self.consent = ""
+
+    async def register_consent(self, recipients: Sequence[str]) -> str:
+        """Register the client's consent for the run, as the case worker would, once."""
+        valid_until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
+        request = {
+            "recipients": sorted(recipients),
+            "purposes": ["integration-support"],
+            "categories": ["identity", "contact", "addiction"],
+            "types": ["handover"],
+            "valid_until": valid_until.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "local_ref": "bench",
+        }
+        timeout = aiohttp.ClientTimeout(total=_HTTP_TIMEOUT)
+        async with self._session.post(
+            f"{self._base}/v1/consents",
+            data=msgspec.json.encode(request),
+            headers=self._headers,
+            timeout=timeout,
+        ) as response:
+            data = await response.read()
+            if response.status != 201:
+                raise TransportError(
+                    f"the sending adapter answered {response.status} to the consent",
+                    reason="bench.consent_refused",
+                )
+        self.consent = msgspec.json.decode(data, type=_Registered).consent_id
+        return self.consent
 
     async def submit(self, request: bytes) -> str:
         headers = {**self._headers, "Idempotency-Key": str(uuid.uuid4())}
@@ -192,12 +226,12 @@ class Submitter:
         return msgspec.json.decode(data, type=_Accepted).message_id
 
 
-def submit_request(body: bytes, recipients: Sequence[str]) -> bytes:
-    """A handover request for `recipients` around an encoded body (consent is fresh each run)."""
+def submit_request(body: bytes, recipients: Sequence[str], consent: str) -> bytes:
+    """A handover request for `recipients` around an encoded body, under `consent`."""
     request: dict[str, Any] = {
         "type": "handover",
         "recipients": list(recipients),
-        "consent": f"c-{uuid.uuid4().hex}",
+        "consent": consent,
         "purpose": "integration-support",
         "categories": ["identity", "contact", "addiction"],
         "body": msgspec.Raw(body),

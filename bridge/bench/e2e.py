@@ -402,7 +402,8 @@ class _Load:
 
         async def worker() -> None:
             while time.perf_counter() < deadline:
-                completions.append(await self.send(submit_request(body, recipients), recipients))
+                request = submit_request(body, recipients, self.submitter.consent)
+                completions.append(await self.send(request, recipients))
 
         async with asyncio.TaskGroup() as tg:
             for _ in range(window):
@@ -419,7 +420,7 @@ class _Load:
 
         async def one(at: float) -> None:
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
-            request = submit_request(body, recipients)
+            request = submit_request(body, recipients, self.submitter.consent)
             submitted = time.perf_counter()
             message_id = await self.submitter.submit(request)
             ids.append(message_id)
@@ -567,7 +568,7 @@ async def _fill(load: _Load, body: bytes, count: int, window: int, progress: Pro
         nonlocal left, done
         while left > 0:
             left -= 1
-            await load.submitter.submit(submit_request(body, recipients))
+            await load.submitter.submit(submit_request(body, recipients, load.submitter.consent))
             done += 1
             if done % step == 0:
                 progress(f"memory: {done:,} of {count:,} submitted")
@@ -722,6 +723,7 @@ async def _run_stack(
             connector=aiohttp.TCPConnector(limit=max(64, 2 * settings.window))
         ) as session:
             load = _Load(stack, session)
+            await load.submitter.register_consent((WEBHOOK_RECIPIENT, PULL_RECIPIENT))
             ports = stack.stack.ports
             await load.webhook.start(ports.host, ports.sink)
             await load.receipts.start()
