@@ -271,3 +271,30 @@ async def test_concurrent_folds_from_two_instances_lose_nothing(nats_env: Any) -
     assert (
         await stores[0].add_events(new_message_id(), [Event(state="routed", at=NOW)], NOW) is False
     )
+
+
+async def test_a_known_revision_skips_the_read_and_a_stale_one_loses_nothing(
+    nats_env: Any,
+) -> None:
+    """`add_events(known=...)` writes on the caller's revision; if another event was folded
+    in meanwhile, the write is refused and the fold retries from the stored record."""
+    client = await nats_env.connect(Identity.for_agency(JOBCENTER))
+    store = await Store.open(client.js, JOBCENTER, 5.0)
+    record = MessageRecord(
+        message_id=new_message_id(),
+        type="referral",
+        recipients=["agency-a", "agency-b"],
+        created_at=NOW,
+        expires_at=NOW + 3600,
+    )
+    revision = await store.create_message(record, NOW)
+    assert revision is not None
+    assert await store.create_message(record, NOW) is None  # exists: keeps the first record
+
+    routed = Event(state="routed", at=NOW, recipient="agency-a")
+    assert await store.add_events(record.message_id, [routed], NOW)  # now the revision is stale
+    accepted = Event(state="accepted", at=NOW)
+    assert await store.add_events(record.message_id, [accepted], NOW, known=(record, revision))
+    stored = await store.get_message(record.message_id)
+    assert stored is not None
+    assert [e.state for e in stored.events] == ["routed", "accepted"]

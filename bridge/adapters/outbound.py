@@ -170,16 +170,14 @@ class Outbound:
         except BridgeError as exc:
             log.error("cannot seal a submission [%s]", exc.reason)
             raise ApiProblem(500, "the message could not be sealed", reason=exc.reason) from exc
-        await self._store.create_message(
-            MessageRecord(
-                message_id=message_id,
-                type=request.type,
-                recipients=list(request.recipients),
-                created_at=now,
-                expires_at=now + submission.lifetime,
-            ),
-            now,
+        record = MessageRecord(
+            message_id=message_id,
+            type=request.type,
+            recipients=list(request.recipients),
+            created_at=now,
+            expires_at=now + submission.lifetime,
         )
+        revision = await self._store.create_message(record, now)
         ack = await publish_durable(
             self._js,
             submit_subject(self._agency),
@@ -188,8 +186,10 @@ class Outbound:
             timeout=self._publish_timeout,
         )
         accepted_at = int(self._clock())
+        # The record as just created, unless a retried submission found one: no read back.
+        known = None if revision is None else (record, revision)
         await self._store.add_events(
-            message_id, [Event(state="accepted", at=accepted_at)], accepted_at
+            message_id, [Event(state="accepted", at=accepted_at)], accepted_at, known=known
         )
         # Remembered under our own consent, so a withdrawal knows whom to send notices.
         try:

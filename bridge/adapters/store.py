@@ -173,19 +173,34 @@ class Store:
 
     # -- sent messages --------------------------------------------------------------------
 
-    async def create_message(self, record: MessageRecord, now: int) -> None:
-        """Create `msg.<id>` unless it exists (a retried submission keeps its first record)."""
-        await self._write(_msg_key(record.message_id), record, last=0, ttl=_ttl(record, now))
+    async def create_message(self, record: MessageRecord, now: int) -> int | None:
+        """Create `msg.<id>` unless it exists (a retried submission keeps its first record).
+
+        Returns the new record's revision (for `add_events(known=...)`), None if one existed.
+        """
+        key = _msg_key(record.message_id)
+        return await self._put(key, record, last=0, ttl=_ttl(record, now))
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
         found = await self._get(_msg_key(message_id), MessageRecord)
         return None if found is None else found[0]
 
-    async def add_events(self, message_id: str, events: list[Event], now: int) -> bool:
-        """Fold `events` into the record; False when there is no such record."""
+    async def add_events(
+        self,
+        message_id: str,
+        events: list[Event],
+        now: int,
+        *,
+        known: tuple[MessageRecord, int] | None = None,
+    ) -> bool:
+        """Fold `events` into the record; False when there is no such record.
+
+        `known` is the record and its revision as the caller last wrote it: the first attempt
+        then skips reading it back, and a change meanwhile only costs a retry.
+        """
         key = _msg_key(message_id)
         for _ in range(_MAX_CAS_ATTEMPTS):
-            found = await self._get(key, MessageRecord)
+            found, known = known or await self._get(key, MessageRecord), None
             if found is None:
                 return False
             record, revision = found
@@ -308,8 +323,12 @@ class Store:
 
     async def _write(self, key: str, value: msgspec.Struct, *, last: int, ttl: int) -> bool:
         """Compare-and-set: write if the key's last revision is `last` (0: absent)."""
+        return await self._put(key, value, last=last, ttl=ttl) is not None
+
+    async def _put(self, key: str, value: msgspec.Struct, *, last: int, ttl: int) -> int | None:
+        """`_write`, returning the new revision, or None when `last` was not the revision."""
         try:
-            await _translated(
+            ack = await _translated(
                 self._js.publish(
                     self._prefix + key,
                     msgspec.json.encode(value),
@@ -325,9 +344,9 @@ class Store:
             if isinstance(cause, nats.js.errors.APIError) and (
                 cause.err_code in _WRONG_LAST_SEQUENCE
             ):
-                return False
+                return None
             raise
-        return True
+        return int(ack.seq)
 
 
 def _msg_key(message_id: str) -> str:
