@@ -108,6 +108,7 @@ def test_quick_run_has_every_row_and_cleans_up(
         assert set(memory["peak_rss_bytes"]) == PROCESSES
         assert all(v > 0 for v in memory["peak_rss_bytes"].values())
     assert set(result["memory_growth"]) == PROCESSES
+    assert {p["name"] for p in result["primitives"]} >= {"sign", "verify-signature", "hpke-wrap"}
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
     assert _processes_under(tmp_path) == []
