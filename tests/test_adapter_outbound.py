@@ -159,7 +159,7 @@ BAD_REQUESTS = {
     "lifetime too long": (
         referral_request(lifetime_seconds=10**9),
         422,
-        "request.invalid",
+        "request.lifetime_too_long",
         "$.lifetime_seconds",
     ),
 }

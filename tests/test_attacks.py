@@ -9,13 +9,21 @@ if the genuine traffic still gets through.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import json
 import logging
+import time
+from collections.abc import Callable
 
+import jwt
+import msgspec
 import nats
 import pytest
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from test_e2e import COUNSELLING, E2E, JOBCENTER, SPDI, e2e, eventually  # noqa: F401 - fixture
 
+from bridge.adapters.api import MAX_LIFETIME_SECONDS
 from bridge.adapters.receipts import receipt_categories, receipt_message_id
 from bridge.crypto import Keyring, seal
 from bridge.demo import demo_referral
@@ -23,6 +31,7 @@ from bridge.federation.directory import Directory, load_anchor
 from bridge.ids import new_message_id
 from bridge.nats.identities import Credentials, Identity
 from bridge.nats.subjects import HDR_MSG_ID, submit_subject
+from bridge.up.layout import TOKEN_ISSUER, demo_agency
 from bridge.wire import Delivered, Disposition, Purpose, Receipt, Rejected, encode_body
 
 
@@ -181,3 +190,244 @@ async def test_a_receipt_cannot_backdate_the_timeline(e2e: E2E) -> None:
     created = datetime.datetime.fromisoformat(status["created_at"])
     for event in status["events"]:
         assert datetime.datetime.fromisoformat(event["at"]) >= created, event
+
+
+# -- malformed HTTP (findings 3, 4 and 6) ---------------------------------------------------------
+
+# Stands for personal data: whatever a caller sent must appear in no answer and no log line.
+SECRET = "Erika-Mustermann-Hauptstr-5-0176-5550123"
+_SECRET_BYTES = SECRET.encode()
+
+
+async def _raw_http(url: str, request: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send `request` as it is over a socket; every response until the server closes."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(20):
+            data = await reader.read()  # the server closes after an error (or Connection: close)
+    finally:
+        writer.close()
+    responses = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", len(rest)))
+        responses.append((status, headers, rest[:length]))
+        data = rest[length:]
+    return responses
+
+
+def _problem(response: tuple[int, dict[str, str], bytes], status: int, code: str) -> None:
+    got_status, headers, body = response
+    assert (got_status, headers.get("content-type")) == (status, "application/problem+json"), (
+        response
+    )
+    problem = json.loads(body)
+    assert (problem["status"], problem["code"]) == (status, code), problem
+    assert "instance" not in problem
+    assert headers.get("server") == "bridge"
+
+
+def _no_echo(
+    caplog: pytest.LogCaptureFixture, *responses: tuple[int, dict[str, str], bytes]
+) -> None:
+    for _, headers, body in responses:
+        assert _SECRET_BYTES not in body
+        assert SECRET not in "".join(headers.values())
+    for record in caplog.records:
+        text = record.getMessage() + (
+            logging.Formatter().formatException(record.exc_info) if record.exc_info else ""
+        )
+        assert SECRET not in text, record.name
+
+
+def _bearer(e2e: E2E) -> bytes:
+    token = e2e.stack.token(JOBCENTER, ["messages:send", "messages:read"], 600)
+    return f"Authorization: Bearer {token}\r\n".encode()
+
+
+MALFORMED: dict[str, tuple[Callable[[E2E], bytes], tuple[int, str]]] = {
+    # name: (the raw request, the status and code of the last answer; all are problems)
+    # The body is longer than Content-Length says: its rest arrives as a "request" of its own.
+    "content-length-too-small": (
+        lambda e2e: (
+            b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n"
+            + _bearer(e2e)
+            + b"Content-Type: application/json\r\nContent-Length: 9\r\n\r\n"
+            + b'{"body": {"name": "'
+            + _SECRET_BYTES
+            + b'"}}'
+        ),
+        (400, "request.malformed"),
+    ),
+    "authorization-over-8190-bytes": (
+        lambda e2e: (
+            b"GET /v1/messages/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + _SECRET_BYTES * 250
+            + b"\r\nConnection: close\r\n\r\n"
+        ),
+        (401, "auth.token_too_large"),
+    ),
+    "authorization-over-the-parser-limit": (
+        lambda e2e: (
+            b"GET /v1/messages/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + _SECRET_BYTES * 1000
+            + b"\r\n\r\n"
+        ),
+        (431, "request.header_too_large"),
+    ),
+    "other-header-over-8190-bytes": (
+        lambda e2e: (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Note: "
+            + _SECRET_BYTES * 250
+            + b"\r\nConnection: close\r\n\r\n"
+        ),
+        (431, "request.header_too_large"),
+    ),
+    "path-over-8-KiB": (
+        lambda e2e: (
+            b"GET /v1/messages/"
+            + _SECRET_BYTES * 250
+            + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ),
+        (414, "request.uri_too_long"),
+    ),
+    "path-over-the-parser-limit": (
+        lambda e2e: b"GET /v1/messages/" + _SECRET_BYTES * 1000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        (414, "request.uri_too_long"),
+    ),
+    "not-a-request-line": (
+        lambda e2e: _SECRET_BYTES + b" / HTTP/1.1\r\nHost: x\r\n\r\n",
+        (400, "request.malformed"),
+    ),
+    "control-character-in-a-header": (
+        lambda e2e: (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Note: " + _SECRET_BYTES + b"\x01\r\n\r\n"
+        ),
+        (400, "request.malformed"),
+    ),
+    "idempotency-key-with-del": (
+        lambda e2e: (
+            b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n"
+            + _bearer(e2e)
+            + b"Idempotency-Key: "
+            + _SECRET_BYTES
+            + b"\x7f\r\nContent-Length: 0\r\n\r\n"
+        ),
+        (400, "idempotency.key_invalid"),
+    ),
+    "authorization-with-a-control-character": (
+        lambda e2e: (
+            b"GET /v1/messages/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + _SECRET_BYTES
+            + b"\x7f\r\n\r\n"
+        ),
+        (401, "auth.invalid"),
+    ),
+    "trace": (
+        lambda e2e: b"TRACE /v1/messages HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        (405, "http.method_not_allowed"),
+    ),
+    "unknown-message-path": (
+        lambda e2e: (
+            b"GET /v1/messages/"
+            + _SECRET_BYTES
+            + b" HTTP/1.1\r\nHost: x\r\n"
+            + _bearer(e2e)
+            + b"Connection: close\r\n\r\n"
+        ),
+        (404, "id.message_malformed"),
+    ),
+}
+
+
+async def test_malformed_http_is_answered_with_problems_that_quote_nothing(
+    e2e: E2E, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Findings 3, 4 and 6: raw bytes to a real adapter; the answers and the logs."""
+    caplog.set_level(logging.DEBUG)
+    url = e2e.stack.adapter_url(JOBCENTER)
+    for name, (build, expected) in MALFORMED.items():
+        responses = await _raw_http(url, build(e2e))
+        assert responses, name
+        for status, headers, _ in responses:
+            assert 400 <= status < 500
+            assert headers["content-type"] == "application/problem+json"
+        _problem(responses[-1], *expected)
+        _no_echo(caplog, *responses)
+        if name == "trace":
+            assert responses[0][1]["allow"] == "POST"
+    assert "refused an HTTP request" in caplog.text  # the fact is logged, nothing more
+
+
+async def test_the_demo_sink_quotes_nothing_either(
+    e2e: E2E, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    responses = await _raw_http(e2e.stack.sink_url, _SECRET_BYTES + b" / HTTP/1.1\r\n\r\n")
+    _problem(responses[0], 400, "request.malformed")
+    _no_echo(caplog, *responses)
+
+
+async def test_a_lifetime_one_second_too_long_is_named_so(e2e: E2E) -> None:
+    """Finding 6: one second over the maximum is `request.lifetime_too_long`."""
+    request = {
+        "type": "referral",
+        "recipients": [COUNSELLING],
+        "consent": f"c-{'1' * 32}",
+        "purpose": "integration-support",
+        "categories": ["identity"],
+        "body": demo_referral(),
+        "lifetime_seconds": MAX_LIFETIME_SECONDS + 1,
+    }
+    async with e2e.session.post(
+        f"{e2e.stack.adapter_url(JOBCENTER)}/v1/messages",
+        data=msgspec.json.encode(request),
+        headers={
+            "Authorization": f"Bearer {e2e.stack.token(JOBCENTER, ['messages:send'], 600)}",
+            "Content-Type": "application/json",
+        },
+    ) as response:
+        problem = await response.json(content_type=None)
+        assert response.status == 422, problem
+        assert response.headers["Server"] == "bridge"
+    assert (problem["code"], problem["field"]) == (
+        "request.lifetime_too_long",
+        "$.lifetime_seconds",
+    )
+
+
+async def test_registered_claims_of_the_wrong_json_type_are_refused(e2e: E2E) -> None:
+    """Finding 5: `"exp": "1795..."` (a numeric string) must not pass pyjwt's int()."""
+    entry = demo_agency(JOBCENTER)
+    key = load_pem_private_key(
+        e2e.stack.layout.token_private_key(JOBCENTER).read_bytes(), password=None
+    )
+    now = int(time.time())
+    good = {
+        "iss": TOKEN_ISSUER,
+        "aud": entry.audience,
+        "sub": "case-system",
+        "scope": "messages:read",
+        "iat": now,
+        "exp": now + 600,
+    }
+    url = f"{e2e.stack.adapter_url(JOBCENTER)}/v1/messages/{new_message_id()}"
+    for changes, status in (
+        ({}, 404),  # the positive twin: a valid token reaches the handler
+        ({"exp": str(now + 600)}, 401),
+        ({"iat": str(now)}, 401),
+        ({"nbf": str(now)}, 401),
+        ({"exp": True}, 401),
+    ):
+        token = jwt.encode({**good, **changes}, key, algorithm="EdDSA")  # type: ignore[arg-type]
+        async with e2e.session.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status == status, (changes, await response.text())

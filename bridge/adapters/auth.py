@@ -50,6 +50,7 @@ SCOPES: Final = (
     "consents:write",
 )
 _MAX_TOKEN_BYTES: Final = 8192
+_TIME_CLAIMS: Final = ("exp", "iat", "nbf")
 
 
 class AuthenticationFailed(PolicyError):
@@ -135,6 +136,12 @@ class TokenVerifier:
             # NOTE: pyjwt's messages name the failed check (audience, issuer, signature), never
             # the token itself, so they are safe to pass on and help the caller fix it.
             raise AuthenticationFailed(f"the token is not valid: {exc}") from exc
+        # NOTE: pyjwt checks the times with int(), which also takes "1795000000" (a string) and
+        # True; RFC 7519 says NumericDate, a JSON number. iss, sub, aud and jti it type-checks.
+        for name in _TIME_CLAIMS:
+            value = claims.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise AuthenticationFailed(f"the token's {name!r} claim is not a number")
         scope = claims.get("scope", "")
         subject = claims.get("sub")
         if not isinstance(scope, str) or not isinstance(subject, str) or not subject:

@@ -23,6 +23,7 @@ from .api import Accepted, Health, InboxList
 from .auth import AuthenticationFailed, Claims, InsufficientScope, TokenVerifier
 from .consents import Consents
 from .form import LANGUAGES, render_form
+from .guard import guard_middleware
 from .outbound import Outbound
 from .problems import ApiProblem, problem_response
 from .pull import PullInbox
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 _encoder: Final = msgspec.json.Encoder()
 _READ_CHUNK: Final = 64 * 1024
 _RETRY_AFTER: Final = "5"
+_HTTP_REASONS: Final = {404: "http.not_found", 405: "http.method_not_allowed"}
 
 
 @dataclass(frozen=True)
@@ -63,22 +65,27 @@ def _json(value: msgspec.Struct, status: int = 200) -> web.Response:
 
 @web.middleware
 async def _problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # No `instance`: it would echo the request path, and problems never quote a request.
     try:
         return await handler(request)
     except ApiProblem as problem:
-        return problem_response(problem, request.path)
+        return problem_response(problem)
     except AuthenticationFailed as exc:
-        return problem_response(ApiProblem.from_error(401, exc), request.path)
+        return problem_response(ApiProblem.from_error(401, exc))
     except InsufficientScope as exc:
-        return problem_response(ApiProblem.from_error(403, exc), request.path)
+        return problem_response(ApiProblem.from_error(403, exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        reason = "http.not_found" if exc.status == 404 else f"http.status_{exc.status}"
-        return problem_response(ApiProblem(exc.status, exc.reason, reason=reason), request.path)
+        reason = _HTTP_REASONS.get(exc.status, f"http.status_{exc.status}")
+        kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return problem_response(ApiProblem(exc.status, exc.reason, reason=reason, headers=kept))
     except Exception as exc:
-        log.error("unhandled %s in %s %s", type(exc).__name__, request.method, request.path)
-        return problem_response(ApiProblem(500, "internal error", reason="internal"), request.path)
+        # The route, not the path: a path can hold anything a caller typed.
+        route = request.match_info.route.resource
+        where = route.canonical if route is not None else "-"
+        log.error("unhandled %s in %s %s", type(exc).__name__, request.method, where)
+        return problem_response(ApiProblem(500, "internal error", reason="internal"))
 
 
 def _unavailable(detail: str, exc: TransportError) -> ApiProblem:
@@ -239,7 +246,9 @@ async def _openapi(request: web.Request) -> web.StreamResponse:
 
 def build_app(context: ApiContext) -> web.Application:
     # The body limit is enforced by `_read_body`; aiohttp's own is a backstop just above it.
-    app = web.Application(middlewares=[_problems], client_max_size=context.max_body_bytes + 1)
+    app = web.Application(
+        middlewares=[_problems, guard_middleware], client_max_size=context.max_body_bytes + 1
+    )
     app[CONTEXT] = context
     app.router.add_post("/v1/messages", _submit)
     app.router.add_get("/v1/messages/{message_id}", _message)

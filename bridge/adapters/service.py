@@ -46,6 +46,7 @@ from ..nats.subjects import (
 from ..nats.transport import bind_pull, connect
 from .auth import TokenVerifier
 from .consents import Consents
+from .guard import GuardedAppRunner
 from .http import ApiContext, build_app
 from .inbound import Inbound
 from .openapi import openapi_document
@@ -268,7 +269,7 @@ class Adapter:
             )
         )
         self._task = asyncio.create_task(self._background(sink), name=f"adapter-{c.agency}")
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = GuardedAppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, c.http.host, c.http.port)
         try:

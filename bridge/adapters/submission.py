@@ -28,7 +28,7 @@ from ..wire import (
     decode_strict,
 )
 from ..wire import encode_body as encode_wire_body
-from .api import RawSubmitRequest
+from .api import MAX_LIFETIME_SECONDS, RawSubmitRequest
 from .problems import ApiProblem
 
 __all__ = ["Submission", "decode_request", "parse_submission"]
@@ -91,7 +91,17 @@ def parse_submission(
     now: int,
 ) -> Submission:
     """Decode and check a submission; raise `ApiProblem` naming the field, never a value."""
-    request = decode_request(_request_decoder, raw, max_bytes)
+    try:
+        request = decode_request(_request_decoder, raw, max_bytes)
+    except ApiProblem as problem:
+        if problem.field == "$.lifetime_seconds" and "<=" in problem.detail:
+            # Over the schema's maximum: the same answer as over the configured one below.
+            raise _invalid(
+                f"lifetime exceeds {MAX_LIFETIME_SECONDS} seconds",
+                "request.lifetime_too_long",
+                problem.field,
+            ) from None
+        raise
     try:
         body = decode_body(request.type, bytes(request.body))
     except BodyInvalid as exc:

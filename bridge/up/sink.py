@@ -23,6 +23,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from ..adapters.guard import GuardedAppRunner
 from ..errors import ConfigError
 
 __all__ = ["MAX_KEPT", "Delivery", "DemoSink", "verify_webhook_signature"]
@@ -106,7 +107,7 @@ class DemoSink:
         return app
 
     async def start(self, host: str, port: int) -> None:
-        runner = web.AppRunner(self.app(), access_log=None)
+        runner = GuardedAppRunner(self.app())
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port, reuse_address=True).start()
