@@ -29,6 +29,7 @@ __all__ = [
     "ConsentConfig",
     "DeliveryConfig",
     "DirectoryConfig",
+    "ExpiryConfig",
     "HttpConfig",
     "NatsClientConfig",
     "Retention",
@@ -115,10 +116,22 @@ class ConsentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     enforce: bool = True
 
 
+class ExpiryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How the broker watches undelivered inbox copies (docs/broker.md, "Expiry").
+
+    Every `check_seconds` it looks at each copy; one that still waits after `warn_fraction` of
+    its time in the inbox gets an `expiring` warning to the recipient.
+    """
+
+    check_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 30
+    warn_fraction: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.5
+
+
 class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     nats: NatsClientConfig
     directory: DirectoryConfig
     audit: AuditConfig
+    expiry: ExpiryConfig = msgspec.field(default_factory=ExpiryConfig)
     routes: list[Route]
     retention: dict[str, Retention] = msgspec.field(default_factory=lambda: DEFAULT_RETENTION)
     consent: ConsentConfig = msgspec.field(default_factory=ConsentConfig)

@@ -98,6 +98,8 @@ def write_config(
     name: str = "broker",
     reload_seconds: int = 1,
     enforce_consent: bool = False,
+    referral_ttl: int = INBOX_TTL,
+    extra: str = "",
 ) -> Path:
     """A broker config as an operator would write it, with paths relative to the file."""
     base = tmp_path / name
@@ -110,7 +112,7 @@ def write_config(
     retention = "".join(
         f"\n[retention.{kind}]\ninbox_ttl_seconds = {ttl}\nmax_lifetime_seconds = {life}\n"
         for kind, ttl, life in (
-            ("referral", INBOX_TTL, MAX_LIFETIME),
+            ("referral", referral_ttl, MAX_LIFETIME),
             ("handover", 14 * DAY, 30 * DAY),
             ("feedback", 14 * DAY, 30 * DAY),
             ("receipt", 7 * DAY, 14 * DAY),
@@ -130,8 +132,12 @@ def write_config(
         f"reload_seconds = {reload_seconds}\n"
         "\n[audit]\n"
         'key_file = "../audit.key"\n'
+        + extra
+        +
         # Off unless a test is about consent: the others send under a made-up consent id.
-        f"\n[consent]\nenforce = {'true' if enforce_consent else 'false'}\n" + ROUTES + retention
+        f"\n[consent]\nenforce = {'true' if enforce_consent else 'false'}\n"
+        + ROUTES
+        + retention
     )
     return path
 

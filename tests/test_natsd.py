@@ -24,6 +24,7 @@ from bridge.nats.subjects import (
     AUDIT_STREAM,
     CONSENT_STREAM,
     INBOX_STREAM,
+    PENDING_STREAM,
     STATUS_STREAM,
     inbox_consumer,
     inbox_subject,
@@ -228,10 +229,10 @@ async def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
 async def test_provisioning_is_idempotent(nats_env: NatsEnv) -> None:
     report = await nats_env.provision()
     assert not report.changed, str(report)
-    # Shared: inbox, status and audit streams, the consent registry with the broker's
-    # withdrawals consumer. Per agency: its submit stream with the broker's consumer, its inbox
-    # and status consumers, its bucket.
-    assert len(report.changes) == 3 + 2 + 5 * len(nats_env.agencies)
+    # Shared: inbox, status, pending and audit streams, the consent registry with the
+    # broker's withdrawals consumer. Per agency: its submit stream with the broker's consumer,
+    # its inbox and status consumers, its bucket.
+    assert len(report.changes) == 4 + 2 + 5 * len(nats_env.agencies)
 
 
 async def test_provisioning_retires_the_shared_submit_stream_only_when_empty(
@@ -311,6 +312,7 @@ async def test_provisioning_updates_a_changed_limit(nats_env: NatsEnv) -> None:
         STATUS_STREAM: ("duplicate_window",),
         AUDIT_STREAM: ("duplicate_window",),
         CONSENT_STREAM: ("duplicate_window",),
+        PENDING_STREAM: ("duplicate_window",),
     }
     again = await nats_env.provision(settings=ProvisionSettings(duplicate_window=3600.0))
     assert not again.changed

@@ -1,6 +1,7 @@
 """Status folding: the broker's events about this agency's messages, into their KV records.
 
-The broker publishes `routed` and `rejected` events to `bridge.status.<sender>.<id>`; the
+The broker publishes `routed`, `rejected` and `expired` events to `bridge.status.<sender>.<id>`,
+and `expiring` warnings about messages waiting in this agency's own inbox; the
 adapter consumes its `status-<agency>` consumer and folds each event into `msg.<id>` with a
 compare-and-set, so several adapter instances can share the consumer and the bucket. An event
 is acknowledged only after it was folded (or found to be for no record of ours).
@@ -20,7 +21,7 @@ from nats.js.client import JetStreamContext
 
 from ..errors import BridgeError
 from ..nats.transport import fetch
-from ..wire import StatusEventInvalid, decode_status_event
+from ..wire import DeliveryState, StatusEventInvalid, decode_status_event
 from .store import Event, Store
 
 __all__ = ["StatusFolder"]
@@ -47,6 +48,7 @@ class StatusFolder:
         self._clock = clock
         self._fetch_timeout = fetch_timeout
         self.folded = 0
+        self.expiring = 0  # warnings about messages waiting undelivered in our inbox
 
     def __repr__(self) -> str:
         return f"StatusFolder(agency={self._agency!r}, folded={self.folded})"
@@ -73,6 +75,18 @@ class StatusFolder:
         except StatusEventInvalid as exc:
             log.warning("status: malformed event dropped [%s]", exc.reason)
             await msg.term()
+            return
+        if event.state is DeliveryState.EXPIRING and event.recipient == self._agency:
+            # A message for us still waits in our inbox and will be removed undelivered: the
+            # local system is not taking deliveries (or the webhook keeps failing).
+            self.expiring += 1
+            log.warning(
+                "status: message %s from %s waits undelivered and expires at %s",
+                event.message_id,
+                event.sender,
+                event.expires_at.isoformat() if event.expires_at else "-",
+            )
+            await msg.ack()
             return
         if event.sender != self._agency:
             log.warning("status: event about another agency's message dropped")

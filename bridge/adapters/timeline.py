@@ -1,7 +1,9 @@
 """A sent message's timeline as the API shows it, derived from its KV record.
 
-`expired` is never stored: it is what a recipient's state is when `expires_at` passed before
-the message was delivered to it (or rejected), so it cannot disagree with the record.
+`expired` is stored when the broker reports that the store removed the undelivered copy (a
+non-delivery notice with its reason). Until that report arrives it is also derived: a
+recipient's state is expired when `expires_at` passed before the message was delivered to it
+(or rejected).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _recipient_status(record: MessageRecord, agency: str, now: int) -> tuple[Rec
         state = _state(event)
         if state is None or event.recipient not in (None, agency):
             continue
-        if state is DeliveryState.REJECTED:
+        if state in (DeliveryState.REJECTED, DeliveryState.EXPIRED):
             return RecipientStatus(agency=agency, state=state, reason=event.reason), False
         if state in _RANK and (best is None or _RANK[state] > _RANK[best]):
             best = state

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -47,9 +48,15 @@ _WRONG_LAST_SEQUENCE: Final = (10071, 10164)
 _MAX_ATTEMPTS: Final = 64
 
 
-def audit_msg_id(kind: str, subject: str, detail: str | None = None) -> str:
-    """`Nats-Msg-Id` of an audit event: one per kind, thing concerned and detail (recipient)."""
-    return f"audit.{kind}.{subject}" + (f".{detail}" if detail else "")
+def audit_msg_id(kind: str, *about: str | None) -> str:
+    """`Nats-Msg-Id` of an audit event: one per kind and what it is about.
+
+    `about` names the event's subject in full, sender included (sender, message id, recipient):
+    message ids are chosen by senders, so one agency must not be able to pre-empt the record
+    of another's message by reusing its id. Hashed to stay within the id's length limit.
+    """
+    digest = hashlib.sha256("\x00".join(part or "" for part in about).encode()).hexdigest()
+    return f"audit.{kind}.{digest[:40]}"
 
 
 class AuditWriter:

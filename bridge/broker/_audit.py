@@ -53,16 +53,16 @@ def routing_events(
 ) -> list[AuditItem]:
     header = verdict.header
     at = _utc(now)
-    mid = header.id
+    mid, sender = header.id, header.sender
     accepted = _about(header, AuditKind.ACCEPTED, at)
     items: list[AuditItem] = [
-        (audit_msg_id("submitted", mid), replace(accepted, kind=AuditKind.SUBMITTED)),
-        (audit_msg_id("accepted", mid), accepted),
+        (audit_msg_id("submitted", sender, mid), replace(accepted, kind=AuditKind.SUBMITTED)),
+        (audit_msg_id("accepted", sender, mid), accepted),
     ]
     expires = _utc(now + verdict.ttl)
     for recipient in verdict.recipients:
         routed = replace(accepted, kind=AuditKind.ROUTED, recipient=recipient, expires_at=expires)
-        items.append((audit_msg_id("routed", mid, recipient), routed))
+        items.append((audit_msg_id("routed", sender, mid, recipient), routed))
     if header.type == "receipt" and header.reply_to is not None:
         items += _receipt_events(header, headers, at)
     return items
@@ -76,22 +76,24 @@ def _receipt_events(
     if len(header.recipients) != 1:
         return []
     original, responder = header.reply_to, header.sender
+    original_sender = header.recipients[0].agency
     base = AuditEvent(
         kind=AuditKind.RECEIPTED,
         at=at,
         message_id=original,
-        sender=header.recipients[0].agency,
+        sender=original_sender,
         recipient=responder,
     )
+    about = (original_sender, original, responder)
     items: list[AuditItem] = []
     state, _, reason = (headers or {}).get(HDR_DISPOSITION, "").partition(" ")
     if state == "delivered" and not reason:
         delivered = replace(base, kind=AuditKind.DELIVERED)
-        items.append((audit_msg_id("delivered", original, responder), delivered))
+        items.append((audit_msg_id("delivered", *about), delivered))
     elif state == "rejected" and len(reason) <= 64 and _REASON_RE.fullmatch(reason):
         refused = replace(base, kind=AuditKind.REJECTED, reason=reason)
-        items.append((audit_msg_id("rejected", original, responder), refused))
-    items.append((audit_msg_id("receipted", original, responder), base))
+        items.append((audit_msg_id("rejected", *about), refused))
+    items.append((audit_msg_id("receipted", *about), base))
     return items
 
 
@@ -107,7 +109,11 @@ def rejection_events(
             kind=AuditKind.SUBMITTED, at=at, message_id=mid, sender=submission.sender
         )
     rejected = replace(submitted, kind=AuditKind.REJECTED, reason=reason)
-    return [(audit_msg_id("submitted", mid), submitted), (audit_msg_id("rejected", mid), rejected)]
+    sender = submission.sender
+    return [
+        (audit_msg_id("submitted", sender, mid), submitted),
+        (audit_msg_id("rejected", sender, mid), rejected),
+    ]
 
 
 def directory_events(serial: int, now: int) -> list[AuditItem]:

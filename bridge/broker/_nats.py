@@ -17,7 +17,7 @@ import contextlib
 import datetime
 import logging
 from collections.abc import Coroutine, Iterable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -40,6 +40,7 @@ __all__ = [
 log = logging.getLogger("bridge.broker")
 
 _CLOSE_TIMEOUT: Final = 5.0
+_T = TypeVar("_T")
 
 
 def inbox_msg_id(sender: str, message_id: str, recipient: str) -> str:
@@ -84,17 +85,18 @@ def deliveries(msg: Msg) -> int:
         return 1
 
 
-async def publish_all(publishes: Iterable[Coroutine[Any, Any, object]]) -> None:
-    """Run publishes concurrently; if any fails, raise the first `BridgeError` as itself."""
+async def publish_all(publishes: Iterable[Coroutine[Any, Any, _T]]) -> list[_T]:
+    """Run publishes concurrently and return their results in order; if any fails, raise the
+    first `BridgeError` as itself."""
     try:
         async with asyncio.TaskGroup() as tg:
-            for publish in publishes:
-                tg.create_task(publish)
+            tasks = [tg.create_task(publish) for publish in publishes]
     except BaseExceptionGroup as group:
         first = group.exceptions[0]
         if all(isinstance(e, BridgeError) for e in group.exceptions):
             raise first  # noqa: B904 - the group is kept as its context
         raise
+    return [task.result() for task in tasks]
 
 
 async def settle(ack: Coroutine[Any, Any, None]) -> None:

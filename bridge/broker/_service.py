@@ -47,6 +47,7 @@ from ..wire import DeliveryState, encode_status_event
 from ._audit import directory_events, rejection_events, routing_events
 from ._consent import check_consent
 from ._directory import DirectoryHolder
+from ._expiry import ExpiryWatch
 from ._nats import (
     close_connection,
     deliveries,
@@ -103,6 +104,7 @@ class Broker:
         )
         self._audit_key = load_audit_key(config.path(config.audit.key_file))
         self._audit: AuditWriter | None = None
+        self._expiry: ExpiryWatch | None = None
         self._audited_serial = 0
         self._counters = Counters()
         self._stop = asyncio.Event()
@@ -154,6 +156,14 @@ class Broker:
                 log.warning(
                     "broker %s: consent enforcement is OFF ([consent] enforce = false)", self._name
                 )
+            self._expiry = ExpiryWatch(
+                js,
+                self._record,
+                check_seconds=self._config.expiry.check_seconds,
+                warn_fraction=self._config.expiry.warn_fraction,
+                timeout=self._config.publish_timeout_seconds,
+                clock=self._clock,
+            )
             await self._serve(nc, js, subs)
             await self._last_checkpoint()
         finally:
@@ -171,6 +181,8 @@ class Broker:
                 )
                 assert self._audit is not None
                 signer = tg.create_task(self._audit.run_checkpoints())
+                assert self._expiry is not None
+                expiry = tg.create_task(self._expiry.run())
                 # One consumer per sender's submit stream, for every agency in the directory;
                 # agencies a reloaded directory adds are picked up at the next look.
                 while not self._stop.is_set():
@@ -197,6 +209,7 @@ class Broker:
                     await self._sleep(self._config.directory.reload_seconds)
                 watcher.cancel()
                 signer.cancel()
+                expiry.cancel()
                 if self._in_batch:  # let them settle what they can; the rest is redelivered
                     await asyncio.wait(
                         consumers.values(), timeout=self._config.publish_timeout_seconds + 2
@@ -384,7 +397,8 @@ class Broker:
     ) -> None:
         timeout = self._config.publish_timeout_seconds
         message_id = submission.message_id
-        await publish_all(
+        header = verdict.header
+        acks = await publish_all(
             publish_durable(
                 js,
                 inbox_subject(recipient),
@@ -403,6 +417,26 @@ class Broker:
             )
             for r in verdict.recipients
         )
+        assert self._expiry is not None
+        watch = self._expiry
+        notes = [
+            watch.note(
+                message_id=message_id,
+                sender=submission.sender,
+                recipient=recipient,
+                message_type=header.type,
+                consent=header.consent,
+                seq=ack.seq,
+                now=now,
+                ttl=verdict.ttl,
+            )
+            for recipient, ack in zip(verdict.recipients, acks, strict=True)
+        ]
+        await publish_all(watch.put(note) for note in notes)
+        if header.type == "receipt" and header.reply_to is not None:
+            # The recipient answered the message this receipt is about: nothing to expire.
+            for original_sender in verdict.recipients:
+                await watch.close(original_sender, header.reply_to, submission.sender)
         await self._record(routing_events(verdict, msg.headers, now))
         await settle(msg.ack())
         self._counters.routed += 1

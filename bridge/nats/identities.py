@@ -45,6 +45,7 @@ from .subjects import (
     inbox_edit_subjects,
     inbox_subjects_all,
     kv_bucket_api_subjects,
+    pending_write_subjects,
     pull_consumer_api_subjects,
     role_inbox_prefix,
     status_consumer,
@@ -185,6 +186,7 @@ def permissions_for(identity: Identity, federation: Sequence[str]) -> Permission
                 *consent_read_subjects(),
                 *pull_consumer_api_subjects(CONSENT_STREAM, WITHDRAWAL_CONSUMER),
                 *inbox_edit_subjects(),
+                *pending_write_subjects(),
             ),
             subscribe=(own_replies,),
         )

@@ -34,6 +34,7 @@ from .subjects import (
     BROKER_CONSUMER,
     CONSENT_STREAM,
     INBOX_STREAM,
+    PENDING_STREAM,
     STATUS_STREAM,
     WITHDRAWAL_CONSUMER,
     audit_subject,
@@ -43,6 +44,7 @@ from .subjects import (
     inbox_subjects_all,
     kv_bucket,
     kv_stream,
+    pending_subjects_all,
     status_consumer,
     status_filter,
     status_subjects_all,
@@ -233,6 +235,22 @@ def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamCo
             num_replicas=s.replicas,
         ),
         api.StreamConfig(
+            name=PENDING_STREAM,
+            description="bridge: the broker's notes of undelivered inbox copies (expiry)",
+            subjects=[pending_subjects_all()],
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.NEW,
+            max_msgs_per_subject=1,  # a note's newer state replaces the older
+            max_bytes=s.status_max_bytes,
+            max_age=s.inbox_max_age + _DAY,  # each note's own TTL ends it sooner
+            max_msg_size=s.status_max_msg_size,
+            duplicate_window=s.duplicate_window,
+            allow_msg_ttl=True,
+            allow_direct=True,
+            storage=api.StorageType.FILE,
+            num_replicas=s.replicas,
+        ),
+        api.StreamConfig(
             name=AUDIT_STREAM,
             description="bridge: hash-chained audit trail, written by the broker only",
             subjects=[audit_subject()],
@@ -289,6 +307,7 @@ _STREAM_FIELDS = (
     "discard_new_per_subject",
     "deny_delete",
     "deny_purge",
+    "max_msgs_per_subject",
     "description",
 )
 

@@ -17,6 +17,9 @@ Topology (one JetStream account, created by `bridge.nats.provision`):
   broker reports back to senders; one durable consumer `status-<sender>` per agency. Only the
   broker publishes here.
 - KV bucket `adapter-<agency>`: the adapter's own records (idempotency keys, message timelines).
+- stream `BRIDGE_PENDING`, subjects `bridge.pending.<sender>.<message-id>.<recipient>`: the
+  broker's note of each routed, not yet delivered inbox copy (one per subject), from which it
+  warns before expiry and reports `expired`; only the broker reads and writes it.
 - stream `BRIDGE_AUDIT`, subject `bridge.audit`: the hash-chained audit trail; only the broker
   (the single audit writer) may publish, nobody may delete or purge (docs/audit.md).
 - stream `BRIDGE_CONSENT`, subjects `bridge.consent.<issuer>.<consent-id>.record` and
@@ -44,6 +47,7 @@ __all__ = [
     "HDR_SENDER",
     "HDR_TTL",
     "INBOX_STREAM",
+    "PENDING_STREAM",
     "STATUS_STREAM",
     "SUBMIT_STREAM_PREFIX",
     "WITHDRAWAL_CONSUMER",
@@ -64,6 +68,9 @@ __all__ = [
     "kv_bucket_api_subjects",
     "kv_key_prefix",
     "kv_stream",
+    "pending_subject",
+    "pending_subjects_all",
+    "pending_write_subjects",
     "pull_consumer_api_subjects",
     "role_inbox_prefix",
     "status_consumer",
@@ -80,6 +87,7 @@ SUBMIT_STREAM_PREFIX = "BRIDGE_SUBMIT_"
 INBOX_STREAM = "BRIDGE_INBOX"
 STATUS_STREAM = "BRIDGE_STATUS"
 AUDIT_STREAM = "BRIDGE_AUDIT"
+PENDING_STREAM = "BRIDGE_PENDING"
 BROKER_CONSUMER = "broker"
 CONSENT_STREAM = "BRIDGE_CONSENT"
 WITHDRAWAL_CONSUMER = "broker-withdrawals"
@@ -125,6 +133,17 @@ def status_filter(sender: str) -> str:
 
 def status_subjects_all() -> str:
     return f"{_PREFIX}.status.*.*"
+
+
+def pending_subject(sender: str, message_id: str, recipient: str) -> str:
+    return (
+        f"{_PREFIX}.pending.{check_agency_id(sender)}.{check_message_id(message_id)}"
+        f".{check_agency_id(recipient)}"
+    )
+
+
+def pending_subjects_all() -> str:
+    return f"{_PREFIX}.pending.*.*.*"
 
 
 def audit_subject() -> str:
@@ -273,4 +292,14 @@ def audit_stream_admin_subjects() -> tuple[str, ...]:
         f"{_JS_API}.STREAM.DELETE.{AUDIT_STREAM}",
         f"{_JS_API}.STREAM.PURGE.{AUDIT_STREAM}",
         f"{_JS_API}.STREAM.MSG.DELETE.{AUDIT_STREAM}",
+    )
+
+
+def pending_write_subjects() -> tuple[str, ...]:
+    """The broker's own pending-delivery notes, and a look into the inbox by sequence."""
+    return (
+        pending_subjects_all(),
+        f"{_JS_API}.STREAM.INFO.{PENDING_STREAM}",
+        f"{_JS_API}.DIRECT.GET.{PENDING_STREAM}",
+        f"{_JS_API}.STREAM.MSG.GET.{INBOX_STREAM}",
     )

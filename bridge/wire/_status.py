@@ -38,7 +38,10 @@ class DeliveryState(enum.StrEnum):
     ROUTED = "routed"  # the broker checked it and put it in the recipient's inbox
     DELIVERED = "delivered"  # the recipient's adapter handed it to the local system
     RECEIPTED = "receipted"  # the sender received the recipient's signed receipt
-    EXPIRED = "expired"  # its lifetime ran out before delivery
+    EXPIRED = "expired"  # its retention limit ran out before delivery; the store removed it
+    # A warning to the recipient (the event goes to the recipient's status subject): the
+    # message still waits undelivered in its inbox and will expire at the event's `expires_at`.
+    EXPIRING = "expiring"
 
 
 class Component(enum.StrEnum):
@@ -59,9 +62,12 @@ class StatusEvent(WireStruct, frozen=True, kw_only=True):
     reason: ReasonCode | None = None  # for `rejected` and `expired`, e.g. "consent.revoked"
     at: UtcDateTime
     component: Component
+    expires_at: UtcDateTime | None = None  # for `expiring`: when the inbox copy is removed
 
     def __post_init__(self) -> None:
         normalise_utc(self, "at")
+        if self.expires_at is not None:
+            normalise_utc(self, "expires_at")
 
 
 class StatusEventInvalid(WireInvalid):
