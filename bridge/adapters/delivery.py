@@ -63,9 +63,12 @@ async def touch(msg: Msg) -> None:
 
 
 async def _beat(msg: Msg, interval: float) -> None:
+    # The message was fetched moments ago, so its ack wait has just begun: the first touch
+    # is due after one interval (a third of the ack wait), not now. Saves a NATS round trip
+    # for nearly every message, which is handed over long before that.
     while True:
-        await touch(msg)
         await asyncio.sleep(interval)
+        await touch(msg)
 
 
 @contextlib.asynccontextmanager
