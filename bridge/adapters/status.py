@@ -21,7 +21,7 @@ from nats.js.client import JetStreamContext
 
 from ..errors import BridgeError
 from ..nats.transport import fetch
-from ..wire import DeliveryState, StatusEventInvalid, decode_status_event
+from ..wire import DeliveryState, MessageType, StatusEventInvalid, decode_status_event
 from .store import Event, Store
 
 __all__ = ["StatusFolder"]
@@ -98,7 +98,11 @@ class StatusFolder:
             recipient=event.recipient,
             reason=event.reason,
         )
-        if await self._store.add_events(event.message_id, [folded], int(self._clock())):
+        # This adapter keeps no record of the receipts it sends: nothing to read or fold.
+        is_receipt = event.message_type is MessageType.RECEIPT
+        if not is_receipt and await self._store.add_events(
+            event.message_id, [folded], int(self._clock())
+        ):
             self.folded += 1
         elif event.state.value == "rejected":
             # Typically a receipt this adapter sent: it has no timeline, but a refused receipt
