@@ -19,13 +19,14 @@ from typing import Final
 from msgspec.structs import replace
 
 from ..audit import AuditEvent, AuditKind, audit_msg_id
+from ..audit.notice import KeyDestroyed
 from ..crypto import Header
 from ..nats.subjects import HDR_DISPOSITION
 from ..wire import MessageType
 from ..wire._types import REASON_CODE_PATTERN
 from ._routing import Submission, Verdict
 
-__all__ = ["directory_events", "rejection_events", "routing_events"]
+__all__ = ["directory_events", "key_destroyed_events", "rejection_events", "routing_events"]
 
 _REASON_RE: Final = re.compile(REASON_CODE_PATTERN)
 AuditItem = tuple[str, AuditEvent]
@@ -119,3 +120,14 @@ def rejection_events(
 def directory_events(serial: int, now: int) -> list[AuditItem]:
     event = AuditEvent(kind=AuditKind.DIRECTORY_CHANGED, at=_utc(now), version=str(serial))
     return [(audit_msg_id("directory-changed", str(serial)), event)]
+
+
+def key_destroyed_events(notice: KeyDestroyed, now: int) -> list[AuditItem]:
+    """An agency's signed word that it destroyed a private key; recorded as of its own time."""
+    event = AuditEvent(
+        kind=AuditKind.KEY_DESTROYED,
+        at=_utc(min(notice.at, now)),
+        agency=notice.agency,
+        key_id=notice.kid,
+    )
+    return [(audit_msg_id("key-destroyed", notice.agency, notice.kid), event)]

@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from ..audit import AuditEvent, AuditWriter, load_audit_key
+from ..audit.notice import KEY_DESTROYED, open_notice
 from ..config import BrokerConfig, nats_tls_context
 from ..consent import Registry
 from ..crypto import Header, verify
@@ -37,6 +38,7 @@ from ..nats.identities import Identity
 from ..nats.subjects import (
     BROKER_CONSUMER,
     HDR_CONSENT,
+    HDR_NOTICE,
     HDR_SENDER,
     inbox_subject,
     status_subject,
@@ -44,7 +46,7 @@ from ..nats.subjects import (
 )
 from ..nats.transport import bind_pull, connect, fetch, publish_durable
 from ..wire import DeliveryState, encode_status_event
-from ._audit import directory_events, rejection_events, routing_events
+from ._audit import directory_events, key_destroyed_events, rejection_events, routing_events
 from ._consent import check_consent
 from ._directory import DirectoryHolder
 from ._expiry import ExpiryWatch
@@ -369,6 +371,9 @@ class Broker:
         self, js: JetStreamContext, msg: Msg, submission: Submission, directory: Directory
     ) -> None:
         now = int(self._clock())
+        if msg.headers and HDR_NOTICE in msg.headers:
+            await self._notice(msg, submission, directory, now)
+            return
         header: Header | None = None
         try:
             try:
@@ -391,6 +396,28 @@ class Broker:
             await self._reject(js, msg, submission, exc.reason, header)
             return
         await self._route(js, msg, submission, verdict, now)
+
+    async def _notice(
+        self, msg: Msg, submission: Submission, directory: Directory, now: int
+    ) -> None:
+        """A signed notice for the audit trail (docs/audit.md): record it, or drop it."""
+        kind = (msg.headers or {}).get(HDR_NOTICE)
+        try:
+            if kind != KEY_DESTROYED:
+                raise ProtocolError("unknown notice kind", reason="notice.unknown")
+            notice = open_notice(msg.data, directory, submission.sender)
+        except ProtocolError as exc:
+            log.warning(
+                "notice id=%s sender=%s dropped [%s]",
+                submission.message_id,
+                submission.sender,
+                exc.reason,
+            )
+            await settle(msg.term())
+            return
+        await self._record(key_destroyed_events(notice, now))
+        await settle(msg.ack())
+        log.info("recorded key-destroyed sender=%s kid=%s", submission.sender, notice.kid)
 
     async def _route(
         self, js: JetStreamContext, msg: Msg, submission: Submission, verdict: Verdict, now: int

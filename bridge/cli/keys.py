@@ -65,6 +65,17 @@ def register(commands: Any) -> None:
     add_passphrase_options(rotate, "of the key files")
     rotate.set_defaults(handler=_rotate)
 
+    shred = sub.add_parser(
+        "shred",
+        help="destroy encryption keys nothing sealed to can still live; record it in the audit",
+        allow_abbrev=False,
+    )
+    shred.add_argument(
+        "-c", "--config", type=Path, required=True, metavar="FILE", help="the adapter's config"
+    )
+    shred.add_argument("--dry-run", action="store_true", help="only show what would go, and when")
+    shred.set_defaults(handler=_shred)
+
 
 def _new(args: argparse.Namespace) -> int:
     from ..crypto import kid_hex
@@ -113,4 +124,40 @@ def _rotate(args: argparse.Namespace) -> int:
     print(f"{len(keyring.keys())} keys in all; public bundle: {bundle}")
     print("hand the bundle to the federation operator: until the directory lists the new")
     print("signing key, the broker rejects what this agency signs")
+    return 0
+
+
+def _shred(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from ..adapters.shred import shred_keys
+    from ..config import load_adapter_config
+    from ..errors import ConfigError
+
+    config = load_adapter_config(args.config)
+    passphrase = None
+    if config.passphrase_env is not None and not args.dry_run:
+        value = os.environ.get(config.passphrase_env)
+        if value is None:
+            raise ConfigError(
+                f"the key passphrase variable {config.passphrase_env} is not set",
+                reason="config.missing",
+            )
+        passphrase = value.encode()
+    report = asyncio.run(shred_keys(config, dry_run=args.dry_run, passphrase=passphrase))
+    for item in report.plan:
+        due = item.due(report.now)
+        verdict = ("would destroy" if args.dry_run else "destroyed") if due else "keep until"
+        print(
+            f"  enc  {item.info.kid}  valid until {format_time(item.info.not_after)}"
+            f"{'  revoked' if item.revoked else ''}  {verdict} {format_time(item.destroy_at)}"
+        )
+    if not report.plan:
+        print("no encryption keys")
+    if not args.dry_run:
+        print(
+            f"destroyed {len(report.destroyed)}; recorded in the audit trail: "
+            f"{len(report.notified)}"
+        )
     return 0

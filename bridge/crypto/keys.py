@@ -34,12 +34,14 @@ from . import _primitives as P
 __all__ = [
     "KID_LEN",
     "AgencyPublicKeys",
+    "KeyFileInfo",
     "KeyLookup",
     "KeyUse",
     "Keyring",
     "PrivateKey",
     "PublicKeyRecord",
     "generate_key",
+    "key_file_info",
     "key_id",
     "kid_hex",
     "load_key_file",
@@ -279,6 +281,36 @@ def write_key_file(path: Path, key: PrivateKey, passphrase: bytes | None = None)
         write_private_file(path, data, overwrite=False)
     except ConfigError as exc:
         raise KeyFileError(f"cannot write key file {path}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFileInfo:
+    """What a key file says about its key, read without its passphrase: never the secret."""
+
+    path: Path
+    agency: str
+    use: KeyUse
+    kid: str
+    not_before: int
+    not_after: int
+
+
+def key_file_info(path: Path) -> KeyFileInfo:
+    """The metadata of a private key file (checked as `load_key_file` checks it)."""
+    try:
+        st = path.stat()
+        if st.st_size > _MAX_KEYFILE_BYTES:
+            raise KeyFileError(f"key file {path} is too large")
+        document = _keyfile_decoder.decode(path.read_bytes())
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from exc
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"key file {path} is malformed: {exc}") from exc
+    if document.format != _KEYFILE_FORMAT:
+        raise KeyFileError(f"key file {path} has unknown format {document.format!r}")
+    return KeyFileInfo(
+        path, document.agency, document.use, document.kid, document.not_before, document.not_after
+    )
 
 
 def load_key_file(path: Path, passphrase: bytes | None = None) -> PrivateKey:

@@ -44,6 +44,7 @@ __all__ = [
     "HDR_DISPOSITION",
     "HDR_EXPECTED_LAST_SEQ",
     "HDR_MSG_ID",
+    "HDR_NOTICE",
     "HDR_SENDER",
     "HDR_TTL",
     "INBOX_STREAM",
@@ -96,6 +97,8 @@ CONSENT_KINDS = ("record", "withdrawal")
 HDR_MSG_ID = "Nats-Msg-Id"
 HDR_TTL = "Nats-TTL"
 HDR_EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
+HDR_NOTICE = "Bridge-Notice"
+"""On a submission that is a signed notice for the audit trail, not an envelope (its kind)."""
 HDR_DISPOSITION = "Bridge-Disposition"
 """On a receipt's submission: `delivered`, or `rejected <reason code>` (for the audit trail)."""
 # On the broker's inbox copies, so a withdrawal can find them without opening envelopes.
