@@ -169,12 +169,15 @@ class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
 class DeliveryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """How opened messages reach the local system: pushed to a webhook, or pulled by it.
 
-    Webhook requests are signed with HMAC-SHA256 under the secret in `webhook_secret_file`.
+    Webhook requests are signed with HMAC-SHA256 under the secret in `webhook_secret_file`, and
+    while `webhook_old_secret_file` is set also under that one (a second `v1` in the header), so
+    a receiver can move to a new secret without a moment where calls fail to verify.
     """
 
     mode: Literal["webhook", "pull"]
     webhook_url: str | None = None
     webhook_secret_file: str | None = None
+    webhook_old_secret_file: str | None = None
     webhook_timeout_seconds: _Seconds = 10
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
     backoff_initial_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5

@@ -146,11 +146,11 @@ def test_a_foreign_directory_is_never_taken_over(tmp_path: Path) -> None:
 def test_sink_signature_check_matches_the_adapter() -> None:
     secret = b"s" * 32
     now = int(time.time())
-    headers = {"Bridge-Signature": sign(secret, now, b'{"a":1}')}
+    headers = {"Bridge-Signature": sign([secret], now, b'{"a":1}')}
     assert verify_webhook_signature(secret, headers, b'{"a":1}')
     assert not verify_webhook_signature(secret, headers, b'{"a":2}')
     assert not verify_webhook_signature(b"t" * 32, headers, b'{"a":1}')
-    stale = {"Bridge-Signature": sign(secret, now - 3600, b"{}")}
+    stale = {"Bridge-Signature": sign([secret], now - 3600, b"{}")}
     assert not verify_webhook_signature(secret, stale, b"{}")
     assert not verify_webhook_signature(secret, {}, b"{}")
 

@@ -54,7 +54,7 @@ from .outbound import Outbound
 from .pull import PullInbox
 from .status import StatusFolder
 from .store import Store
-from .webhook import WebhookSink, load_webhook_secret
+from .webhook import WebhookSink, load_webhook_secrets
 
 __all__ = ["Adapter"]
 
@@ -166,8 +166,7 @@ class Adapter:
             )
         secret = None
         if c.delivery.mode == "webhook":
-            assert c.delivery.webhook_secret_file is not None  # checked by load_adapter_config
-            secret = load_webhook_secret(c.path(c.delivery.webhook_secret_file))
+            secret = load_webhook_secrets(c.delivery, c.path)
         self._directory = self._load_directory()
         try:
             await self._start(verifier, keyring, secret)
@@ -177,7 +176,9 @@ class Adapter:
         log.info("adapter %s serving on %s (%s delivery)", c.agency, self._url, c.delivery.mode)
         return self.url
 
-    async def _start(self, verifier: TokenVerifier, keyring: Keyring, secret: bytes | None) -> None:
+    async def _start(
+        self, verifier: TokenVerifier, keyring: Keyring, secret: tuple[bytes, ...] | None
+    ) -> None:
         c = self.config
         timeout = float(c.nats.request_timeout_seconds)
         self._nc = await connect(

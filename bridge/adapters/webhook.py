@@ -1,7 +1,8 @@
 """Webhook delivery: POST each opened message to the local system, signed with HMAC-SHA256.
 
 The request carries `Bridge-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`
-under the shared secret, and `Bridge-Message-Id` as the receiver's deduplication key. Non-2xx
+under the shared secret (and, while a secret is being rotated out, a second `v1` under the old
+one), and `Bridge-Message-Id` as the receiver's deduplication key. Non-2xx
 answers and connection failures are retried with exponential backoff up to `max_attempts`,
 while the NATS message is kept alive; then the message is handed back to NATS (`nak`) to be
 redelivered later. It is acknowledged only after a 2xx.
@@ -25,7 +26,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -44,6 +45,7 @@ __all__ = [
     "SIGNATURE_HEADER",
     "WebhookSink",
     "load_webhook_secret",
+    "load_webhook_secrets",
     "sign",
 ]
 
@@ -78,10 +80,29 @@ def load_webhook_secret(path: Path) -> bytes:
     return secret
 
 
-def sign(secret: bytes, timestamp: int, body: bytes) -> str:
-    """The `Bridge-Signature` value for `body` sent at `timestamp`."""
-    mac = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
+def load_webhook_secrets(
+    config: DeliveryConfig, resolve: Callable[[str], Path]
+) -> tuple[bytes, ...]:
+    """The secrets to sign with: the current one, then the old one while it is being retired."""
+    if config.webhook_secret_file is None:
+        raise ConfigError("webhook delivery needs webhook_secret_file", reason="config.invalid")
+    secrets = [load_webhook_secret(resolve(config.webhook_secret_file))]
+    if config.webhook_old_secret_file is not None:
+        secrets.append(load_webhook_secret(resolve(config.webhook_old_secret_file)))
+    return tuple(secrets)
+
+
+def sign(secrets: Sequence[bytes], timestamp: int, body: bytes) -> str:
+    """The `Bridge-Signature` value for `body` sent at `timestamp`: one `v1` per secret.
+
+    Receivers accept a call if any `v1` verifies under any secret they hold, so during a
+    rotation both the old and the new secret verify (docs/adapter.md has the recipe).
+    """
+    if not secrets:
+        raise ValueError("at least one secret is needed")
+    signed = f"{timestamp}.".encode() + body
+    macs = (hmac.new(secret, signed, hashlib.sha256).hexdigest() for secret in secrets)
+    return f"t={timestamp}," + ",".join(f"v1={mac}" for mac in macs)
 
 
 class WebhookSink:
@@ -91,7 +112,7 @@ class WebhookSink:
     def __init__(
         self,
         config: DeliveryConfig,
-        secret: bytes,
+        secrets: Sequence[bytes],
         session: aiohttp.ClientSession,
         complete: Complete,
         *,
@@ -102,7 +123,9 @@ class WebhookSink:
             raise ConfigError("webhook delivery needs webhook_url", reason="config.invalid")
         self._url = config.webhook_url
         self._config = config
-        self._secret = secret
+        if not secrets:
+            raise ConfigError("webhook delivery needs a secret", reason="config.invalid")
+        self._secrets = tuple(secrets)
         self._session = session
         self._complete = complete
         self._interval = keepalive_interval
@@ -227,7 +250,7 @@ class WebhookSink:
         self.attempts += 1
         headers = {
             "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(self._secret, int(self._clock()), payload),
+            SIGNATURE_HEADER: sign(self._secrets, int(self._clock()), payload),
             MESSAGE_ID_HEADER: message_id,
             ATTEMPT_HEADER: str(attempt),
         }
