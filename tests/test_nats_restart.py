@@ -251,3 +251,59 @@ async def test_acknowledging_twice_answers_204_both_times(tmp_path: Path, nats_e
             assert r.status == 404
         info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(SUCHT))
         assert info.num_ack_pending == 0
+
+
+# -- staying up: answers while NATS is away ----------------------------------------------------
+
+
+async def test_submissions_and_acks_get_503_with_retry_after_while_nats_is_away(
+    tmp_path: Path, nats_env: Any
+) -> None:
+    import aiohttp
+    from adapter_helpers import referral_request
+
+    sender = make_agency(tmp_path, nats_env.url, agency_seed(nats_env, JOBCENTER), JOBCENTER)
+    recipient = make_agency(tmp_path, nats_env.url, agency_seed(nats_env, SUCHT), SUCHT)
+    admin = await nats_env.admin()
+    message_id = new_message_id()
+    async with (
+        Adapter(sender.config) as out,
+        Adapter(recipient.config) as inb,
+        aiohttp.ClientSession() as http,
+    ):
+        send = sender.auth("messages:send")
+        take = recipient.auth("inbox:read", "inbox:ack")
+
+        async def listed() -> bool:
+            async with http.get(f"{inb.url}/v1/inbox", headers=take) as r:
+                return bool((await r.json())["items"])
+
+        await put_in_inbox(admin, SUCHT, seal_to(SUCHT, message_id=message_id), message_id)
+        await eventually(listed, what="the message in the inbox")
+
+        await nats_env.server.stop()
+        await eventually(lambda: _not_ready(out, inb), what="both adapters to notice")
+        async with http.post(f"{out.url}/v1/messages", json=referral_request(), headers=send) as r:
+            assert r.status == 503
+            assert r.headers["Retry-After"].isdigit()
+            assert (await r.json())["code"] == "transport.not_connected"
+        async with http.post(f"{inb.url}/v1/inbox/{message_id}/ack", headers=take) as r:
+            assert r.status == 503
+            assert r.headers["Retry-After"].isdigit()
+        assert await listed()  # not acknowledged: still offered
+
+        await nats_env.server.start()
+        await eventually(lambda: _ready(out, inb), within=60, what="both adapters back")
+        async with http.post(f"{out.url}/v1/messages", json=referral_request(), headers=send) as r:
+            assert r.status == 202
+        async with http.post(f"{inb.url}/v1/inbox/{message_id}/ack", headers=take) as r:
+            assert r.status == 204
+        assert not await listed()
+
+
+async def _not_ready(*adapters: Adapter) -> bool:
+    return not any(a.ready() for a in adapters)
+
+
+async def _ready(*adapters: Adapter) -> bool:
+    return all(a.ready() for a in adapters)

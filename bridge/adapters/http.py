@@ -96,6 +96,18 @@ def _ctx(request: web.Request) -> ApiContext:
     return request.app[CONTEXT]
 
 
+def _require_nats(ctx: ApiContext) -> None:
+    """Answer 503 at once while NATS is away, rather than after the request timeout: nothing
+    can be stored then, and a caller waiting 10 s per try holds its own work up."""
+    if not ctx.ready():
+        raise ApiProblem(
+            503,
+            "NATS is unavailable right now; nothing was stored, retry later",
+            reason="transport.not_connected",
+            headers={"Retry-After": _RETRY_AFTER},
+        )
+
+
 async def _claims(request: web.Request, scope: str | None) -> Claims:
     claims = await _ctx(request).verifier.verify(request.headers.get("Authorization"))
     if scope is not None:
@@ -125,6 +137,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 async def _submit(request: web.Request) -> web.StreamResponse:
     claims = await _claims(request, "messages:send")
     ctx = _ctx(request)
+    _require_nats(ctx)
     if request.content_type != "application/json":
         raise ApiProblem(415, "the body must be application/json", reason="request.media_type")
     raw = await _read_body(request, ctx.max_body_bytes)
@@ -175,6 +188,7 @@ async def _inbox_ack(request: web.Request) -> web.StreamResponse:
     await _claims(request, "inbox:ack")
     inbox = _inbox(request)
     message_id = _message_id(request)
+    _require_nats(_ctx(request))
     try:
         # Not held, but recorded as delivered: an ack repeated because its 204 was lost.
         found = await inbox.ack(message_id) or await _ctx(request).store.was_delivered(message_id)
