@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STATE  ?= .bridge
 
-.PHONY: up demo test lint typecheck unit bench schemas vectors clean
+.PHONY: up demo test lint typecheck unit chaos bench schemas vectors clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ unit: $(VENV)/.installed-test
 	$(BIN)/pytest -n 2 --dist loadscope
 
 test: lint typecheck unit
+
+# Fault injection: SIGKILL each part of a real stack while referrals flow (tests/chaos.py);
+# about 15 minutes. CHAOS_ARGS passes options, e.g. CHAOS_ARGS="--messages 1000 --seed 7".
+chaos: $(VENV)/.installed-test
+	$(BIN)/python tests/chaos.py $(CHAOS_ARGS)
 
 bench: $(VENV)/.installed
 	$(BIN)/bridge bench crypto

@@ -15,7 +15,6 @@ import fcntl
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, TextIO
@@ -24,7 +23,7 @@ import aiohttp
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from ..errors import BridgeError, ConfigError
+from ..errors import ConfigError
 from ..nats.identities import Credentials, Identity
 from ..nats.provision import Action, provision_at
 from ..nats.server import NatsServer
@@ -34,7 +33,7 @@ from .layout import DEMO_AGENCIES, StateLayout
 from .ports import check_free
 from .sink import DemoSink
 from .state import DEFAULT_TOKEN_LIFETIME, Stack
-from .supervisor import Backoff, ChildSpec, Probe, Supervisor, until_stopped
+from .supervisor import ChildSpec, Probe, Supervisor, keep_server
 
 __all__ = ["READY_LINE", "hold_lock", "run_stack"]
 
@@ -226,32 +225,7 @@ async def _supervise(
     """Restart whatever dies, nats-server and children alike, until a stop signal."""
     async with asyncio.TaskGroup() as group:
         group.create_task(supervisor.supervise(stop))
-        group.create_task(_keep_server(stop, server, say))
-
-
-async def _keep_server(stop: asyncio.Event, server: NatsServer, say: Callable[[str], None]) -> None:
-    backoff = Backoff()
-    started = time.monotonic()
-    while True:
-        if await until_stopped(stop, server.wait()):
-            return
-        code = await server.wait()  # at once: it has exited
-        tail = server.log_tail()
-        delay = backoff.after(time.monotonic() - started)
-        say(
-            f"bridge up: nats-server exited unexpectedly with code {code}; restarting in "
-            f"{delay:g}s (restart {backoff.restarts}):\n{tail}"
-        )
-        await server.stop()  # releases its lock and ports file, so it can start again
-        if await until_stopped(stop, asyncio.sleep(delay)):
-            return
-        try:
-            await server.start()
-        except BridgeError as exc:
-            say(f"bridge up: nats-server could not be restarted [{exc.reason}]")
-            continue  # wait() returns at once for a failed start: the next pause is longer
-        started = time.monotonic()
-        say(f"bridge up: nats-server restarted on {server.url} (pid {server.pid})")
+        group.create_task(keep_server(stop, server, lambda text: say(f"bridge up: {text}")))
 
 
 def _webhook_secrets(layout: StateLayout) -> dict[str, bytes]:

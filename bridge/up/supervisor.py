@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Final
 
 from .._process import parent_death_signal
-from ..errors import ConfigError, TransportError
+from ..errors import BridgeError, ConfigError, TransportError
+from ..nats.server import NatsServer
 
 __all__ = [
     "Backoff",
@@ -32,6 +33,7 @@ __all__ = [
     "ChildSpec",
     "Probe",
     "Supervisor",
+    "keep_server",
     "log_tail",
     "until_stopped",
 ]
@@ -280,3 +282,29 @@ class Supervisor:
             if running:
                 self._on_event(f"{child.name} stopped (exit {code})")
         return codes
+
+
+async def keep_server(stop: asyncio.Event, server: NatsServer, say: Callable[[str], None]) -> None:
+    """Restart the embedded nats-server whenever it exits, until `stop` is set; `say` tells."""
+    backoff = Backoff()
+    started = time.monotonic()
+    while True:
+        if await until_stopped(stop, server.wait()):
+            return
+        code = await server.wait()  # at once: it has exited
+        tail = server.log_tail()
+        delay = backoff.after(time.monotonic() - started)
+        say(
+            f"nats-server exited unexpectedly with code {code}; restarting in "
+            f"{delay:g}s (restart {backoff.restarts}):\n{tail}"
+        )
+        await server.stop()  # releases its lock and ports file, so it can start again
+        if await until_stopped(stop, asyncio.sleep(delay)):
+            return
+        try:
+            await server.start()
+        except BridgeError as exc:
+            say(f"nats-server could not be restarted [{exc.reason}]")
+            continue  # wait() returns at once for a failed start: the next pause is longer
+        started = time.monotonic()
+        say(f"nats-server restarted on {server.url} (pid {server.pid})")
