@@ -9,8 +9,8 @@ live the local systems, in this process:
   Idempotency-Key, retrying the same key after a 503 or a lost answer until it gets 202;
 - the counselling service's webhook receiver answers every signed call 204 and records its
   `Bridge-Message-Id` and whether it carried `Bridge-Possible-Repeat`;
-- the social-psychiatric service's system lists, reads and acknowledges its inbox, and records any
-  item listed again after its ack was answered 204.
+- the social-psychiatric service's system lists, reads and acknowledges its inbox (an ack that
+  got no 204 is repeated), and records any item listed again after its ack was answered 204.
 
 An experiment submits its messages while a killer SIGKILLs one of its targets at random moments;
 then the killing stops and everything accepted must arrive. Its outcome counts, per recipient
@@ -186,22 +186,30 @@ class Puller:
             return response.status, await response.read()
 
     async def run(self) -> None:
+        unconfirmed: set[str] = set()  # read, but the ack's answer was not 204 (yet)
         while True:
             try:
+                for message_id in list(unconfirmed):  # as a careful system does: ack again
+                    await self._ack(message_id, unconfirmed)
                 status, data = await self._request("GET", "/v1/inbox")
                 items = msgspec.json.decode(data, type=_Listing).items if status == 200 else []
                 for item in items:
                     if item.message_id in self.acked:
                         self.after_204[item.message_id] += 1
                     status, _ = await self._request("GET", f"/v1/inbox/{item.message_id}")
-                    if status != 200:
-                        continue
-                    status, _ = await self._request("POST", f"/v1/inbox/{item.message_id}/ack")
-                    if status == 204:
-                        self.acked.add(item.message_id)
+                    if status == 200:
+                        unconfirmed.add(item.message_id)
+                        await self._ack(item.message_id, unconfirmed)
             except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError):
                 pass  # the adapter is down or restarting: look again
             await asyncio.sleep(0.05)
+
+    async def _ack(self, message_id: str, unconfirmed: set[str]) -> None:
+        status, _ = await self._request("POST", f"/v1/inbox/{message_id}/ack")
+        if status == 204:
+            self.acked.add(message_id)
+        if status in (204, 404):  # 404: neither held nor recorded; it will be listed again
+            unconfirmed.discard(message_id)
 
 
 class Sender:
