@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import datetime
 import os
 import random
 import signal
@@ -249,12 +250,40 @@ class Sender:
             await asyncio.sleep(0.2)
 
 
-def referral() -> bytes:
+class _Consent(msgspec.Struct):
+    consent_id: str
+
+
+async def register_consent(session: aiohttp.ClientSession, url: str, token: str) -> str:
+    """The client's consent to refer to both recipients, registered as a case worker would."""
+    valid_until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
+    request = {
+        "recipients": sorted(RECIPIENTS),
+        "purposes": ["counselling"],
+        "categories": ["identity", "contact", "addiction"],
+        "types": ["referral"],
+        "valid_until": valid_until.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "local_ref": "chaos",
+    }
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    async with session.post(
+        f"{url}/v1/consents",
+        data=msgspec.json.encode(request),
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=_HTTP_TIMEOUT),
+    ) as response:
+        data = await response.read()
+        if response.status != 201:
+            raise AssertionError(f"the consent was refused with {response.status}")
+    return msgspec.json.decode(data, type=_Consent).consent_id
+
+
+def referral(consent: str) -> bytes:
     return msgspec.json.encode(
         {
             "type": "referral",
             "recipients": list(RECIPIENTS),
-            "consent": f"c-{uuid.uuid4().hex}",
+            "consent": consent,
             "purpose": "counselling",
             "categories": ["identity", "contact", "addiction"],
             "body": msgspec.Raw(encode_body(BODIES[MessageType.REFERRAL])),
@@ -281,6 +310,7 @@ class ChaosStack:
         self.webhook = Webhook(secret)
         self.puller: Puller | None = None
         self.sender: Sender | None = None
+        self.consent = ""
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -315,6 +345,9 @@ class ChaosStack:
                 )
             )
         self.sender = Sender(self.session, self.stack.adapter_url(SENDER), self._token(SENDER))
+        self.consent = await register_consent(
+            self.session, self.stack.adapter_url(SENDER), self._token(SENDER)
+        )
         self.puller = Puller(self.session, self.stack.adapter_url(PULL), self._token(PULL))
         self._tasks = [
             asyncio.create_task(self.supervisor.supervise(self._stop)),
@@ -433,7 +466,7 @@ async def run_experiment(
 
     async def submit(index: int) -> None:
         await asyncio.sleep(index * interval)
-        accepted.append(await sender.submit(referral()))
+        accepted.append(await sender.submit(referral(stack.consent)))
 
     async with asyncio.TaskGroup() as group:
         group.create_task(kill())
