@@ -319,3 +319,40 @@ async def test_while_the_registry_is_unreadable_messages_are_held_then_routed(
     assert broker.statistics().rejected_total == 0
     inbox = await (await Agency.connect(nats_env, COUNSELLING)).inbox()
     assert [m.headers[HDR_CONSENT] for m in inbox] == [body.id]
+
+
+async def test_a_withdrawal_removes_undelivered_copies_and_tells_the_sender(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    body = consent_body(fed)
+    await _register(nats_env, fed, SENDER, signed_consent(fed, body), body.id)
+    other = consent_body(fed)  # another client's consent: its messages stay
+    await _register(nats_env, fed, SENDER, signed_consent(fed, other), other.id)
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    under = [new_message_id(), new_message_id()]
+    kept = new_message_id()
+    for mid in under:
+        await jobcenter.submit(seal_referral(fed, message_id=mid, consent=body.id), mid)
+    await jobcenter.submit(seal_referral(fed, message_id=kept, consent=other.id), kept)
+    config = write_config(tmp_path, nats_env, fed, enforce_consent=True)
+    async with make_broker(config) as broker:
+        await wait_for("routed", lambda: broker.statistics().routed == 3)
+        delivered = await (await Agency.connect(nats_env, COUNSELLING)).inbox()  # taken
+        assert len(delivered) == 3
+        sender_side = await nats_env.connect(Identity.for_agency(SENDER))
+        registry = Registry(sender_side.js, timeout=2.0)
+        await registry.put(SENDER, body.id, "withdrawal", signed_withdrawal(fed, body))
+        await wait_for("withdrawn", lambda: broker.statistics().withdrawn == 2)
+        late = new_message_id()
+        await jobcenter.submit(seal_referral(fed, message_id=late, consent=body.id), late)
+        await wait_for("late one decided", lambda: broker.statistics().rejected_total == 1)
+    spdi_inbox = await (await Agency.connect(nats_env, SPDI)).inbox()
+    assert [m.headers[HDR_CONSENT] for m in spdi_inbox] == [other.id]
+    events = await jobcenter.statuses()
+    withdrawn = {
+        (e.message_id, e.recipient, e.reason) for e in events if e.state is DeliveryState.WITHDRAWN
+    }
+    assert withdrawn == {(mid, SPDI, "consent.withdrawn") for mid in under}
+    assert {(e.message_id, e.reason) for e in events if e.state is DeliveryState.REJECTED} == {
+        (late, "consent.withdrawn")
+    }

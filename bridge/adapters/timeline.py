@@ -43,7 +43,7 @@ def _recipient_status(record: MessageRecord, agency: str, now: int) -> tuple[Rec
         state = _state(event)
         if state is None or event.recipient not in (None, agency):
             continue
-        if state in (DeliveryState.REJECTED, DeliveryState.EXPIRED):
+        if state in (DeliveryState.REJECTED, DeliveryState.EXPIRED, DeliveryState.WITHDRAWN):
             return RecipientStatus(agency=agency, state=state, reason=event.reason), False
         if state in _RANK and (best is None or _RANK[state] > _RANK[best]):
             best = state

@@ -37,9 +37,11 @@ from ..federation.directory import Directory
 from ..nats.identities import Identity
 from ..nats.subjects import (
     BROKER_CONSUMER,
+    CONSENT_STREAM,
     HDR_CONSENT,
     HDR_NOTICE,
     HDR_SENDER,
+    WITHDRAWAL_CONSUMER,
     inbox_subject,
     status_subject,
     submit_stream,
@@ -61,6 +63,7 @@ from ._nats import (
 )
 from ._routing import Submission, Verdict, decide, parse_submission
 from ._stats import BrokerStatistics, Counters
+from ._withdrawals import Purged, WithdrawalHandler
 
 __all__ = ["Broker"]
 
@@ -185,6 +188,7 @@ class Broker:
                 signer = tg.create_task(self._audit.run_checkpoints())
                 assert self._expiry is not None
                 expiry = tg.create_task(self._expiry.run())
+                withdrawals = tg.create_task(self._withdrawals(js, subs), name="withdrawals")
                 # One consumer per sender's submit stream, for every agency in the directory;
                 # agencies a reloaded directory adds are picked up at the next look.
                 while not self._stop.is_set():
@@ -212,6 +216,7 @@ class Broker:
                 watcher.cancel()
                 signer.cancel()
                 expiry.cancel()
+                withdrawals.cancel()
                 if self._in_batch:  # let them settle what they can; the rest is redelivered
                     await asyncio.wait(
                         consumers.values(), timeout=self._config.publish_timeout_seconds + 2
@@ -222,6 +227,63 @@ class Broker:
             if len(group.exceptions) == 1 and isinstance(group.exceptions[0], BridgeError):
                 raise group.exceptions[0]  # noqa: B904 - the group is kept as its context
             raise
+
+    async def _withdrawals(
+        self, js: JetStreamContext, subs: list[JetStreamContext.PullSubscription]
+    ) -> None:
+        """Consume the registry's withdrawals and purge what they stop (`_withdrawals.py`)."""
+        assert self._registry is not None
+        sub = await bind_pull(js, CONSENT_STREAM, WITHDRAWAL_CONSUMER)
+        subs.append(sub)
+
+        async def report(purged: Purged) -> None:
+            await self._publish_status(
+                js,
+                Submission(sender=purged.sender, message_id=purged.message_id),
+                DeliveryState.WITHDRAWN,
+                int(self._clock()),
+                recipient=purged.recipient,
+                reason="consent.withdrawn",
+            )
+            if self._expiry is not None:  # nothing left to expire or warn about
+                await self._expiry.close(purged.sender, purged.message_id, purged.recipient)
+            self._counters.withdrawn += 1
+            log.info(
+                "withdrawn id=%s sender=%s recipient=%s",
+                purged.message_id,
+                purged.sender,
+                purged.recipient,
+            )
+
+        handler = WithdrawalHandler(
+            js,
+            self._registry,
+            lambda: self._directory.current,
+            report,
+            timeout=self._config.publish_timeout_seconds,
+        )
+        pause = _FETCH_BACKOFF[0]
+        while not self._stop.is_set():
+            try:
+                msgs = await fetch(sub, 16, self._fetch_wait)
+            except TransportError as exc:
+                log.warning("withdrawals: fetch failed, retrying [%s]", exc.reason)
+                await self._sleep(pause)
+                pause = min(pause * 2, _FETCH_BACKOFF[1])
+                continue
+            pause = _FETCH_BACKOFF[0]
+            for msg in msgs:
+                try:
+                    await handler.handle(msg)
+                except TransportError as exc:
+                    log.warning("withdrawal held for a retry [%s]", exc.reason)
+                    await settle(msg.nak(delay=self._retry_delay))
+                    continue
+                except BridgeError as exc:
+                    log.warning("withdrawal dropped [%s]", exc.reason)
+                    await settle(msg.term())
+                    continue
+                await settle(msg.ack())
 
     async def _last_checkpoint(self) -> None:
         """Sign what this broker appended, so a clean stop leaves nothing unsigned."""
@@ -269,6 +331,7 @@ class Broker:
             terminated=c.terminated,
             internal_errors=c.internal_errors,
             directory_serial=self._directory.current.serial,
+            withdrawn=c.withdrawn,
         )
 
     def __repr__(self) -> str:

@@ -18,6 +18,7 @@ class BrokerStatistics:
     `deferred`: submissions handed back for a later retry after a transport failure.
     `terminated`: submissions without a valid message id (they cannot be reported).
     `internal_errors`: unexpected failures while handling a submission.
+    `withdrawn`: inbox copies removed because their consent was withdrawn.
     """
 
     routed: int
@@ -27,6 +28,7 @@ class BrokerStatistics:
     terminated: int
     internal_errors: int
     directory_serial: int
+    withdrawn: int = 0
 
     @property
     def rejected_total(self) -> int:
@@ -41,3 +43,4 @@ class Counters:
     deferred: int = 0
     terminated: int = 0
     internal_errors: int = 0
+    withdrawn: int = 0

@@ -31,7 +31,7 @@ MAX_STATUS_EVENT_BYTES: Final = 4096
 
 class DeliveryState(enum.StrEnum):
     """Where a message is. The usual course is accepted, routed, delivered, receipted;
-    `rejected` and `expired` end it (for one recipient when the event names one)."""
+    `rejected`, `expired` and `withdrawn` end it (for one recipient when the event names one)."""
 
     ACCEPTED = "accepted"  # the sender's adapter sealed it and submitted it
     REJECTED = "rejected"  # refused, by the broker or the recipient; see the reason
@@ -42,6 +42,7 @@ class DeliveryState(enum.StrEnum):
     # A warning to the recipient (the event goes to the recipient's status subject): the
     # message still waits undelivered in its inbox and will expire at the event's `expires_at`.
     EXPIRING = "expiring"
+    WITHDRAWN = "withdrawn"  # removed from the recipient's inbox: its consent was withdrawn
 
 
 class Component(enum.StrEnum):
