@@ -86,6 +86,9 @@ DEFAULT_RETENTION: Final[dict[str, Retention]] = {
     "handover": Retention(inbox_ttl_seconds=14 * 86400, max_lifetime_seconds=30 * 86400),
     "feedback": Retention(inbox_ttl_seconds=14 * 86400, max_lifetime_seconds=30 * 86400),
     "receipt": Retention(inbox_ttl_seconds=7 * 86400, max_lifetime_seconds=14 * 86400),
+    # Notices about a withdrawn consent and their answers wait as long as a referral may.
+    "consent-revoked": Retention(inbox_ttl_seconds=30 * 86400, max_lifetime_seconds=30 * 86400),
+    "deletion-confirmed": Retention(inbox_ttl_seconds=30 * 86400, max_lifetime_seconds=30 * 86400),
 }
 
 
@@ -259,6 +262,15 @@ def load_broker_config(path: Path) -> BrokerConfig:
                 f"config {path}: retention names unknown message type {type_name!r}",
                 reason="config.invalid",
             )
+    # The consent notices came later than most configs: without limits of their own they get
+    # the defaults rather than refusing a config that was fine before.
+    missing = {
+        name: DEFAULT_RETENTION[name]
+        for name in ("consent-revoked", "deletion-confirmed")
+        if name not in config.retention
+    }
+    if missing:
+        config = msgspec.structs.replace(config, retention={**config.retention, **missing})
     for type_name in MESSAGE_TYPES:
         if type_name not in config.retention:
             raise ConfigError(

@@ -45,11 +45,18 @@ CODE_PATTERN = r"^[a-z][a-z0-9-]{0,47}$(?!\n)"
 MESSAGE_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$(?!\n)"
 
 # The message types an envelope may carry; their bodies are defined in bridge.wire.
-MESSAGE_TYPES = ("referral", "handover", "feedback", "receipt")
+MESSAGE_TYPES = (
+    "referral",
+    "handover",
+    "feedback",
+    "receipt",
+    "consent-revoked",
+    "deletion-confirmed",
+)
 # The types bridge itself sends about other messages (receipts, notices): no personal data, no
 # consent of their own. The routing policy lets them travel along every allowed flow, either way,
 # without a rule each (bridge.policy); every other type needs a rule.
-SYSTEM_MESSAGE_TYPES = ("receipt",)
+SYSTEM_MESSAGE_TYPES = ("receipt", "consent-revoked", "deletion-confirmed")
 
 _AGENCY_RE = re.compile(AGENCY_ID_PATTERN)
 _CONSENT_RE = re.compile(CONSENT_REF_PATTERN)

@@ -25,7 +25,15 @@ import msgspec
 
 from .audit import AuditRecord
 from .crypto.envelope import Header
-from .wire import Feedback, Handover, Receipt, Referral, StatusEvent
+from .wire import (
+    ConsentRevoked,
+    DeletionConfirmed,
+    Feedback,
+    Handover,
+    Receipt,
+    Referral,
+    StatusEvent,
+)
 
 __all__ = [
     "DOCUMENTS",
@@ -48,6 +56,8 @@ DOCUMENTS: Final[tuple[tuple[str, type], ...]] = (
     ("handover", Handover),
     ("feedback", Feedback),
     ("receipt", Receipt),
+    ("consent-revoked", ConsentRevoked),
+    ("deletion-confirmed", DeletionConfirmed),
     ("status-event", StatusEvent),
     ("envelope-header", Header),
     ("audit-record", AuditRecord),

@@ -99,9 +99,11 @@ class E2E:
         categories: tuple[str, ...] = ("identity", "contact", "addiction"),
         purpose: str = "integration-support",
         lifetime_seconds: int | None = None,
+        consent: str | None = None,
     ) -> str:
         kind = message_type_of(body).value
-        consent = await self.register_consent(sender, recipients, purpose, categories, kind)
+        if consent is None:
+            consent = await self.register_consent(sender, recipients, purpose, categories, kind)
         request: dict[str, Any] = {
             "type": kind,
             "recipients": recipients,
@@ -362,6 +364,72 @@ async def test_lifetime_beyond_the_type_limit_is_rejected_on_the_timeline(e2e: E
     status = await e2e.wait_states(JOBCENTER, message_id, {COUNSELLING: "rejected"})
     assert status["recipients"][0]["reason"] == "policy.lifetime"
     assert e2e.pushed(message_id) == []
+
+
+async def test_a_withdrawal_reaches_recipients_and_their_deletion_comes_back(e2e: E2E) -> None:
+    recipients = [COUNSELLING, SPDI]
+    consent = await e2e.register_consent(
+        JOBCENTER,
+        recipients,
+        "integration-support",
+        ("identity", "contact", "addiction"),
+        "referral",
+    )
+    message_id = await e2e.submit(JOBCENTER, recipients, demo_referral(), consent=consent)
+    await e2e.wait_pushed(message_id)
+    await e2e.pull(SPDI, message_id)
+    await e2e.wait_states(JOBCENTER, message_id, {COUNSELLING: "receipted", SPDI: "receipted"})
+
+    url = f"{e2e.stack.adapter_url(JOBCENTER)}/v1/consents/{consent}"
+    async with e2e.session.delete(url, headers=e2e._headers(JOBCENTER, ["consents:write"])) as r:
+        assert r.status == 200, await r.text()
+        assert (await r.json())["state"] == "withdrawn"
+
+    async def pushed_notice() -> Any:
+        notices = [
+            d.payload for d in e2e.sink.deliveries if d.payload.get("type") == "consent-revoked"
+        ]
+        return notices[0] if notices else None
+
+    notice = await eventually("the notice pushed to the counselling service", pushed_notice)
+    assert notice["sender"] == JOBCENTER
+    assert notice["body"] == {
+        "type": "consent-revoked",
+        "consent": consent,
+        "withdrawn_at": notice["body"]["withdrawn_at"],
+        "messages": [message_id],
+    }
+
+    async def pulled_notice() -> str | None:
+        for item in await e2e.inbox(SPDI):
+            if item != message_id:
+                return item
+        return None
+
+    spdi_notice = await eventually("the notice in the pull inbox", pulled_notice)
+    for agency, notice_id in ((COUNSELLING, notice["message_id"]), (SPDI, spdi_notice)):
+        async with e2e.session.post(
+            f"{e2e.stack.adapter_url(agency)}/v1/inbox/{notice_id}/deleted",
+            headers=e2e._headers(agency, ["inbox:ack"]),
+        ) as r:
+            assert r.status == 200, await r.text()
+    assert spdi_notice not in await e2e.inbox(SPDI)
+
+    async def confirmed() -> Any:
+        async with e2e.session.get(url, headers=e2e._headers(JOBCENTER, ["consents:read"])) as r:
+            view = await r.json()
+        done = {e.get("recipient") for e in view["events"] if e["state"] == "deletion-confirmed"}
+        return view if done == set(recipients) else None
+
+    view = await eventually("both deletions confirmed to the Jobcenter", confirmed)
+    notified = {e.get("recipient") for e in view["events"] if e["state"] == "notified"}
+    assert notified == set(recipients)
+    # Unknown notices are refused, and a new message under the consent is refused at once.
+    async with e2e.session.post(
+        f"{e2e.stack.adapter_url(SPDI)}/v1/inbox/{message_id}/deleted",
+        headers=e2e._headers(SPDI, ["inbox:ack"]),
+    ) as r:
+        assert (r.status, (await r.json())["code"]) == (404, "notice.unknown")
 
 
 def _in_days(days: int) -> str:

@@ -35,8 +35,9 @@ __all__ = [
     "ConsentList",
     "ConsentRequest",
     "ConsentView",
-    "DeletionConfirmed",
+    "DeletionConfirmation",
     "Health",
+    "InboundType",
     "InboxItem",
     "InboxList",
     "InboxSummary",
@@ -61,6 +62,9 @@ UtcDateTime = Annotated[datetime.datetime, Meta(tz=True)]
 
 OutboundType = Literal["referral", "handover", "feedback"]
 """What a local system may send; receipts are the adapter's own business."""
+
+InboundType = Literal["referral", "handover", "feedback", "consent-revoked"]
+"""What a local system receives: messages, and notices that a consent was withdrawn."""
 
 
 class _Api(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -160,7 +164,7 @@ class ConsentList(_Api, frozen=True, kw_only=True):
     items: list[ConsentView]
 
 
-class DeletionConfirmed(_Api, frozen=True, kw_only=True):
+class DeletionConfirmation(_Api, frozen=True, kw_only=True):
     """`POST /v1/inbox/{id}/deleted` answer: the confirmation was sent to the issuing agency."""
 
     message_id: MessageId
@@ -208,7 +212,7 @@ class InboxItem(_Api, frozen=True, kw_only=True):
     """
 
     message_id: MessageId
-    type: OutboundType
+    type: InboundType
     sender: AgencyId
     consent: ConsentRef
     purpose: Code
@@ -223,7 +227,7 @@ class InboxSummary(_Api, frozen=True, kw_only=True):
     """A pending inbox item without its body (which holds the personal data)."""
 
     message_id: MessageId
-    type: OutboundType
+    type: InboundType
     sender: AgencyId
     issued_at: UtcDateTime
     expires_at: UtcDateTime

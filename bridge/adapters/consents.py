@@ -262,6 +262,10 @@ class Consents:
                 raise _unavailable(exc) from exc
             log.info("consent %s withdrawn", consent_id)
         if self._on_withdrawn is not None:
-            await self._on_withdrawn(state, local)
+            # Repeating a DELETE sends the notices again; their fixed ids make that harmless.
+            try:
+                await self._on_withdrawn(state, local)
+            except TransportError as exc:
+                raise _unavailable(exc) from exc
         state, local = await self._own(consent_id)
         return consent_view(state, local, now)

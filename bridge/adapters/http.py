@@ -19,7 +19,7 @@ from aiohttp import web
 from ..errors import ProtocolError, TransportError
 from ..federation.directory import Directory
 from ..ids import check_message_id
-from .api import Accepted, Health, InboxList
+from .api import Accepted, DeletionConfirmation, Health, InboxList
 from .auth import AuthenticationFailed, Claims, InsufficientScope, TokenVerifier
 from .consents import Consents
 from .form import LANGUAGES, render_form
@@ -27,6 +27,7 @@ from .guard import guard_middleware
 from .outbound import Outbound
 from .problems import ApiProblem, problem_response
 from .pull import PullInbox
+from .revocation import Revocations
 from .store import Store
 from .timeline import message_status
 
@@ -51,6 +52,7 @@ class ApiContext:
     openapi: bytes
     clock: Callable[[], float]
     consents: Consents
+    revocations: Revocations
     directory: Callable[[], Directory]
 
 
@@ -244,6 +246,22 @@ async def _consent_form(request: web.Request) -> web.StreamResponse:
     return web.Response(text=page, content_type="text/html", charset="utf-8")
 
 
+async def _inbox_deleted(request: web.Request) -> web.StreamResponse:
+    """The local system deleted what a `consent-revoked` notice named (both delivery modes)."""
+    await _claims(request, "inbox:ack")
+    ctx = _ctx(request)
+    notice_id = _message_id(request)
+    try:
+        if ctx.inbox is not None and ctx.inbox.get(notice_id) is not None:
+            await ctx.inbox.ack(notice_id)  # taken, too: it leaves the pull inbox
+        confirmation = await ctx.revocations.confirm(notice_id)
+    except TransportError as exc:
+        raise _unavailable("the confirmation cannot be sent right now; retry", exc) from exc
+    if confirmation is None:
+        raise ApiProblem(404, "no such consent-revoked notice", reason="notice.unknown")
+    return _json(DeletionConfirmation(message_id=confirmation))
+
+
 async def _healthz(request: web.Request) -> web.StreamResponse:
     return _json(Health(status="ok"))
 
@@ -269,6 +287,7 @@ def build_app(context: ApiContext) -> web.Application:
     app.router.add_get("/v1/inbox", _inbox_list)
     app.router.add_get("/v1/inbox/{message_id}", _inbox_item)
     app.router.add_post("/v1/inbox/{message_id}/ack", _inbox_ack)
+    app.router.add_post("/v1/inbox/{message_id}/deleted", _inbox_deleted)
     app.router.add_post("/v1/consents", _consent_create)
     app.router.add_get("/v1/consents", _consent_list)
     app.router.add_get("/v1/consents/{consent_id}", _consent_get)

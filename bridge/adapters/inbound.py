@@ -26,10 +26,19 @@ from ..crypto import Header, Keyring, Limits, open_envelope, verify
 from ..errors import BridgeError, TransportError, reasons_of
 from ..federation.directory import Directory
 from ..nats.transport import fetch
-from ..wire import Delivered, Disposition, Receipt, Rejected, decode_body
+from ..wire import (
+    ConsentRevoked,
+    DeletionConfirmed,
+    Delivered,
+    Disposition,
+    Receipt,
+    Rejected,
+    decode_body,
+)
 from .api import InboxItem
 from .delivery import Incoming, Sink
 from .receipts import send_receipt
+from .revocation import Revocations, note_of
 from .store import RECORD_GRACE_SECONDS, Event, MessageRecord, ReceiptFold, Store
 
 __all__ = ["Inbound"]
@@ -63,7 +72,9 @@ class Inbound:
         publish_timeout: float,
         clock: Callable[[], float],
         fetch_timeout: float = 5.0,
+        revocations: Revocations | None = None,
     ) -> None:
+        self._revocations = revocations
         self._keyring = keyring
         self._directory = directory
         self._store = store
@@ -126,6 +137,14 @@ class Inbound:
             await self._fold_receipt(header, body, now)
             await msg.ack()
             return
+        if isinstance(body, DeletionConfirmed):
+            if self._revocations is not None:
+                await self._revocations.fold_confirmation(header.sender, body, now)
+            await msg.ack()
+            return
+        if isinstance(body, ConsentRevoked):
+            # Kept before the local system sees it, so its confirmation can always be sent.
+            await self._store.note_revocation(note_of(header.sender, header.id, body, now))
         if await self._store.was_delivered(header.id):
             log.info("inbound message %s was delivered before; acknowledging", header.id)
             await self._receipt(header, Delivered(), directory, now)
@@ -167,7 +186,7 @@ class Inbound:
             header.sender,
             exc.reason,
         )
-        if header.type != "receipt":  # never answer a receipt with a receipt
+        if header.type not in ("receipt", "deletion-confirmed"):  # answers get no answer
             await self._receipt(header, Rejected(reason=exc.reason), directory, now)
         await msg.term()
 

@@ -15,6 +15,7 @@ from .api import (
     ConsentList,
     ConsentRequest,
     ConsentView,
+    DeletionConfirmation,
     Health,
     InboxItem,
     InboxList,
@@ -81,6 +82,7 @@ def openapi_document(agency: str, version: str = "1") -> dict[str, Any]:
             ConsentRequest,
             ConsentView,
             ConsentList,
+            DeletionConfirmation,
             Problem,
             Health,
         ],
@@ -150,6 +152,21 @@ def openapi_document(agency: str, version: str = "1") -> dict[str, Any]:
                 "Acknowledge a message: the local system has it",
                 "inbox:ack",
                 {"204": {"description": "Acknowledged"}, **_problems(404, 503), **auth},
+                parameters=[_MESSAGE_ID],
+            )
+        },
+        "/v1/inbox/{message_id}/deleted": {
+            "post": _op(
+                "Confirm that the local system deleted what a consent-revoked notice named",
+                "inbox:ack",
+                {
+                    "200": {
+                        "description": "The signed deletion confirmation was sent to the issuer",
+                        "content": _json("DeletionConfirmation"),
+                    },
+                    **_problems(404, 503),
+                    **auth,
+                },
                 parameters=[_MESSAGE_ID],
             )
         },

@@ -52,6 +52,7 @@ from .inbound import Inbound
 from .openapi import openapi_document
 from .outbound import Outbound
 from .pull import PullInbox
+from .revocation import Revocations
 from .status import StatusFolder
 from .store import Store
 from .webhook import WebhookSink, load_webhook_secrets
@@ -200,7 +201,17 @@ class Adapter:
         inbox_sub = await bind_pull(js, INBOX_STREAM, inbox_consumer(c.agency))
         status_sub = await bind_pull(js, STATUS_STREAM, status_consumer(c.agency))
         keepalive = await self._keepalive_interval(js, timeout)
+        revocations = Revocations(
+            keyring=keyring,
+            directory=self.directory,
+            store=store,
+            js=js,
+            limits=c.limits,
+            publish_timeout=timeout,
+            clock=self._clock,
+        )
         self.inbound = Inbound(
+            revocations=revocations,
             keyring=keyring,
             directory=self.directory,
             store=store,
@@ -254,6 +265,7 @@ class Adapter:
             store=store,
             registry=registry,
             clock=self._clock,
+            on_withdrawn=revocations.notify,
         )
         app = build_app(
             ApiContext(
@@ -266,6 +278,7 @@ class Adapter:
                 openapi=_encode_openapi(c.agency),
                 clock=self._clock,
                 consents=consents,
+                revocations=revocations,
                 directory=self.directory,
             )
         )

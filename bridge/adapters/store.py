@@ -45,11 +45,15 @@ __all__ = [
     "IdemRecord",
     "MessageRecord",
     "ReceiptFold",
+    "RevocationNote",
     "Store",
 ]
 
 RECORD_GRACE_SECONDS: Final = 30 * 86400
 """How long a message's record outlives the message's own expiry (for the sender's questions)."""
+
+NOTICE_KEEP_SECONDS: Final = 90 * 86400
+"""How long a received consent-revoked notice is kept for its deletion confirmation."""
 
 MAX_CONSENT_MESSAGES: Final = 4096
 """Messages remembered per consent (for withdrawal notices); a consent is for one client."""
@@ -135,6 +139,17 @@ class ConsentLocal(msgspec.Struct, frozen=True, kw_only=True):
     valid_until: int
     messages: list[str] = msgspec.field(default_factory=list)
     events: list[Event] = msgspec.field(default_factory=list)
+
+
+class RevocationNote(msgspec.Struct, frozen=True, kw_only=True):
+    """A `consent-revoked` notice this agency received, until its deletion is confirmed."""
+
+    notice_id: str
+    issuer: str
+    consent: str
+    messages: list[str]
+    received_at: int
+    confirmed_at: int | None = None
 
 
 class RefIndex(msgspec.Struct, frozen=True, kw_only=True):
@@ -307,6 +322,26 @@ class Store:
                 return True
         raise TransportError("consent record keeps changing", reason="store.conflict")
 
+    # -- consent-revoked notices received -------------------------------------------------
+
+    async def note_revocation(self, note: RevocationNote) -> None:
+        """Keep a received notice (once; a redelivery keeps the first note)."""
+        ttl = NOTICE_KEEP_SECONDS
+        await self._write(_rvk_key(note.notice_id), note, last=0, ttl=ttl)
+
+    async def get_revocation(self, notice_id: str) -> RevocationNote | None:
+        found = await self._get(_rvk_key(notice_id), RevocationNote)
+        return None if found is None else found[0]
+
+    async def confirm_revocation(self, notice_id: str, note: RevocationNote, now: int) -> None:
+        if note.confirmed_at is not None:
+            return
+        found = await self._get(_rvk_key(notice_id), RevocationNote)
+        if found is None:
+            return
+        confirmed = msgspec.structs.replace(found[0], confirmed_at=now)
+        await self._write(_rvk_key(notice_id), confirmed, last=found[1], ttl=NOTICE_KEEP_SECONDS)
+
     # -- primitives -----------------------------------------------------------------------
 
     async def _get(self, key: str, kind: type[_T]) -> tuple[_T, int] | None:
@@ -355,6 +390,10 @@ def _msg_key(message_id: str) -> str:
 
 def _dlv_key(message_id: str) -> str:
     return f"dlv.{check_message_id(message_id)}"
+
+
+def _rvk_key(notice_id: str) -> str:
+    return f"rvk.{check_message_id(notice_id)}"
 
 
 def _cst_key(consent_id: str) -> str:

@@ -67,13 +67,24 @@ def parse_submission(subject: str, headers: Mapping[str, str] | None) -> Submiss
     return Submission(sender=sender, message_id=check_message_id(raw_id))
 
 
+_NOTICES = frozenset({"consent-revoked", "deletion-confirmed"})
+
+
 def allowed_by_routes(
     config: BrokerConfig, sender_role: str, recipient_role: str, kind: str
 ) -> bool:
     """Whether some route lets `sender_role` send messages of type `kind` to `recipient_role`.
 
-    Default deny: without a matching route nothing passes.
+    Default deny: without a matching route nothing passes. The consent notices
+    (`consent-revoked`, `deletion-confirmed`) follow every route, either way, without being
+    listed: a withdrawal must reach whoever received data, and its answer must come back.
     """
+    if kind in _NOTICES:
+        return any(
+            (route.from_role == sender_role and recipient_role in route.to_roles)
+            or (route.from_role == recipient_role and sender_role in route.to_roles)
+            for route in config.routes
+        )
     return any(
         route.from_role == sender_role and recipient_role in route.to_roles and kind in route.types
         for route in config.routes

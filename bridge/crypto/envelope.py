@@ -114,7 +114,9 @@ class Header(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     v: int
     suite: int
     id: _MessageId
-    type: Literal["referral", "handover", "feedback", "receipt"]
+    type: Literal[
+        "referral", "handover", "feedback", "receipt", "consent-revoked", "deletion-confirmed"
+    ]
     sender: _Agency
     sender_kid: _Kid
     recipients: list[Recipient]

@@ -1,4 +1,4 @@
-"""The four message bodies: referral, handover, feedback and receipt.
+"""The message bodies: referral, handover, feedback, receipt, and the two consent notices.
 
 A body is JSON inside the encrypted envelope and the same JSON on the adapters' local HTTP API.
 Each carries its type as the tag `type`, which must equal the type in the signed envelope header:
@@ -18,6 +18,7 @@ from typing import Annotated, Final, TypeAlias
 
 from msgspec import Meta
 
+from ..ids import CONSENT_REF_PATTERN
 from ._blocks import ClientContact, ClientIdentity, ContactPerson
 from ._codes import Concern, EndReason, Service, Urgency
 from ._types import MessageId, ReasonCode, ShortText, Text, UtcDateTime, WireStruct, normalise_utc
@@ -30,6 +31,8 @@ __all__ = [
     "Body",
     "ClientDeclined",
     "ClientUnreachable",
+    "ConsentRevoked",
+    "DeletionConfirmed",
     "Delivered",
     "Disposition",
     "Feedback",
@@ -184,7 +187,40 @@ class Receipt(_Body, frozen=True, kw_only=True, tag=MessageType.RECEIPT.value):
         normalise_utc(self, "received_at")
 
 
-Body: TypeAlias = Referral | Handover | Feedback | Receipt
+# -- consent withdrawal (Widerruf) and deletion (Löschbestätigung) -------------------------------
+
+ConsentId = Annotated[str, Meta(min_length=34, max_length=36, pattern=CONSENT_REF_PATTERN)]
+MessageIds = Annotated[tuple[MessageId, ...], Meta(min_length=1, max_length=4096)]
+
+
+class ConsentRevoked(_Body, frozen=True, kw_only=True, tag=MessageType.CONSENT_REVOKED.value):
+    """The issuing agency's notice: the client withdrew `consent`; delete what you received.
+
+    Sent to each recipient that already received messages under the consent, naming them.
+    Metadata only. The recipient's system answers by confirming the deletion.
+    """
+
+    consent: ConsentId
+    withdrawn_at: UtcDateTime
+    messages: MessageIds
+
+    def __post_init__(self) -> None:
+        normalise_utc(self, "withdrawn_at")
+
+
+class DeletionConfirmed(_Body, frozen=True, kw_only=True, tag=MessageType.DELETION_CONFIRMED.value):
+    """The recipient's signed confirmation that its system deleted the data a notice named."""
+
+    in_reply_to: MessageId  # the consent-revoked notice
+    consent: ConsentId
+    deleted_at: UtcDateTime
+    messages: MessageIds
+
+    def __post_init__(self) -> None:
+        normalise_utc(self, "deleted_at")
+
+
+Body: TypeAlias = Referral | Handover | Feedback | Receipt | ConsentRevoked | DeletionConfirmed
 
 BODY_TYPES: Final[Mapping[MessageType, type[Body]]] = MappingProxyType(
     {
@@ -192,6 +228,8 @@ BODY_TYPES: Final[Mapping[MessageType, type[Body]]] = MappingProxyType(
         MessageType.HANDOVER: Handover,
         MessageType.FEEDBACK: Feedback,
         MessageType.RECEIPT: Receipt,
+        MessageType.CONSENT_REVOKED: ConsentRevoked,
+        MessageType.DELETION_CONFIRMED: DeletionConfirmed,
     }
 )
 

@@ -21,12 +21,15 @@ __all__ = [
 
 
 class MessageType(enum.StrEnum):
-    """The four kinds of message body; the envelope header names one of them."""
+    """The kinds of message body; the envelope header names one of them. The last three are
+    system notices bridge sends itself (no personal data, no consent of their own)."""
 
     REFERRAL = "referral"  # Vermittlung
     HANDOVER = "handover"  # Übergabe
     FEEDBACK = "feedback"  # Rückmeldung
     RECEIPT = "receipt"  # Empfangsbestätigung
+    CONSENT_REVOKED = "consent-revoked"  # Widerruf: delete what you received under a consent
+    DELETION_CONFIRMED = "deletion-confirmed"  # Löschbestätigung, the answer to it
 
 
 class Purpose(enum.StrEnum):
@@ -72,6 +75,8 @@ ALLOWED_CATEGORIES: Final[Mapping[MessageType, frozenset[DataCategory]]] = Mappi
         ),
         # Metadata about delivery only.
         MessageType.RECEIPT: frozenset({DataCategory.DELIVERY_METADATA}),
+        MessageType.CONSENT_REVOKED: frozenset({DataCategory.DELIVERY_METADATA}),
+        MessageType.DELETION_CONFIRMED: frozenset({DataCategory.DELIVERY_METADATA}),
     }
 )
 """The categories a body of each type may carry: an upper bound for the header's category list."""

@@ -13,7 +13,18 @@ from types import MappingProxyType
 from typing import Final
 
 from ._blocks import Address, ClientContact, ClientIdentity, ContactPerson
-from ._bodies import Body, Delivered, Feedback, Handover, Measure, MeasureStarted, Receipt, Referral
+from ._bodies import (
+    Body,
+    ConsentRevoked,
+    DeletionConfirmed,
+    Delivered,
+    Feedback,
+    Handover,
+    Measure,
+    MeasureStarted,
+    Receipt,
+    Referral,
+)
 from ._codes import Concern, ContactChannel, Gender, Service, Urgency
 from ._status import Component, DeliveryState, StatusEvent
 from ._vocab import MessageType
@@ -76,6 +87,17 @@ BODIES: Final[Mapping[MessageType, Body]] = MappingProxyType(
             in_reply_to=_REFERRAL_ID,
             received_at=datetime.datetime(2025, 2, 20, 9, 15, 0, tzinfo=datetime.UTC),
             disposition=Delivered(),
+        ),
+        MessageType.CONSENT_REVOKED: ConsentRevoked(
+            consent="c-5d1f0a9e3b7c4e2a8f6d1b0c9e7a3f52",
+            withdrawn_at=datetime.datetime(2025, 4, 2, 10, 0, 0, tzinfo=datetime.UTC),
+            messages=(_REFERRAL_ID,),
+        ),
+        MessageType.DELETION_CONFIRMED: DeletionConfirmed(
+            in_reply_to="3c1d9e2a-7b4f-4a8e-9c6d-2f0b1e5a7d93",
+            consent="c-5d1f0a9e3b7c4e2a8f6d1b0c9e7a3f52",
+            deleted_at=datetime.datetime(2025, 4, 2, 14, 30, 0, tzinfo=datetime.UTC),
+            messages=(_REFERRAL_ID,),
         ),
     }
 )
