@@ -277,6 +277,20 @@ def load_broker_config(path: Path) -> BrokerConfig:
                 f"config {path}: retention has no limits for {type_name!r}",
                 reason="config.invalid",
             )
+    for type_name, limits in config.retention.items():
+        # Refused rather than cut: a limit the store would never apply misleads its reader.
+        if limits.max_lifetime_seconds > config.limits.max_lifetime:
+            raise ConfigError(
+                f"config {path}: retention.{type_name}.max_lifetime_seconds exceeds the "
+                f"envelope maximum of {config.limits.max_lifetime}s",
+                reason="config.retention",
+            )
+        if limits.inbox_ttl_seconds > limits.max_lifetime_seconds:
+            raise ConfigError(
+                f"config {path}: retention.{type_name}.inbox_ttl_seconds exceeds its "
+                "max_lifetime_seconds",
+                reason="config.retention",
+            )
     for route in config.routes:
         unknown = [t for t in route.types if t not in MESSAGE_TYPES]
         if unknown:
