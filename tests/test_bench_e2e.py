@@ -75,6 +75,7 @@ def test_quick_run_has_every_row_and_cleans_up(
             row["msgs_per_second"],
             row["ratio"],
             row["cpu_ms_per_message"],
+            row["cpu_ceiling_msgs_per_second"],
             row["transport"]["msgs_per_second"],
             row["transport"]["measured_msgs_per_second"],
             row["crypto"]["msgs_per_second"],

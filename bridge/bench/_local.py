@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
 import time
 import uuid
 from collections.abc import Sequence
@@ -181,10 +182,17 @@ class Submitter:
         self._url = f"{url}/v1/messages"
         self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self.refused = 0
-        self.consent = ""
+        self.consents: list[str] = []
+        self._next = itertools.count()
+
+    @property
+    def consent(self) -> str:
+        """A registered consent, taking turns: messages are about many clients, so no one
+        consent record (updated with every message sent under it) becomes a hot spot."""
+        return self.consents[next(self._next) % len(self.consents)]
 
     async def register_consent(self, recipients: Sequence[str]) -> str:
-        """Register the client's consent for the run, as the case worker would, once."""
+        """Register one client's consent, as the case worker would before the first message."""
         valid_until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
         request = {
             "recipients": sorted(recipients),
@@ -207,8 +215,9 @@ class Submitter:
                     f"the sending adapter answered {response.status} to the consent",
                     reason="bench.consent_refused",
                 )
-        self.consent = msgspec.json.decode(data, type=_Registered).consent_id
-        return self.consent
+        consent = msgspec.json.decode(data, type=_Registered).consent_id
+        self.consents.append(consent)
+        return consent
 
     async def submit(self, request: bytes) -> str:
         headers = {**self._headers, "Idempotency-Key": str(uuid.uuid4())}

@@ -178,6 +178,7 @@ class Row(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lower_limit: str  # "transport" or "crypto"
     ratio: float  # msgs_per_second / the lower limit
     cpu_ms_per_message: float  # all processes together
+    cpu_ceiling_msgs_per_second: float  # cores / cpu_ms_per_message: bridge's own CPU limit
     cpu_ms_by_process: dict[str, float]
     writes_per_message: float
     writes_by_stream: dict[str, float]
@@ -535,6 +536,7 @@ async def _measure_config(
         lower_limit=lower_name,
         ratio=rate / lower,
         cpu_ms_per_message=sum(cpu_ms.values()),
+        cpu_ceiling_msgs_per_second=(os.cpu_count() or 1) * 1e3 / sum(cpu_ms.values()),
         cpu_ms_by_process=cpu_ms,
         writes_per_message=sum(writes.values()),
         writes_by_stream=writes,
@@ -748,7 +750,8 @@ async def _run_stack(
             connector=aiohttp.TCPConnector(limit=max(64, 2 * settings.window))
         ) as session:
             load = _Load(stack, session)
-            await load.submitter.register_consent((WEBHOOK_RECIPIENT, PULL_RECIPIENT))
+            for _ in range(settings.window):  # one client per message in flight
+                await load.submitter.register_consent((WEBHOOK_RECIPIENT, PULL_RECIPIENT))
             ports = stack.stack.ports
             await load.webhook.start(ports.host, ports.sink)
             await load.receipts.start()
@@ -809,7 +812,7 @@ def render_text(result: E2EBench) -> str:
         f"load average {load} (at the end {load_end})",
         "",
         f"{'body':>7} {'rcpt':>4} {'e2e/s':>7} {'transport/s':>11} {'crypto/s':>9} {'ratio':>6}"
-        f" {'CPU ms':>7} {'writes':>6}   {'delivered p50/p95/p99/max ms':<29}"
+        f" {'CPU ms':>7} {'CPU/s':>6} {'writes':>6}   {'delivered p50/p95/p99/max ms':<29}"
         f" {'receipted p50/p95/p99/max ms':<29}",
     ]
     for row in result.rows:
@@ -819,6 +822,7 @@ def render_text(result: E2EBench) -> str:
             f"{_size(row.body_bytes):>7} {row.recipients:>4} {row.msgs_per_second:>7.1f}"
             f" {row.transport.msgs_per_second:>11.1f} {row.crypto.msgs_per_second:>9.1f}"
             f" {row.ratio:>5.2f}{mark} {row.cpu_ms_per_message:>7.1f}"
+            f" {row.cpu_ceiling_msgs_per_second:>6.0f}"
             f" {row.writes_per_message:>6.1f}"
             f"   {d.p50:>6.0f} {d.p95:>6.0f} {d.p99:>6.0f} {d.max:>6.0f}   "
             f"{r.p50:>6.0f} {r.p95:>6.0f} {r.p99:>6.0f} {r.max:>6.0f}"
@@ -829,6 +833,8 @@ def render_text(result: E2EBench) -> str:
         "transport/s, crypto/s: the limits, as messages per second on all cores (CPU per message"
         " of raw nats-py on the same streams; of the crypto primitives).",
         "ratio: e2e/s over the lower limit (t = transport, c = crypto). Latency at half e2e/s.",
+        "CPU ms: all processes per message; CPU/s: the rate that CPU allows on all cores (when"
+        " e2e/s is far below it, the stack waited, or the machine was busy).",
         "primitives (calls/s on one core): "
         + ", ".join(
             f"{p.name} {_size(p.input_bytes)} {p.ops_per_second:.0f}"
