@@ -197,6 +197,13 @@ class _Journey:
             f"the adapter of {PULL_RECIPIENT}",
             self._hint,
         )
+        self._pushed_to = _Api(
+            session,
+            stack.adapter_url(WEBHOOK_RECIPIENT),
+            stack.token(WEBHOOK_RECIPIENT, ["inbox:ack"], 600),
+            f"the adapter of {WEBHOOK_RECIPIENT}",
+            self._hint,
+        )
         self._sink = _Api(
             session, stack.sink_url, stack.sink_access_token(), "the demo sink", self._hint
         )
@@ -331,8 +338,112 @@ class _Journey:
             self._say(f"   {recipient.get('agency'):<20} {recipient.get('state')}")
 
 
-async def run_demo(stack: Stack, out: TextIO, *, patience: float = 30.0) -> str:
-    """Run the demo against a running stack; return the message id. Raises `DemoFailed`."""
+class _Withdrawal:
+    """`bridge demo --withdraw`: the client withdraws the consent; watch what follows."""
+
+    def __init__(self, journey: _Journey) -> None:
+        self._j = journey
+
+    async def withdraw(self) -> None:
+        j = self._j
+        _, view = await j._sender.call("DELETE", f"/v1/consents/{j.consent_id}")
+        j._say(
+            f"6. withdrawn   the client withdrew consent {j.consent_id}: {SENDER}'s adapter "
+            f"stored a signed withdrawal ({view.get('withdrawn_at')}); nothing is overwritten"
+        )
+
+    async def refused(self) -> None:
+        j = self._j
+        request = {
+            "type": "referral",
+            "recipients": list(RECIPIENTS),
+            "consent": j.consent_id,
+            "purpose": Purpose.INTEGRATION_SUPPORT.value,
+            "categories": list(_CATEGORIES),
+            "body": demo_referral(),
+        }
+        _, problem = await j._sender.call(
+            "POST",
+            "/v1/messages",
+            body=msgspec.json.encode(request),
+            headers={"Content-Type": "application/json"},
+            ok=(422,),
+        )
+        j._say(
+            f"7. refused     a new referral under it: 422 [{problem.get('code')}] at the "
+            "adapter; the broker would refuse it the same way"
+        )
+
+    async def notices(self) -> tuple[str, str]:
+        j = self._j
+
+        async def pushed() -> Any:
+            _, listing = await j._sink.call("GET", f"/deliveries?agency={WEBHOOK_RECIPIENT}")
+            hits = [
+                d["delivery"]
+                for d in listing.get("deliveries", [])
+                if d.get("delivery", {}).get("type") == "consent-revoked"
+                and d["delivery"].get("body", {}).get("consent") == j.consent_id
+            ]
+            return hits[0] if hits else None
+
+        async def pulled() -> Any:
+            _, listing = await j._puller.call("GET", "/v1/inbox")
+            for item in listing.get("items", []):
+                if item.get("type") == "consent-revoked":
+                    _, opened = await j._puller.call("GET", f"/v1/inbox/{item['message_id']}")
+                    if opened.get("body", {}).get("consent") == j.consent_id:
+                        return opened
+            return None
+
+        webhook = await j._until(f"the notice to {WEBHOOK_RECIPIENT}", pushed)
+        pull = await j._until(f"the notice in {PULL_RECIPIENT}'s inbox", pulled)
+        for agency, notice in ((WEBHOOK_RECIPIENT, webhook), (PULL_RECIPIENT, pull)):
+            j._say(
+                f"8. notified    {agency}'s local system got a signed consent-revoked notice "
+                f"naming {', '.join(notice['body']['messages'])}"
+            )
+        return str(webhook["message_id"]), str(pull["message_id"])
+
+    async def deleted(self, webhook_notice: str, pull_notice: str) -> None:
+        j = self._j
+        for api, agency, notice in (
+            (j._pushed_to, WEBHOOK_RECIPIENT, webhook_notice),
+            (j._puller, PULL_RECIPIENT, pull_notice),
+        ):
+            await api.call("POST", f"/v1/inbox/{notice}/deleted")
+            j._say(
+                f"9. deleted     {agency}'s local system deleted the data and confirmed it; "
+                "its adapter sent a signed deletion confirmation back"
+            )
+
+    async def confirmed(self) -> None:
+        j = self._j
+
+        async def check() -> Any:
+            _, view = await j._sender.call("GET", f"/v1/consents/{j.consent_id}")
+            done = {
+                e.get("recipient")
+                for e in view.get("events", [])
+                if e.get("state") == "deletion-confirmed"
+            }
+            return view if done >= set(RECIPIENTS) else None
+
+        view = await j._until("both deletion confirmations at the Jobcenter", check)
+        j._say(f"10. consent    {j.consent_id} as {SENDER} sees it: {view.get('state')}")
+        for event in view.get("events", []):
+            who = event.get("recipient") or "(all)"
+            j._say(f"     {event.get('at', '?'):<32} {event.get('state', '?'):<18} {who}")
+
+
+async def run_demo(
+    stack: Stack, out: TextIO, *, patience: float = 30.0, withdraw: bool = False
+) -> str:
+    """Run the demo against a running stack; return the message id. Raises `DemoFailed`.
+
+    With `withdraw`, the client then withdraws the consent and the demo shows, step by step,
+    the refusal of new messages, the notices, the local deletions and their confirmations.
+    """
 
     def say(text: str) -> None:
         print(text, file=out, flush=True)
@@ -346,5 +457,15 @@ async def run_demo(stack: Stack, out: TextIO, *, patience: float = 30.0) -> str:
         await journey.pushed()
         await journey.pulled()
         await journey.receipted()
+        if withdraw:
+            steps = _Withdrawal(journey)
+            await steps.withdraw()
+            await steps.refused()
+            notices = await steps.notices()
+            await steps.deleted(*notices)
+            await steps.confirmed()
+    if withdraw:
+        say(f"Done: consent withdrawn, deletion confirmed by {' and '.join(RECIPIENTS)}.")
+        return journey.message_id
     say(f"Done: delivered and receipted for {' and '.join(RECIPIENTS)}.")
     return journey.message_id

@@ -285,6 +285,17 @@ async def test_the_demo_runs_against_the_stack(e2e: E2E) -> None:
     assert "Done: delivered and receipted for suchtberatung-unna and spdi-unna." in text
 
 
+async def test_the_demo_shows_a_withdrawal_step_by_step(e2e: E2E) -> None:
+    out = io.StringIO()
+    await run_demo(e2e.stack, out, patience=DEADLINE, withdraw=True)
+    text = out.getvalue()
+    for step in ("6. withdrawn", "7. refused", "8. notified", "9. deleted", "10. consent"):
+        assert step in text, text
+    assert "[consent.withdrawn]" in text
+    assert text.count("deletion-confirmed") == 2
+    assert "Done: consent withdrawn, deletion confirmed by suchtberatung-unna and spdi-unna." in text
+
+
 async def test_accepted_message_survives_broker_and_nats_restart_delivered_once(
     e2e: E2E,
 ) -> None:

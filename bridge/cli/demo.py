@@ -20,6 +20,11 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="wait per step (30)"
     )
+    parser.add_argument(
+        "--withdraw",
+        action="store_true",
+        help="then withdraw the client's consent and show what follows, step by step",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -32,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
 
     stack = open_stack(args.state)
     try:
-        asyncio.run(run_demo(stack, sys.stdout, patience=args.timeout))
+        asyncio.run(run_demo(stack, sys.stdout, patience=args.timeout, withdraw=args.withdraw))
     except DemoFailed as exc:
         print(f"bridge demo: {exc}", file=sys.stderr)
         return 1
