@@ -21,11 +21,13 @@ from consent_helpers import consent_body, signed_consent, signed_withdrawal
 from envelope_helpers import DAY, RECIPIENTS, SENDER, Federation, federation, seal_referral
 from test_broker import Agency, make_broker, wait_for, write_config
 
+import bridge
 from bridge.consent import (
     REASONS,
     MessageFacts,
     Registry,
     evaluate,
+    policy_rule,
     sign_consent,
     verify_consent,
     verify_withdrawal,
@@ -35,6 +37,7 @@ from bridge.ids import NO_CONSENT, new_message_id
 from bridge.nats.identities import Identity
 from bridge.nats.provision import provision
 from bridge.nats.subjects import CONSENT_STREAM, HDR_CONSENT, consent_subject
+from bridge.policy import parse_policy
 from bridge.wire import DeliveryState
 
 if TYPE_CHECKING:
@@ -356,3 +359,14 @@ async def test_a_withdrawal_removes_undelivered_copies_and_tells_the_sender(
     assert {(e.message_id, e.reason) for e in events if e.state is DeliveryState.REJECTED} == {
         (late, "consent.withdrawn")
     }
+
+
+def test_the_signed_policy_says_which_flows_need_whose_consent(fed: Federation) -> None:
+    rules = parse_policy((Path(bridge.__file__).parent / "up" / "demo-policy.toml").read_bytes())
+    rule = policy_rule(rules, fed.directory)
+    referral = rule(SENDER, COUNSELLING, "referral")
+    assert referral.required
+    assert referral.issuers == {SENDER}
+    for notice in ("receipt", "consent-revoked", "deletion-confirmed"):
+        assert not rule(SENDER, COUNSELLING, notice).required
+        assert not rule(COUNSELLING, SENDER, notice).required

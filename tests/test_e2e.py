@@ -293,7 +293,9 @@ async def test_the_demo_shows_a_withdrawal_step_by_step(e2e: E2E) -> None:
         assert step in text, text
     assert "[consent.withdrawn]" in text
     assert text.count("deletion-confirmed") == 2
-    assert "Done: consent withdrawn, deletion confirmed by suchtberatung-unna and spdi-unna." in text
+    assert (
+        "Done: consent withdrawn, deletion confirmed by suchtberatung-unna and spdi-unna." in text
+    )
 
 
 async def test_accepted_message_survives_broker_and_nats_restart_delivered_once(

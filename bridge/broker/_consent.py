@@ -7,7 +7,8 @@ the message is held, neither routed nor dropped, until the registry answers agai
 
 from __future__ import annotations
 
-from ..consent import ConsentState, MessageFacts, Registry, check_message
+from ..consent import ConsentState, MessageFacts, Registry, check_message, consent_rule
+from ..consent.check import Rule
 from ..crypto import Header
 from ..federation.directory import Directory
 
@@ -27,7 +28,14 @@ def facts_of(header: Header) -> MessageFacts:
 
 
 async def check_consent(
-    header: Header, registry: Registry, directory: Directory, now: int
+    header: Header,
+    registry: Registry,
+    directory: Directory,
+    now: int,
+    *,
+    rule: Rule = consent_rule,
 ) -> ConsentState | None:
+    """`rule` says which flows need a consent and whose count; with the signed routing policy,
+    pass `bridge.consent.policy_rule(policy, directory)`."""
     agencies = [entry.id for entry in directory.agencies()]
-    return await check_message(facts_of(header), registry, directory, agencies, now)
+    return await check_message(facts_of(header), registry, directory, agencies, now, rule=rule)

@@ -22,7 +22,7 @@ from .record import (
     verify_withdrawal,
 )
 from .registry import ConsentState, Registry
-from .rules import MAX_CONSENT_VALIDITY_SECONDS, ConsentRule, consent_rule
+from .rules import MAX_CONSENT_VALIDITY_SECONDS, ConsentRule, consent_rule, policy_rule
 
 __all__ = [
     "MAX_CONSENT_VALIDITY_SECONDS",
@@ -39,6 +39,7 @@ __all__ = [
     "consent_rule",
     "evaluate",
     "new_consent_id",
+    "policy_rule",
     "sign_consent",
     "sign_withdrawal",
     "verify_consent",

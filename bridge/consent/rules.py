@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from ..policy import Policy, RoleLookup
+    from ..policy import Policy, PolicyRules, RoleLookup
 
 __all__ = ["MAX_CONSENT_VALIDITY_SECONDS", "ConsentRule", "consent_rule", "policy_rule"]
 
@@ -39,7 +39,9 @@ def consent_rule(sender: str, recipient: str, message_type: str) -> ConsentRule:
     return ConsentRule(required=False, issuers=frozenset())
 
 
-def policy_rule(policy: Policy, directory: RoleLookup) -> Callable[[str, str, str], ConsentRule]:
+def policy_rule(
+    policy: Policy | PolicyRules, directory: RoleLookup
+) -> Callable[[str, str, str], ConsentRule]:
     """`consent_rule` as the signed routing policy says it, for `check_message(rule=...)`.
 
     A flow the policy does not allow needs no consent here: the routing check refuses it
