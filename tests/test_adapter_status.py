@@ -33,7 +33,7 @@ from adapter_helpers import (
 )
 
 from bridge.adapters.service import Adapter
-from bridge.adapters.store import Event, MessageRecord, Store
+from bridge.adapters.store import Event, MessageRecord, ReceiptFold, Store
 from bridge.adapters.timeline import message_status
 from bridge.ids import new_message_id
 from bridge.nats.identities import Identity
@@ -298,3 +298,33 @@ async def test_a_known_revision_skips_the_read_and_a_stale_one_loses_nothing(
     stored = await store.get_message(record.message_id)
     assert stored is not None
     assert [e.state for e in stored.events] == ["routed", "accepted"]
+
+
+async def test_a_receipt_folded_on_a_stale_revision_is_checked_again(nats_env: Any) -> None:
+    """`add_receipt(known=...)` with a revision that moved on: the fold is re-checked on the
+    stored record, so a receipt that contradicts one folded meanwhile is still refused."""
+    client = await nats_env.connect(Identity.for_agency(JOBCENTER))
+    store = await Store.open(client.js, JOBCENTER, 5.0)
+    record = MessageRecord(
+        message_id=new_message_id(),
+        type="referral",
+        recipients=["agency-a"],
+        created_at=NOW,
+        expires_at=NOW + 3600,
+    )
+    await store.create_message(record, NOW)
+    stale = await store.get_message_revision(record.message_id)
+    assert stale is not None
+    delivered = [
+        Event(state="delivered", at=NOW, recipient="agency-a"),
+        Event(state="receipted", at=NOW, recipient="agency-a"),
+    ]
+    rejected = [Event(state="rejected", at=NOW, recipient="agency-a", reason="body.invalid")]
+
+    folded = await store.add_receipt(record.message_id, "agency-a", delivered, NOW, known=stale)
+    assert folded is ReceiptFold.FOLDED
+    again = await store.add_receipt(record.message_id, "agency-a", rejected, NOW, known=stale)
+    assert again is ReceiptFold.CONTRADICTS
+    stored = await store.get_message(record.message_id)
+    assert stored is not None
+    assert [e.state for e in stored.events] == ["delivered", "receipted"]

@@ -235,10 +235,11 @@ class Inbound:
         if header.reply_to != original:
             log.warning("receipt %s names two different messages; ignored", header.id)
             return
-        record = await self._store.get_message(original)
-        if record is None or header.sender not in record.recipients:
+        found = await self._store.get_message_revision(original)
+        if found is None or header.sender not in found[0].recipients:
             log.warning("receipt %s is for no message sent to its sender; ignored", header.id)
             return
+        record = found[0]
         at = _receipt_time(receipt, record, header.sender, now)
         disposition = receipt.disposition
         if isinstance(disposition, Rejected):
@@ -250,7 +251,7 @@ class Inbound:
                 Event(state="delivered", at=at, recipient=header.sender),
                 Event(state="receipted", at=now, recipient=header.sender),
             ]
-        folded = await self._store.add_receipt(original, header.sender, events, now)
+        folded = await self._store.add_receipt(original, header.sender, events, now, known=found)
         if folded is ReceiptFold.CONTRADICTS:
             log.warning(
                 "receipt %s from %s contradicts its earlier receipt for message %s; refused "

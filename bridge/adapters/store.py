@@ -197,8 +197,12 @@ class Store:
         return await self._put(key, record, last=0, ttl=_ttl(record, now))
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
-        found = await self._get(_msg_key(message_id), MessageRecord)
+        found = await self.get_message_revision(message_id)
         return None if found is None else found[0]
+
+    async def get_message_revision(self, message_id: str) -> tuple[MessageRecord, int] | None:
+        """The record and its revision, for a later `known=` compare-and-set."""
+        return await self._get(_msg_key(message_id), MessageRecord)
 
     async def add_events(
         self,
@@ -227,17 +231,25 @@ class Store:
         raise TransportError("message record keeps changing", reason="store.conflict")
 
     async def add_receipt(
-        self, message_id: str, recipient: str, events: list[Event], now: int
+        self,
+        message_id: str,
+        recipient: str,
+        events: list[Event],
+        now: int,
+        *,
+        known: tuple[MessageRecord, int] | None = None,
     ) -> ReceiptFold:
         """Fold the events of `recipient`'s receipt, unless an earlier receipt of it differs.
 
         A recipient's receipt is final: once its `receipted` or `rejected` is recorded, a
         receipt saying otherwise changes nothing. Checked and written in one compare-and-set.
+        `known` (the record and revision the caller just read) saves reading it again; if it
+        changed meanwhile, the write is refused and the check runs again on the stored record.
         """
         key = _msg_key(message_id)
         final = next(e for e in events if e.state in _RECEIPT_STATES)
         for _ in range(_MAX_CAS_ATTEMPTS):
-            found = await self._get(key, MessageRecord)
+            found, known = known or await self._get(key, MessageRecord), None
             if found is None:
                 return ReceiptFold.NO_RECORD
             record, revision = found
