@@ -445,6 +445,36 @@ async def test_a_withdrawal_reaches_recipients_and_their_deletion_comes_back(e2e
         assert (r.status, (await r.json())["code"]) == (404, "notice.unknown")
 
 
+async def test_a_withdrawal_takes_a_waiting_message_out_of_the_pull_inbox(e2e: E2E) -> None:
+    consent = await e2e.register_consent(
+        JOBCENTER, [SPDI], "integration-support", ("identity", "contact", "addiction"), "referral"
+    )
+    message_id = await e2e.submit(JOBCENTER, [SPDI], demo_referral(), consent=consent)
+
+    async def waiting() -> bool | None:
+        return True if message_id in await e2e.inbox(SPDI) else None
+
+    await eventually("the referral waiting in the pull inbox", waiting)
+    url = f"{e2e.stack.adapter_url(JOBCENTER)}/v1/consents/{consent}"
+    async with e2e.session.delete(url, headers=e2e._headers(JOBCENTER, ["consents:write"])) as r:
+        assert r.status == 200, await r.text()
+
+    async def gone() -> bool | None:
+        return True if message_id not in await e2e.inbox(SPDI) else None
+
+    await eventually("the referral gone from the pull inbox", gone)
+    status = await e2e.wait_states(JOBCENTER, message_id, {SPDI: "withdrawn"})
+    assert any(
+        e["state"] == "withdrawn" and e.get("reason") == "consent.withdrawn"
+        for e in status["events"]
+    )
+    async with e2e.session.get(
+        f"{e2e.stack.adapter_url(SPDI)}/v1/inbox/{message_id}",
+        headers=e2e._headers(SPDI, ["inbox:read"]),
+    ) as r:
+        assert r.status == 404
+
+
 def _in_days(days: int) -> str:
     moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -111,6 +111,14 @@ class PullInbox:
         self._space.set()
         return True
 
+    def drop(self, message_id: str) -> bool:
+        """Forget a held item without completing it (its consent was withdrawn and the broker
+        removed its NATS message); False if it is not held."""
+        if self._items.pop(message_id, None) is None:
+            return False
+        self._space.set()
+        return True
+
     async def keep_alive(self) -> None:
         """Run forever: keep every held message from being redelivered."""
         while True:

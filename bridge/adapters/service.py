@@ -244,6 +244,7 @@ class Adapter:
             sink = self.inbox = PullInbox(
                 c.delivery.pull_max_pending, self.inbound.complete, keepalive_interval=keepalive
             )
+            self.status.drop_held = self.inbox.drop
         outbound = Outbound(
             agency=c.agency,
             keyring=keyring,

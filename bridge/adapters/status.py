@@ -1,7 +1,8 @@
 """Status folding: the broker's events about this agency's messages, into their KV records.
 
 The broker publishes `routed`, `rejected` and `expired` events to `bridge.status.<sender>.<id>`,
-and `expiring` warnings about messages waiting in this agency's own inbox; the
+and `expiring` warnings and `withdrawn` notes about messages waiting in this agency's own inbox
+(a withdrawn one is dropped from the pull inbox before the local system takes it); the
 adapter consumes its `status-<agency>` consumer and folds each event into `msg.<id>` with a
 compare-and-set, so several adapter instances can share the consumer and the bucket. An event
 is acknowledged only after it was folded (or found to be for no record of ours).
@@ -48,6 +49,9 @@ class StatusFolder:
         self._clock = clock
         self._fetch_timeout = fetch_timeout
         self.folded = 0
+        self.withdrawn = 0  # messages for us withdrawn before our local system took them
+        # Set by the adapter in pull mode: drops a held item whose consent was withdrawn.
+        self.drop_held: Callable[[str], bool] | None = None
         self.expiring = 0  # warnings about messages waiting undelivered in our inbox
 
     def __repr__(self) -> str:
@@ -85,6 +89,23 @@ class StatusFolder:
                 event.message_id,
                 event.sender,
                 event.expires_at.isoformat() if event.expires_at else "-",
+            )
+            await msg.ack()
+            return
+        if (
+            event.state is DeliveryState.WITHDRAWN
+            and event.recipient == self._agency
+            and event.sender != self._agency
+        ):
+            # A message for us whose consent was withdrawn before our local system took it:
+            # the broker removed it from our inbox; it must not be handed over from memory.
+            dropped = self.drop_held(event.message_id) if self.drop_held else False
+            self.withdrawn += 1
+            log.info(
+                "status: message %s from %s withdrawn before delivery%s",
+                event.message_id,
+                event.sender,
+                " (dropped from the pull inbox)" if dropped else "",
             )
             await msg.ack()
             return

@@ -237,13 +237,33 @@ class Broker:
         subs.append(sub)
 
         async def report(purged: Purged) -> None:
+            now = int(self._clock())
+            withdrawn = DeliveryState.WITHDRAWN
             await self._publish_status(
                 js,
                 Submission(sender=purged.sender, message_id=purged.message_id),
-                DeliveryState.WITHDRAWN,
-                int(self._clock()),
+                withdrawn,
+                now,
                 recipient=purged.recipient,
                 reason="consent.withdrawn",
+            )
+            # And to the recipient, whose adapter may hold the copy, fetched but not yet taken
+            # by its local system: it drops it (docs/consent.md).
+            event = status_event(
+                purged.message_id,
+                purged.sender,
+                withdrawn,
+                now,
+                recipient=purged.recipient,
+                reason="consent.withdrawn",
+            )
+            await publish_durable(
+                js,
+                status_subject(purged.recipient, purged.message_id),
+                encode_status_event(event),
+                msg_id=status_msg_id(purged.sender, purged.message_id, withdrawn, purged.recipient)
+                + ".r",
+                timeout=self._config.publish_timeout_seconds,
             )
             if self._expiry is not None:  # nothing left to expire or warn about
                 await self._expiry.close(purged.sender, purged.message_id, purged.recipient)

@@ -8,7 +8,8 @@ acknowledged: a broker that dies half-way does it again, and deleting and report
 harmless (a deleted copy is not found again; the status event's `Nats-Msg-Id` is fixed).
 
 What a recipient's adapter already fetched but its local system has not yet taken is deleted
-from the stream too; the adapter's later acknowledgement then finds nothing (docs/consent.md).
+from the stream too, and the recipient hears of it on its status subject so that its adapter
+drops the held copy (docs/consent.md).
 """
 
 from __future__ import annotations
