@@ -22,6 +22,7 @@ from ..ids import check_message_id
 from .api import Accepted, DeletionConfirmation, Health, InboxList
 from .auth import AuthenticationFailed, Claims, InsufficientScope, TokenVerifier
 from .consents import Consents
+from .disclosures import Disclosures, render_report
 from .form import LANGUAGES, render_form
 from .guard import guard_middleware
 from .outbound import Outbound
@@ -54,6 +55,7 @@ class ApiContext:
     consents: Consents
     revocations: Revocations
     directory: Callable[[], Directory]
+    disclosures: Disclosures | None = None
 
 
 CONTEXT: Final = web.AppKey("bridge.adapter", ApiContext)
@@ -246,6 +248,32 @@ async def _consent_form(request: web.Request) -> web.StreamResponse:
     return web.Response(text=page, content_type="text/html", charset="utf-8")
 
 
+async def _disclosures(request: web.Request) -> web.StreamResponse:
+    """The client's disclosure report, from the audit trail (`disclosures.py`)."""
+    await _claims(request, "consents:read")
+    ctx = _ctx(request)
+    if ctx.disclosures is None:
+        raise ApiProblem(
+            503, "disclosure reports are not available", reason="disclosure.unavailable"
+        )
+    query = request.query
+    form = query.get("format", "json")
+    lang = query.get("lang", "de")
+    if form not in ("json", "html"):
+        raise ApiProblem(
+            422, "format must be json or html", reason="request.invalid", field="format"
+        )
+    if lang not in LANGUAGES:
+        raise ApiProblem(422, "lang must be de or en", reason="request.invalid", field="lang")
+    report = await ctx.disclosures.report(
+        local_ref=query.get("local_ref"), consent_id=query.get("consent")
+    )
+    if form == "html":
+        page = render_report(report, ctx.directory(), lang)  # type: ignore[arg-type]
+        return web.Response(text=page, content_type="text/html", charset="utf-8")
+    return _json(report)
+
+
 async def _inbox_deleted(request: web.Request) -> web.StreamResponse:
     """The local system deleted what a `consent-revoked` notice named (both delivery modes)."""
     await _claims(request, "inbox:ack")
@@ -293,6 +321,7 @@ def build_app(context: ApiContext) -> web.Application:
     app.router.add_get("/v1/consents/{consent_id}", _consent_get)
     app.router.add_delete("/v1/consents/{consent_id}", _consent_withdraw)
     app.router.add_get("/v1/consents/{consent_id}/form", _consent_form)
+    app.router.add_get("/v1/disclosures", _disclosures)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/openapi.json", _openapi)

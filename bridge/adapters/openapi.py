@@ -23,6 +23,7 @@ from .api import (
     Problem,
     SubmitRequest,
 )
+from .disclosures import DisclosureReport
 
 __all__ = ["openapi_document"]
 
@@ -83,6 +84,7 @@ def openapi_document(agency: str, version: str = "1") -> dict[str, Any]:
             ConsentView,
             ConsentList,
             DeletionConfirmation,
+            DisclosureReport,
             Problem,
             Health,
         ],
@@ -236,6 +238,46 @@ def openapi_document(agency: str, version: str = "1") -> dict[str, Any]:
                 },
                 parameters=[
                     _CONSENT_ID,
+                    {
+                        "name": "lang",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["de", "en"], "default": "de"},
+                    },
+                ],
+            )
+        },
+        "/v1/disclosures": {
+            "get": _op(
+                "The client's disclosure report, built from the audit trail (JSON or HTML)",
+                "consents:read",
+                {
+                    "200": {
+                        "description": "Which agency received what, when, why, and how it ended",
+                        "content": {**_json("DisclosureReport"), "text/html": {}},
+                    },
+                    **_problems(404, 422, 503),
+                    **auth,
+                },
+                parameters=[
+                    {
+                        "name": "local_ref",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    },
+                    {
+                        "name": "consent",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "maxLength": 64},
+                    },
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["json", "html"], "default": "json"},
+                    },
                     {
                         "name": "lang",
                         "in": "query",

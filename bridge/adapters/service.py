@@ -46,6 +46,7 @@ from ..nats.subjects import (
 from ..nats.transport import bind_pull, connect
 from .auth import TokenVerifier
 from .consents import Consents
+from .disclosures import Disclosures
 from .guard import GuardedAppRunner
 from .http import ApiContext, build_app
 from .inbound import Inbound
@@ -125,6 +126,11 @@ class Adapter:
             raise RuntimeError("the adapter is not started")
         await asyncio.shield(self._task)
         raise TransportError("the adapter's background work ended", reason="adapter.stopped")
+
+    def _connection(self) -> NATS:
+        if self._nc is None:
+            raise RuntimeError("the adapter is not started")
+        return self._nc
 
     def directory(self) -> Directory:
         if self._directory is None:
@@ -281,6 +287,13 @@ class Adapter:
                 consents=consents,
                 revocations=revocations,
                 directory=self.directory,
+                disclosures=Disclosures(
+                    agency=c.agency,
+                    nc=self._connection,
+                    consents=consents,
+                    clock=self._clock,
+                    timeout=max(timeout, 30.0),  # the broker reads the whole trail
+                ),
             )
         )
         self._task = asyncio.create_task(self._background(sink), name=f"adapter-{c.agency}")

@@ -25,8 +25,16 @@ from ..nats.subjects import HDR_DISPOSITION
 from ..wire import MessageType
 from ..wire._types import REASON_CODE_PATTERN
 from ._routing import Submission, Verdict
+from ._withdrawals import Purged
 
-__all__ = ["directory_events", "key_destroyed_events", "rejection_events", "routing_events"]
+__all__ = [
+    "consent_withdrawn_events",
+    "directory_events",
+    "key_destroyed_events",
+    "rejection_events",
+    "routing_events",
+    "withdrawn_events",
+]
 
 _REASON_RE: Final = re.compile(REASON_CODE_PATTERN)
 AuditItem = tuple[str, AuditEvent]
@@ -66,6 +74,18 @@ def routing_events(
         items.append((audit_msg_id("routed", sender, mid, recipient), routed))
     if header.type == "receipt" and header.reply_to is not None:
         items += _receipt_events(header, headers, at)
+    if header.type == "deletion-confirmed":
+        # The recipient of messages under a withdrawn consent confirms it deleted them; the
+        # header names that consent and goes to the agency that issued it.
+        confirmed = AuditEvent(
+            kind=AuditKind.DELETION_CONFIRMED,
+            at=at,
+            message_id=mid,
+            sender=sender,
+            consent=header.consent,
+            agency=sender,
+        )
+        items.append((audit_msg_id("deletion-confirmed", sender, header.consent), confirmed))
     return items
 
 
@@ -131,3 +151,28 @@ def key_destroyed_events(notice: KeyDestroyed, now: int) -> list[AuditItem]:
         key_id=notice.kid,
     )
     return [(audit_msg_id("key-destroyed", notice.agency, notice.kid), event)]
+
+
+def withdrawn_events(purged: Purged, now: int) -> list[AuditItem]:
+    """An undelivered copy taken out of an inbox because its consent was withdrawn."""
+    event = AuditEvent(
+        kind=AuditKind.WITHDRAWN,
+        at=_utc(now),
+        message_id=purged.message_id,
+        sender=purged.sender,
+        recipient=purged.recipient,
+        consent=purged.consent or None,
+        reason="consent.withdrawn",
+    )
+    about = (purged.sender, purged.message_id, purged.recipient)
+    return [(audit_msg_id("withdrawn", *about), event)]
+
+
+def consent_withdrawn_events(subject: str, now: int) -> list[AuditItem]:
+    """The broker handled a withdrawal from the registry (`bridge.consent.<issuer>.<id>...`)."""
+    tokens = subject.split(".")
+    issuer, consent = tokens[2], tokens[3]
+    event = AuditEvent(
+        kind=AuditKind.CONSENT_WITHDRAWN, at=_utc(now), agency=issuer, consent=consent
+    )
+    return [(audit_msg_id("consent-withdrawn", issuer, consent), event)]

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -42,15 +42,24 @@ from ..nats.subjects import (
     HDR_NOTICE,
     HDR_SENDER,
     WITHDRAWAL_CONSUMER,
+    disclosure_subjects_all,
     inbox_subject,
     status_subject,
     submit_stream,
 )
 from ..nats.transport import bind_pull, connect, fetch, publish_durable
 from ..wire import DeliveryState, encode_status_event
-from ._audit import directory_events, key_destroyed_events, rejection_events, routing_events
+from ._audit import (
+    consent_withdrawn_events,
+    directory_events,
+    key_destroyed_events,
+    rejection_events,
+    routing_events,
+    withdrawn_events,
+)
 from ._consent import check_consent
 from ._directory import DirectoryHolder
+from ._disclosure import DisclosureDesk
 from ._expiry import ExpiryWatch
 from ._nats import (
     close_connection,
@@ -189,6 +198,7 @@ class Broker:
                 assert self._expiry is not None
                 expiry = tg.create_task(self._expiry.run())
                 withdrawals = tg.create_task(self._withdrawals(js, subs), name="withdrawals")
+                disclosure = await self._open_disclosure_desk(nc, js)
                 # One consumer per sender's submit stream, for every agency in the directory;
                 # agencies a reloaded directory adds are picked up at the next look.
                 while not self._stop.is_set():
@@ -217,6 +227,7 @@ class Broker:
                 signer.cancel()
                 expiry.cancel()
                 withdrawals.cancel()
+                await disclosure.unsubscribe()
                 if self._in_batch:  # let them settle what they can; the rest is redelivered
                     await asyncio.wait(
                         consumers.values(), timeout=self._config.publish_timeout_seconds + 2
@@ -267,6 +278,7 @@ class Broker:
             )
             if self._expiry is not None:  # nothing left to expire or warn about
                 await self._expiry.close(purged.sender, purged.message_id, purged.recipient)
+            await self._record(withdrawn_events(purged, int(self._clock())))
             self._counters.withdrawn += 1
             log.info(
                 "withdrawn id=%s sender=%s recipient=%s",
@@ -303,7 +315,21 @@ class Broker:
                     log.warning("withdrawal dropped [%s]", exc.reason)
                     await settle(msg.term())
                     continue
+                try:
+                    await self._record(consent_withdrawn_events(msg.subject, int(self._clock())))
+                except TransportError as exc:
+                    log.warning("withdrawal held for a retry [%s]", exc.reason)
+                    await settle(msg.nak(delay=self._retry_delay))
+                    continue
                 await settle(msg.ack())
+
+    async def _open_disclosure_desk(self, nc: NATS, js: JetStreamContext) -> Any:
+        """Answer agencies' disclosure queries from the audit trail (`_disclosure.py`)."""
+        assert self._registry is not None
+        desk = DisclosureDesk(
+            js, self._registry, lambda: self._directory.current, self._audit_key.public_record()
+        )
+        return await nc.subscribe(disclosure_subjects_all(), queue="broker", cb=desk.handle)
 
     async def _last_checkpoint(self) -> None:
         """Sign what this broker appended, so a clean stop leaves nothing unsigned."""

@@ -40,11 +40,12 @@ _MAX_SCAN: Final = 100_000  # inbox copies looked at per recipient and withdrawa
 
 @dataclass(frozen=True, slots=True)
 class Purged:
-    """One inbox copy removed: whose message, which one, from whose inbox."""
+    """One inbox copy removed: whose message, which one, from whose inbox, under which consent."""
 
     sender: str
     message_id: str
     recipient: str
+    consent: str = ""
 
 
 async def purge_inbox(
@@ -87,7 +88,7 @@ async def purge_inbox(
         except (BridgeError, IndexError):
             log.warning("withdrawal: removed an inbox copy without sender or id headers")
             continue
-        purged.append(Purged(sender, message_id, recipient))
+        purged.append(Purged(sender, message_id, recipient, consent_id))
     log.error("withdrawal: %s's inbox holds more than %d copies; rest left", recipient, _MAX_SCAN)
     return purged
 

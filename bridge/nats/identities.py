@@ -41,6 +41,8 @@ from .subjects import (
     audit_stream_admin_subjects,
     audit_write_subjects,
     consent_read_subjects,
+    disclosure_subject,
+    disclosure_subjects_all,
     inbox_consumer,
     inbox_edit_subjects,
     inbox_subjects_all,
@@ -147,6 +149,9 @@ class Permissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     deny_publish: tuple[str, ...] = ()
+    # May answer requests it received, on their reply subjects only (a service's replies go to
+    # the asker's own inbox, which no allow-list could name in advance).
+    allow_responses: bool = False
 
 
 def permissions_for(identity: Identity, federation: Sequence[str]) -> Permissions:
@@ -167,6 +172,7 @@ def permissions_for(identity: Identity, federation: Sequence[str]) -> Permission
                 *kv_bucket_api_subjects(agency),
                 *agency_consent_publish_subjects(agency),
                 *consent_read_subjects(),
+                disclosure_subject(agency),
             ),
             subscribe=(own_replies,),
         )
@@ -188,7 +194,8 @@ def permissions_for(identity: Identity, federation: Sequence[str]) -> Permission
                 *inbox_edit_subjects(),
                 *pending_write_subjects(),
             ),
-            subscribe=(own_replies,),
+            subscribe=(own_replies, disclosure_subjects_all()),
+            allow_responses=True,
         )
     if identity.role is Role.OPS:
         # Read-only on the status and audit streams: their state, and single messages by
@@ -389,6 +396,7 @@ def render_accounts(credentials: Credentials, agencies: Sequence[str]) -> str:
             + (f", deny: {_render_list(perms.deny_publish, ' ' * 8)}" if perms.deny_publish else "")
             + "}",
             f"        subscribe: {{allow: {_render_list(perms.subscribe, ' ' * 8)}}}",
+            *(["        allow_responses: true"] if perms.allow_responses else []),
             "      }}",
         ]
     lines += ["    ]", "  }", "}"]

@@ -61,6 +61,8 @@ __all__ = [
     "consent_read_subjects",
     "consent_subject",
     "consent_subjects_all",
+    "disclosure_subject",
+    "disclosure_subjects_all",
     "inbox_consumer",
     "inbox_edit_subjects",
     "inbox_subject",
@@ -147,6 +149,15 @@ def pending_subject(sender: str, message_id: str, recipient: str) -> str:
 
 def pending_subjects_all() -> str:
     return f"{_PREFIX}.pending.*.*.*"
+
+
+def disclosure_subject(agency: str) -> str:
+    """Where an agency asks the broker about its consents (request/reply, core NATS)."""
+    return f"{_PREFIX}.disclosure.{check_agency_id(agency)}"
+
+
+def disclosure_subjects_all() -> str:
+    return f"{_PREFIX}.disclosure.*"
 
 
 def audit_subject() -> str:
@@ -285,6 +296,7 @@ def audit_write_subjects() -> tuple[str, ...]:
         audit_subject(),
         f"{_JS_API}.STREAM.INFO.{AUDIT_STREAM}",
         f"{_JS_API}.STREAM.MSG.GET.{AUDIT_STREAM}",
+        f"{_JS_API}.DIRECT.GET.{AUDIT_STREAM}",  # reading it back for disclosure answers
     )
 
 
