@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import subprocess
 import sys
 import uuid
@@ -170,17 +171,41 @@ async def test_the_report_matches_what_happened(e2e: E2E) -> None:
 
 
 async def test_retention_check_and_audit_verify_pass_after_the_demo(e2e: E2E) -> None:
-    await run_demo(e2e.stack, io.StringIO(), patience=30)
-    await e2e.stop_broker()  # a clean stop signs what it wrote
+    out = io.StringIO()
+    await run_demo(e2e.stack, out, patience=30)
     state = str(e2e.stack.layout.root)
-    for command in (["retention", "check"], ["audit", "verify"]):
-        done = await asyncio.to_thread(
+    case = re.search(r"case file (DEMO-[0-9A-F]+)", out.getvalue())
+    assert case is not None
+
+    async def bridge(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "bridge", *command, "--state", state],
+            [sys.executable, "-m", "bridge", *args],
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
         )
-        assert done.returncode == 0, done.stdout + done.stderr
-    assert "nothing older than its limit" in done.stdout or "intact" in done.stdout
+
+    report = await bridge(
+        "report", "--state", state, "--agency", JOBCENTER, "--local-ref", case.group(1)
+    )
+    assert report.returncode == 0, report.stderr
+    lines = msgspec.json.decode(report.stdout)["disclosures"]
+    assert {(d["recipient"], d["outcome"]) for d in lines} == {
+        (COUNSELLING, "receipted"),
+        (SPDI, "receipted"),
+    }
+    unknown = await bridge("report", "--state", state, "--agency", JOBCENTER, "--local-ref", "X1")
+    assert unknown.returncode == 1
+    assert "disclosure.unknown_reference" in unknown.stderr
+    assert "X1" not in unknown.stderr
+
+    await e2e.stop_broker()  # a clean stop signs what it wrote
+    retention = await bridge("retention", "check", "--state", state)
+    assert retention.returncode == 0, retention.stdout + retention.stderr
+    assert "nothing older than its limit" in retention.stdout
+    verify = await bridge("audit", "verify", "--state", state)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "intact" in verify.stdout
+    assert "0 not yet signed" in verify.stdout

@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "up",
     "demo",
     "audit",
+    "report",
     "retention",
     "bench",
 )
