@@ -17,11 +17,9 @@ import msgspec
 
 from .crypto import Limits
 from .errors import ConfigError
-from .federation.directory import Role
-from .ids import AGENCY_ID_PATTERN, MESSAGE_TYPES
+from .ids import AGENCY_ID_PATTERN
 
 __all__ = [
-    "DEFAULT_RETENTION",
     "AdapterConfig",
     "AuditConfig",
     "AuthConfig",
@@ -32,8 +30,7 @@ __all__ = [
     "ExpiryConfig",
     "HttpConfig",
     "NatsClientConfig",
-    "Retention",
-    "Route",
+    "PolicyConfig",
     "load_adapter_config",
     "load_broker_config",
     "nats_tls_context",
@@ -70,34 +67,15 @@ class DirectoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     reload_seconds: _Seconds = 30
 
 
-class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Limits of one message type.
+class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where the signed routing policy is (docs/policy.md).
 
-    `inbox_ttl_seconds`: how long a routed, undelivered message may wait in an inbox before the
-    store deletes it. `max_lifetime_seconds`: the longest expiry a sender may give it.
+    It is verified against the trust anchor of `[directory]` and reloaded on the directory's
+    schedule; `serial_state` keeps the highest serial accepted, so it cannot be rolled back.
     """
 
-    inbox_ttl_seconds: _Seconds
-    max_lifetime_seconds: _Seconds
-
-
-DEFAULT_RETENTION: Final[dict[str, Retention]] = {
-    "referral": Retention(inbox_ttl_seconds=14 * 86400, max_lifetime_seconds=30 * 86400),
-    "handover": Retention(inbox_ttl_seconds=14 * 86400, max_lifetime_seconds=30 * 86400),
-    "feedback": Retention(inbox_ttl_seconds=14 * 86400, max_lifetime_seconds=30 * 86400),
-    "receipt": Retention(inbox_ttl_seconds=7 * 86400, max_lifetime_seconds=14 * 86400),
-    # Notices about a withdrawn consent and their answers wait as long as a referral may.
-    "consent-revoked": Retention(inbox_ttl_seconds=30 * 86400, max_lifetime_seconds=30 * 86400),
-    "deletion-confirmed": Retention(inbox_ttl_seconds=30 * 86400, max_lifetime_seconds=30 * 86400),
-}
-
-
-class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """One allowed path: agencies of `from_role` may send `types` to agencies of `to_roles`."""
-
-    from_role: Role
-    to_roles: list[Role]
-    types: list[str]
+    file: str
+    serial_state: str
 
 
 class AuditConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -134,9 +112,8 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     nats: NatsClientConfig
     directory: DirectoryConfig
     audit: AuditConfig
+    policy: PolicyConfig
     expiry: ExpiryConfig = msgspec.field(default_factory=ExpiryConfig)
-    routes: list[Route]
-    retention: dict[str, Retention] = msgspec.field(default_factory=lambda: DEFAULT_RETENTION)
     consent: ConsentConfig = msgspec.field(default_factory=ConsentConfig)
     limits: Limits = msgspec.field(default_factory=Limits)
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=256)] = 32
@@ -193,6 +170,7 @@ class AdapterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     keys_dir: str
     nats: NatsClientConfig
     directory: DirectoryConfig
+    policy: PolicyConfig
     auth: AuthConfig
     delivery: DeliveryConfig
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
@@ -249,6 +227,13 @@ def _decode(path: Path, kind: type[_C]) -> _C:
     try:
         config = msgspec.toml.decode(_read(path), type=kind)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        for replaced in ("routes", "retention"):
+            if f"unknown field `{replaced}`" in str(exc):
+                raise ConfigError(
+                    f"config {path}: `{replaced}` is replaced by the signed routing policy; "
+                    "name its file under [policy] (docs/policy.md)",
+                    reason="config.invalid",
+                ) from exc
         raise ConfigError(f"config {path}: {exc}", reason="config.invalid") from exc
     return msgspec.structs.replace(config, base_dir=str(path.resolve().parent))
 
@@ -256,52 +241,6 @@ def _decode(path: Path, kind: type[_C]) -> _C:
 def load_broker_config(path: Path) -> BrokerConfig:
     config = _decode(path, BrokerConfig)
     _check_nats(path, config.nats)
-    for type_name in config.retention:
-        if type_name not in MESSAGE_TYPES:
-            raise ConfigError(
-                f"config {path}: retention names unknown message type {type_name!r}",
-                reason="config.invalid",
-            )
-    # The consent notices came later than most configs: without limits of their own they get
-    # the defaults rather than refusing a config that was fine before.
-    missing = {
-        name: DEFAULT_RETENTION[name]
-        for name in ("consent-revoked", "deletion-confirmed")
-        if name not in config.retention
-    }
-    if missing:
-        config = msgspec.structs.replace(config, retention={**config.retention, **missing})
-    for type_name in MESSAGE_TYPES:
-        if type_name not in config.retention:
-            raise ConfigError(
-                f"config {path}: retention has no limits for {type_name!r}",
-                reason="config.invalid",
-            )
-    for type_name, limits in config.retention.items():
-        # Refused rather than cut: a limit the store would never apply misleads its reader.
-        if limits.max_lifetime_seconds > config.limits.max_lifetime:
-            raise ConfigError(
-                f"config {path}: retention.{type_name}.max_lifetime_seconds exceeds the "
-                f"envelope maximum of {config.limits.max_lifetime}s",
-                reason="config.retention",
-            )
-        if limits.inbox_ttl_seconds > limits.max_lifetime_seconds:
-            raise ConfigError(
-                f"config {path}: retention.{type_name}.inbox_ttl_seconds exceeds its "
-                "max_lifetime_seconds",
-                reason="config.retention",
-            )
-    for route in config.routes:
-        unknown = [t for t in route.types if t not in MESSAGE_TYPES]
-        if unknown:
-            raise ConfigError(
-                f"config {path}: a route names unknown message types {unknown}",
-                reason="config.invalid",
-            )
-        if not route.to_roles or not route.types:
-            raise ConfigError(
-                f"config {path}: a route needs to_roles and types", reason="config.invalid"
-            )
     return config
 
 

@@ -2,9 +2,10 @@
 
 Keys and the signed directory come from `envelope_helpers.federation`, built around the real
 current time (the adapter checks validity against its clock). Each agency gets a keys directory,
-the directory file, the pinned anchor, a token signing key and an `AdapterConfig` pointing at the
-test's own nats-server. Inbound traffic is published straight into BRIDGE_INBOX as admin and
-outbound traffic read from BRIDGE_SUBMIT as admin: no broker takes part.
+the directory file, the pinned anchor, the signed routing policy (the demo's), a token signing
+key and an `AdapterConfig` pointing at the test's own nats-server. Inbound traffic is published
+straight into BRIDGE_INBOX as admin and outbound traffic read from BRIDGE_SUBMIT as admin: no
+broker takes part.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from envelope_helpers import CONSENT, Federation, federation
+from policy_helpers import signed_policy
 
 from bridge.adapters.auth import generate_signing_key, mint_token
 from bridge.config import (
@@ -28,6 +30,7 @@ from bridge.config import (
     DirectoryConfig,
     HttpConfig,
     NatsClientConfig,
+    PolicyConfig,
 )
 from bridge.crypto import Keyring, seal, write_key_file
 from bridge.nats.identities import Identity
@@ -107,6 +110,7 @@ def make_agency(
         write_key_file(keys / f"{use}.key", f.key(f"{agency}/{use}"))
     (base / "directory.bin").write_bytes(f.directory_bytes)
     (base / "anchor.json").write_bytes(msgspec.json.encode(f.anchor.public_record()))
+    (base / "policy.bin").write_bytes(signed_policy(f)[0])
     generate_signing_key(base / "token.key", base / "token.pub")
     config = AdapterConfig(
         agency=agency,
@@ -121,6 +125,9 @@ def make_agency(
             file=str(base / "directory.bin"),
             anchor=str(base / "anchor.json"),
             serial_state=str(base / "serial"),
+        ),
+        policy=PolicyConfig(
+            file=str(base / "policy.bin"), serial_state=str(base / "policy.serial")
         ),
         auth=AuthConfig(
             issuer=ISSUER, audience=f"bridge-{agency}", public_key_file=str(base / "token.pub")

@@ -28,6 +28,7 @@ from adapter_helpers import (
     submitted,
 )
 from openapi_spec_validator import validate
+from policy_helpers import POLICY, signed_policy
 
 from bridge.adapters.service import Adapter
 from bridge.crypto import verify
@@ -315,3 +316,69 @@ async def test_nats_down_gives_503_with_retry_after(jobcenter: Running, nats_env
     assert status == 503, problem
     assert int(headers["Retry-After"]) > 0
     assert problem["code"].startswith(("store.", "transport."))
+
+
+# A narrower policy than the demo's: one of each refusal is reachable through the API.
+NARROW_POLICY = (
+    POLICY.replace('"health", "addiction", "social-situation"', '"health", "social-situation"', 1)
+    .replace('max_lifetime = "30d"    # the longest', 'max_lifetime = "2d"    # the longest', 1)
+    .replace('inbox_ttl = "14d"       # the longest', 'inbox_ttl = "1d"       # the longest', 1)
+    .replace("max_bytes = 1048576     # the whole", "max_bytes = 4096     # the whole", 1)
+)
+_FEEDBACK_BODY = {
+    "type": "feedback",
+    "in_reply_to": "0b7e6c52-2f1d-4c3a-9e8b-5d4f3a2b1c0d",
+    "outcome": {"code": "measure-started"},
+    "occurred_on": "2026-03-04",
+}
+POLICY_REFUSALS = {
+    "flow not allowed": (
+        referral_request(type="feedback", categories=["health"], body=_FEEDBACK_BODY),
+        "policy.route_denied",
+        "$.recipients[0]",
+    ),
+    "purpose": (
+        referral_request(purpose="delivery-confirmation"),
+        "policy.purpose_denied",
+        "$.purpose",
+    ),
+    "category": (
+        referral_request(categories=["identity", "addiction"]),
+        "policy.category_denied",
+        "$.categories[1]",
+    ),
+    "lifetime": (
+        referral_request(categories=["identity", "contact"], lifetime_seconds=3 * 86400),
+        "policy.lifetime",
+        "$.lifetime_seconds",
+    ),
+    "size": (
+        referral_request(categories=["identity", "contact"], lifetime_seconds=86400),
+        "policy.too_large",
+        "$.body",
+    ),
+}
+
+
+def _narrow_agency(tmp_path: Path, nats_env: Any) -> Agency:
+    agency = make_agency(tmp_path, nats_env.url, agency_seed(nats_env, JOBCENTER), JOBCENTER)
+    Path(agency.config.policy.file).write_bytes(signed_policy(fed(), NARROW_POLICY)[0])
+    return agency
+
+
+@pytest.fixture
+async def narrow(tmp_path: Path, nats_env: Any) -> AsyncIterator[Running]:
+    agency = _narrow_agency(tmp_path, nats_env)
+    admin = await nats_env.admin()
+    async with Adapter(agency.config) as adapter, aiohttp.ClientSession() as http:
+        yield Running(agency, adapter, http, admin)
+
+
+async def test_policy_refusals_carry_the_brokers_reason_and_publish_nothing(
+    narrow: Running,
+) -> None:
+    assert narrow.adapter.policy().hash == signed_policy(fed(), NARROW_POLICY)[1].hash
+    for case, (request, code, field) in POLICY_REFUSALS.items():
+        status, _, problem = await narrow.submit(request)
+        assert (status, problem["code"], problem["field"]) == (422, code, field), case
+    assert await submitted(narrow.admin, JOBCENTER) == 0

@@ -9,6 +9,7 @@ an assertion.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -33,13 +34,20 @@ from envelope_helpers import (
     federation,
     seal_referral,
 )
+from policy_helpers import POLICY, signed_policy
 
 from bridge.audit import generate_audit_key
-from bridge.broker import Broker, BrokerStatistics, allowed_by_routes, parse_submission
+from bridge.broker import Broker, BrokerStatistics, parse_submission
 from bridge.broker._directory import DirectoryHolder
 from bridge.config import load_broker_config
 from bridge.crypto import seal
-from bridge.errors import DirectoryError, ProtocolError, TransportError
+from bridge.errors import (
+    ConfigError,
+    DirectoryError,
+    ProtocolError,
+    SignedPolicyError,
+    TransportError,
+)
 from bridge.federation.directory import sign_directory
 from bridge.ids import new_message_id
 from bridge.nats.identities import Identity
@@ -67,17 +75,28 @@ NOW = int(time.time())
 INBOX_TTL = 3600  # referral: seconds a routed copy may wait (shorter than the envelopes' life)
 MAX_LIFETIME = 10 * DAY  # referral: the longest lifetime a sender may give it
 
-ROUTES = """
-[[routes]]
-from_role = "jobcenter"
-to_roles = ["counselling", "social-psychiatric-service"]
-types = ["referral", "handover", "receipt"]
+MAX_BYTES = 65536  # referral: the largest envelope
 
-[[routes]]
-from_role = "counselling"
-to_roles = ["jobcenter"]
-types = ["feedback", "receipt"]
-"""
+
+def broker_policy(referral_ttl: int = INBOX_TTL) -> str:
+    """The demo policy with tighter referral limits, so that tests can cross them."""
+    text = (
+        POLICY.replace(
+            'max_lifetime = "30d"    # the longest', 'max_lifetime = "10d"    # the longest', 1
+        )
+        .replace(
+            'inbox_ttl = "14d"       # the longest', f"inbox_ttl = {referral_ttl}  # the longest", 1
+        )
+        .replace(
+            "max_bytes = 1048576     # the whole", f"max_bytes = {MAX_BYTES}     # the whole", 1
+        )
+    )
+    assert text.count('"10d"') == 1
+    assert text.count(f"inbox_ttl = {referral_ttl} ") == 1
+    return text
+
+
+BROKER_POLICY = broker_policy()
 
 
 @pytest.fixture
@@ -109,15 +128,7 @@ def write_config(
         directory.write_bytes(fed.directory_bytes)
         (tmp_path / "anchor.json").write_bytes(msgspec.json.encode(fed.anchor.public_record()))
         generate_audit_key(tmp_path / "audit.key", tmp_path / "audit.pub.json")
-    retention = "".join(
-        f"\n[retention.{kind}]\ninbox_ttl_seconds = {ttl}\nmax_lifetime_seconds = {life}\n"
-        for kind, ttl, life in (
-            ("referral", referral_ttl, MAX_LIFETIME),
-            ("handover", 14 * DAY, 30 * DAY),
-            ("feedback", 14 * DAY, 30 * DAY),
-            ("receipt", 7 * DAY, 14 * DAY),
-        )
-    )
+        (tmp_path / "policy.bin").write_bytes(signed_policy(fed, broker_policy(referral_ttl))[0])
     path = base / "broker.toml"
     path.write_text(
         f"batch_size = {batch_size}\n"
@@ -131,13 +142,12 @@ def write_config(
         'serial_state = "directory.serial"\n'
         f"reload_seconds = {reload_seconds}\n"
         "\n[audit]\n"
-        'key_file = "../audit.key"\n'
-        + extra
-        +
+        'key_file = "../audit.key"\n' + extra +
         # Off unless a test is about consent: the others send under a made-up consent id.
         f"\n[consent]\nenforce = {'true' if enforce_consent else 'false'}\n"
-        + ROUTES
-        + retention
+        "\n[policy]\n"
+        'file = "../policy.bin"\n'
+        'serial_state = "policy.serial"\n'
     )
     return path
 
@@ -204,6 +214,7 @@ class Agency:
 
 
 def referral(fed: Federation, message_id: str, **kwargs: Any) -> bytes:
+    kwargs.setdefault("purpose", "counselling")  # the vectors' purpose is outside the vocabulary
     return seal_referral(fed, message_id=message_id, now=NOW, **kwargs)
 
 
@@ -229,29 +240,27 @@ def test_parse_submission() -> None:
         assert info.value.reason == reason
 
 
-def test_routes_are_default_deny(tmp_path: Path, fed: Federation) -> None:
-    path = tmp_path / "broker.toml"
-    path.write_text(
-        '[nats]\nurl = "nats://127.0.0.1:4222"\nseed_file = "x.nk"\n'
-        '[directory]\nfile = "d"\nanchor = "a"\nserial_state = "s"\n'
-        '[audit]\nkey_file = "k"\n' + ROUTES
-    )
-    config = load_broker_config(path)
-    assert allowed_by_routes(config, "jobcenter", "counselling", "referral")
-    assert allowed_by_routes(config, "counselling", "jobcenter", "feedback")
-    assert not allowed_by_routes(config, "counselling", "jobcenter", "referral")
-    assert not allowed_by_routes(config, "counselling", "social-psychiatric-service", "referral")
-    assert not allowed_by_routes(config, "doctor", "jobcenter", "feedback")
-
-
 def test_the_documented_config_loads(tmp_path: Path) -> None:
     doc = (Path(__file__).parent.parent / "docs" / "broker.md").read_text()
     example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
     path = tmp_path / "broker.toml"
     path.write_text(example)
     config = load_broker_config(path)
-    assert allowed_by_routes(config, "jobcenter", "social-psychiatric-service", "referral")
-    assert config.retention["receipt"].inbox_ttl_seconds == 7 * DAY
+    assert config.policy.file == "../federation/policy.bin"
+
+
+def test_a_config_with_the_old_routes_is_refused_pointing_to_the_policy(tmp_path: Path) -> None:
+    path = tmp_path / "broker.toml"
+    path.write_text(
+        '[nats]\nurl = "nats://127.0.0.1:4222"\nseed_file = "x.nk"\n'
+        '[directory]\nfile = "d"\nanchor = "a"\nserial_state = "s"\n'
+        '[audit]\nkey_file = "k"\n'
+        '[policy]\nfile = "p"\nserial_state = "ps"\n'
+        '[[routes]]\nfrom_role = "jobcenter"\nto_roles = ["counselling"]\ntypes = ["referral"]\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_broker_config(path)
+    assert "routing policy" in str(info.value)
 
 
 def test_directory_reload_refuses_bad_files_and_rollback(tmp_path: Path, fed: Federation) -> None:
@@ -317,6 +326,8 @@ async def test_routes_a_referral_to_every_recipient(
         terminated=0,
         internal_errors=0,
         directory_serial=1,
+        policy_serial=1,
+        policy_hash=signed_policy(fed, BROKER_POLICY)[1].hash,
     )
     for recipient in RECIPIENTS:
         copies = await (await Agency.connect(nats_env, recipient)).inbox()
@@ -331,6 +342,7 @@ async def test_routes_a_referral_to_every_recipient(
     )
     assert all(e.sender == SENDER and e.component == "broker" for e in events)
     assert all(e.message_type == "referral" and e.reason is None for e in events)
+    assert {e.policy for e in events} == {broker.statistics().policy_hash}
 
 
 async def test_routed_bytes_are_the_submitted_bytes(
@@ -396,6 +408,17 @@ async def test_every_rejection_reaches_the_sender_and_no_inbox(
     mid = new_message_id()  # 20 days: within the envelope limit, above the referral's 10
     await submit(jobcenter, referral(fed, mid, lifetime=20 * DAY), "policy.lifetime", mid)
 
+    mid = new_message_id()  # the vectors' purpose code is in no rule
+    await submit(jobcenter, referral(fed, mid, purpose=PURPOSE), "policy.purpose_denied", mid)
+
+    mid = new_message_id()  # no rule lets a referral declare delivery metadata
+    odd = referral(fed, mid, categories=["contact", "delivery-metadata"])
+    await submit(jobcenter, odd, "policy.category_denied", mid)
+
+    mid = new_message_id()  # within the envelope limit, above the policy's for a referral
+    big = referral(fed, mid, plaintext=b"x" * MAX_BYTES)
+    await submit(jobcenter, big, "policy.too_large", mid)
+
     mid = new_message_id()
     stranger = build(
         fed,
@@ -430,6 +453,7 @@ async def test_every_rejection_reaches_the_sender_and_no_inbox(
             assert event.sender == agency.agency  # only the submitter hears of it
             if event.state == DeliveryState.REJECTED:
                 assert event.recipient is None
+                assert event.policy == stats.policy_hash  # the version that decided
                 told[event.message_id] = event.reason or ""
     assert told == {mid: reason for mid, (_, reason) in expected.items()}
 
@@ -654,3 +678,75 @@ async def test_cli_config_error_is_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1
     assert lines[0].startswith("bridge: error:")
     assert "[config.invalid]" in lines[0]
+
+
+# -- the policy -------------------------------------------------------------------------------
+
+
+def _install(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # a new inode, as an operator's tools would leave it
+
+
+async def test_a_running_broker_keeps_its_last_good_policy(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_config(tmp_path, nats_env, fed)
+    policy_file = tmp_path / "policy.bin"
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    first = signed_policy(fed, BROKER_POLICY)[1]
+    # Serial 2 no longer lets the Jobcenter refer to the social-psychiatric service.
+    stricter_text = BROKER_POLICY.replace(
+        'to = ["counselling", "social-psychiatric-service"]', 'to = ["counselling"]', 1
+    )
+    assert stricter_text != BROKER_POLICY
+    stricter_data, stricter = signed_policy(fed, stricter_text, serial=2)
+    tampered = bytearray(stricter_data)
+    tampered[100] ^= 1
+    caplog.set_level(logging.INFO, logger="bridge.policy")
+    async with make_broker(path) as broker:
+        _install(policy_file, bytes(tampered))
+        await wait_for("refusal", lambda: "[policy.signature_invalid]" in caplog.text)
+        kept = new_message_id()
+        await jobcenter.submit(referral(fed, kept), kept)
+        await wait_for("routed", lambda: broker.statistics().routed == 1)
+        assert broker.statistics().policy_hash == first.hash
+
+        _install(policy_file, stricter_data)
+        await wait_for("serial 2", lambda: broker.statistics().policy_serial == 2)
+        _install(policy_file, signed_policy(fed, BROKER_POLICY, serial=1)[0])
+        await wait_for("rollback refused", lambda: "[policy.rollback]" in caplog.text)
+        denied = new_message_id()
+        await jobcenter.submit(referral(fed, denied), denied)
+        await wait_for("rejected", lambda: broker.statistics().rejected_total == 1)
+    assert broker.statistics().policy_hash == stricter.hash
+    assert broker.statistics().rejected == {"policy.route_denied": 1}
+    events = {(e.message_id, e.state): e for e in await jobcenter.statuses()}
+    assert events[(kept, DeliveryState.ROUTED)].policy == first.hash
+    assert events[(denied, DeliveryState.REJECTED)].policy == stricter.hash
+    assert events[(denied, DeliveryState.REJECTED)].reason == "policy.route_denied"
+    for recipient in RECIPIENTS:  # the denied flow reached no inbox, not even the allowed one
+        copies = await (await Agency.connect(nats_env, recipient)).inbox()
+        assert ids(copies) == [f"{SENDER}.{kept}.{recipient}"]
+    assert (tmp_path / "broker" / "policy.serial").read_text().strip() == "2"
+
+
+async def test_a_broker_does_not_start_without_a_good_policy(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    path = write_config(tmp_path, nats_env, fed)
+    policy_file = tmp_path / "policy.bin"
+    other = BROKER_POLICY.replace('federation = "kreis-unna"', 'federation = "kreis-soest"', 1)
+    for data, reason in (
+        (signed_policy(fed, other)[0], "policy.federation"),
+        (policy_file.read_bytes()[:-1], "policy.malformed"),
+    ):
+        _install(policy_file, data)
+        with pytest.raises(SignedPolicyError) as info:
+            make_broker(path)
+        assert info.value.reason == reason
+    policy_file.unlink()
+    with pytest.raises(SignedPolicyError) as info:
+        make_broker(path)
+    assert info.value.reason == "policy.missing"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import io
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,11 +26,14 @@ import pytest
 
 from bridge.adapters.service import Adapter
 from bridge.broker import Broker
-from bridge.config import BrokerConfig, Retention, load_adapter_config, load_broker_config
+from bridge.config import BrokerConfig, load_adapter_config, load_broker_config
 from bridge.demo import demo_referral, run_demo
+from bridge.federation.directory import load_anchor
+from bridge.federation.operator import ANCHOR_PUB
 from bridge.nats.identities import Credentials, Identity
 from bridge.nats.provision import provision_at
 from bridge.nats.server import NatsServer
+from bridge.policy import SIGNED_POLICY, load_policy_file
 from bridge.up.layout import DEMO_AGENCIES
 from bridge.up.sink import DemoSink
 from bridge.up.state import Stack, prepare
@@ -104,8 +108,31 @@ class E2E:
         kind = message_type_of(body).value
         if consent is None:
             consent = await self.register_consent(sender, recipients, purpose, categories, kind)
+        status, answer = await self.try_submit(
+            sender,
+            recipients,
+            body,
+            consent=consent,
+            categories=categories,
+            purpose=purpose,
+            lifetime_seconds=lifetime_seconds,
+        )
+        assert status == 202, answer
+        return str(answer["message_id"])
+
+    async def try_submit(
+        self,
+        sender: str,
+        recipients: list[str],
+        body: Body,
+        *,
+        consent: str,
+        categories: tuple[str, ...],
+        purpose: str,
+        lifetime_seconds: int | None = None,
+    ) -> tuple[int, Any]:
         request: dict[str, Any] = {
-            "type": kind,
+            "type": message_type_of(body).value,
             "recipients": recipients,
             "consent": consent,
             "purpose": purpose,
@@ -124,9 +151,7 @@ class E2E:
             data=msgspec.json.encode(request),
             headers=headers,
         ) as response:
-            answer = await response.json()
-            assert response.status == 202, answer
-        return str(answer["message_id"])
+            return response.status, await response.json(content_type=None)
 
     async def register_consent(
         self,
@@ -258,6 +283,10 @@ async def test_referral_reaches_webhook_and_pull_and_is_receipted(e2e: E2E) -> N
         for state in ("routed", "delivered", "receipted"):
             assert (state, recipient) in seen, status
     assert len(e2e.pushed(message_id)) == 1
+    # The broker's decisions name the policy version `bridge up` signed.
+    anchor = load_anchor(e2e.stack.layout.federation_dir / ANCHOR_PUB)
+    policy = load_policy_file(e2e.stack.layout.federation_dir / SIGNED_POLICY, anchor)
+    assert {e.get("policy") for e in status["events"] if e["state"] == "routed"} == {policy.hash}
 
 
 async def test_feedback_travels_back_to_the_jobcenter(e2e: E2E) -> None:
@@ -341,42 +370,37 @@ def _feedback() -> Feedback:
         ),
     ],
 )
-async def test_route_not_allowed_is_rejected_on_the_timeline(
+async def test_a_flow_the_policy_does_not_allow_is_refused_before_publishing(
     e2e: E2E,
     sender: str,
     recipients: list[str],
     make_body: Callable[[], Body],
     categories: tuple[str, ...],
 ) -> None:
-    message_id = await e2e.submit(sender, recipients, make_body(), categories=categories)
-    status = await e2e.wait_states(sender, message_id, dict.fromkeys(recipients, "rejected"))
-    assert {r.get("reason") for r in status["recipients"]} == {"policy.route_denied"}
-    assert any(
-        e["state"] == "rejected" and e.get("reason") == "policy.route_denied"
-        for e in status["events"]
+    """The sending adapter applies the broker's policy: 422 with the broker's reason code."""
+    status, problem = await e2e.try_submit(
+        sender,
+        recipients,
+        make_body(),
+        consent=f"c-{secrets.token_hex(16)}",  # the policy is checked before the consent
+        categories=categories,
+        purpose="integration-support",
     )
-    for recipient in recipients:  # nothing reached anyone, not even the allowed recipient
-        if recipient == COUNSELLING:
-            assert e2e.pushed(message_id) == []
-        else:
-            assert message_id not in await e2e.inbox(recipient)
+    assert status == 422, problem
+    assert problem["code"] == "policy.route_denied"
+    # The referral the Jobcenter sends next to the same recipients is the first anyone receives.
+    barrier = await e2e.submit(JOBCENTER, [COUNSELLING, SPDI], demo_referral())
+    await e2e.wait_pushed(barrier)
+    assert [d.message_id for d in e2e.sink.deliveries] == [barrier]
 
+    async def spdi_inbox() -> list[str] | None:
+        items = await e2e.inbox(SPDI)
+        return items if barrier in items else None
 
-async def test_lifetime_beyond_the_type_limit_is_rejected_on_the_timeline(e2e: E2E) -> None:
-    config = e2e.broker_config()
-    strict = msgspec.structs.replace(
-        config,
-        retention={
-            **config.retention,
-            "referral": Retention(inbox_ttl_seconds=3600, max_lifetime_seconds=7200),
-        },
-    )
-    await e2e.stop_broker()
-    await e2e.start_broker(strict)
-    message_id = await e2e.submit(JOBCENTER, [COUNSELLING], demo_referral(), lifetime_seconds=86400)
-    status = await e2e.wait_states(JOBCENTER, message_id, {COUNSELLING: "rejected"})
-    assert status["recipients"][0]["reason"] == "policy.lifetime"
-    assert e2e.pushed(message_id) == []
+    assert await eventually("the referral in spdi's inbox", spdi_inbox) == [barrier]
+    assert await e2e.inbox(JOBCENTER) == []
+    await e2e.pull(SPDI, barrier)  # leave nothing held or in flight behind
+    await e2e.wait_states(JOBCENTER, barrier, {COUNSELLING: "receipted", SPDI: "receipted"})
 
 
 async def test_a_withdrawal_reaches_recipients_and_their_deletion_comes_back(e2e: E2E) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from envelope_helpers import DAY, RECIPIENTS, SENDER, STRANGER, Federation, federation
-from policy_helpers import POLICY, signed_policy
+from policy_helpers import DEMO_POLICY, POLICY, signed_policy
 
 from bridge.crypto import generate_key, sign_document
 from bridge.errors import PolicyError, PolicyFileError, SignedPolicyError
@@ -335,3 +335,10 @@ def test_holder_refuses_a_bad_policy_at_start(tmp_path: Path, fed: Federation) -
             federation=lambda: "kreis-soest",
         )
     assert info.value.reason == "policy.federation"
+
+
+def test_the_documented_example_is_the_demo_policy() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "policy.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    demo = DEMO_POLICY.split("\n[policy]", 1)[1]
+    assert example == "[policy]" + demo

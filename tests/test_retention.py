@@ -14,15 +14,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from envelope_helpers import federation
 from nats.js import api
+from policy_helpers import POLICY, signed_policy
 
-from bridge.config import load_broker_config
-from bridge.errors import ConfigError
+from bridge.crypto import DEFAULT_LIMITS
+from bridge.errors import PolicyFileError, SignedPolicyError
 from bridge.ids import new_message_id
 from bridge.nats.identities import Identity
 from bridge.nats.retention import check_retention
 from bridge.nats.subjects import INBOX_STREAM, STATUS_STREAM, inbox_subject, status_subject
 from bridge.nats.transport import publish_durable
+from bridge.policy import PolicyHolder, PolicySerialState, parse_policy
 
 if TYPE_CHECKING:
     from conftest import NatsEnv
@@ -93,42 +96,34 @@ async def test_whatever_outlives_its_limit_is_named(nats_env: NatsEnv) -> None:
     assert not report.healthy
 
 
-def _broker_config(tmp_path: Path, retention: str) -> Path:
-    path = tmp_path / "broker.toml"
-    path.write_text(
-        '[nats]\nurl = "nats://127.0.0.1:4222"\nseed_file = "x.nk"\n'
-        '[directory]\nfile = "d"\nanchor = "a"\nserial_state = "s"\n'
-        '[audit]\nkey_file = "k"\n'
-        '[[routes]]\nfrom_role = "jobcenter"\nto_roles = ["counselling"]\ntypes = ["referral"]\n'
-        + retention
-    )
-    return path
-
-
-def _retention(**referral: int) -> str:
-    limits = {"referral": {"inbox_ttl_seconds": 14 * DAY, "max_lifetime_seconds": 30 * DAY}}
-    limits["referral"].update(referral)
-    for kind in ("handover", "feedback", "receipt"):
-        limits[kind] = {"inbox_ttl_seconds": 7 * DAY, "max_lifetime_seconds": 14 * DAY}
-    return "".join(
-        f"[retention.{kind}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
-        for kind, values in limits.items()
-    )
-
-
 @pytest.mark.parametrize(
-    ("retention", "fragment"),
+    ("old", "new", "fragment"),
     [
-        (_retention(inbox_ttl_seconds=0), "inbox_ttl_seconds"),  # zero
-        (_retention(max_lifetime_seconds=31 * DAY), "envelope maximum"),  # beyond the maximum
-        (_retention(inbox_ttl_seconds=31 * DAY), "inbox_ttl_seconds"),  # waits past its life
-        (_retention().split("[retention.receipt]")[0], "no limits for 'receipt'"),  # missing
+        ('inbox_ttl = "7d"', "inbox_ttl = 0", "at least one second"),  # zero
+        ('inbox_ttl = "7d"', 'inbox_ttl = "15d"', "longer than max_lifetime"),  # past its life
+        ("[types.feedback]", "[types.feedback-gone]", "unknown message type"),  # missing
     ],
 )
-def test_bad_retention_settings_are_refused_at_start_up(
-    tmp_path: Path, retention: str, fragment: str
-) -> None:
-    with pytest.raises(ConfigError) as info:
-        load_broker_config(_broker_config(tmp_path, retention))
+def test_bad_retention_settings_are_refused(old: str, new: str, fragment: str) -> None:
+    """Retention limits live in the routing policy, which refuses them with the line."""
+    assert old in POLICY
+    with pytest.raises(PolicyFileError) as info:
+        parse_policy(POLICY.replace(old, new, 1))
     assert fragment in str(info.value)
-    assert load_broker_config(_broker_config(tmp_path, _retention())).retention["referral"]
+    assert parse_policy(POLICY).limits["referral"].inbox_ttl == 14 * DAY
+
+
+def test_a_lifetime_beyond_the_envelope_maximum_is_refused_at_start_up(tmp_path: Path) -> None:
+    fed = federation()
+    path = tmp_path / "policy.bin"
+    path.write_bytes(signed_policy(fed, POLICY.replace('"30d"', '"31d"'))[0])
+    with pytest.raises(SignedPolicyError) as info:
+        PolicyHolder(
+            path,
+            fed.anchor.public_record(),
+            PolicySerialState(tmp_path / "serial"),
+            federation=lambda: fed.directory.body.federation,
+            max_lifetime=DEFAULT_LIMITS.max_lifetime,
+        )
+    assert info.value.reason == "policy.limits"
+    assert "envelope maximum" in str(info.value)

@@ -24,6 +24,7 @@ from ..wire import (
     Body,
     DataCategory,
     DeliveryState,
+    PolicyHash,
     Purpose,
 )
 
@@ -183,6 +184,8 @@ class TimelineEvent(_Api, frozen=True, kw_only=True, omit_defaults=True):
     at: UtcDateTime
     recipient: AgencyId | None = None
     reason: ReasonCode | None = None
+    # The routing policy version (hash) under which the broker routed or rejected it.
+    policy: PolicyHash | None = None
 
 
 class RecipientStatus(_Api, frozen=True, kw_only=True, omit_defaults=True):

@@ -108,7 +108,7 @@ class Consents:
         registry: Registry,
         clock: Callable[[], float],
         on_withdrawn: Withdrawn | None = None,
-        max_validity: int = MAX_CONSENT_VALIDITY_SECONDS,
+        max_validity: Callable[[], int] = lambda: MAX_CONSENT_VALIDITY_SECONDS,
     ) -> None:
         self._agency = agency
         self._keyring = keyring
@@ -147,9 +147,10 @@ class Consents:
             )
         if valid_until <= now:
             raise _invalid("valid_until is in the past", "consent.validity_past", "$.valid_until")
-        if valid_until - valid_from > self._max_validity:
+        max_validity = self._max_validity()  # the routing policy's, when it changes too
+        if valid_until - valid_from > max_validity:
             raise _invalid(
-                f"a consent may be valid for at most {self._max_validity // 86400} days",
+                f"a consent may be valid for at most {max_validity // 86400} days",
                 "consent.validity_too_long",
                 "$.valid_until",
             )

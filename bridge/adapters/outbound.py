@@ -1,6 +1,7 @@
 """Outbound: seal a checked submission and hand it to NATS durably.
 
-Nothing is published unless every check passed, and the caller hears `202` only after JetStream
+Nothing is published unless every check passed (the routing policy's among them, with the
+broker's reason codes), and the caller hears `202` only after JetStream
 acknowledged the envelope. With an `Idempotency-Key` the message id is fixed before anything is
 published (an atomic create in the KV bucket), so a retry after a lost answer seals again under
 the same id and JetStream's duplicate window drops the second copy.
@@ -18,12 +19,14 @@ from typing import Final
 from nats.js.client import JetStreamContext
 
 from ..consent import MessageFacts, Registry, check_message
+from ..consent.rules import policy_rule
 from ..crypto import Keyring, Limits, seal
 from ..errors import BridgeError, ConsentDenied, ConsentInvalid, TransportError
 from ..federation.directory import Directory
 from ..ids import new_message_id
 from ..nats.subjects import submit_subject
 from ..nats.transport import publish_durable
+from ..policy import Decision, FlowRequest, Policy
 from .problems import ApiProblem
 from .store import Event, IdemRecord, MessageRecord, Store
 from .submission import Submission, parse_submission
@@ -55,6 +58,7 @@ class Outbound:
         agency: str,
         keyring: Keyring,
         directory: Callable[[], Directory],
+        policy: Callable[[], Policy],
         store: Store,
         js: JetStreamContext,
         limits: Limits,
@@ -70,6 +74,7 @@ class Outbound:
         self._agency = agency
         self._keyring = keyring
         self._directory = directory
+        self._policy = policy
         self._store = store
         self._js = js
         self._limits = limits
@@ -94,9 +99,11 @@ class Outbound:
             max_bytes=self._max_bytes,
             now=now,
         )
+        policy = self._policy()
+        _check_policy(policy, submission, self._agency, directory, now)
         try:
             await self._check_consent(submission, directory, now)
-            return await self._submit(submission, directory, subject, idempotency_key, now)
+            return await self._submit(submission, directory, policy, subject, idempotency_key, now)
         except TransportError as exc:
             log.warning("submission not accepted: NATS unavailable [%s]", exc.reason)
             raise ApiProblem(
@@ -122,7 +129,14 @@ class Outbound:
         )
         agencies = [entry.id for entry in directory.agencies()]
         try:
-            await check_message(facts, self._registry, directory, agencies, now)
+            await check_message(
+                facts,
+                self._registry,
+                directory,
+                agencies,
+                now,
+                rule=policy_rule(self._policy(), directory),
+            )
         except (ConsentDenied, ConsentInvalid) as exc:
             raise ApiProblem(422, str(exc), reason=exc.reason, field="$.consent") from None
 
@@ -130,6 +144,7 @@ class Outbound:
         self,
         submission: Submission,
         directory: Directory,
+        policy: Policy,
         subject: str,
         idempotency_key: str | None,
         now: int,
@@ -170,6 +185,14 @@ class Outbound:
         except BridgeError as exc:
             log.error("cannot seal a submission [%s]", exc.reason)
             raise ApiProblem(500, "the message could not be sealed", reason=exc.reason) from exc
+        limits = policy.limits[request.type]  # present: the flow check passed
+        if len(envelope) > limits.max_bytes:
+            raise ApiProblem(
+                422,
+                f"the sealed message exceeds {limits.max_bytes} bytes allowed for a {request.type}",
+                reason="policy.too_large",
+                field="$.body",
+            )
         record = MessageRecord(
             message_id=message_id,
             type=request.type,
@@ -204,3 +227,45 @@ class Outbound:
             ", duplicate" if ack.duplicate else "",
         )
         return message_id
+
+
+def _check_policy(
+    policy: Policy, submission: Submission, agency: str, directory: Directory, now: int
+) -> None:
+    """Refuse what the broker would refuse under the same policy, with its reason code."""
+    request = submission.request
+    decision = policy.evaluate(
+        FlowRequest(
+            sender=agency,
+            recipients=tuple(request.recipients),
+            message_type=request.type,
+            purpose=request.purpose.value,
+            categories=tuple(c.value for c in request.categories),
+            size=None,  # known only once sealed; checked then
+            iat=now,
+            exp=now + submission.lifetime,
+        ),
+        directory,
+    )
+    if not decision.allowed:
+        log.info("submission refused by policy [%s]", decision.reason)
+        raise ApiProblem(
+            422,
+            decision.detail,
+            reason=decision.reason or "policy.denied",
+            field=_field(decision, submission),
+        )
+
+
+def _field(decision: Decision, submission: Submission) -> str | None:
+    request = submission.request
+    if decision.reason == "policy.route_denied" and decision.recipient in request.recipients:
+        return f"$.recipients[{request.recipients.index(decision.recipient)}]"
+    if decision.reason == "policy.purpose_denied":
+        return "$.purpose"
+    if decision.reason == "policy.category_denied":
+        values = [c.value for c in request.categories]
+        return f"$.categories[{values.index(decision.outside[0])}]"
+    if decision.reason == "policy.lifetime":
+        return "$.lifetime_seconds"
+    return "$.type" if decision.reason == "policy.route_denied" else None

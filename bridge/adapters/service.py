@@ -44,6 +44,7 @@ from ..nats.subjects import (
     status_consumer,
 )
 from ..nats.transport import bind_pull, connect
+from ..policy import Policy, PolicyHolder, PolicySerialState
 from .auth import TokenVerifier
 from .consents import Consents
 from .disclosures import Disclosures
@@ -81,6 +82,7 @@ class Adapter:
         self._environ = os.environ if environ is None else environ
         self._fetch_timeout = fetch_timeout
         self._directory: Directory | None = None
+        self._policy: PolicyHolder | None = None
         self._nc: NATS | None = None
         self._nc_closed = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -137,6 +139,12 @@ class Adapter:
             raise RuntimeError("the adapter is not started")
         return self._directory
 
+    def policy(self) -> Policy:
+        """The routing policy this adapter checks submissions against (the broker's decides)."""
+        if self._policy is None:
+            raise RuntimeError("the adapter is not started")
+        return self._policy.current
+
     # -- start ------------------------------------------------------------------------------
 
     def _passphrase(self) -> bytes | None:
@@ -175,6 +183,13 @@ class Adapter:
         if c.delivery.mode == "webhook":
             secret = load_webhook_secrets(c.delivery, c.path)
         self._directory = self._load_directory()
+        self._policy = PolicyHolder(
+            c.path(c.policy.file),
+            load_anchor(c.path(c.directory.anchor)),
+            PolicySerialState(c.path(c.policy.serial_state)),
+            federation=lambda: self.directory().body.federation,
+            max_lifetime=c.limits.max_lifetime,
+        )
         try:
             await self._start(verifier, keyring, secret)
         except BaseException:
@@ -255,6 +270,7 @@ class Adapter:
             agency=c.agency,
             keyring=keyring,
             directory=self.directory,
+            policy=self.policy,
             store=store,
             js=js,
             limits=c.limits,
@@ -273,6 +289,7 @@ class Adapter:
             registry=registry,
             clock=self._clock,
             on_withdrawn=revocations.notify,
+            max_validity=lambda: self.policy().max_consent_validity,
         )
         app = build_app(
             ApiContext(
@@ -330,6 +347,10 @@ class Adapter:
                 group.create_task(self.inbound.run(sink, sink.capacity), name="inbound")
                 group.create_task(self.status.run(), name="status")
                 group.create_task(self._reload_directory(), name="directory")
+                assert self._policy is not None
+                group.create_task(
+                    self._policy.watch(self.config.directory.reload_seconds), name="policy"
+                )
                 group.create_task(self._watch_connection(), name="connection")
                 if isinstance(sink, PullInbox):
                     group.create_task(sink.keep_alive(), name="pull-keepalive")

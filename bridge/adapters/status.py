@@ -118,6 +118,7 @@ class StatusFolder:
             at=int(event.at.timestamp()),
             recipient=event.recipient,
             reason=event.reason,
+            policy=event.policy,
         )
         # This adapter keeps no record of the receipts it sends: nothing to read or fold.
         is_receipt = event.message_type is MessageType.RECEIPT

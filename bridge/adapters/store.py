@@ -73,6 +73,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     at: int
     recipient: str | None = None
     reason: str | None = None
+    policy: str | None = None  # the routing policy version behind a broker's decision
 
     def same_as(self, other: Event) -> bool:
         return (self.state, self.recipient, self.reason) == (

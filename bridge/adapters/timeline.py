@@ -55,7 +55,9 @@ def _recipient_status(record: MessageRecord, agency: str, now: int) -> tuple[Rec
 
 def message_status(record: MessageRecord, now: int) -> MessageStatus:
     events = [
-        TimelineEvent(state=state, at=_utc(e.at), recipient=e.recipient, reason=e.reason)
+        TimelineEvent(
+            state=state, at=_utc(e.at), recipient=e.recipient, reason=e.reason, policy=e.policy
+        )
         for e in record.events
         if (state := _state(e)) is not None
     ]

@@ -1,7 +1,7 @@
 """The broker: checks every submission and routes it to its recipients' inboxes, or rejects it.
 
 It never holds a decryption key: it verifies the sender's signatures and the signed cleartext
-header against the key directory, applies the routing rules and the message type's limits, and
+header against the key directory, applies the signed routing policy (bridge.policy), and
 forwards the exact bytes it received. docs/broker.md describes the checks, the reason codes and
 why nothing is routed twice.
 
@@ -13,7 +13,7 @@ why nothing is routed twice.
 from __future__ import annotations
 
 from ._nats import inbox_msg_id, status_msg_id
-from ._routing import Submission, Verdict, allowed_by_routes, decide, inbox_ttl, parse_submission
+from ._routing import Submission, Verdict, decide, inbox_ttl, parse_submission
 from ._service import Broker
 from ._stats import BrokerStatistics
 
@@ -22,7 +22,6 @@ __all__ = [
     "BrokerStatistics",
     "Submission",
     "Verdict",
-    "allowed_by_routes",
     "decide",
     "inbox_msg_id",
     "inbox_ttl",

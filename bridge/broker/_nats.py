@@ -64,6 +64,7 @@ def status_event(
     recipient: str | None = None,
     reason: str | None = None,
     message_type: str | None = None,
+    policy: str | None = None,
 ) -> StatusEvent:
     return StatusEvent(
         message_id=message_id,
@@ -74,6 +75,7 @@ def status_event(
         reason=reason,
         at=datetime.datetime.fromtimestamp(now, datetime.UTC),
         component=Component.BROKER,
+        policy=policy,
     )
 
 

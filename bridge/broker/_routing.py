@@ -1,6 +1,6 @@
 """The broker's decision about one submission: which checks, in which order, with which reason.
 
-Pure functions over already-fetched data (bytes, subject, headers, directory, config, time), so
+Pure functions over already-fetched data (bytes, subject, headers, directory, policy, time), so
 every rule is testable without NATS and the service module only moves bytes. The checks run in
 a fixed order and the first failure wins: a sender learns one precise reason code in its status
 event, and the same envelope always gets the same one.
@@ -11,17 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..config import BrokerConfig
 from ..crypto import Header, VerifiedEnvelope
 from ..errors import EnvelopeExpired, PolicyError, ProtocolError
 from ..federation.directory import Directory
 from ..ids import check_agency_id, check_message_id
 from ..nats.subjects import HDR_MSG_ID, submit_subject
+from ..policy import Flow, FlowRequest, Policy, TypeLimits
 
 __all__ = [
     "Submission",
     "Verdict",
-    "allowed_by_routes",
     "decide",
     "inbox_ttl",
     "parse_submission",
@@ -43,11 +42,13 @@ class Submission:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """A submission that passed every check: what to route where, and for how long."""
+    """A submission that passed every check: what to route where, for how long, and by which
+    rule of which policy version (`flows`, one per recipient in the header's order)."""
 
     envelope: VerifiedEnvelope
     recipients: tuple[str, ...]
     ttl: int
+    flows: tuple[Flow, ...]
 
     @property
     def header(self) -> Header:
@@ -67,36 +68,12 @@ def parse_submission(subject: str, headers: Mapping[str, str] | None) -> Submiss
     return Submission(sender=sender, message_id=check_message_id(raw_id))
 
 
-_NOTICES = frozenset({"consent-revoked", "deletion-confirmed"})
-
-
-def allowed_by_routes(
-    config: BrokerConfig, sender_role: str, recipient_role: str, kind: str
-) -> bool:
-    """Whether some route lets `sender_role` send messages of type `kind` to `recipient_role`.
-
-    Default deny: without a matching route nothing passes. The consent notices
-    (`consent-revoked`, `deletion-confirmed`) follow every route, either way, without being
-    listed: a withdrawal must reach whoever received data, and its answer must come back.
-    """
-    if kind in _NOTICES:
-        return any(
-            (route.from_role == sender_role and recipient_role in route.to_roles)
-            or (route.from_role == recipient_role and sender_role in route.to_roles)
-            for route in config.routes
-        )
-    return any(
-        route.from_role == sender_role and recipient_role in route.to_roles and kind in route.types
-        for route in config.routes
-    )
-
-
-def inbox_ttl(config: BrokerConfig, header: Header, now: int) -> int:
+def inbox_ttl(limits: TypeLimits, header: Header, now: int) -> int:
     """Seconds a routed copy may wait in an inbox: the type's limit, cut to the envelope's expiry.
 
     Raises `EnvelopeExpired` when less than one second is left (the store's TTL granularity).
     """
-    ttl = min(config.retention[header.type].inbox_ttl_seconds, header.exp - now)
+    ttl = min(limits.inbox_ttl, header.exp - now)
     if ttl < 1:
         raise EnvelopeExpired("envelope expires before it could be routed")
     return ttl
@@ -106,15 +83,15 @@ def decide(
     envelope: VerifiedEnvelope,
     submission: Submission,
     directory: Directory,
-    config: BrokerConfig,
+    policy: Policy,
     now: int,
 ) -> Verdict:
     """Check a verified envelope against its submission and the rules; raise `BridgeError`.
 
     Runs after `bridge.crypto.verify` (size, frame, the sender's key, both signatures, then the
     header's fields, recipients and times) on the exact received bytes. Order here: the sender
-    on the subject, the message id, the routing rules per recipient, the type's lifetime limit,
-    and time left to route it.
+    on the subject, the message id, then the routing policy (`Policy.evaluate`: a rule for every
+    recipient, purpose, categories, the type's size and lifetime), and time left to route it.
     """
     header = envelope.header
     if header.sender != submission.sender:
@@ -127,24 +104,11 @@ def decide(
             "the envelope's message id differs from the submission's Nats-Msg-Id",
             reason="broker.id_mismatch",
         )
-    sender_entry = directory.agency(header.sender)
-    if sender_entry is None:  # verify found the signing key, so this is a directory bug
-        raise PolicyError("sender is not in the directory", reason="policy.route_denied")
-    recipients = tuple(r.agency for r in header.recipients)
-    for recipient in recipients:
-        entry = directory.agency(recipient)
-        if entry is None or not allowed_by_routes(
-            config, sender_entry.role, entry.role, header.type
-        ):
-            raise PolicyError(
-                f"no route lets a {sender_entry.role} send a {header.type} to "
-                f"a {entry.role if entry else 'unknown agency'}",
-                reason="policy.route_denied",
-            )
-    retention = config.retention[header.type]
-    if header.exp - header.iat > retention.max_lifetime_seconds:
-        raise PolicyError(
-            f"lifetime exceeds {retention.max_lifetime_seconds}s allowed for a {header.type}",
-            reason="policy.lifetime",
-        )
-    return Verdict(envelope=envelope, recipients=recipients, ttl=inbox_ttl(config, header, now))
+    request = FlowRequest.of_header(header, size=len(envelope.raw))
+    flows = policy.evaluate(request, directory).raise_if_denied()
+    return Verdict(
+        envelope=envelope,
+        recipients=request.recipients,
+        ttl=inbox_ttl(flows[0].limits, header, now),
+        flows=flows,
+    )

@@ -6,8 +6,8 @@ publish). Every such
 publish carries a `Nats-Msg-Id` derived from the message id, so a redelivered submission (its
 broker crashed, a publish failed, two brokers raced) republishes the same ids and the streams
 drop the copies within their duplicate window. And the decision depends only on the bytes, the
-directory, the consent registry and the time, so a second look reaches the same verdict unless
-the consent was withdrawn in between (then the message is rightly rejected).
+directory, the policy, the consent registry and the time, so a second look reaches the same
+verdict unless the consent was withdrawn in between (then the message is rightly rejected).
 
 Each submission is handled on its own; whatever goes wrong with one is settled for that one
 (rejected, retried later or terminated), so a poison message never blocks the rest of a batch.
@@ -30,10 +30,10 @@ from nats.js.client import JetStreamContext
 from ..audit import AuditEvent, AuditWriter, load_audit_key
 from ..audit.notice import KEY_DESTROYED, open_notice
 from ..config import BrokerConfig, nats_tls_context
-from ..consent import Registry
+from ..consent import Registry, policy_rule
 from ..crypto import Header, verify
-from ..errors import BridgeError, ProtocolError, TransportError
-from ..federation.directory import Directory
+from ..errors import BridgeError, PolicyError, ProtocolError, TransportError
+from ..federation.directory import Directory, load_anchor
 from ..nats.identities import Identity
 from ..nats.subjects import (
     BROKER_CONSUMER,
@@ -48,6 +48,7 @@ from ..nats.subjects import (
     submit_stream,
 )
 from ..nats.transport import bind_pull, connect, fetch, publish_durable
+from ..policy import Policy, PolicyHolder, PolicySerialState
 from ..wire import DeliveryState, encode_status_event
 from ._audit import (
     consent_withdrawn_events,
@@ -91,7 +92,8 @@ class Broker:
     `run()` connects and serves until `stop()` is called (or raises `TransportError` if the
     connection is closed for good). As an async context manager it runs in the background
     between `__aenter__` (returns once it is consuming) and `__aexit__` (stops it and waits).
-    The directory is loaded in the constructor, so a bad one fails before anything connects.
+    The directory and the policy are loaded in the constructor, so a bad one fails before
+    anything connects.
     """
 
     def __init__(
@@ -120,6 +122,13 @@ class Broker:
         self._audit: AuditWriter | None = None
         self._expiry: ExpiryWatch | None = None
         self._audited_serial = 0
+        self._policy = PolicyHolder(
+            config.path(config.policy.file),
+            load_anchor(config.path(config.directory.anchor)),
+            PolicySerialState(config.path(config.policy.serial_state)),
+            federation=lambda: self._directory.current.body.federation,
+            max_lifetime=config.limits.max_lifetime,
+        )
         self._counters = Counters()
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
@@ -190,8 +199,10 @@ class Broker:
         try:
             async with asyncio.TaskGroup() as tg:
                 consumers: dict[str, asyncio.Task[None]] = {}
-                watcher = tg.create_task(
-                    self._directory.watch(self._config.directory.reload_seconds)
+                reload = self._config.directory.reload_seconds
+                watchers = (
+                    tg.create_task(self._directory.watch(reload)),
+                    tg.create_task(self._policy.watch(reload)),
                 )
                 assert self._audit is not None
                 signer = tg.create_task(self._audit.run_checkpoints())
@@ -217,13 +228,17 @@ class Broker:
                     if not self._started.is_set():
                         self._started.set()
                         log.info(
-                            "broker %s consuming %d submit streams, directory serial %d",
+                            "broker %s consuming %d submit streams, directory serial %d, "
+                            "policy serial %d (%s)",
                             self._name,
                             len(consumers),
                             self._directory.current.serial,
+                            self._policy.current.serial,
+                            self._policy.current.hash,
                         )
                     await self._sleep(self._config.directory.reload_seconds)
-                watcher.cancel()
+                for watcher in watchers:
+                    watcher.cancel()
                 signer.cancel()
                 expiry.cancel()
                 withdrawals.cancel()
@@ -377,12 +392,17 @@ class Broker:
             terminated=c.terminated,
             internal_errors=c.internal_errors,
             directory_serial=self._directory.current.serial,
+            policy_serial=self._policy.current.serial,
+            policy_hash=self._policy.current.hash,
             withdrawn=c.withdrawn,
         )
 
     def __repr__(self) -> str:
         state = "stopping" if self._stop.is_set() else "running" if self.started else "new"
-        return f"Broker({self._name!r}, {state}, serial={self._directory.current.serial})"
+        return (
+            f"Broker({self._name!r}, {state}, serial={self._directory.current.serial}, "
+            f"policy={self._policy.current.serial})"
+        )
 
     # -- the fetch loop -----------------------------------------------------------------------
 
@@ -484,6 +504,7 @@ class Broker:
             await self._notice(msg, submission, directory, now)
             return
         header: Header | None = None
+        policy = self._policy.current
         try:
             try:
                 envelope = verify(msg.data, directory, now=now, limits=self._config.limits)
@@ -495,16 +516,25 @@ class Broker:
                 directory = self._directory.current
                 envelope = verify(msg.data, directory, now=now, limits=self._config.limits)
             header = envelope.header
-            verdict = decide(envelope, submission, directory, self._config, now)
+            try:
+                verdict = decide(envelope, submission, directory, policy, now)
+            except PolicyError as exc:
+                # The sender's adapter may already enforce a newer policy than ours: look once
+                # more now, so a flow it just allowed is not refused on a stale version.
+                if not exc.reason.startswith("policy.") or not self._policy.reload_if_changed():
+                    raise
+                policy = self._policy.current
+                verdict = decide(envelope, submission, directory, policy, now)
             if self._config.consent.enforce:
                 assert self._registry is not None
-                await check_consent(header, self._registry, directory, now)
+                rule = policy_rule(policy, directory)
+                await check_consent(header, self._registry, directory, now, rule=rule)
         except TransportError:
             raise  # the registry cannot be read: held and retried, never rejected for it
         except BridgeError as exc:  # crypto, protocol or policy: the envelope's own fault
-            await self._reject(js, msg, submission, exc.reason, header)
+            await self._reject(js, msg, submission, exc.reason, header, policy)
             return
-        await self._route(js, msg, submission, verdict, now)
+        await self._route(js, msg, submission, verdict, policy, now)
 
     async def _notice(
         self, msg: Msg, submission: Submission, directory: Directory, now: int
@@ -529,7 +559,13 @@ class Broker:
         log.info("recorded key-destroyed sender=%s kid=%s", submission.sender, notice.kid)
 
     async def _route(
-        self, js: JetStreamContext, msg: Msg, submission: Submission, verdict: Verdict, now: int
+        self,
+        js: JetStreamContext,
+        msg: Msg,
+        submission: Submission,
+        verdict: Verdict,
+        policy: Policy,
+        now: int,
     ) -> None:
         timeout = self._config.publish_timeout_seconds
         message_id = submission.message_id
@@ -549,7 +585,13 @@ class Broker:
         routed = DeliveryState.ROUTED
         await publish_all(
             self._publish_status(
-                js, submission, routed, now, recipient=r, message_type=verdict.header.type
+                js,
+                submission,
+                routed,
+                now,
+                recipient=r,
+                message_type=verdict.header.type,
+                policy=policy.hash,
             )
             for r in verdict.recipients
         )
@@ -577,12 +619,14 @@ class Broker:
         await settle(msg.ack())
         self._counters.routed += 1
         log.info(
-            "routed id=%s sender=%s recipients=%s type=%s ttl=%d",
+            "routed id=%s sender=%s recipients=%s type=%s ttl=%d rule=%s policy=%s",
             message_id,
             submission.sender,
             ",".join(verdict.recipients),
             verdict.header.type,
             verdict.ttl,
+            ",".join(dict.fromkeys(f.rule.name for f in verdict.flows)),
+            policy.hash,
         )
 
     async def _reject(
@@ -592,6 +636,7 @@ class Broker:
         submission: Submission,
         reason: str,
         header: Header | None,
+        policy: Policy,
     ) -> None:
         now = int(self._clock())
         await self._publish_status(
@@ -601,23 +646,27 @@ class Broker:
             now,
             reason=reason,
             message_type=header.type if header else None,
+            policy=policy.hash,
         )
         await self._record(rejection_events(submission, header, reason, now))
         await settle(msg.ack())  # handled for good: the sender has been told
         self._counters.rejected[reason] += 1
         log.warning(
-            "rejected id=%s sender=%s recipients=%s type=%s reason=%s",
+            "rejected id=%s sender=%s recipients=%s type=%s reason=%s policy=%s",
             submission.message_id,
             submission.sender,
             ",".join(r.agency for r in header.recipients) if header else "-",
             header.type if header else "-",
             reason,
+            policy.hash,
         )
 
     async def _give_up(self, js: JetStreamContext, msg: Msg, submission: Submission) -> None:
         """Reject a submission that keeps failing on our side, so it stops coming back."""
         try:
-            await self._reject(js, msg, submission, "broker.internal_error", None)
+            await self._reject(
+                js, msg, submission, "broker.internal_error", None, self._policy.current
+            )
         except Exception:
             log.exception("terminated id=%s unreported", submission.message_id)
             await settle(msg.term())
@@ -637,6 +686,7 @@ class Broker:
         recipient: str | None = None,
         reason: str | None = None,
         message_type: str | None = None,
+        policy: str | None = None,
     ) -> None:
         event = status_event(
             submission.message_id,
@@ -646,6 +696,7 @@ class Broker:
             recipient=recipient,
             reason=reason,
             message_type=message_type,
+            policy=policy,
         )
         await publish_durable(
             js,

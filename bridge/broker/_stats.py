@@ -19,6 +19,7 @@ class BrokerStatistics:
     `terminated`: submissions without a valid message id (they cannot be reported).
     `internal_errors`: unexpected failures while handling a submission.
     `withdrawn`: inbox copies removed because their consent was withdrawn.
+    `directory_serial`, `policy_serial`, `policy_hash`: the versions in use now.
     """
 
     routed: int
@@ -28,6 +29,8 @@ class BrokerStatistics:
     terminated: int
     internal_errors: int
     directory_serial: int
+    policy_serial: int
+    policy_hash: str
     withdrawn: int = 0
 
     @property

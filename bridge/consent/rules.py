@@ -1,10 +1,9 @@
 """Which flows need a consent, whose consents count, and how long a consent may run.
 
-STAND-IN until the signed routing policy (`bridge.policy`) is on main: referrals, handovers and
-feedback need a consent issued by the sender; receipts and the system messages about consents
-do not. Everything in bridge asks `consent_rule`, so switching to the policy's
-`Policy.flow(sender, recipient, type)` is a change of this one module: `policy_rule` makes a
-rule from a verified policy for whoever holds one.
+The signed routing policy (`bridge.policy`) says it: `policy_rule` makes the rule from a verified
+policy, and the broker and the sending adapter use that. `consent_rule` is the default for
+callers without a policy (unit tests): referrals, handovers and feedback need a consent issued
+by the sender; receipts and the system messages about consents do not.
 """
 
 from __future__ import annotations

@@ -45,11 +45,15 @@ class PolicyHolder:
         state: PolicySerialState,
         *,
         federation: Callable[[], str],
+        max_lifetime: int | None = None,
     ) -> None:
         """Load the policy now; raises `SignedPolicyError` if it is not acceptable.
 
-        `federation()` says which federation the policy must be for (the key directory's).
+        `federation()` says which federation the policy must be for (the key directory's);
+        `max_lifetime` is the envelope maximum (`[limits] max_lifetime`), which no type's
+        `max_lifetime` may exceed: a limit the envelope check would never let apply misleads.
         """
+        self._max_lifetime = max_lifetime
         self._path = path
         self._anchor = anchor
         self._state = state
@@ -66,6 +70,17 @@ class PolicyHolder:
                 f"the policy is for federation {policy.federation}, the key directory for "
                 f"{expected}",
                 reason="policy.federation",
+            )
+        beyond = [
+            name
+            for name, limits in policy.limits.items()
+            if self._max_lifetime is not None and limits.max_lifetime > self._max_lifetime
+        ]
+        if beyond:
+            raise SignedPolicyError(
+                f"the policy's max_lifetime for {', '.join(beyond)} exceeds the envelope maximum "
+                f"of {self._max_lifetime}s ([limits] max_lifetime)",
+                reason="policy.limits",
             )
         # Checked before the serial is recorded, so a policy refused here cannot raise the bar.
         if policy.serial < (highest := self._state.highest()):

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from ..errors import PolicyError
 from ..ids import SYSTEM_MESSAGE_TYPES
 from ..wire import ALLOWED_CATEGORIES, DataCategory, MessageType, Purpose
+
+if TYPE_CHECKING:
+    from ..crypto import Header
 
 __all__ = [
     "RECIPIENT",
@@ -115,6 +118,20 @@ class FlowRequest:
     iat: int
     exp: int
 
+    @classmethod
+    def of_header(cls, header: Header, size: int | None) -> FlowRequest:
+        """The request a verified (or, for `explain`, an unverified) envelope header makes."""
+        return cls(
+            sender=header.sender,
+            recipients=tuple(r.agency for r in header.recipients),
+            message_type=header.type,
+            purpose=header.purpose,
+            categories=tuple(header.categories),
+            size=size,
+            iat=header.iat,
+            exp=header.exp,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -126,6 +143,7 @@ class Decision:
     flows: tuple[Flow, ...] = ()
     recipient: str | None = None  # the recipient a denial is about, if it is about one
     rule: Rule | None = None  # the rule a denial was measured against, if one matched
+    outside: tuple[str, ...] = ()  # the categories a `policy.category_denied` is about
 
     def raise_if_denied(self) -> tuple[Flow, ...]:
         if not self.allowed:
@@ -228,14 +246,14 @@ class PolicyRules:
                     recipient=recipient,
                     rule=flow.rule,
                 )
-            outside = [c for c in request.categories if c not in flow.categories]
+            outside = tuple(c for c in request.categories if c not in flow.categories)
             if outside:
                 return _deny(
                     "policy.category_denied",
-                    f"rule {flow.rule.name!r} does not allow the data categories "
-                    f"{', '.join(sorted(set(outside)))}",
+                    f"rule {flow.rule.name!r} does not allow every data category",
                     recipient=recipient,
                     rule=flow.rule,
+                    outside=outside,
                 )
             flows.append(flow)
         if not flows:

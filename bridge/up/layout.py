@@ -147,3 +147,11 @@ class StateLayout:
 
     def directory_serial(self, component_dir: Path) -> Path:
         return component_dir / "directory.serial"
+
+    @property
+    def policy_source(self) -> Path:
+        """The demo's routing policy as the operator edits it; `bridge up` signs it."""
+        return self.federation_dir / "policy.toml"
+
+    def policy_serial(self, component_dir: Path) -> Path:
+        return component_dir / "policy.serial"

@@ -4,7 +4,8 @@ Everything secret is made here exactly once: the federation's trust anchor, each
 keyring, NATS identities, token signing keys, the webhook secret, the sink's access token and
 the broker's audit signing key.
 A later run reuses all of it and only rewrites what is derived (server and component configs,
-and the signed key directory when it nears expiry), so keys, ports and the JetStream store
+the signed key directory when it nears expiry, the signed routing policy when its text
+changed), so keys, ports and the JetStream store
 survive restarts. Every step checks what exists before it writes, so an interrupted first run
 is completed by the next one.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from .._files import write_private_file
+from .._files import write_file, write_private_file
 from ..adapters.auth import SCOPES, generate_signing_key, mint_token
 from ..audit import generate_audit_key
 from ..crypto import Keyring, kid_hex
@@ -28,6 +29,7 @@ from ..errors import BridgeError, ConfigError
 from ..federation import operator as fed
 from ..federation.directory import Directory, load_anchor
 from ..nats.server import ServerSettings, configure
+from ..policy import SIGNED_POLICY, load_policy_file, read_policy_source, sign_policy_file
 from .configs import write_adapter_config, write_broker_config
 from .layout import DEMO_AGENCIES, FEDERATION, TOKEN_ISSUER, StateLayout, demo_agency
 from .ports import Ports, choose_ports, http_url, load_ports, save_ports
@@ -143,6 +145,29 @@ def _expires_soon(directory: Path, now: int) -> bool:
     return loaded.body.expires_at - now < _RESIGN_BEFORE
 
 
+DEMO_POLICY: Final = Path(__file__).with_name("demo-policy.toml")
+
+
+def _ensure_policy(layout: StateLayout, now: int) -> None:
+    """Put the demo policy in place on the first run; sign it whenever its text changed.
+
+    The text under `federation/policy.toml` is the operator's to edit: a change is signed as
+    the next serial on the next start, and a text `bridge policy check` refuses stops it.
+    """
+    source = layout.policy_source
+    if not source.exists():
+        write_file(source, DEMO_POLICY.read_bytes(), mode=0o644)
+    signed = layout.federation_dir / SIGNED_POLICY
+    text = read_policy_source(source)
+    try:
+        anchor = load_anchor(layout.federation_dir / fed.ANCHOR_PUB)
+        if load_policy_file(signed, anchor).source == text:
+            return
+    except BridgeError:
+        pass  # missing or unreadable: a fresh signature from the same anchor fixes it
+    sign_policy_file(layout.federation_dir, source, now=now)
+
+
 def _ensure_secrets(layout: StateLayout) -> None:
     for agency in DEMO_AGENCIES:
         private = layout.token_private_key(agency.id)
@@ -194,6 +219,7 @@ def prepare(
     at = int(time.time()) if now is None else now
     ports = _ensure_ports(layout, host, port_base)
     _ensure_federation(layout, at)
+    _ensure_policy(layout, at)
     _ensure_secrets(layout)
     layout.log_dir.mkdir(mode=0o700, exist_ok=True)
     configure(

@@ -49,7 +49,7 @@ from ._status import (
     decode_status_event,
     encode_status_event,
 )
-from ._types import MESSAGE_ID_PATTERN, REASON_CODE_PATTERN
+from ._types import MESSAGE_ID_PATTERN, REASON_CODE_PATTERN, PolicyHash
 from ._vocab import ALLOWED_CATEGORIES, DataCategory, MessageType, Purpose
 
 __all__ = [
@@ -87,6 +87,7 @@ __all__ = [
     "MeasureStarted",
     "MessageType",
     "Outcome",
+    "PolicyHash",
     "Purpose",
     "Receipt",
     "Referral",

@@ -13,7 +13,15 @@ from typing import Final
 import msgspec
 
 from ._codec import WireInvalid, decode_strict
-from ._types import AgencyId, MessageId, ReasonCode, UtcDateTime, WireStruct, normalise_utc
+from ._types import (
+    AgencyId,
+    MessageId,
+    PolicyHash,
+    ReasonCode,
+    UtcDateTime,
+    WireStruct,
+    normalise_utc,
+)
 from ._vocab import MessageType
 
 __all__ = [
@@ -64,6 +72,8 @@ class StatusEvent(WireStruct, frozen=True, kw_only=True):
     at: UtcDateTime
     component: Component
     expires_at: UtcDateTime | None = None  # for `expiring`: when the inbox copy is removed
+    # The routing policy version that made a broker's decision (routed or rejected).
+    policy: PolicyHash | None = None
 
     def __post_init__(self) -> None:
         normalise_utc(self, "at")

@@ -31,6 +31,7 @@ __all__ = [
     "MessageId",
     "Name",
     "Phone",
+    "PolicyHash",
     "PostalCode",
     "ReasonCode",
     "ShortText",
@@ -111,6 +112,8 @@ LanguageTag = Annotated[
 MessageId = Annotated[str, Meta(min_length=36, max_length=36, pattern=MESSAGE_ID_PATTERN)]
 AgencyId = Annotated[str, Meta(min_length=1, max_length=63, pattern=AGENCY_ID_PATTERN)]
 ReasonCode = Annotated[str, Meta(min_length=1, max_length=64, pattern=REASON_CODE_PATTERN)]
+PolicyHash = Annotated[str, Meta(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$(?!\n)")]
+"""SHA-256 (hex) of a signed routing policy version (`bridge.policy.Policy.hash`)."""
 
 UtcDateTime = Annotated[datetime.datetime, Meta(tz=True)]
 """An aware datetime; structs holding one call `normalise_utc` so the value is always UTC."""
