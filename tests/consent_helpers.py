@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from envelope_helpers import CATEGORIES, DAY, PURPOSE, RECIPIENTS, SENDER, Federation
+from envelope_helpers import CATEGORIES, DAY, RECIPIENTS, SENDER, Federation
 
 from bridge.consent import (
     ConsentBody,
@@ -14,7 +14,11 @@ from bridge.consent import (
     sign_withdrawal,
 )
 
-__all__ = ["consent_body", "signed_consent", "signed_withdrawal"]
+__all__ = ["MESSAGE_PURPOSE", "consent_body", "signed_consent", "signed_withdrawal"]
+
+MESSAGE_PURPOSE = "counselling"
+"""The purpose the consent tests' messages name: one the routing policy allows for a referral
+(the vectors' own purpose is outside the vocabulary, so the policy refuses it before consent)."""
 
 
 def consent_body(fed: Federation, **changes: Any) -> ConsentBody:
@@ -23,7 +27,7 @@ def consent_body(fed: Federation, **changes: Any) -> ConsentBody:
         "id": new_consent_id(),
         "issuer": SENDER,
         "recipients": sorted(RECIPIENTS),
-        "purposes": [PURPOSE],
+        "purposes": [MESSAGE_PURPOSE],
         "categories": sorted(CATEGORIES),
         "types": ["referral"],
         "valid_from": fed.now - DAY,

@@ -17,7 +17,7 @@ import msgspec
 import nats
 import nats.errors
 import pytest
-from consent_helpers import consent_body, signed_consent, signed_withdrawal
+from consent_helpers import MESSAGE_PURPOSE, consent_body, signed_consent, signed_withdrawal
 from envelope_helpers import DAY, RECIPIENTS, SENDER, Federation, federation, seal_referral
 from test_broker import Agency, make_broker, wait_for, write_config
 
@@ -120,7 +120,7 @@ def test_evaluate_gives_each_reason_in_order(fed: Federation) -> None:
         "consent.expired": (False, good, body.valid_until),
         "consent.type_not_covered": (False, _facts(good, type="handover"), NOW),
         "consent.recipient_not_covered": (False, _facts(good, recipients=("x",)), NOW),
-        "consent.purpose_not_covered": (False, _facts(good, purpose="counselling"), NOW),
+        "consent.purpose_not_covered": (False, _facts(good, purpose="case-handover"), NOW),
         "consent.category_not_covered": (False, _facts(good, categories=("identity",)), NOW),
         "consent.outlived": (False, _facts(good, expires_at=body.valid_until + 1), NOW),
     }
@@ -241,6 +241,7 @@ async def test_the_broker_rejects_each_uncovered_message_with_its_reason(
     async def case(reason: str, consent_id: str, **seal: object) -> None:
         mid = new_message_id()
         cases[mid] = reason
+        seal.setdefault("purpose", MESSAGE_PURPOSE)
         await jobcenter.submit(seal_referral(fed, message_id=mid, consent=consent_id, **seal), mid)
 
     async def own(**changes: object) -> str:
@@ -264,7 +265,7 @@ async def test_the_broker_rejects_each_uncovered_message_with_its_reason(
     await case("consent.expired", await own(valid_from=NOW - 9 * DAY, valid_until=NOW - DAY))
     await case("consent.type_not_covered", await own(types=["handover"]))
     await case("consent.recipient_not_covered", await own(recipients=[COUNSELLING]))
-    await case("consent.purpose_not_covered", await own(purposes=["counselling"]))
+    await case("consent.purpose_not_covered", await own(purposes=["case-handover"]))
     await case("consent.category_not_covered", await own(categories=["contact"]))
     await case("consent.outlived", await own(valid_until=NOW + 2 * DAY))  # message: 7 days
     # Forged or tampered records in the sender's own part (written by the admin).
@@ -310,7 +311,8 @@ async def test_while_the_registry_is_unreadable_messages_are_held_then_routed(
     await admin.js.delete_stream(CONSENT_STREAM)  # the registry is gone: nobody can read it
     jobcenter = await Agency.connect(nats_env, SENDER)
     mid = new_message_id()
-    await jobcenter.submit(seal_referral(fed, message_id=mid, consent=body.id), mid)
+    data = seal_referral(fed, message_id=mid, consent=body.id, purpose=MESSAGE_PURPOSE)
+    await jobcenter.submit(data, mid)
     config = write_config(tmp_path, nats_env, fed, enforce_consent=True)
     async with make_broker(config) as broker:
         await wait_for("held twice", lambda: broker.statistics().deferred >= 2)
@@ -335,8 +337,12 @@ async def test_a_withdrawal_removes_undelivered_copies_and_tells_the_sender(
     under = [new_message_id(), new_message_id()]
     kept = new_message_id()
     for mid in under:
-        await jobcenter.submit(seal_referral(fed, message_id=mid, consent=body.id), mid)
-    await jobcenter.submit(seal_referral(fed, message_id=kept, consent=other.id), kept)
+        await jobcenter.submit(
+            seal_referral(fed, message_id=mid, consent=body.id, purpose=MESSAGE_PURPOSE), mid
+        )
+    await jobcenter.submit(
+        seal_referral(fed, message_id=kept, consent=other.id, purpose=MESSAGE_PURPOSE), kept
+    )
     config = write_config(tmp_path, nats_env, fed, enforce_consent=True)
     async with make_broker(config) as broker:
         await wait_for("routed", lambda: broker.statistics().routed == 3)
@@ -347,7 +353,9 @@ async def test_a_withdrawal_removes_undelivered_copies_and_tells_the_sender(
         await registry.put(SENDER, body.id, "withdrawal", signed_withdrawal(fed, body))
         await wait_for("withdrawn", lambda: broker.statistics().withdrawn == 2)
         late = new_message_id()
-        await jobcenter.submit(seal_referral(fed, message_id=late, consent=body.id), late)
+        await jobcenter.submit(
+            seal_referral(fed, message_id=late, consent=body.id, purpose=MESSAGE_PURPOSE), late
+        )
         await wait_for("late one decided", lambda: broker.statistics().rejected_total == 1)
     spdi_inbox = await (await Agency.connect(nats_env, SPDI)).inbox()
     assert [m.headers[HDR_CONSENT] for m in spdi_inbox] == [other.id]

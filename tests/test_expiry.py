@@ -73,7 +73,9 @@ async def test_undelivered_is_warned_then_expires_and_the_sender_is_told(
     fed = federation(now)
     jobcenter = await Agency.connect(nats_env, SENDER)
     mid = new_message_id()
-    await jobcenter.submit(seal_referral(fed, message_id=mid, recipients=[SPDI], now=now), mid)
+    await jobcenter.submit(
+        seal_referral(fed, message_id=mid, recipients=[SPDI], now=now, purpose="counselling"), mid
+    )
     config = write_config(tmp_path, nats_env, fed, referral_ttl=8, extra=EXPIRY)
     sender_events: list[StatusEvent] = []
     recipient_events: list[StatusEvent] = []
@@ -113,7 +115,9 @@ async def test_a_delivered_message_leaves_the_transport_and_never_expires(
     fed = federation(now)
     jobcenter = await Agency.connect(nats_env, SENDER)
     mid = new_message_id()
-    data = seal_referral(fed, message_id=mid, recipients=[COUNSELLING], now=now)
+    data = seal_referral(
+        fed, message_id=mid, recipients=[COUNSELLING], now=now, purpose="counselling"
+    )
     await jobcenter.submit(data, mid)
     config = write_config(tmp_path, nats_env, fed, referral_ttl=3, extra=EXPIRY)
     counselling = await nats_env.connect(Identity.for_agency(COUNSELLING))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 from envelope_helpers import DAY, RECIPIENTS, SENDER, build, federation
+from policy_helpers import signed_policy
 from test_broker import NOW, make_broker, write_config
 
 from bridge.adapters.shred import PENDING_FILE, shred_keys
@@ -39,6 +40,7 @@ def adapter_config(base: Path, env: NatsEnv | None) -> Path:
             write_key_file(keys / f"{label.split('/')[1]}.key", key)
     (tmp_path / "directory.bin").write_bytes(fed.directory_bytes)
     (tmp_path / "anchor.json").write_bytes(msgspec.json.encode(fed.anchor.public_record()))
+    (tmp_path / "policy.bin").write_bytes(signed_policy(fed)[0])
     (tmp_path / "token.pem").write_text("unused")
     url = env.url if env else "nats://127.0.0.1:1"
     seed = env.seed_file(Identity.for_agency(AGENCY)) if env else tmp_path / "none.nk"
@@ -48,6 +50,7 @@ def adapter_config(base: Path, env: NatsEnv | None) -> Path:
         f'[nats]\nurl = "{url}"\nseed_file = "{seed}"\n'
         '[directory]\nfile = "directory.bin"\nanchor = "anchor.json"\n'
         'serial_state = "serial"\n'
+        '[policy]\nfile = "policy.bin"\nserial_state = "policy.serial"\n'
         '[auth]\nissuer = "i"\naudience = "a"\npublic_key_file = "token.pem"\n'
         '[delivery]\nmode = "pull"\n'
     )
