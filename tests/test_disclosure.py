@@ -22,8 +22,13 @@ from typing import Any
 import msgspec
 from test_e2e import COUNSELLING, E2E, JOBCENTER, SPDI, _in_days, e2e, eventually
 
+from bridge.audit import AuditKind, ChainVerifier, load_audit_public_key
+from bridge.audit.reader import stream_records
 from bridge.config import ExpiryConfig, Retention
 from bridge.demo import demo_referral, run_demo
+from bridge.nats.identities import Credentials, Identity
+from bridge.nats.subjects import AUDIT_STREAM
+from bridge.nats.transport import connect
 from bridge.wire import MessageType
 from bridge.wire.examples import BODIES
 
@@ -151,6 +156,27 @@ async def test_the_report_matches_what_happened(e2e: E2E) -> None:
         assert "Suchtberatung Unna" in page
         assert "Sozialpsychiatrischer Dienst Kreis Unna" in page
         assert CASE not in page
+
+    # The audit trail also holds the consent's registration and withdrawal, signed and chained.
+    ops_seed = Credentials(e2e.stack.layout.nats.creds_dir).seed_file(Identity.ops())
+    public = load_audit_public_key(e2e.stack.layout.audit_public_key)
+
+    async def audited() -> set[AuditKind] | None:
+        nc = await connect(e2e.server.url, ops_seed, Identity.ops().inbox_prefix, "test-ops")
+        try:
+            verifier = ChainVerifier(public, AUDIT_STREAM)
+            kinds = set()
+            async for seq, data in stream_records(nc.jetstream(timeout=5)):
+                event = verifier.add(seq, data).event
+                if event is not None and event.consent == consent and event.agency == JOBCENTER:
+                    kinds.add(event.kind)
+        finally:
+            await nc.close()
+        wanted = {AuditKind.CONSENT_REGISTERED, AuditKind.CONSENT_WITHDRAWN}
+        return kinds if wanted <= kinds else None
+
+    about = await eventually("the consent's registration and withdrawal audited", audited)
+    assert AuditKind.DELETION_CONFIRMED not in about  # that one names the confirming agency
 
     # Refused for what the agency does not hold: another reference, another agency's consent.
     status, body = await _call(

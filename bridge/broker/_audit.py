@@ -20,7 +20,10 @@ from msgspec.structs import replace
 
 from ..audit import AuditEvent, AuditKind, audit_msg_id
 from ..audit.notice import KeyDestroyed
-from ..crypto import Header
+from ..consent import verify_consent
+from ..crypto import Header, KeyLookup
+from ..errors import ProtocolError
+from ..ids import check_agency_id
 from ..nats.subjects import HDR_DISPOSITION
 from ..wire import MessageType
 from ..wire._types import REASON_CODE_PATTERN
@@ -28,6 +31,7 @@ from ._routing import Submission, Verdict
 from ._withdrawals import Purged
 
 __all__ = [
+    "consent_registered_events",
     "consent_withdrawn_events",
     "directory_events",
     "key_destroyed_events",
@@ -176,3 +180,23 @@ def consent_withdrawn_events(subject: str, now: int) -> list[AuditItem]:
         kind=AuditKind.CONSENT_WITHDRAWN, at=_utc(now), agency=issuer, consent=consent
     )
     return [(audit_msg_id("consent-withdrawn", issuer, consent), event)]
+
+
+def consent_registered_events(subject: str, data: bytes, directory: KeyLookup) -> list[AuditItem]:
+    """A consent record in the registry, verified as its issuer's; raises `BridgeError`."""
+    tokens = subject.split(".")
+    if len(tokens) != 5 or tokens[4] != "record":
+        raise ProtocolError("not a consent record subject", reason="consent.invalid")
+    issuer = check_agency_id(tokens[2])
+    body = verify_consent(data, directory, issuer).body
+    if body.id != tokens[3]:
+        raise ProtocolError("a consent record under another id", reason="consent.invalid")
+    event = AuditEvent(
+        kind=AuditKind.CONSENT_REGISTERED,
+        at=_utc(body.issued_at),
+        agency=issuer,
+        consent=body.id,
+        categories=list(body.categories),
+        expires_at=_utc(body.valid_until),
+    )
+    return [(audit_msg_id("consent-registered", issuer, body.id), event)]

@@ -41,6 +41,7 @@ from ..nats.subjects import (
     HDR_CONSENT,
     HDR_NOTICE,
     HDR_SENDER,
+    REGISTRATION_CONSUMER,
     WITHDRAWAL_CONSUMER,
     disclosure_subjects_all,
     inbox_subject,
@@ -51,6 +52,7 @@ from ..nats.transport import bind_pull, connect, fetch, publish_durable
 from ..policy import Policy, PolicyHolder, PolicySerialState
 from ..wire import DeliveryState, encode_status_event
 from ._audit import (
+    consent_registered_events,
     consent_withdrawn_events,
     directory_events,
     key_destroyed_events,
@@ -209,6 +211,7 @@ class Broker:
                 assert self._expiry is not None
                 expiry = tg.create_task(self._expiry.run())
                 withdrawals = tg.create_task(self._withdrawals(js, subs), name="withdrawals")
+                registrations = tg.create_task(self._registrations(js, subs), name="registrations")
                 disclosure = await self._open_disclosure_desk(nc, js)
                 # One consumer per sender's submit stream, for every agency in the directory;
                 # agencies a reloaded directory adds are picked up at the next look.
@@ -242,6 +245,7 @@ class Broker:
                 signer.cancel()
                 expiry.cancel()
                 withdrawals.cancel()
+                registrations.cancel()
                 await disclosure.unsubscribe()
                 if self._in_batch:  # let them settle what they can; the rest is redelivered
                     await asyncio.wait(
@@ -334,6 +338,39 @@ class Broker:
                     await self._record(consent_withdrawn_events(msg.subject, int(self._clock())))
                 except TransportError as exc:
                     log.warning("withdrawal held for a retry [%s]", exc.reason)
+                    await settle(msg.nak(delay=self._retry_delay))
+                    continue
+                await settle(msg.ack())
+
+    async def _registrations(
+        self, js: JetStreamContext, subs: list[JetStreamContext.PullSubscription]
+    ) -> None:
+        """Record each consent registered in the registry in the audit trail, once verified."""
+        sub = await bind_pull(js, CONSENT_STREAM, REGISTRATION_CONSUMER)
+        subs.append(sub)
+        pause = _FETCH_BACKOFF[0]
+        while not self._stop.is_set():
+            try:
+                msgs = await fetch(sub, 16, self._fetch_wait)
+            except TransportError as exc:
+                log.warning("registrations: fetch failed, retrying [%s]", exc.reason)
+                await self._sleep(pause)
+                pause = min(pause * 2, _FETCH_BACKOFF[1])
+                continue
+            pause = _FETCH_BACKOFF[0]
+            for msg in msgs:
+                try:
+                    items = consent_registered_events(
+                        msg.subject, msg.data, self._directory.current
+                    )
+                except BridgeError as exc:
+                    log.warning("consent record not audited [%s]", exc.reason)
+                    await settle(msg.term())
+                    continue
+                try:
+                    await self._record(items)
+                except TransportError as exc:
+                    log.warning("consent record held for a retry [%s]", exc.reason)
                     await settle(msg.nak(delay=self._retry_delay))
                     continue
                 await settle(msg.ack())

@@ -35,6 +35,7 @@ from .subjects import (
     CONSENT_STREAM,
     INBOX_STREAM,
     PENDING_STREAM,
+    REGISTRATION_CONSUMER,
     STATUS_STREAM,
     WITHDRAWAL_CONSUMER,
     audit_subject,
@@ -45,6 +46,7 @@ from .subjects import (
     kv_bucket,
     kv_stream,
     pending_subjects_all,
+    record_subjects_all,
     status_consumer,
     status_filter,
     status_subjects_all,
@@ -329,7 +331,10 @@ def _consumer(s: ProvisionSettings, name: str, filter_subject: str) -> api.Consu
 def _consumers(
     s: ProvisionSettings, agencies: Sequence[str]
 ) -> list[tuple[str, api.ConsumerConfig]]:
-    wanted = [(CONSENT_STREAM, _consumer(s, WITHDRAWAL_CONSUMER, withdrawal_subjects_all()))]
+    wanted = [
+        (CONSENT_STREAM, _consumer(s, WITHDRAWAL_CONSUMER, withdrawal_subjects_all())),
+        (CONSENT_STREAM, _consumer(s, REGISTRATION_CONSUMER, record_subjects_all())),
+    ]
     for agency in agencies:
         wanted.append(
             (submit_stream(agency), _consumer(s, BROKER_CONSUMER, submit_subject(agency)))

@@ -49,6 +49,7 @@ __all__ = [
     "HDR_TTL",
     "INBOX_STREAM",
     "PENDING_STREAM",
+    "REGISTRATION_CONSUMER",
     "STATUS_STREAM",
     "SUBMIT_STREAM_PREFIX",
     "WITHDRAWAL_CONSUMER",
@@ -75,6 +76,7 @@ __all__ = [
     "pending_subjects_all",
     "pending_write_subjects",
     "pull_consumer_api_subjects",
+    "record_subjects_all",
     "role_inbox_prefix",
     "status_consumer",
     "status_filter",
@@ -94,6 +96,7 @@ PENDING_STREAM = "BRIDGE_PENDING"
 BROKER_CONSUMER = "broker"
 CONSENT_STREAM = "BRIDGE_CONSENT"
 WITHDRAWAL_CONSUMER = "broker-withdrawals"
+REGISTRATION_CONSUMER = "broker-registrations"  # consent records, for the audit trail
 CONSENT_KINDS = ("record", "withdrawal")
 
 HDR_MSG_ID = "Nats-Msg-Id"
@@ -173,6 +176,10 @@ def consent_subject(issuer: str, consent_id: str, kind: str) -> str:
 
 def consent_subjects_all() -> list[str]:
     return [f"{_PREFIX}.consent.*.*.{kind}" for kind in CONSENT_KINDS]
+
+
+def record_subjects_all() -> str:
+    return f"{_PREFIX}.consent.*.*.record"
 
 
 def withdrawal_subjects_all() -> str:
