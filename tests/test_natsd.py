@@ -230,9 +230,9 @@ async def test_provisioning_is_idempotent(nats_env: NatsEnv) -> None:
     report = await nats_env.provision()
     assert not report.changed, str(report)
     # Shared: inbox, status, pending and audit streams, the consent registry with the
-    # broker's withdrawals consumer. Per agency: its submit stream with the broker's consumer,
-    # its inbox and status consumers, its bucket.
-    assert len(report.changes) == 4 + 2 + 5 * len(nats_env.agencies)
+    # broker's withdrawals and registrations consumers. Per agency: its submit stream with the
+    # broker's consumer, its inbox and status consumers, its bucket.
+    assert len(report.changes) == 4 + 3 + 5 * len(nats_env.agencies)
 
 
 async def test_provisioning_retires_the_shared_submit_stream_only_when_empty(
