@@ -15,16 +15,23 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import jwt
 import msgspec
 import nats
 import pytest
+from adapter_helpers import SPDI as SPDI_AGENCY
+from adapter_helpers import SUCHT, Agency, agency_seed, make_agency, put_in_inbox, seal_to
+from adapter_helpers import eventually as wait_for
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from test_e2e import COUNSELLING, E2E, JOBCENTER, SPDI, e2e, eventually  # noqa: F401 - fixture
 
 from bridge.adapters.api import MAX_LIFETIME_SECONDS
 from bridge.adapters.receipts import receipt_categories, receipt_message_id
+from bridge.adapters.service import Adapter
 from bridge.crypto import Keyring, seal
 from bridge.demo import demo_referral
 from bridge.federation.directory import Directory, load_anchor
@@ -431,3 +438,55 @@ async def test_registered_claims_of_the_wrong_json_type_are_refused(e2e: E2E) ->
         token = jwt.encode({**good, **changes}, key, algorithm="EdDSA")  # type: ignore[arg-type]
         async with e2e.session.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
             assert response.status == status, (changes, await response.text())
+
+
+# -- one message id from two senders ------------------------------------------------------------
+
+
+async def _take(
+    http: aiohttp.ClientSession, url: str, agency: Agency, mid: str, sender: str
+) -> None:
+    """As the local system: wait for `sender`'s item `mid` in the pull inbox, then ack it."""
+
+    async def listed() -> bool | None:
+        async with http.get(f"{url}/v1/inbox", headers=agency.auth("inbox:read")) as r:
+            items = (await r.json())["items"]
+        held = {(item["message_id"], item["sender"]) for item in items}
+        return True if (mid, sender) in held else None
+
+    await wait_for(listed, what=f"{sender}'s {mid} in the inbox")
+    async with http.post(f"{url}/v1/inbox/{mid}/ack", headers=agency.auth("inbox:ack")) as r:
+        assert r.status == 204
+
+
+async def _put(admin: Any, mid: str, sender: str) -> None:
+    envelope = seal_to(SUCHT, sender=sender, message_id=mid)
+    await put_in_inbox(admin, SUCHT, envelope, f"{sender}.{mid}")
+
+
+async def test_a_copied_message_id_does_not_make_the_recipient_drop_the_genuine_message(
+    tmp_path: Path, nats_env: Any
+) -> None:
+    """A co-recipient that sends the recipient its own message under a message id it has seen
+    must not make the recipient's adapter treat the genuine message as already delivered."""
+    agency = make_agency(tmp_path, nats_env.url, agency_seed(nats_env, SUCHT), SUCHT)  # pull
+    admin = await nats_env.admin()
+    copied, held, restarted = new_message_id(), new_message_id(), new_message_id()
+    async with aiohttp.ClientSession() as http:
+        async with Adapter(agency.config) as adapter:
+            # The copy first, taken; then the genuine message: delivered as well.
+            await _put(admin, copied, SPDI_AGENCY)
+            await _take(http, adapter.url, agency, copied, SPDI_AGENCY)
+            await _put(admin, copied, JOBCENTER)
+            await _take(http, adapter.url, agency, copied, JOBCENTER)
+            # Both at once: the second waits until the first is taken, and does not replace it.
+            await _put(admin, held, JOBCENTER)
+            await _put(admin, held, SPDI_AGENCY)
+            await _take(http, adapter.url, agency, held, JOBCENTER)
+            await _take(http, adapter.url, agency, held, SPDI_AGENCY)
+            # The copy taken before a restart (only the delivered record remembers it).
+            await _put(admin, restarted, SPDI_AGENCY)
+            await _take(http, adapter.url, agency, restarted, SPDI_AGENCY)
+        async with Adapter(agency.config) as adapter:
+            await _put(admin, restarted, JOBCENTER)
+            await _take(http, adapter.url, agency, restarted, JOBCENTER)

@@ -145,7 +145,7 @@ class Inbound:
         if isinstance(body, ConsentRevoked):
             # Kept before the local system sees it, so its confirmation can always be sent.
             await self._store.note_revocation(note_of(header.sender, header.id, body, now))
-        if await self._store.was_delivered(header.id):
+        if await self._store.was_delivered(header.id, header.sender):
             log.info("inbound message %s was delivered before; acknowledging", header.id)
             await self._receipt(header, Delivered(), directory, now)
             await msg.ack()
@@ -199,7 +199,7 @@ class Inbound:
         now = int(self._clock())
         header = incoming.header
         ttl = max(60, header.exp - now) + RECORD_GRACE_SECONDS
-        await self._store.mark_delivered(header.id, now, ttl)
+        await self._store.mark_delivered(header.id, header.sender, now, ttl)
         await self._receipt(header, Delivered(), self._directory(), now)
         try:
             await incoming.msg.ack()

@@ -44,7 +44,8 @@ class PullInbox:
         self._complete = complete
         self._interval = keepalive_interval
         self._items: dict[str, Incoming] = {}
-        self._completed: OrderedDict[str, None] = OrderedDict()
+        # (message id, sender): ids are chosen by senders, so one id may come from two.
+        self._completed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._space = asyncio.Event()
         self._space.set()
         self._rounds = 0
@@ -67,12 +68,26 @@ class PullInbox:
         return min(_MAX_FETCH, self._max - len(self._items))
 
     async def offer(self, incoming: Incoming) -> None:
-        if incoming.message_id in self._completed:
+        if (incoming.message_id, incoming.item.sender) in self._completed:
             log.info(
                 "inbound message %s was acknowledged just now; not offered again",
                 incoming.message_id,
             )
             await _ack_quietly(incoming)
+            return
+        held = self._items.get(incoming.message_id)
+        if held is not None and held.item.sender != incoming.item.sender:
+            # Another sender's message under the id of one held here (a co-recipient can copy
+            # an id it has seen). The API names items by id, so this one waits in NATS until
+            # the held one is acknowledged; it never replaces it.
+            log.warning(
+                "inbound message %s from %s waits: an item with its id from %s is held",
+                incoming.message_id,
+                incoming.item.sender,
+                held.item.sender,
+            )
+            with contextlib.suppress(nats.errors.Error, OSError):  # else: after the ack wait
+                await incoming.msg.nak(delay=self._interval)
             return
         # A redelivery of an item still held replaces its NATS message: the newer one is the
         # one the server expects an acknowledgement for.
@@ -101,8 +116,9 @@ class PullInbox:
         if incoming is None:
             return False
         await self._complete(incoming)  # raises (and keeps the item) if NATS is unavailable
-        self._completed[message_id] = None
-        self._completed.move_to_end(message_id)
+        done = (message_id, incoming.item.sender)
+        self._completed[done] = None
+        self._completed.move_to_end(done)
         if len(self._completed) > _REMEMBERED:
             self._completed.popitem(last=False)
         latest = self._items.pop(message_id, None)

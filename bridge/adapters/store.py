@@ -5,8 +5,9 @@ Keys (all values JSON):
 - `idem.<sha256(token subject | Idempotency-Key)>` -> `IdemRecord`: which message id a caller's
   idempotency key stands for, and a digest of the request it came with.
 - `msg.<message id>` -> `MessageRecord`: a message this agency sent and its timeline.
-- `dlv.<message id>` -> `DeliveredRecord`: an inbound message the local system has taken, so a
-  redelivery by NATS is acknowledged without delivering it twice.
+- `dlv.<message id>` -> `DeliveredRecord`: an inbound message the local system has taken, and
+  the senders it came from, so a redelivery by NATS is acknowledged without delivering it twice
+  while the same id from another sender is still delivered.
 - `cst.<consent id>` -> `ConsentLocal`: a consent this agency registered: its local reference
   (which never leaves this bucket), the messages sent under it, and what followed a withdrawal.
 - `ref.<sha256(local reference)>` -> `RefIndex`: the consent ids registered for one local
@@ -60,6 +61,7 @@ MAX_CONSENT_MESSAGES: Final = 4096
 
 _MAX_REF_CONSENTS: Final = 256
 _MAX_CAS_ATTEMPTS: Final = 16
+_MAX_SENDERS_PER_ID: Final = 16  # one id from more senders than this is an attack, not traffic
 _WRONG_LAST_SEQUENCE: Final = (10071, 10164)
 _EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
 _T = TypeVar("_T")
@@ -129,7 +131,18 @@ class IdemRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DeliveredRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """An inbound message id the local system has taken, and from which senders.
+
+    Message ids are chosen by senders, so one id can arrive from two agencies (one of them
+    copying an id it saw as a co-recipient); each sender's message is delivered on its own.
+    `senders` is None in records written before senders were kept: they match any sender.
+    """
+
     at: int
+    senders: list[str] | None = None
+
+    def covers(self, sender: str) -> bool:
+        return self.senders is None or sender in self.senders
 
 
 class ConsentLocal(msgspec.Struct, frozen=True, kw_only=True):
@@ -267,11 +280,32 @@ class Store:
 
     # -- delivered inbound messages -------------------------------------------------------
 
-    async def mark_delivered(self, message_id: str, at: int, ttl: int) -> None:
-        await self._write(_dlv_key(message_id), DeliveredRecord(at=at), last=0, ttl=ttl)
+    async def mark_delivered(self, message_id: str, sender: str, at: int, ttl: int) -> None:
+        """Record that `sender`'s message `message_id` was delivered (once per sender)."""
+        key = _dlv_key(message_id)
+        if await self._write(key, DeliveredRecord(at=at, senders=[sender]), last=0, ttl=ttl):
+            return  # the usual case: the first message with this id
+        for _ in range(_MAX_CAS_ATTEMPTS):
+            found = await self._get(key, DeliveredRecord)
+            if found is None:
+                if await self._write(
+                    key, DeliveredRecord(at=at, senders=[sender]), last=0, ttl=ttl
+                ):
+                    return
+                continue
+            record, revision = found
+            if record.covers(sender):
+                return
+            senders = [*(record.senders or []), sender][-_MAX_SENDERS_PER_ID:]
+            updated = msgspec.structs.replace(record, senders=senders)
+            if await self._write(key, updated, last=revision, ttl=ttl):
+                return
+        raise TransportError("delivery record keeps changing", reason="store.conflict")
 
-    async def was_delivered(self, message_id: str) -> bool:
-        return await self._get(_dlv_key(message_id), DeliveredRecord) is not None
+    async def was_delivered(self, message_id: str, sender: str | None = None) -> bool:
+        """Whether `sender`'s message `message_id` was delivered (any sender's, if None)."""
+        found = await self._get(_dlv_key(message_id), DeliveredRecord)
+        return found is not None and (sender is None or found[0].covers(sender))
 
     # -- consents ------------------------------------------------------------------------
 
