@@ -26,18 +26,21 @@ import pytest
 from adapter_helpers import SPDI as SPDI_AGENCY
 from adapter_helpers import SUCHT, Agency, agency_seed, make_agency, put_in_inbox, seal_to
 from adapter_helpers import eventually as wait_for
+from consent_helpers import consent_body, signed_consent, signed_withdrawal
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from envelope_helpers import federation
 from test_e2e import COUNSELLING, E2E, JOBCENTER, SPDI, e2e, eventually  # noqa: F401 - fixture
 
 from bridge.adapters.api import MAX_LIFETIME_SECONDS
 from bridge.adapters.receipts import receipt_categories, receipt_message_id
 from bridge.adapters.service import Adapter
+from bridge.consent import Registry
 from bridge.crypto import Keyring, seal
 from bridge.demo import demo_referral
 from bridge.federation.directory import Directory, load_anchor
 from bridge.ids import new_message_id
 from bridge.nats.identities import Credentials, Identity
-from bridge.nats.subjects import HDR_MSG_ID, submit_subject
+from bridge.nats.subjects import HDR_MSG_ID, consent_subject, submit_subject
 from bridge.up.layout import TOKEN_ISSUER, demo_agency
 from bridge.wire import Delivered, Disposition, Purpose, Receipt, Rejected, encode_body
 
@@ -490,3 +493,37 @@ async def test_a_copied_message_id_does_not_make_the_recipient_drop_the_genuine_
         async with Adapter(agency.config) as adapter:
             await _put(admin, restarted, JOBCENTER)
             await _take(http, adapter.url, agency, restarted, JOBCENTER)
+
+
+# -- the shared consent registry ----------------------------------------------------------------
+
+
+async def test_a_recipient_cannot_suppress_the_withdrawal_of_a_consent(nats_env: Any) -> None:
+    """Every recipient knows a consent id; publishing on its own registry subject under the id
+    the issuer's withdrawal would have used must not make the shared stream drop it."""
+    fed = federation(int(time.time()))
+    issuer = JOBCENTER
+    body = consent_body(fed)
+    issuer_client = await nats_env.connect(Identity.for_agency(issuer))
+    registry = Registry(issuer_client.js, timeout=5.0)
+    await registry.put(issuer, body.id, "record", signed_consent(fed, body))
+
+    attacker = SPDI_AGENCY  # a recipient under this consent
+    identity = Identity.for_agency(attacker)
+    nc = await nats.connect(
+        nats_env.url,
+        nkeys_seed=str(nats_env.seed_file(identity)),
+        inbox_prefix=identity.inbox_prefix.encode(),
+        allow_reconnect=False,
+    )
+    try:
+        for guess in (f"{issuer}.{body.id}.withdrawal", f"{issuer}.{body.id}.record"):
+            own = consent_subject(attacker, f"c-{new_message_id().replace('-', '')}", "withdrawal")
+            await nc.jetstream().publish(own, b"garbage", headers={HDR_MSG_ID: guess})
+    finally:
+        await nc.close()
+
+    withdrawal = signed_withdrawal(fed, body)
+    await registry.put(issuer, body.id, "withdrawal", withdrawal)
+    assert await registry.raw(issuer, body.id, "withdrawal") == withdrawal
+    await registry.put(issuer, body.id, "withdrawal", withdrawal)  # a retry: still fine

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import uuid
 from dataclasses import dataclass
 from typing import Final
 
@@ -71,15 +72,22 @@ class Registry:
     async def put(self, issuer: str, consent_id: str, kind: str, document: bytes) -> None:
         """Store a signed record or withdrawal; `PolicyError` `consent.exists` if one is there.
 
-        A retry of the very same write within the duplicate window is acknowledged as a
-        duplicate and succeeds.
+        A retry of the very same write (its first acknowledgement was lost) succeeds: the
+        subject holds exactly this document already.
+
+        The stream is shared by all issuers and JetStream deduplicates by `Nats-Msg-Id` per
+        stream, whoever published: with a predictable id another agency (any recipient knows a
+        consent id) could publish under our future withdrawal's id first and make the stream
+        drop it. So the id is fresh for every attempt and never relied on; what makes a write
+        happen once is the stream itself (one message per subject, never replaced) and that
+        only the issuer may publish below its own subjects.
         """
         try:
             ack = await publish_durable(
                 self._js,
                 consent_subject(issuer, consent_id, kind),
                 document,
-                msg_id=f"{issuer}.{consent_id}.{kind}",
+                msg_id=f"{issuer}.{consent_id}.{kind}.{uuid.uuid4().hex}",
                 timeout=self._timeout,
                 expected_stream=CONSENT_STREAM,
             )
@@ -88,6 +96,8 @@ class Registry:
             if isinstance(cause, nats.js.errors.APIError) and (
                 cause.err_code in _MAX_DOCUMENT_CODES
             ):
+                if await self.raw(issuer, consent_id, kind) == document:
+                    return  # an earlier attempt of this very write was stored
                 raise _exists(kind) from exc
             raise
         # A duplicate within the window stored nothing: fine if it was this very document.
