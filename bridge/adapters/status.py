@@ -3,9 +3,10 @@
 The broker publishes `routed`, `rejected` and `expired` events to `bridge.status.<sender>.<id>`,
 and `expiring` warnings and `withdrawn` notes about messages waiting in this agency's own inbox
 (a withdrawn one is dropped from the pull inbox before the local system takes it); the
-adapter consumes its `status-<agency>` consumer and folds each event into `msg.<id>` with a
-compare-and-set, so several adapter instances can share the consumer and the bucket. An event
-is acknowledged only after it was folded (or found to be for no record of ours).
+adapter consumes its `status-<agency>` consumer and folds the events into `msg.<id>` with a
+compare-and-set, so several adapter instances can share the consumer and the bucket; the events
+of one fetched batch about the same message are folded in one write. An event is acknowledged
+only after it was folded (or found to be for no record of ours).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 import nats.errors
@@ -65,21 +67,29 @@ class StatusFolder:
                 log.warning("status: cannot fetch (%s); retrying", _describe(exc))
                 await asyncio.sleep(_RETRY_DELAY)
                 continue
+            # Events about the same message (`routed` for each recipient, say) usually come
+            # together: fold them in one compare-and-set, in the order they came.
+            folds: dict[str, list[_Fold]] = {}
             for msg in msgs:
                 try:
-                    await self.handle(msg)
+                    fold = await self._screen(msg)
                 except (BridgeError, nats.errors.Error, OSError) as exc:
                     log.warning("status: an event waits for a retry (%s)", _describe(exc))
-                    with contextlib.suppress(nats.errors.Error, OSError):  # else: ack wait
-                        await msg.nak(delay=_RETRY_DELAY)
+                    await _nak(msg)
+                    continue
+                if fold is not None:
+                    folds.setdefault(fold.message_id, []).append(fold)
+            for message_id, group in folds.items():
+                await self._fold(message_id, group)
 
-    async def handle(self, msg: Msg) -> None:
+    async def _screen(self, msg: Msg) -> _Fold | None:
+        """Settle an event that needs no fold; return the one that does."""
         try:
             event = decode_status_event(msg.data)
         except StatusEventInvalid as exc:
             log.warning("status: malformed event dropped [%s]", exc.reason)
             await msg.term()
-            return
+            return None
         if event.state is DeliveryState.EXPIRING and event.recipient == self._agency:
             # A message for us still waits in our inbox and will be removed undelivered: the
             # local system is not taking deliveries (or the webhook keeps failing).
@@ -91,7 +101,7 @@ class StatusFolder:
                 event.expires_at.isoformat() if event.expires_at else "-",
             )
             await msg.ack()
-            return
+            return None
         if (
             event.state is DeliveryState.WITHDRAWN
             and event.recipient == self._agency
@@ -108,35 +118,75 @@ class StatusFolder:
                 " (dropped from the pull inbox)" if dropped else "",
             )
             await msg.ack()
-            return
+            return None
         if event.sender != self._agency:
             log.warning("status: event about another agency's message dropped")
             await msg.term()
-            return
-        folded = Event(
-            state=event.state.value,
-            at=int(event.at.timestamp()),
-            recipient=event.recipient,
-            reason=event.reason,
-            policy=event.policy,
+            return None
+        fold = _Fold(
+            message_id=event.message_id,
+            event=Event(
+                state=event.state.value,
+                at=int(event.at.timestamp()),
+                recipient=event.recipient,
+                reason=event.reason,
+                policy=event.policy,
+            ),
+            msg=msg,
         )
-        # This adapter keeps no record of the receipts it sends: nothing to read or fold.
-        is_receipt = event.message_type is MessageType.RECEIPT
-        if not is_receipt and await self._store.add_events(
-            event.message_id, [folded], int(self._clock())
-        ):
-            self.folded += 1
-        elif event.state.value == "rejected":
-            # Typically a receipt this adapter sent: it has no timeline, but a refused receipt
-            # means the sender never learns of the delivery, which operators should see.
-            log.warning(
-                "status: message %s (no record here) was rejected [%s]",
-                event.message_id,
-                event.reason,
+        if event.message_type is MessageType.RECEIPT:
+            # This adapter keeps no record of the receipts it sends: nothing to read or fold.
+            _no_record(fold)
+            await msg.ack()
+            return None
+        return fold
+
+    async def _fold(self, message_id: str, group: list[_Fold]) -> None:
+        try:
+            found = await self._store.add_events(
+                message_id, [fold.event for fold in group], int(self._clock())
             )
-        else:
-            log.info("status: event for message %s, which has no record here", event.message_id)
-        await msg.ack()
+        except (BridgeError, nats.errors.Error, OSError) as exc:
+            log.warning("status: %d event(s) wait for a retry (%s)", len(group), _describe(exc))
+            for fold in group:
+                await _nak(fold.msg)
+            return
+        for fold in group:
+            if found:
+                self.folded += 1
+            else:
+                _no_record(fold)
+            try:
+                await fold.msg.ack()
+            except (nats.errors.Error, OSError) as exc:  # redelivered; folding it is idempotent
+                log.warning("status: an ack was lost (%s)", _describe(exc))
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """An event to fold into the record of `message_id`, and the NATS message it came in."""
+
+    message_id: str
+    event: Event
+    msg: Msg
+
+
+def _no_record(fold: _Fold) -> None:
+    if fold.event.state == "rejected":
+        # Typically a receipt this adapter sent: it has no timeline, but a refused receipt
+        # means the sender never learns of the delivery, which operators should see.
+        log.warning(
+            "status: message %s (no record here) was rejected [%s]",
+            fold.message_id,
+            fold.event.reason,
+        )
+    else:
+        log.info("status: event for message %s, which has no record here", fold.message_id)
+
+
+async def _nak(msg: Msg) -> None:
+    with contextlib.suppress(nats.errors.Error, OSError):  # else: the ack wait redelivers it
+        await msg.nak(delay=_RETRY_DELAY)
 
 
 def _describe(exc: Exception) -> str:
