@@ -197,13 +197,6 @@ class _Journey:
             f"the adapter of {PULL_RECIPIENT}",
             self._hint,
         )
-        self._pushed_to = _Api(
-            session,
-            stack.adapter_url(WEBHOOK_RECIPIENT),
-            stack.token(WEBHOOK_RECIPIENT, ["inbox:ack"], 600),
-            f"the adapter of {WEBHOOK_RECIPIENT}",
-            self._hint,
-        )
         self._sink = _Api(
             session, stack.sink_url, stack.sink_access_token(), "the demo sink", self._hint
         )
@@ -407,15 +400,16 @@ class _Withdrawal:
 
     async def deleted(self, webhook_notice: str, pull_notice: str) -> None:
         j = self._j
-        for api, agency, notice in (
-            (j._pushed_to, WEBHOOK_RECIPIENT, webhook_notice),
-            (j._puller, PULL_RECIPIENT, pull_notice),
-        ):
-            await api.call("POST", f"/v1/inbox/{notice}/deleted")
-            j._say(
-                f"9. deleted     {agency}'s local system deleted the data and confirmed it; "
-                "its adapter sent a signed deletion confirmation back"
-            )
+        j._say(
+            f"9. deleted     {WEBHOOK_RECIPIENT}'s local system (the demo sink) answered the "
+            'notice\'s webhook call with {"deleted": true}; its adapter sent a signed deletion '
+            "confirmation back"
+        )
+        await j._puller.call("POST", f"/v1/inbox/{pull_notice}/deleted")
+        j._say(
+            f"9. deleted     {PULL_RECIPIENT}'s local system deleted the data and confirmed with "
+            "POST /v1/inbox/{id}/deleted; its adapter sent a signed deletion confirmation back"
+        )
 
     async def confirmed(self) -> None:
         j = self._j

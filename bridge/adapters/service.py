@@ -260,6 +260,7 @@ class Adapter:
                 self.inbound.complete,
                 keepalive_interval=keepalive,
                 clock=self._clock,
+                confirm_deletion=revocations.confirm,
             )
         else:
             sink = self.inbox = PullInbox(

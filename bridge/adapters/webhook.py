@@ -26,7 +26,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -118,7 +118,10 @@ class WebhookSink:
         *,
         keepalive_interval: float,
         clock: Callable[[], float],
+        confirm_deletion: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
+        """`confirm_deletion(notice_id)` is called when the local system answers a
+        `consent-revoked` notice with `{"deleted": true}` (docs/adapter.md)."""
         if config.webhook_url is None:
             raise ConfigError("webhook delivery needs webhook_url", reason="config.invalid")
         self._url = config.webhook_url
@@ -134,6 +137,8 @@ class WebhookSink:
         self._slots = asyncio.Semaphore(_MAX_RECORDING)
         self.attempts = 0
         self.recording = 0
+        self._confirm_deletion = confirm_deletion
+        self._deleted: set[str] = set()  # notices whose answer said the data was deleted
 
     def __repr__(self) -> str:
         return f"WebhookSink(attempts={self.attempts}, recording={self.recording})"
@@ -173,6 +178,8 @@ class WebhookSink:
     async def offer(self, incoming: Incoming) -> None:
         if await self._post_until_taken(incoming):
             await self._record_later(incoming)
+            if incoming.message_id in self._deleted:
+                await self._deletion_answered(incoming.message_id)
             return
         log.warning(
             "webhook did not take message %s after %d attempts; NATS redelivers it later",
@@ -191,7 +198,10 @@ class WebhookSink:
         async with kept_alive(incoming.msg, self._interval):
             for attempt in range(1, attempts + 1):
                 repeat = delivered_before or attempt > 1
-                if await self._post(payload, incoming.message_id, attempt, repeat=repeat):
+                notice = incoming.item.type == "consent-revoked"
+                if await self._post(
+                    payload, incoming.message_id, attempt, repeat=repeat, notice=notice
+                ):
                     return True
                 if attempt < attempts:
                     await asyncio.sleep(self._backoff(attempt))
@@ -246,7 +256,20 @@ class WebhookSink:
                 )
             await asyncio.sleep(self._backoff(attempt))
 
-    async def _post(self, payload: bytes, message_id: str, attempt: int, *, repeat: bool) -> bool:
+    async def _deletion_answered(self, notice_id: str) -> None:
+        """The local system's answer to a notice said it deleted the data: confirm it. If that
+        fails, the local system can still confirm with `POST /v1/inbox/{id}/deleted`."""
+        self._deleted.discard(notice_id)
+        if self._confirm_deletion is None:
+            return
+        try:
+            await self._confirm_deletion(notice_id)
+        except BridgeError as exc:
+            log.warning("deletion of notice %s not confirmed yet [%s]", notice_id, exc.reason)
+
+    async def _post(
+        self, payload: bytes, message_id: str, attempt: int, *, repeat: bool, notice: bool = False
+    ) -> bool:
         self.attempts += 1
         headers = {
             "Content-Type": "application/json",
@@ -262,6 +285,8 @@ class WebhookSink:
                 self._url, data=payload, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
                 if 200 <= response.status < 300:
+                    if notice and _says_deleted(await response.content.read(_MAX_ANSWER)):
+                        self._deleted.add(message_id)
                     return True
                 log.warning(
                     "webhook answered %d for message %s (attempt %d)",
@@ -277,6 +302,18 @@ class WebhookSink:
                 type(exc).__name__,
             )
         return False
+
+
+_MAX_ANSWER: Final = 4096
+
+
+def _says_deleted(answer: bytes) -> bool:
+    """Whether a webhook answer is a JSON object with `"deleted": true` (anything else: no)."""
+    try:
+        decoded = msgspec.json.decode(answer)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(decoded, dict) and decoded.get("deleted") is True
 
 
 def _deliveries(incoming: Incoming) -> int:

@@ -143,6 +143,10 @@ class DemoSink:
             return web.json_response({"error": "not a JSON object"}, status=400)
         received = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         self._kept.append(Delivery(agency=agency, received_at=received, payload=payload))
+        if payload.get("type") == "consent-revoked":
+            # The demo's local system holds nothing it would have to delete first, so it says
+            # at once that it did: the adapter then sends the deletion confirmation.
+            return web.json_response({"received": True, "deleted": True})
         return web.json_response({"received": True})
 
     async def _list(self, request: web.Request) -> web.Response:
