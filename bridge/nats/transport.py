@@ -370,13 +370,31 @@ async def fetch(
         raise ValueError("timeout must be positive")
     try:
         async with asyncio.timeout(timeout + 1.0):  # nats-py bounds it too; this is a backstop
-            return await sub.fetch(batch, timeout=timeout)
+            msgs: list[Msg] = await sub.fetch(batch, timeout=timeout)
     except TimeoutError:
-        return []
+        msgs = []
     except nats.js.errors.APIError as exc:
+        _reraise_swallowed_cancel()
         raise TransportError(
             f"fetch refused: {exc.description} (code {exc.err_code})",
             reason="transport.fetch_rejected",
         ) from exc
     except (nats.errors.Error, OSError) as exc:
+        _reraise_swallowed_cancel()
         raise TransportError(f"fetch failed: {_describe(exc)}", reason="transport.error") from exc
+    _reraise_swallowed_cancel()
+    return msgs
+
+
+def _reraise_swallowed_cancel() -> None:
+    """Raise CancelledError if our task was cancelled but nats-py did not let it through.
+
+    On Python 3.11, nats-py's fetch waits with `asyncio.wait_for`, which returns the message
+    instead of raising when a cancellation arrives just as the message does, and nats-py turns
+    a cancellation into `ConnectionClosedError` when the connection is closing. Either way a
+    loop around `fetch` would go on and its TaskGroup would wait for it forever. The messages
+    fetched meanwhile are not acknowledged, so JetStream hands them out again after ack_wait.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
