@@ -71,6 +71,7 @@ ENVELOPE_MAX_BYTES = 1024 * 1024
 
 _T = TypeVar("_T")
 _HEADER_ROOM = 16 * 1024
+_NO_SUITABLE_PEERS = 10005  # JetStream's "no suitable peers for placement"
 _DAY = 24 * 3600.0
 _MiB = 1024 * 1024
 _GiB = 1024 * _MiB
@@ -410,11 +411,23 @@ def _translated(what: str) -> Iterator[None]:
             f"{what}: JetStream is not available (yet)", reason="provision.unavailable"
         ) from exc
     except nats.js.errors.APIError as exc:
+        if exc.err_code == _NO_SUITABLE_PEERS:
+            # A cluster that has just started may not know all its peers yet; if one is
+            # really gone, the step keeps failing and the error says so after the wait.
+            raise TransportError(
+                f"{what}: not enough cluster nodes for the replicas (yet)",
+                reason="provision.unavailable",
+            ) from exc
         raise ConfigError(
             f"{what}: JetStream refused: {exc.description} (code {exc.err_code})",
             reason="provision.refused",
         ) from exc
-    except (TimeoutError, nats.errors.Error, OSError) as exc:
+    except (TimeoutError, nats.errors.TimeoutError) as exc:
+        # Also what a cluster answers while it elects its meta leader: nothing at all.
+        raise TransportError(
+            f"{what}: JetStream did not answer in time", reason="provision.unavailable"
+        ) from exc
+    except (nats.errors.Error, OSError) as exc:
         raise TransportError(
             f"{what}: {type(exc).__name__} {exc}".rstrip(), reason="provision.transport"
         ) from exc
@@ -500,8 +513,9 @@ async def provision(
     """Bring streams, consumers and buckets in line with `settings` for these agencies.
 
     Needs the admin identity. Agency ids are checked before the server is asked anything.
-    While JetStream answers "unavailable" (just after a start or a config reload, or while a
-    cluster elects its leader), each step is retried for up to `unavailable_wait` seconds.
+    While JetStream answers "unavailable" or not at all (just after a start or a config
+    reload, or while a cluster elects its leaders), each step is retried for up to
+    `unavailable_wait` seconds; every step looks before it creates, so a retry is safe.
     """
     federation = check_federation(agencies)
     s = settings or ProvisionSettings()
