@@ -45,11 +45,13 @@ _C = TypeVar("_C", "BrokerConfig", "AdapterConfig")
 class NatsClientConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """How a component reaches NATS: a URL and its own nkey seed file (mode 0600).
 
-    For `tls://` URLs the system's trusted CAs verify the server unless `tls_ca_file` names a
-    private CA; `tls_cert_file` and `tls_key_file` add a client certificate (mutual TLS).
+    `url` is one URL or a list of them (the nodes of a cluster: the client connects to one and
+    fails over to the others). For `tls://` URLs the system's trusted CAs verify the server
+    unless `tls_ca_file` names a private CA; `tls_cert_file` and `tls_key_file` add a client
+    certificate (mutual TLS).
     """
 
-    url: str
+    url: str | Annotated[list[str], msgspec.Meta(min_length=1, max_length=16)]
     seed_file: str
     connect_timeout_seconds: _Seconds = 5
     request_timeout_seconds: _Seconds = 10
