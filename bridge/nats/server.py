@@ -40,6 +40,8 @@ __all__ = [
     "NatsServer",
     "ServerLayout",
     "ServerSettings",
+    "check_host",
+    "check_port",
     "configure",
     "find_nats_server",
     "free_port",
@@ -74,11 +76,11 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     max_file_store: int | None = None
 
     def __post_init__(self) -> None:
-        _check_host(self.host)
+        check_host(self.host)
         if self.port != "auto":
-            _check_port(self.port, "port")
+            check_port(self.port, "port")
         if self.monitor_port is not None:
-            _check_port(self.monitor_port, "monitor_port")
+            check_port(self.monitor_port, "monitor_port")
             if self.monitor_port == self.port:
                 raise ConfigError("monitor_port must differ from port", reason="nats.settings")
         if not _MIN_PAYLOAD <= self.max_payload <= _MAX_PAYLOAD:
@@ -104,7 +106,8 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         return _url(self.host, self.port)
 
 
-def _check_host(host: str) -> None:
+def check_host(host: str) -> None:
+    """Refuse anything but an IP address or a host name (it goes into config files)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -117,7 +120,7 @@ def _check_host(host: str) -> None:
         )
 
 
-def _check_port(port: object, what: str) -> None:
+def check_port(port: object, what: str) -> None:
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise ConfigError(f"{what} must be between 1 and 65535, or 'auto'", reason="nats.settings")
 
@@ -286,8 +289,8 @@ class NatsServer:
         start_timeout: float = 15.0,
         stop_timeout: float = 10.0,
     ) -> None:
-        _check_host(host)
-        _check_port(port, "port")
+        check_host(host)
+        check_port(port, "port")
         if start_timeout <= 0 or stop_timeout <= 0:
             raise ValueError("timeouts must be positive")
         self._config_file = Path(config_file)
