@@ -33,9 +33,12 @@ from adapter_helpers import (
 from cluster_helpers import Cluster
 
 from bridge.adapters.service import Adapter
+from bridge.audit import generate_audit_key
 from bridge.broker import Broker
 from bridge.config import (
+    AuditConfig,
     BrokerConfig,
+    ConsentConfig,
     DeliveryConfig,
     DirectoryConfig,
     NatsClientConfig,
@@ -44,7 +47,7 @@ from bridge.config import (
 from bridge.errors import TransportError
 from bridge.nats.identities import Identity
 from bridge.nats.server import free_port
-from bridge.nats.subjects import SUBMIT_STREAM
+from bridge.nats.subjects import submit_stream
 from bridge.up.sink import DemoSink
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -105,6 +108,7 @@ class Site:
         if not directory.exists():
             directory.write_bytes(f.directory_bytes)
             anchor.write_bytes(msgspec.json.encode(f.anchor.public_record()))
+            generate_audit_key(self.root / "audit.key", self.root / "audit.pub.json")
         config = BrokerConfig(
             nats=self.nats(Identity.broker()),
             directory=DirectoryConfig(
@@ -112,7 +116,10 @@ class Site:
                 anchor=str(anchor),
                 serial_state=str(self.root / f"{name}.serial"),
             ),
+            audit=AuditConfig(key_file=str(self.root / "audit.key")),
             routes=ROUTES,
+            # Consents are another module's subject; these tests send under a made-up one.
+            consent=ConsentConfig(enforce=False),
             batch_size=4,
             publish_timeout_seconds=5,
         )
@@ -237,12 +244,12 @@ async def test_stream_leader_dies_mid_run_and_nothing_is_lost_or_doubled(
     await site.start_adapter(SUCHT, "sucht", mode="webhook")
 
     sent = [await site.submit(jobcenter, SUCHT) for _ in range(6)]
-    leader = await cluster.stream_leader(SUBMIT_STREAM)
+    leader = await cluster.stream_leader(submit_stream(JOBCENTER))
     await cluster.servers[leader].kill()  # a crash of the node that leads the submissions
     sent += [await site.submit(jobcenter, SUCHT) for _ in range(6)]
 
     async def new_leader() -> bool:
-        return await cluster.stream_leader(SUBMIT_STREAM) != leader
+        return await cluster.stream_leader(submit_stream(JOBCENTER)) != leader
 
     await eventually(new_leader, within=60, what="a new stream leader")
 
