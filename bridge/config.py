@@ -31,15 +31,17 @@ __all__ = [
     "HttpConfig",
     "NatsClientConfig",
     "PolicyConfig",
+    "ProvisionConfig",
     "load_adapter_config",
     "load_broker_config",
+    "load_provision_config",
     "nats_tls_context",
 ]
 
 _Agency = Annotated[str, msgspec.Meta(pattern=AGENCY_ID_PATTERN)]
 _Seconds = Annotated[int, msgspec.Meta(ge=1)]
 _MAX_CONFIG_BYTES: Final = 1024 * 1024
-_C = TypeVar("_C", "BrokerConfig", "AdapterConfig")
+_C = TypeVar("_C", "BrokerConfig", "AdapterConfig", "ProvisionConfig")
 
 
 class NatsClientConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -238,6 +240,25 @@ def _decode(path: Path, kind: type[_C]) -> _C:
                 ) from exc
         raise ConfigError(f"config {path}: {exc}", reason="config.invalid") from exc
     return msgspec.structs.replace(config, base_dir=str(path.resolve().parent))
+
+
+class ProvisionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What `bridge nats provision --config` needs for a deployment: where NATS is, the admin
+    identity's seed, the agencies and how many copies JetStream keeps (1, 3 or 5)."""
+
+    nats: NatsClientConfig
+    agencies: Annotated[list[_Agency], msgspec.Meta(min_length=1)]
+    replicas: Literal[1, 3, 5] = 3
+    base_dir: str = ""
+
+    def path(self, value: str) -> Path:
+        return _resolve(self.base_dir, value)
+
+
+def load_provision_config(path: Path) -> ProvisionConfig:
+    config = _decode(path, ProvisionConfig)
+    _check_nats(path, config.nats)
+    return config
 
 
 def load_broker_config(path: Path) -> BrokerConfig:

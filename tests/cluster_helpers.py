@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nats.aio.client import Client as NATS
-from pki import TestCA
+from pki import ThrowawayCA
 
 from bridge.nats.cluster import ClusterNode, ClusterSettings, TlsFiles, render_node
 from bridge.nats.identities import Credentials, Identity, render_accounts
@@ -29,7 +29,7 @@ NODES = ("n1", "n2", "n3")
 class Cluster:
     root: Path
     settings: ClusterSettings
-    ca: TestCA
+    ca: ThrowawayCA
     credentials: Credentials
     agencies: tuple[str, ...]
     servers: dict[str, NatsServer] = field(default_factory=dict)
@@ -38,7 +38,7 @@ class Cluster:
     @classmethod
     def prepare(cls, root: Path, agencies: Sequence[str]) -> Cluster:
         root.mkdir(parents=True, exist_ok=True)
-        ca = TestCA(root / "tls")
+        ca = ThrowawayCA(root / "tls")
         credentials = Credentials.create(root / "creds")
         credentials.ensure_federation(agencies)
         accounts = root / "accounts.conf"

@@ -28,7 +28,7 @@ class Issued:
     key_file: Path
 
 
-class TestCA:
+class ThrowawayCA:
     """A CA whose PEM is `ca_file`; `issue(name)` writes a certificate and key beside it."""
 
     def __init__(self, directory: Path) -> None:

@@ -56,6 +56,12 @@ def register(commands: Any) -> None:
         metavar="ID",
         help="agency to provision (repeatable; default: every configured agency)",
     )
+    provision.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a deployment's provision.toml (bridge init) instead of --state",
+    )
     provision.add_argument("--duplicate-window", type=float, metavar="SECONDS")
     provision.add_argument("--replicas", type=int, choices=(1, 3, 5))
     provision.set_defaults(handler=_provision)
@@ -156,11 +162,13 @@ def _provision(args: argparse.Namespace) -> int:
     from ..nats.provision import ProvisionSettings, provision_at
     from ..nats.server import ServerLayout, load_settings
 
+    changes: dict[str, Any] = {}
+    if args.config is not None:
+        return _provision_deployment(args, changes)
     layout = ServerLayout.in_state(args.state)
     credentials = Credentials(layout.creds_dir)
     agencies = args.agency or list(credentials.agencies())
     url = args.url or load_settings(layout).url
-    changes: dict[str, Any] = {}
     if args.duplicate_window is not None:
         changes["duplicate_window"] = args.duplicate_window
     if args.replicas is not None:
@@ -168,5 +176,32 @@ def _provision(args: argparse.Namespace) -> int:
     settings = ProvisionSettings(**changes)
     admin_seed = credentials.seed_file(Identity.admin())
     report = asyncio.run(provision_at(url, admin_seed, agencies, settings))
+    print(report)
+    return 0
+
+
+def _provision_deployment(args: argparse.Namespace, changes: dict[str, Any]) -> int:
+    from ..config import load_provision_config, nats_tls_context
+    from ..errors import ConfigError
+    from ..nats.provision import ProvisionSettings, provision_at
+
+    if args.url or args.agency:
+        raise ConfigError(
+            "--config names the URLs and agencies; leave out --url and --agency",
+            reason="nats.settings",
+        )
+    config = load_provision_config(args.config)
+    changes["replicas"] = args.replicas or config.replicas
+    if args.duplicate_window is not None:
+        changes["duplicate_window"] = args.duplicate_window
+    report = asyncio.run(
+        provision_at(
+            config.nats.url,
+            config.path(config.nats.seed_file),
+            config.agencies,
+            ProvisionSettings(**changes),
+            tls=nats_tls_context(config.nats, config.path),
+        )
+    )
     print(report)
     return 0

@@ -58,7 +58,7 @@ class ClusterNode(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     host: str
     client_port: _Port = 4222
     cluster_port: _Port = 6222
-    leaf_port: _Port | None = 7422
+    leaf_port: _Port | None = None  # set it to accept agencies' leaf nodes
     monitor_port: _Port | None = None
 
     def __post_init__(self) -> None:

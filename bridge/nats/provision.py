@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import enum
 import functools
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -552,11 +553,12 @@ async def provision_at(
     settings: ProvisionSettings | None = None,
     *,
     api_timeout: float = 10.0,
+    tls: ssl.SSLContext | None = None,
 ) -> ProvisionReport:
-    """Connect as the admin identity, provision, and disconnect."""
+    """Connect as the admin identity, provision, and disconnect (`tls` for `tls://` URLs)."""
     federation = check_federation(agencies)
     admin = Identity.admin()
-    nc = await connect(url, admin_seed, admin.inbox_prefix, "bridge-provision")
+    nc = await connect(url, admin_seed, admin.inbox_prefix, "bridge-provision", tls=tls)
     try:
         return await provision(nc.jetstream(timeout=api_timeout), federation, settings)
     finally:

@@ -1,0 +1,155 @@
+"""deploy/ and `bridge init`: every config is accepted by nats-server and by bridge's loaders.
+
+`nats-server -t` parses a config the way the server would start from it (TLS files included),
+so the checks run in a copy of the config's directory with a throwaway CA's files where the
+config expects them. The example NATS configs in deploy/nats/ must be exactly what `bridge init`
+renders for deploy/federation.example.toml, so the examples cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from pki import ThrowawayCA
+
+from bridge.cli import main
+from bridge.config import load_adapter_config, load_broker_config, load_provision_config
+from bridge.deploy import init_deployment, load_spec
+from bridge.errors import ConfigError
+from bridge.nats.server import find_nats_server
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+SPEC = DEPLOY / "federation.example.toml"
+
+
+def nats_server_accepts(config: Path) -> subprocess.CompletedProcess[str]:
+    """Run `nats-server -t` on `config` from its directory (where its TLS paths start)."""
+    return subprocess.run(
+        [str(find_nats_server()), "-t", "-c", config.name],
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def add_tls(nats_dir: Path, nodes: list[str]) -> None:
+    ca = ThrowawayCA(nats_dir / "tls")
+    for node in nodes:
+        ca.issue(node)
+
+
+def node_names() -> list[str]:
+    return [node.name for node in load_spec(SPEC).nats.nodes]
+
+
+def test_every_nats_config_in_deploy_is_accepted_by_nats_server(tmp_path: Path) -> None:
+    copy = tmp_path / "nats"
+    shutil.copytree(DEPLOY / "nats", copy)
+    configs = sorted(copy.glob("*.conf"))
+    nodes = [c for c in configs if c.name != "accounts.conf"]
+    assert [c.stem for c in nodes] == node_names()
+    # Without the certificates the server refuses: the check really reads the TLS files.
+    refused = nats_server_accepts(nodes[0])
+    assert refused.returncode != 0
+    add_tls(copy, node_names())
+    for config in nodes:
+        result = nats_server_accepts(config)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_bridge_config_in_deploy_loads() -> None:
+    load_spec(SPEC)
+    load_broker_config(DEPLOY / "config" / "broker.toml")
+    provision = load_provision_config(DEPLOY / "config" / "provision.toml")
+    assert provision.replicas == 3
+    modes = set()
+    for path in sorted((DEPLOY / "config").glob("adapter-*.toml")):
+        modes.add(load_adapter_config(path).delivery.mode)
+    assert modes == {"webhook", "pull"}
+
+
+def test_deploy_nats_configs_are_what_bridge_init_renders(tmp_path: Path) -> None:
+    result = init_deployment(load_spec(SPEC), tmp_path / "out")
+    for rendered in result.nats_configs:
+        assert rendered.read_text() == (DEPLOY / "nats" / rendered.name).read_text()
+
+
+def test_bridge_init_writes_a_deployment_every_part_accepts(tmp_path: Path) -> None:
+    ca = ThrowawayCA(tmp_path / "pki")
+    out = tmp_path / "out"
+    assert main(["init", "--spec", str(SPEC), "--out", str(out), "--nats-ca", str(ca.ca_file)]) == 0
+
+    nats_dir = out / "nats"
+    assert (nats_dir / "tls" / "ca.pem").read_bytes() == ca.ca_file.read_bytes()
+    for node in node_names():
+        ca.issue(node)
+        for suffix in (".pem", ".key"):
+            shutil.copy(ca.directory / f"{node}{suffix}", nats_dir / "tls" / f"{node}{suffix}")
+    for config in sorted(nats_dir.glob("nats-*.conf")):
+        result = nats_server_accepts(config)
+        assert result.returncode == 0, result.stdout + result.stderr
+    broker = load_broker_config(out / "broker" / "broker.toml")
+    assert isinstance(broker.nats.url, list)
+    assert len(broker.nats.url) == 3
+    assert broker.path(broker.nats.seed_file).is_file()
+    assert load_provision_config(out / "operator" / "provision.toml").agencies == sorted(
+        a.id for a in load_spec(SPEC).agencies
+    )
+
+    agencies = sorted(p.name for p in (out / "agencies").iterdir())
+    assert agencies == sorted(a.id for a in load_spec(SPEC).agencies)
+    for agency in agencies:
+        home = out / "agencies" / agency
+        config = load_adapter_config(home / "adapter.toml")
+        assert config.agency == agency
+        for name in ("nats.nk", "token-signing.key", "directory.bin", "anchor.pub.json"):
+            assert (home / name).is_file(), name
+        assert config.path(config.nats.tls_ca_file or "").is_file()  # copied from --nats-ca
+        # Only this agency's private parts: its keys, no other agency's, no operator secret.
+        names = {p.name for p in home.rglob("*")}
+        assert not any(other in name for name in names for other in agencies if other != agency)
+        assert "anchor.key" not in names
+        assert "nats-admin.nk" not in names
+
+    secrets = [
+        out / "operator" / "federation" / "anchor.key",
+        out / "operator" / "nats-admin.nk",
+        out / "broker" / "nats.nk",
+        out / "broker" / "audit.key",
+        out / "ops" / "nats.nk",
+        *(out / "agencies").glob("*/nats.nk"),
+        *(out / "agencies").glob("*/keys/*.key"),
+        *(out / "agencies").glob("*/webhook.secret"),
+    ]
+    for path in secrets:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for seed in [p for p in secrets if p.suffix == ".nk"]:
+        # Each identity's seed exists exactly once in the whole deployment.
+        text = seed.read_bytes()
+        holders = [p for p in out.rglob("*") if p.is_file() and p.read_bytes() == text]
+        assert holders == [seed]
+
+
+def test_bridge_init_refuses_an_existing_directory_and_a_bad_spec(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ConfigError) as exists:
+        init_deployment(load_spec(SPEC), out)
+    assert exists.value.reason == "init.exists"
+    assert list(out.iterdir()) == []
+
+    bad = tmp_path / "bad.toml"
+    text = SPEC.read_text()
+    bad.write_text(text.replace('webhook_url = "https://', 'webhook_urls = "https://'))
+    with pytest.raises(ConfigError) as unknown:
+        load_spec(bad)
+    assert unknown.value.reason == "init.spec"
+    bad.write_text(text.replace('name = "nats-3"', 'name = "nats-2"'))
+    with pytest.raises(ConfigError):
+        load_spec(bad)
