@@ -176,7 +176,7 @@ class Site:
         sender = self.agencies[adapter.url]
         key = str(uuid.uuid4())
         body = msgspec.json.encode(referral_request([recipient]))
-        for _ in range(60):
+        for _ in range(120):  # a failover under a loaded machine can take a while
             headers = {
                 **sender.auth("messages:send"),
                 "Content-Type": "application/json",
