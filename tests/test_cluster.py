@@ -31,6 +31,7 @@ from adapter_helpers import (
     referral_request,
 )
 from cluster_helpers import Cluster
+from policy_helpers import signed_policy
 
 from bridge.adapters.service import Adapter
 from bridge.audit import generate_audit_key
@@ -42,7 +43,7 @@ from bridge.config import (
     DeliveryConfig,
     DirectoryConfig,
     NatsClientConfig,
-    Route,
+    PolicyConfig,
 )
 from bridge.errors import TransportError
 from bridge.nats.identities import Identity
@@ -54,19 +55,6 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 AGENCIES = (JOBCENTER, SUCHT, SPDI)
 SECRET = b"cluster-test-webhook-secret-0123456789"
-ROUTES = [
-    Route(
-        from_role="jobcenter",
-        to_roles=["counselling", "social-psychiatric-service"],
-        types=["referral", "handover", "receipt"],
-    ),
-    Route(from_role="counselling", to_roles=["jobcenter"], types=["feedback", "receipt"]),
-    Route(
-        from_role="social-psychiatric-service",
-        to_roles=["jobcenter"],
-        types=["feedback", "receipt"],
-    ),
-]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -108,6 +96,7 @@ class Site:
         if not directory.exists():
             directory.write_bytes(f.directory_bytes)
             anchor.write_bytes(msgspec.json.encode(f.anchor.public_record()))
+            (self.root / "policy.bin").write_bytes(signed_policy(f)[0])
             generate_audit_key(self.root / "audit.key", self.root / "audit.pub.json")
         config = BrokerConfig(
             nats=self.nats(Identity.broker()),
@@ -117,7 +106,10 @@ class Site:
                 serial_state=str(self.root / f"{name}.serial"),
             ),
             audit=AuditConfig(key_file=str(self.root / "audit.key")),
-            routes=ROUTES,
+            policy=PolicyConfig(
+                file=str(self.root / "policy.bin"),
+                serial_state=str(self.root / f"{name}.policy.serial"),
+            ),
             # Consents are another module's subject; these tests send under a made-up one.
             consent=ConsentConfig(enforce=False),
             batch_size=4,

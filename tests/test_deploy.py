@@ -108,7 +108,13 @@ def test_bridge_init_writes_a_deployment_every_part_accepts(tmp_path: Path) -> N
         home = out / "agencies" / agency
         config = load_adapter_config(home / "adapter.toml")
         assert config.agency == agency
-        for name in ("nats.nk", "token-signing.key", "directory.bin", "anchor.pub.json"):
+        for name in (
+            "nats.nk",
+            "token-signing.key",
+            "directory.bin",
+            "policy.bin",
+            "anchor.pub.json",
+        ):
             assert (home / name).is_file(), name
         assert config.path(config.nats.tls_ca_file or "").is_file()  # copied from --nats-ca
         # Only this agency's private parts: its keys, no other agency's, no operator secret.

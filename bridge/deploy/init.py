@@ -1,20 +1,21 @@
 """`bridge init`: every file a real deployment needs, from one description of the federation.
 
 The description (`deploy/federation.example.toml` shows one) names the federation, its NATS
-nodes, its agencies and its routes. `init` writes, below an output directory:
+nodes, its agencies and its routing policy (`deploy/policy.example.toml`). `init` writes,
+below an output directory:
 
 - `operator/`: the trust anchor (`anchor.key`, keep it offline), the draft, the signed key
-  directory, the NATS admin seed and `provision.toml` (for `bridge nats provision --config`).
-  Stays with the operator.
+  directory, the routing policy (`policy.toml`, signed as `policy.bin`), the NATS admin seed
+  and `provision.toml` (for `bridge nats provision --config`). Stays with the operator.
 - `nats/`: one config per node (`<node>.conf`), the shared `accounts.conf` (public keys only)
   and a `tls/README` saying which certificates to put beside them.
-- `broker/`: `broker.toml`, its NATS seed, the audit signing key, the signed directory and the
-  pinned anchor.
+- `broker/`: `broker.toml`, its NATS seed, the audit signing key, the signed directory and
+  policy, and the pinned anchor.
 - `ops/`: the ops identity's NATS seed.
 - `agencies/<id>/`: everything one agency runs and nothing of anyone else: `adapter.toml`, its
   private keys, its NATS seed, its token signing key pair (until its own identity provider takes
-  over), its webhook secret, the signed directory and the pinned anchor. Hand the directory
-  over as a whole.
+  over), its webhook secret, the signed directory and policy, and the pinned anchor. Hand the
+  directory over as a whole.
 
 Everything secret is created with mode 0600 in directories of mode 0700; configs refer to files
 by paths relative to themselves, so each directory can be moved to its host as it is. `init`
@@ -37,8 +38,6 @@ from .._files import write_file, write_private_file
 from ..adapters.auth import generate_signing_key
 from ..audit import generate_audit_key
 from ..config import (
-    DEFAULT_RETENTION,
-    Route,
     load_adapter_config,
     load_broker_config,
     load_provision_config,
@@ -49,6 +48,7 @@ from ..federation.directory import Role
 from ..ids import AGENCY_ID_PATTERN
 from ..nats.cluster import ClusterNode, ClusterSettings, TlsFiles, render_node
 from ..nats.identities import Credentials, Identity, render_accounts
+from ..policy import SIGNED_POLICY, sign_policy_file
 from ..up import _toml
 
 __all__ = ["AgencySpec", "DeploymentSpec", "InitResult", "init_deployment", "load_spec"]
@@ -85,7 +85,7 @@ class DeploymentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     federation: _Agency
     nats: NatsSpec
     agencies: list[AgencySpec]
-    routes: list[Route]
+    policy: str  # the routing policy's text file, relative to this description (docs/policy.md)
     token_issuer: str = "bridge-init"  # noqa: S105 - an issuer name, not a secret
 
     def cluster(self) -> ClusterSettings:
@@ -116,6 +116,9 @@ def load_spec(path: Path) -> DeploymentSpec:
                 reason="init.spec",
             )
     spec.cluster()  # node names, ports and count are checked here
+    policy = Path(spec.policy)
+    if not policy.is_absolute():
+        spec = msgspec.structs.replace(spec, policy=str(path.resolve().parent / policy))
     return spec
 
 
@@ -192,6 +195,9 @@ def init_deployment(
         _, bundle = fed.new_keys(_mkdir(home / "keys"), agency.id, now=now)
         fed.add_agency(federation_dir, agency.id, agency.name, agency.role, fed.load_bundle(bundle))
     _, signed = fed.sign_draft(federation_dir, now=now)
+    policy_source = federation_dir / "policy.toml"
+    write_file(policy_source, _read_policy(Path(spec.policy)), mode=0o644)
+    _, signed_policy = sign_policy_file(federation_dir, policy_source, now=now)
 
     # The hub's nodes.
     nats_dir = _mkdir(root / "nats")
@@ -233,7 +239,7 @@ def init_deployment(
     broker_dir = _mkdir(root / "broker")
     _move_seed(credentials, Identity.broker(), broker_dir / "nats.nk")
     generate_audit_key(broker_dir / "audit.key", broker_dir / "audit.pub.json")
-    _copy_public_files(broker_dir, signed, federation_dir, nats_ca)
+    _copy_public_files(broker_dir, signed, signed_policy, federation_dir, nats_ca)
     broker_config = broker_dir / "broker.toml"
     _write_toml(
         broker_config,
@@ -241,10 +247,7 @@ def init_deployment(
             "nats": _nats_client(spec, "nats.nk"),
             "directory": _directory_section(),
             "audit": {"key_file": "audit.key"},
-            "routes": [msgspec.to_builtins(route) for route in spec.routes],
-            "retention": {
-                name: msgspec.to_builtins(limits) for name, limits in DEFAULT_RETENTION.items()
-            },
+            "policy": _policy_section(),
         },
     )
     load_broker_config(broker_config)
@@ -261,7 +264,7 @@ def init_deployment(
         home = agency_dirs[agency.id]
         seed_file = home / "nats.nk"
         _move_seed(credentials, Identity.for_agency(agency.id), seed_file)
-        _copy_public_files(home, signed, federation_dir, nats_ca)
+        _copy_public_files(home, signed, signed_policy, federation_dir, nats_ca)
         generate_signing_key(home / "token-signing.key", home / "token-signing.pub.pem")
         delivery: dict[str, object] = {"mode": agency.delivery}
         if agency.delivery == "webhook":
@@ -276,6 +279,7 @@ def init_deployment(
                 "keys_dir": "keys",
                 "nats": _nats_client(spec, "nats.nk"),
                 "directory": _directory_section(),
+                "policy": _policy_section(),
                 "auth": {
                     "issuer": spec.token_issuer,
                     "audience": f"bridge:{agency.id}",
@@ -298,10 +302,24 @@ def init_deployment(
     )
 
 
+def _policy_section() -> dict[str, object]:
+    return {"file": SIGNED_POLICY, "serial_state": "policy.serial"}
+
+
+def _read_policy(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the routing policy {path}: {exc.strerror}", reason="init.spec"
+        ) from exc
+
+
 def _copy_public_files(
-    target: Path, signed: Path, federation_dir: Path, nats_ca: Path | None
+    target: Path, signed: Path, policy: Path, federation_dir: Path, nats_ca: Path | None
 ) -> None:
     _copy_public(signed, target / "directory.bin")
+    _copy_public(policy, target / SIGNED_POLICY)
     _copy_public(federation_dir / fed.ANCHOR_PUB, target / "anchor.pub.json")
     if nats_ca is not None:
         _copy_public(nats_ca, target / "nats-ca.pem")
