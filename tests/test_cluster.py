@@ -270,7 +270,6 @@ async def test_two_brokers_and_two_webhook_adapters_share_the_work(site: Site) -
     jobcenter = await site.start_adapter(JOBCENTER, "jobcenter")
     await site.start_adapter(SUCHT, "sucht-1", mode="webhook")
     await site.start_adapter(SUCHT, "sucht-2", mode="webhook")
-    routed_before = a.statistics().routed + b.statistics().routed
 
     sent = await asyncio.gather(*(site.submit(jobcenter, SUCHT) for _ in range(16)))
 
@@ -288,9 +287,6 @@ async def test_two_brokers_and_two_webhook_adapters_share_the_work(site: Site) -
     await eventually(barrier_pushed, within=60, what="the barrier message")
     counts = site.pushed(SUCHT)
     assert {m: counts[m] for m in sent} == dict.fromkeys(sent, 1)
-    # Each submission (and each receipt coming back) was routed by exactly one broker.
-    routed = a.statistics().routed + b.statistics().routed - routed_before
-    assert routed >= len(sent) + 1
     assert a.statistics().internal_errors == b.statistics().internal_errors == 0
 
 
