@@ -343,3 +343,24 @@ async def test_held_pull_items_are_kept_alive(tmp_path: Path, nats_env: Any) -> 
         info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(SUCHT))
         assert info.delivered.consumer_seq == 1  # never redelivered while held
         assert await client.pending() == [message_id]
+
+
+async def test_webhook_posts_in_inbox_order_while_recording_in_the_background(
+    tmp_path: Path, nats_env: Any, receiver: Receiver
+) -> None:
+    """The next message is posted while the previous one is recorded, but the posts go out
+    one at a time in inbox order, each once, and every message is receipted and acked."""
+    agency = webhook_agency(tmp_path, nats_env, receiver.url)
+    admin = await nats_env.admin()
+    ids = [new_message_id() for _ in range(12)]
+    for message_id in ids:  # all waiting before the adapter starts
+        await put_in_inbox(admin, SUCHT, seal_to(SUCHT, message_id=message_id), message_id)
+    async with Adapter(agency.config):
+
+        async def all_receipted() -> bool:
+            return await submitted(admin, SUCHT) == len(ids)
+
+        await eventually(all_receipted, what="a receipt for every message")
+        await eventually(lambda: consumer_settled(admin), what="every inbox message acked")
+    assert [c["message_id"] for c in receiver.calls] == ids
+    assert all(c["valid"] for c in receiver.calls)
