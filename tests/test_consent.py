@@ -33,6 +33,7 @@ from bridge.consent import (
     verify_withdrawal,
 )
 from bridge.errors import ConsentDenied, ConsentInvalid, PolicyError
+from bridge.federation.directory import Directory
 from bridge.ids import NO_CONSENT, new_message_id
 from bridge.nats.identities import Identity
 from bridge.nats.provision import provision
@@ -378,3 +379,20 @@ def test_the_signed_policy_says_which_flows_need_whose_consent(fed: Federation) 
     for notice in ("receipt", "consent-revoked", "deletion-confirmed"):
         assert not rule(SENDER, COUNSELLING, notice).required
         assert not rule(COUNSELLING, SENDER, notice).required
+
+
+async def test_a_cached_record_stops_counting_once_its_key_is_revoked(
+    nats_env: NatsEnv, fed: Federation
+) -> None:
+    body = consent_body(fed)
+    await _register(nats_env, fed, SENDER, signed_consent(fed, body), body.id)
+    registry = Registry((await nats_env.admin()).js, timeout=2.0)
+    assert await registry.state(SENDER, body.id, fed.directory) is not None  # now cached
+    kid = fed.record(f"{SENDER}/sign").kid
+    revoked = Directory(
+        msgspec.structs.replace(
+            fed.directory.body, revoked=sorted([*fed.directory.body.revoked, kid])
+        )
+    )
+    with pytest.raises(ConsentInvalid):
+        await registry.state(SENDER, body.id, revoked)

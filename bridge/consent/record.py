@@ -85,6 +85,7 @@ class VerifiedConsent:
 
     raw: bytes
     body: ConsentBody
+    kid: bytes = b""  # the signing key's id, to notice a revocation after it was verified
 
     @property
     def id(self) -> str:
@@ -168,7 +169,7 @@ def _verified(
     decoder: msgspec.msgpack.Decoder[_B],
     directory: KeyLookup,
     issuer: str,
-) -> _B:
+) -> tuple[bytes, _B]:
     """The body of a document signed by `issuer` with a key valid when it was signed."""
     try:
         kid, raw = verify_document(
@@ -188,7 +189,7 @@ def _verified(
     signed_at = body.issued_at if isinstance(body, ConsentBody) else body.at
     if found is None or not found[1].valid_at(signed_at):
         raise ConsentInvalid(f"signing key {kid_hex(kid)} was not valid when it signed")
-    return body
+    return kid, body
 
 
 def verify_consent(data: bytes, directory: KeyLookup, issuer: str) -> VerifiedConsent:
@@ -197,15 +198,15 @@ def verify_consent(data: bytes, directory: KeyLookup, issuer: str) -> VerifiedCo
     The signature must be by a signing key of `issuer` that is in the directory, not revoked,
     and was valid at the record's `issued_at`; the body must be canonical and well formed.
     """
-    body = _verified(data, CONSENT_MAGIC, CONSENT_CONTEXT, _consent_decoder, directory, issuer)
+    kid, body = _verified(data, CONSENT_MAGIC, CONSENT_CONTEXT, _consent_decoder, directory, issuer)
     _check_consent(body)
-    return VerifiedConsent(raw=data, body=body)
+    return VerifiedConsent(raw=data, body=body, kid=kid)
 
 
 def verify_withdrawal(
     data: bytes, directory: KeyLookup, issuer: str, consent_id: str
 ) -> VerifiedWithdrawal:
-    body = _verified(
+    _, body = _verified(
         data, WITHDRAWAL_MAGIC, WITHDRAWAL_CONTEXT, _withdrawal_decoder, directory, issuer
     )
     if body.v != 1 or body.id != consent_id:

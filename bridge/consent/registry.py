@@ -8,7 +8,8 @@ is ever overwritten: a withdrawal is added beside its record, and a replayed or 
 record, or of an old version, is refused by the server.
 
 Reads are direct gets of the one message on a subject. A verified record is cached (it cannot
-change); a withdrawal is looked up every time until one is found.
+change; its signing key is checked against the current directory's revocations on every use);
+a withdrawal is looked up every time until one is found.
 """
 
 from __future__ import annotations
@@ -131,6 +132,9 @@ class Registry:
         """
         key = (issuer, consent_id)
         consent = self._records.get(key)
+        if consent is not None and directory.is_revoked(consent.kid):
+            # Revoked since it was verified: a compromised key's signatures count no more.
+            raise ConsentInvalid("the consent's signing key has been revoked")
         if consent is None:
             data = await self.raw(issuer, consent_id, "record")
             if data is None:
