@@ -360,6 +360,9 @@ async def test_the_broker_records_routing_and_rejection(nats_env: NatsEnv, tmp_p
     assert verifier.report().unsigned == 0  # the broker signed on its way out
     seen = {(e.kind, e.message_id, e.recipient, e.reason) for e in events}
     assert (AuditKind.DIRECTORY_CHANGED, None, None, None) in seen
+    # The policy version that decided is on the trail, by its hash.
+    versions = {e.version for e in events if e.kind is AuditKind.POLICY_CHANGED}
+    assert versions == {broker.statistics().policy_hash}
     for kind in (AuditKind.SUBMITTED, AuditKind.ACCEPTED):
         assert (kind, good, None, None) in seen
     for recipient in RECIPIENTS:

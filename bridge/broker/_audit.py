@@ -35,6 +35,7 @@ __all__ = [
     "consent_withdrawn_events",
     "directory_events",
     "key_destroyed_events",
+    "policy_events",
     "rejection_events",
     "routing_events",
     "withdrawn_events",
@@ -139,6 +140,12 @@ def rejection_events(
         (audit_msg_id("submitted", sender, mid), submitted),
         (audit_msg_id("rejected", sender, mid), rejected),
     ]
+
+
+def policy_events(digest: str, now: int) -> list[AuditItem]:
+    """The routing policy version (its hash) that decides from now on."""
+    event = AuditEvent(kind=AuditKind.POLICY_CHANGED, at=_utc(now), version=digest)
+    return [(audit_msg_id("policy-changed", digest), event)]
 
 
 def directory_events(serial: int, now: int) -> list[AuditItem]:

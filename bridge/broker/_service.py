@@ -56,6 +56,7 @@ from ._audit import (
     consent_withdrawn_events,
     directory_events,
     key_destroyed_events,
+    policy_events,
     rejection_events,
     routing_events,
     withdrawn_events,
@@ -124,6 +125,7 @@ class Broker:
         self._audit: AuditWriter | None = None
         self._expiry: ExpiryWatch | None = None
         self._audited_serial = 0
+        self._audited_policy = ""
         self._policy = PolicyHolder(
             config.path(config.policy.file),
             load_anchor(config.path(config.directory.anchor)),
@@ -463,6 +465,16 @@ class Broker:
                     pause = min(pause * 2, _FETCH_BACKOFF[1])
                     continue
                 self._audited_serial = directory.serial
+            policy = self._policy.current
+            if policy.hash != self._audited_policy:
+                try:
+                    await self._record(policy_events(policy.hash, int(self._clock())))
+                except TransportError as exc:
+                    log.warning("audit trail unavailable, waiting [%s]", exc.reason)
+                    await self._sleep(pause)
+                    pause = min(pause * 2, _FETCH_BACKOFF[1])
+                    continue
+                self._audited_policy = policy.hash
             try:
                 msgs = await fetch(sub, self._config.batch_size, self._fetch_wait)
             except TransportError as exc:
