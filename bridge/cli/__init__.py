@@ -21,6 +21,7 @@ __all__ = ["build_parser", "main", "stop_quietly_until_running"]
 _COMMAND_MODULES = (
     "keys",
     "federation",
+    "policy",
     "init",
     "nats",
     "broker",

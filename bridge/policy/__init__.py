@@ -19,6 +19,7 @@ with delivery metadata only (or the categories `bridge.wire.ALLOWED_CATEGORIES` 
 
 from __future__ import annotations
 
+from ._explain import HeaderFacts, describe, explain
 from ._holder import PolicyHolder
 from ._model import (
     RECIPIENT,
@@ -60,6 +61,7 @@ __all__ = [
     "Decision",
     "Flow",
     "FlowRequest",
+    "HeaderFacts",
     "Policy",
     "PolicyBody",
     "PolicyHolder",
@@ -68,6 +70,8 @@ __all__ = [
     "RoleLookup",
     "Rule",
     "TypeLimits",
+    "describe",
+    "explain",
     "load_policy",
     "load_policy_file",
     "parse_policy",

@@ -15,7 +15,7 @@ from typing import Final
 from .._files import write_file
 from ..errors import BridgeError, ConfigError, PolicyFileError
 from ..federation.directory import load_anchor
-from ..federation.operator import ANCHOR_PUB, load_anchor_pair
+from ..federation.operator import ANCHOR_PUB, load_anchor_pair, load_draft
 from ._parse import MAX_POLICY_BYTES
 from ._signed import Policy, PolicySerialState, load_policy, load_policy_file, sign_policy
 
@@ -72,7 +72,14 @@ def sign_policy_file(
         *(_signed_serial(p, directory) for p in {directory / SIGNED_POLICY, target}),
     )
     at = int(time.time()) if now is None else now
-    data, _ = sign_policy(source, anchor, serial=previous + 1, now=at)
+    data, unchecked = sign_policy(source, anchor, serial=previous + 1, now=at)
+    federation = load_draft(directory).federation
+    if unchecked.federation != federation:
+        raise ConfigError(
+            f"the policy is for federation {unchecked.federation}, this directory signs for "
+            f"{federation}",
+            reason="policy.federation",
+        )
     # Load it as every component will, so a policy they would refuse is never written.
     policy = load_policy(data, record)
     state.record(policy.serial)

@@ -1,0 +1,161 @@
+"""`bridge policy check / sign / explain` as an operator runs them; `explain --message-id`
+against a real nats-server whose audit trail a real broker wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+import pytest
+from envelope_helpers import FEDERATION_ID, RECIPIENTS, SENDER, Federation, federation
+from policy_helpers import POLICY, signed_policy
+from test_broker import Agency, make_broker, referral, wait_for, write_config
+
+from bridge.cli import main
+from bridge.federation.operator import ANCHOR_PUB, SIGNED, init_federation
+from bridge.ids import new_message_id
+from bridge.nats.identities import Identity
+from bridge.policy import POLICY_SERIAL, SIGNED_POLICY
+
+if TYPE_CHECKING:
+    from conftest import NatsEnv
+
+COUNSELLING, SPDI = RECIPIENTS
+
+
+def _fed_dir(tmp_path: Path, fed: Federation) -> Path:
+    """A federation directory as `explain` reads it: anchor, key directory, signed policy."""
+    directory = tmp_path / "federation"
+    directory.mkdir()
+    (directory / ANCHOR_PUB).write_bytes(msgspec.json.encode(fed.anchor.public_record()))
+    (directory / SIGNED).write_bytes(fed.directory_bytes)
+    (directory / SIGNED_POLICY).write_bytes(signed_policy(fed)[0])
+    return directory
+
+
+def test_check_prints_what_the_policy_allows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY)
+    assert main(["policy", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "everything else is denied" in out
+    assert "jobcenter-refers  jobcenter" in out
+    assert "not signed" in out
+
+
+def test_check_refuses_a_bad_file_with_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY.replace('to = "jobcenter"', 'to = "ministry"'))
+    assert main(["policy", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    line = next(i for i, s in enumerate(path.read_text().splitlines(), 1) if "ministry" in s)
+    assert f"line {line}: " in err
+    assert "[policy.unknown_name]" in err
+
+
+def test_sign_publishes_the_next_version_and_refuses_bad_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fed_dir = tmp_path / "fed"
+    init_federation(fed_dir, FEDERATION_ID)
+    source = tmp_path / "policy.toml"
+    source.write_text(POLICY)
+    for serial in (1, 2):
+        assert main(["policy", "sign", "--dir", str(fed_dir), str(source)]) == 0
+        assert f"serial {serial}" in capsys.readouterr().out
+    signed = (fed_dir / SIGNED_POLICY).read_bytes()
+    anchor = str(fed_dir / ANCHOR_PUB)
+    assert main(["policy", "check", str(fed_dir / SIGNED_POLICY), "--anchor", anchor]) == 0
+    assert "serial 2, signed" in capsys.readouterr().out
+    # A broken text, and a policy of another federation: nothing written, no serial used.
+    source.write_text(POLICY.replace("[[flows]]", "[[flows]", 1))
+    assert main(["policy", "sign", "--dir", str(fed_dir), str(source)]) == 2
+    assert "[policy.syntax]" in capsys.readouterr().err
+    source.write_text(POLICY.replace(FEDERATION_ID, "kreis-soest", 1))
+    assert main(["policy", "sign", "--dir", str(fed_dir), str(source)]) == 2
+    assert "[policy.federation]" in capsys.readouterr().err
+    assert (fed_dir / SIGNED_POLICY).read_bytes() == signed
+    assert (fed_dir / POLICY_SERIAL).read_text().strip() == "2"
+    # A signed file needs the anchor to be read at all.
+    assert main(["policy", "check", str(fed_dir / SIGNED_POLICY)]) == 2
+    assert "--anchor" in capsys.readouterr().err
+
+
+def _header(tmp_path: Path, **changes: object) -> str:
+    header = {
+        "type": "referral",
+        "sender": SENDER,
+        "recipients": [COUNSELLING, SPDI],
+        "purpose": "counselling",
+        "categories": ["contact", "addiction"],
+        "lifetime_seconds": 86400,
+        "size": 20000,
+    }
+    header.update(changes)
+    path = tmp_path / "header.json"
+    path.write_text(json.dumps(header))
+    return str(path)
+
+
+def test_explain_names_the_rule_behind_each_decision(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fed_dir = str(_fed_dir(tmp_path, federation()))
+    assert main(["policy", "explain", "--dir", fed_dir, "--header", _header(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("rule 'jobcenter-refers'") == 2
+    assert "ALLOWED" in out
+    assert "needs a consent issued by jobcenter-unna" in out
+    denied = _header(tmp_path, purpose="delivery-confirmation")
+    assert main(["policy", "explain", "--dir", fed_dir, "--header", denied]) == 1
+    out = capsys.readouterr().out
+    assert "DENIED [policy.purpose_denied]" in out
+    assert "jobcenter-refers" in out
+    onward = _header(tmp_path, sender=COUNSELLING, recipients=[SPDI])
+    assert main(["policy", "explain", "--dir", fed_dir, "--header", onward]) == 1
+    out = capsys.readouterr().out
+    assert "DENIED [policy.route_denied]" in out
+    assert "recipient: spdi-unna (social-psychiatric-service)" in out
+    # A draft can be tried against the same directory before it is signed.
+    draft = tmp_path / "draft.toml"
+    draft.write_text(POLICY.replace('"counselling", "treatment-coordination", "case', '"case', 1))
+    args = ["policy", "explain", "--dir", fed_dir, "--policy", str(draft)]
+    assert main([*args, "--header", _header(tmp_path)]) == 1
+    assert "not signed (a draft)" in capsys.readouterr().out
+    (tmp_path / "header.json").write_text('{"type": "referral"}')
+    assert main([*args, "--header", str(tmp_path / "header.json")]) == 2
+    assert "[cli.usage]" in capsys.readouterr().err
+
+
+async def test_explain_a_message_from_the_audit_trail(
+    nats_env: NatsEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fed = federation()
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    good, bad = new_message_id(), new_message_id()
+    await jobcenter.submit(referral(fed, good, recipients=[COUNSELLING]), good)
+    await jobcenter.submit(referral(fed, bad, purpose="delivery-confirmation"), bad)
+    async with make_broker(write_config(tmp_path, nats_env, fed)) as broker:
+        await wait_for("both decided", lambda: broker.statistics().routed == 1)
+        await wait_for("rejected", lambda: broker.statistics().rejected_total == 1)
+    fed_dir = str(_fed_dir(tmp_path, fed))
+    where = ["--nats-url", nats_env.url, "--seed", str(nats_env.seed_file(Identity.ops()))]
+    args = ["policy", "explain", "--dir", fed_dir, *where, "--message-id"]
+    assert await asyncio.to_thread(main, [*args, good]) == 0
+    out = capsys.readouterr().out
+    assert f"routed {SENDER} -> {COUNSELLING} referral" in out
+    assert "rule: 'jobcenter-refers'" in out
+    assert f"decided under policy {broker.statistics().policy_hash}" in out
+    # The broker ran a stricter test policy than the demo one `_fed_dir` shows.
+    assert "another policy version" in out
+    assert await asyncio.to_thread(main, [*args, bad]) == 0
+    assert "[policy.purpose_denied]" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, [*args, new_message_id()]) == 1
+    assert "not on the audit trail" in capsys.readouterr().out
