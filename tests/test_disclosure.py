@@ -24,11 +24,12 @@ from test_e2e import COUNSELLING, E2E, JOBCENTER, SPDI, _in_days, e2e, eventuall
 
 from bridge.audit import AuditKind, ChainVerifier, load_audit_public_key
 from bridge.audit.reader import stream_records
-from bridge.config import ExpiryConfig, Retention
+from bridge.config import ExpiryConfig, PolicyConfig
 from bridge.demo import demo_referral, run_demo
 from bridge.nats.identities import Credentials, Identity
 from bridge.nats.subjects import AUDIT_STREAM
 from bridge.nats.transport import connect
+from bridge.policy import sign_policy_file
 from bridge.wire import MessageType
 from bridge.wire.examples import BODIES
 
@@ -66,15 +67,27 @@ async def _register(e2e: E2E) -> str:
 
 
 async def test_the_report_matches_what_happened(e2e: E2E) -> None:
-    # A broker whose handovers wait only seconds and whose referrals may live ten days at most.
+    # A broker whose handovers wait only seconds and whose referrals may live ten days at most:
+    # a newer policy that only the broker has taken yet (the adapters still allow more).
     await e2e.stop_broker()
     config = e2e.broker_config()
-    retention = dict(config.retention)
-    retention["handover"] = Retention(inbox_ttl_seconds=6, max_lifetime_seconds=30 * DAY)
-    retention["referral"] = Retention(inbox_ttl_seconds=14 * DAY, max_lifetime_seconds=10 * DAY)
+    layout = e2e.stack.layout
+    strict = layout.root / "strict-policy.toml"
+    strict.write_text(
+        layout.policy_source.read_text()
+        .replace('max_lifetime = "30d"    # the longest', 'max_lifetime = "10d"  # the longest', 1)
+        .replace('inbox_ttl = "14d"       # the longest', 'inbox_ttl = "10d"  # the longest', 1)
+        .replace(
+            'max_lifetime = "30d"\ninbox_ttl = "14d"', 'max_lifetime = "30d"\ninbox_ttl = 6', 1
+        )
+    )
+    _, signed = sign_policy_file(
+        layout.federation_dir, strict, out=layout.broker_dir / "strict-policy.bin"
+    )
+    policy = PolicyConfig(file=str(signed), serial_state=config.policy.serial_state)
     await e2e.start_broker(
         msgspec.structs.replace(
-            config, retention=retention, expiry=ExpiryConfig(check_seconds=1, warn_fraction=0.5)
+            config, policy=policy, expiry=ExpiryConfig(check_seconds=1, warn_fraction=0.5)
         )
     )
     consent = await _register(e2e)
