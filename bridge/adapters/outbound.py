@@ -36,6 +36,7 @@ __all__ = ["Outbound"]
 log = logging.getLogger(__name__)
 
 _MAX_IDEMPOTENCY_KEY: Final = 200
+_QUOTA_RETRY_AFTER: Final = 30  # seconds: a full quota drains as the recipients take
 _IDEMPOTENCY_KEY_RE: Final = re.compile(r"^[!-~]+$")
 
 
@@ -105,6 +106,14 @@ class Outbound:
             await self._check_consent(submission, directory, now)
             return await self._submit(submission, directory, policy, subject, idempotency_key, now)
         except TransportError as exc:
+            if exc.reason == "transport.stream_full":
+                log.warning("submission not accepted: over this agency's quota [quota.sender_full]")
+                raise ApiProblem(
+                    429,
+                    "this agency has as many messages waiting as its quota allows; retry later",
+                    reason="quota.sender_full",
+                    headers={"Retry-After": str(_QUOTA_RETRY_AFTER)},
+                ) from exc
             log.warning("submission not accepted: NATS unavailable [%s]", exc.reason)
             raise ApiProblem(
                 503,

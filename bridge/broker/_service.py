@@ -19,9 +19,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -81,6 +81,7 @@ from ._withdrawals import Purged, WithdrawalHandler
 __all__ = ["Broker"]
 
 log = logging.getLogger("bridge.broker")
+_T = TypeVar("_T")
 
 _FETCH_WAIT: Final = 5.0  # seconds a pull request lingers on the server when nothing is waiting
 _FETCH_BACKOFF: Final = (0.1, 5.0)  # first and largest pause after a failed fetch
@@ -619,17 +620,19 @@ class Broker:
         timeout = self._config.publish_timeout_seconds
         message_id = submission.message_id
         header = verdict.header
-        acks = await publish_all(
-            publish_durable(
-                js,
-                inbox_subject(recipient),
-                msg.data,
-                msg_id=inbox_msg_id(submission.sender, message_id, recipient),
-                headers={HDR_CONSENT: verdict.header.consent, HDR_SENDER: submission.sender},
-                ttl=verdict.ttl,
-                timeout=timeout,
+        acks = await _quota_named(
+            publish_all(
+                publish_durable(
+                    js,
+                    inbox_subject(recipient),
+                    msg.data,
+                    msg_id=inbox_msg_id(submission.sender, message_id, recipient),
+                    headers={HDR_CONSENT: verdict.header.consent, HDR_SENDER: submission.sender},
+                    ttl=verdict.ttl,
+                    timeout=timeout,
+                )
+                for recipient in verdict.recipients
             )
-            for recipient in verdict.recipients
         )
         routed = DeliveryState.ROUTED
         await publish_all(
@@ -754,3 +757,16 @@ class Broker:
             msg_id=status_msg_id(submission.sender, submission.message_id, state, recipient),
             timeout=self._config.publish_timeout_seconds,
         )
+
+
+async def _quota_named(publishes: Awaitable[_T]) -> _T:
+    """Name a full inbox as the quota it is; the submission waits and is retried."""
+    try:
+        return await publishes
+    except TransportError as exc:
+        if exc.reason != "transport.stream_full":
+            raise
+        reason = "quota.recipient_full" if "per subject" in str(exc) else "quota.inbox_full"
+        raise TransportError(
+            "a recipient's inbox is at its quota; the submission waits", reason=reason
+        ) from exc

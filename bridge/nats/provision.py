@@ -85,6 +85,11 @@ class ProvisionSettings:
     duplicate_window: float = 1 * _DAY
     max_msg_size: int = ENVELOPE_MAX_BYTES + _HEADER_ROOM
     replicas: int = 1
+    # Quotas: each sender's submit stream holds at most this many messages and bytes (its
+    # adapter answers 429 beyond), each recipient's inbox at most this many messages (the
+    # broker holds what is over, in the sender's stream). See docs/nats.md.
+    submit_max_msgs: int = 100_000
+    inbox_max_msgs_per_recipient: int = 250_000
     submit_max_bytes: int = 1 * _GiB
     submit_max_age: float = 30 * _DAY
     inbox_max_bytes: int = 1 * _GiB
@@ -128,6 +133,9 @@ class ProvisionSettings:
         for name in ("max_ack_pending", "max_waiting"):
             if not 1 <= getattr(self, name) <= 100_000:
                 raise bad(f"{name} must be between 1 and 100000")
+        for name in ("submit_max_msgs", "inbox_max_msgs_per_recipient"):
+            if not 1 <= getattr(self, name) <= 100_000_000:
+                raise bad(f"{name} must be between 1 and 100000000")
         if not 1 <= self.kv_history <= 64:
             raise bad("kv_history must be between 1 and 64")
         if self.max_msg_size < ENVELOPE_MAX_BYTES:
@@ -198,6 +206,7 @@ def _submit_stream(s: ProvisionSettings, agency: str) -> api.StreamConfig:
         subjects=[submit_subject(agency)],
         retention=api.RetentionPolicy.WORK_QUEUE,
         discard=api.DiscardPolicy.NEW,
+        max_msgs=s.submit_max_msgs,
         max_bytes=s.submit_max_bytes,
         max_age=s.submit_max_age,
         max_msg_size=s.max_msg_size,
@@ -216,6 +225,9 @@ def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamCo
             subjects=[inbox_subjects_all()],
             retention=api.RetentionPolicy.WORK_QUEUE,
             discard=api.DiscardPolicy.NEW,
+            # Per recipient: a sender cannot fill another agency's inbox beyond its quota.
+            max_msgs_per_subject=s.inbox_max_msgs_per_recipient,
+            discard_new_per_subject=True,
             max_bytes=s.inbox_max_bytes,
             max_age=s.inbox_max_age,
             max_msg_size=s.max_msg_size,
@@ -297,6 +309,7 @@ def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamCo
 
 _STREAM_FIELDS = (
     "subjects",
+    "max_msgs",
     "retention",
     "storage",
     "discard",

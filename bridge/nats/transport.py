@@ -54,6 +54,7 @@ _MAX_HEADER_VALUE = 1024
 _MAX_MSG_ID = 256
 _MAX_NAME = 128
 _MAX_TTL = 10 * 365 * 24 * 3600
+_STORE_FAILED = 10077  # JetStream's answer when a stream's limit refuses a message (discard new)
 _RESERVED_HEADERS = frozenset(h.lower() for h in (HDR_MSG_ID, HDR_TTL, "Nats-Expected-Stream"))
 _HEADER_NAME_RE = re.compile(r"^[!-9;-~]{1,64}$")  # printable ASCII without ':'
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_$-]+$")
@@ -275,7 +276,9 @@ async def publish_durable(
     """Publish into a stream and wait (at most `timeout` seconds) until it is stored.
 
     `msg_id` becomes `Nats-Msg-Id`: republishing the same id within the duplicate window is
-    acknowledged with `duplicate=True` and stored once. `ttl` (whole seconds) becomes
+    acknowledged with `duplicate=True` and stored once. A stream at one of its limits (with
+    `discard: new`: messages, bytes, or messages per subject) refuses the message with reason
+    `transport.stream_full`. `ttl` (whole seconds) becomes
     `Nats-TTL`, which the stream must allow. `expected_stream` makes the server refuse the
     message if the subject is captured by another stream than the one named.
 
@@ -301,6 +304,12 @@ async def publish_durable(
     except nats.js.errors.NoStreamResponseError as exc:
         raise TransportError(f"no stream captures {subject}", reason="transport.no_stream") from exc
     except nats.js.errors.APIError as exc:
+        if exc.err_code == _STORE_FAILED and "exceeded" in str(exc.description or ""):
+            # A limit of the stream (its quota): messages, bytes, or messages per subject.
+            raise TransportError(
+                f"the stream for {subject} is at its limit ({exc.description})",
+                reason="transport.stream_full",
+            ) from exc
         raise TransportError(
             f"JetStream refused a message to {subject}: {exc.description} (code {exc.err_code})",
             reason="transport.publish_rejected",

@@ -1,0 +1,230 @@
+"""Per-agency quotas: one agency floods; it hears 429, the recipient's inbox stays within its
+quota, the broker says why it waits, and the other agencies keep flowing.
+
+Quotas are limits of the store itself (ProvisionSettings): each sender's submit stream holds at
+most `submit_max_msgs` messages and `submit_max_bytes` bytes, and each recipient's inbox at most
+`inbox_max_msgs_per_recipient` messages. Small quotas here make the flood short.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from adapter_helpers import (
+    JOBCENTER,
+    SPDI,
+    SUCHT,
+    Agency,
+    agency_seed,
+    eventually,
+    fed,
+    make_agency,
+    referral_request,
+)
+from policy_helpers import POLICY, signed_policy
+
+from bridge.adapters.service import Adapter
+from bridge.audit import generate_audit_key
+from bridge.broker import Broker
+from bridge.config import (
+    AuditConfig,
+    BrokerConfig,
+    ConsentConfig,
+    DirectoryConfig,
+    NatsClientConfig,
+    PolicyConfig,
+)
+from bridge.nats.identities import Identity
+from bridge.nats.provision import Action, ProvisionSettings
+from bridge.nats.subjects import INBOX_STREAM, inbox_subject, submit_stream
+
+QUOTA = 3
+# The demo policy, and for this test only: the social-psychiatric service may refer back.
+QUOTA_POLICY = (
+    POLICY
+    + """
+[[flows]]
+name = "test-service-refers-back"
+from = "social-psychiatric-service"
+to = "jobcenter"
+types = ["referral"]
+purposes = ["counselling"]
+categories = ["identity", "contact", "addiction"]
+consent_required = false
+"""
+)
+
+
+def write_quota_policy(path: Path) -> None:
+    path.write_bytes(signed_policy(fed(), QUOTA_POLICY)[0])
+
+
+@pytest.fixture
+async def env(nats_env_unprovisioned: Any) -> Any:
+    await nats_env_unprovisioned.provision(
+        settings=ProvisionSettings(submit_max_msgs=QUOTA, inbox_max_msgs_per_recipient=QUOTA)
+    )
+    return nats_env_unprovisioned
+
+
+class Site:
+    def __init__(self, env: Any, root: Path, session: aiohttp.ClientSession) -> None:
+        self.env = env
+        self.root = root
+        self.session = session
+        self.adapters: list[tuple[Adapter, Agency]] = []
+        self.broker: Broker | None = None
+
+    async def adapter(self, agency: str) -> tuple[Adapter, Agency]:
+        made = make_agency(self.root, self.env.url, agency_seed(self.env, agency), agency)
+        write_quota_policy(Path(made.config.policy.file))
+        adapter = Adapter(made.config, fetch_timeout=1.0)
+        await adapter.start()
+        self.adapters.append((adapter, made))
+        return adapter, made
+
+    async def submit(self, sender: tuple[Adapter, Agency], recipient: str) -> tuple[int, Any]:
+        adapter, agency = sender
+        headers = {
+            **agency.auth("messages:send"),
+            "Content-Type": "application/json",
+            "Idempotency-Key": str(uuid.uuid4()),
+        }
+        async with self.session.post(
+            f"{adapter.url}/v1/messages",
+            data=msgspec.json.encode(referral_request([recipient])),
+            headers=headers,
+        ) as response:
+            return response.status, (await response.json(), response.headers)
+
+    async def start_broker(self) -> Broker:
+        f = fed()
+        (self.root / "directory.bin").write_bytes(f.directory_bytes)
+        (self.root / "anchor.json").write_bytes(msgspec.json.encode(f.anchor.public_record()))
+        write_quota_policy(self.root / "policy.bin")
+        generate_audit_key(self.root / "audit.key", self.root / "audit.pub.json")
+        config = BrokerConfig(
+            nats=NatsClientConfig(
+                url=self.env.url, seed_file=str(self.env.seed_file(Identity.broker()))
+            ),
+            directory=DirectoryConfig(
+                file=str(self.root / "directory.bin"),
+                anchor=str(self.root / "anchor.json"),
+                serial_state=str(self.root / "broker.serial"),
+            ),
+            audit=AuditConfig(key_file=str(self.root / "audit.key")),
+            policy=PolicyConfig(
+                file=str(self.root / "policy.bin"),
+                serial_state=str(self.root / "broker.policy.serial"),
+            ),
+            consent=ConsentConfig(enforce=False),  # consents are another module's subject
+            batch_size=4,
+            publish_timeout_seconds=5,
+        )
+        self.broker = Broker(config, fetch_wait=0.5, retry_delay=0.2)
+        await self.broker.__aenter__()
+        return self.broker
+
+    async def waiting(self, stream: str, subject: str) -> int:
+        admin = await self.env.admin()
+        try:
+            info = await admin.js.stream_info(stream, subjects_filter=subject)
+        finally:
+            await self.env.close_client(admin)
+        return int((info.state.subjects or {}).get(subject, 0))
+
+    async def close(self) -> None:
+        for adapter, _ in self.adapters:
+            await adapter.stop()
+        if self.broker is not None:
+            await self.broker.__aexit__(None, None, None)
+        await self.session.close()
+
+
+@pytest.fixture
+async def site(env: Any, tmp_path: Path) -> AsyncIterator[Site]:
+    s = Site(env, tmp_path, aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)))
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_a_flooding_agency_hears_429_and_the_others_keep_flowing(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    flooder = await site.adapter(JOBCENTER)
+    other = await site.adapter(SPDI)
+
+    # No broker yet: the flooder's own submit stream fills up to its quota, then refuses.
+    for _ in range(QUOTA):
+        status, _ = await site.submit(flooder, SUCHT)
+        assert status == 202
+    status, (problem, headers) = await site.submit(flooder, SUCHT)
+    assert status == 429, problem
+    assert problem["code"] == "quota.sender_full"
+    assert int(headers["Retry-After"]) >= 1
+    # Another agency's quota is its own.
+    status, _ = await site.submit(other, JOBCENTER)
+    assert status == 202
+
+    caplog.set_level(logging.WARNING, logger="bridge.broker")
+    broker = await site.start_broker()
+
+    async def first_round_routed() -> bool:
+        return broker.statistics().routed == QUOTA + 1
+
+    await eventually(first_round_routed, what="the first submissions routed")
+    assert await site.waiting(INBOX_STREAM, inbox_subject(SUCHT)) == QUOTA
+
+    # The recipient's inbox is at its quota: more from the flooder waits in the flooder's own
+    # stream (the broker says why), until that is full too and the flooder hears 429 again.
+    refused = 0
+    for _ in range(QUOTA + 1):
+        status, (problem, _) = await site.submit(flooder, SUCHT)
+        if status == 429:
+            refused += 1
+            assert problem["code"] == "quota.sender_full"
+        else:
+            assert status == 202, problem
+    assert refused >= 1
+
+    async def broker_says_why() -> bool:
+        return "quota.recipient_full" in caplog.text
+
+    await eventually(broker_says_why, what="the broker's reason code")
+    assert await site.waiting(INBOX_STREAM, inbox_subject(SUCHT)) == QUOTA
+    assert await site.waiting(submit_stream(JOBCENTER), f"bridge.submit.{JOBCENTER}") == QUOTA
+
+    # Meanwhile everybody else's traffic flows.
+    routed = broker.statistics().routed
+    status, _ = await site.submit(other, JOBCENTER)
+    assert status == 202
+
+    async def other_routed() -> bool:
+        return broker.statistics().routed == routed + 1
+
+    await eventually(other_routed, what="the other agency's message routed")
+    assert await site.waiting(INBOX_STREAM, inbox_subject(JOBCENTER)) == 2
+    assert await site.waiting(INBOX_STREAM, inbox_subject(SUCHT)) == QUOTA
+
+
+async def test_quotas_of_a_running_store_are_changed_in_place(nats_env: Any) -> None:
+    report = await nats_env.provision(
+        settings=ProvisionSettings(submit_max_msgs=7, inbox_max_msgs_per_recipient=9)
+    )
+    updated = {change.name: change.fields for change in report.by_action(Action.UPDATED)}
+    assert "max_msgs" in updated[submit_stream(JOBCENTER)]
+    assert "max_msgs_per_subject" in updated[INBOX_STREAM]
+    admin = await nats_env.admin()
+    inbox = (await admin.js.stream_info(INBOX_STREAM)).config
+    assert inbox.max_msgs_per_subject == 9
+    assert inbox.discard_new_per_subject
+    assert (await admin.js.stream_info(submit_stream(SPDI))).config.max_msgs == 7
