@@ -159,3 +159,24 @@ async def test_explain_a_message_from_the_audit_trail(
     assert "[policy.purpose_denied]" in capsys.readouterr().out
     assert await asyncio.to_thread(main, [*args, new_message_id()]) == 1
     assert "not on the audit trail" in capsys.readouterr().out
+
+
+def test_explain_and_check_with_the_embedded_stacks_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge.up.state import prepare
+
+    stack = prepare(tmp_path / "state", port_base=0)
+    header = _header(tmp_path, recipients=["suchtberatung-unna", "spdi-unna"])
+    state = str(stack.layout.root)
+    assert main(["policy", "explain", "--state", state, "--header", header]) == 0
+    out = capsys.readouterr().out
+    assert "policy of federation demo-unna: serial 1" in out
+    assert "ALLOWED" in out
+    assert main(["policy", "check", str(stack.layout.policy_source)]) == 0
+    # Editing the text and preparing again signs it as the next serial.
+    source = stack.layout.policy_source
+    source.write_text(source.read_text().replace('"365d"', '"180d"'))
+    prepare(tmp_path / "state")
+    assert main(["policy", "explain", "--state", state, "--header", header]) == 0
+    assert "serial 2" in capsys.readouterr().out
