@@ -49,7 +49,6 @@ class Cluster:
                 host="127.0.0.1",
                 client_port=free_port(),
                 cluster_port=free_port(),
-                leaf_port=free_port(),
             )
             for name in NODES
         ]

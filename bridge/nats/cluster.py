@@ -1,15 +1,13 @@
-"""Server configs for a production NATS deployment: a TLS cluster of hub nodes, and leaf nodes.
+"""Server configs for a production NATS deployment: a TLS cluster of three (or five) nodes.
 
 The embedded server (`bridge.nats.server`) is one process on loopback without TLS. A real
 deployment runs three (or five) nats-server nodes that replicate JetStream (streams provisioned
-with `replicas=3`), with TLS for clients and mutual TLS between the nodes; an agency may run its
-own leaf node that keeps accepting its submissions while its line to the hub is down.
+with `replicas=3`), with TLS for clients and mutual TLS between the nodes.
 
-This module only renders text: `render_node` the config of one hub node, `render_leaf` the
-config of an agency's leaf node. Both take the identities' `accounts` block from
-`bridge.nats.identities` (public keys only) as an include file, so a change of the federation
-rewrites one file and a reload (SIGHUP) picks it up. docs/nats.md explains the design;
-`deploy/nats/` holds examples of every file rendered here.
+This module only renders text: `render_node` writes the config of one node. It includes the
+identities' `accounts` block from `bridge.nats.identities` (public keys only) as a file of its
+own, so a change of the federation rewrites one file and a reload (SIGHUP) picks it up.
+docs/nats.md explains the design; `deploy/nats/` holds the configs rendered for the example.
 """
 
 from __future__ import annotations
@@ -20,23 +18,19 @@ from typing import Annotated, Final
 import msgspec
 
 from ..errors import ConfigError
-from ..ids import check_agency_id
-from .identities import ACCOUNT
 from .server import DEFAULT_MAX_PAYLOAD, check_host
 
 __all__ = [
     "HUB_DOMAIN",
     "ClusterNode",
     "ClusterSettings",
-    "LeafSettings",
     "TlsFiles",
-    "leaf_domain",
-    "render_leaf",
     "render_node",
 ]
 
 HUB_DOMAIN: Final = "hub"
-"""The JetStream domain of the hub cluster; leaf nodes reach it as `$JS.hub.API`."""
+"""The JetStream domain of the cluster: its API answers on `$JS.hub.API` as well, which is how
+clients behind a NATS leaf node with a JetStream of its own would reach it."""
 
 _Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 _NAME_RE: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
@@ -58,12 +52,11 @@ class ClusterNode(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     host: str
     client_port: _Port = 4222
     cluster_port: _Port = 6222
-    leaf_port: _Port | None = None  # set it to accept agencies' leaf nodes
     monitor_port: _Port | None = None
 
     def __post_init__(self) -> None:
         check_host(self.host)
-        ports = [self.client_port, self.cluster_port, self.leaf_port, self.monitor_port]
+        ports = [self.client_port, self.cluster_port, self.monitor_port]
         used = [p for p in ports if p is not None]
         if len(set(used)) != len(used):
             raise ConfigError(f"node {self.name}: its ports must differ", reason="nats.cluster")
@@ -99,36 +92,6 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     def client_urls(self) -> list[str]:
         """The URLs clients are given: `tls://` to every node."""
         return [f"tls://{_host(n.host)}:{n.client_port}" for n in self.nodes]
-
-    def leaf_urls(self) -> list[str]:
-        return [f"nats-leaf://{_host(n.host)}:{n.leaf_port}" for n in self.nodes if n.leaf_port]
-
-
-class LeafSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """An agency's own leaf node: local clients on `host:port`, a TLS link to the hub."""
-
-    agency: str
-    hub_urls: list[str]
-    host: str = "127.0.0.1"
-    port: _Port = 4222
-    max_payload: int = DEFAULT_MAX_PAYLOAD
-    sync_always: bool = True
-
-    def __post_init__(self) -> None:
-        check_agency_id(self.agency)
-        check_host(self.host)
-        if not 1 <= len(self.hub_urls) <= 16:
-            raise ConfigError("a leaf needs 1 to 16 hub URLs", reason="nats.leaf")
-        for url in self.hub_urls:
-            if not url.startswith("nats-leaf://") or any(c in url for c in " \"'\n\\"):
-                raise ConfigError(
-                    "hub URLs of a leaf look like nats-leaf://host:7422", reason="nats.leaf"
-                )
-
-
-def leaf_domain(agency: str) -> str:
-    """The JetStream domain of an agency's leaf node (its `$JS.<domain>.API`)."""
-    return f"leaf-{check_agency_id(agency)}"
 
 
 def _host(host: str) -> str:
@@ -184,9 +147,7 @@ def render_node(
     Clients must use TLS (`tls://` URLs); nodes authenticate each other by certificate (mutual
     TLS on the cluster port). Include files are paths relative to the config file's directory
     (nats-server resolves `include` so, even for absolute paths). `accounts_file` holds the
-    `accounts` block rendered by `render_accounts`. With a `leaf_port`, the node accepts the
-    agencies' leaf nodes over TLS; a leaf authenticates as its agency's identity, whose
-    permissions then bound everything that crosses the link.
+    `accounts` block rendered by `render_accounts`.
     """
     node = settings.node(name)
     listen = settings.listen_host
@@ -216,56 +177,5 @@ def render_node(
         "  ]",
         "}",
     ]
-    if node.leaf_port is not None:
-        lines += [
-            "leafnodes {",
-            f"  listen: {_q(f'{_host(listen)}:{node.leaf_port}')}",
-            *_tls_block("  ", tls, verify=False),
-            "}",
-        ]
     lines.append(_include(accounts_file))
-    return "\n".join(lines) + "\n"
-
-
-def render_leaf(
-    settings: LeafSettings,
-    *,
-    store_dir: str,
-    accounts_file: str,
-    seed: str,
-    ca_file: str,
-    server_name: str | None = None,
-) -> str:
-    """The config of `settings.agency`'s leaf node.
-
-    Its own JetStream (domain `leaf-<agency>`) holds the agency's outbox and adapter bucket, so
-    submissions are accepted while the hub is unreachable; the hub's submit stream sources the
-    outbox as soon as the link is back (see docs/nats.md). The link authenticates with the
-    agency's nkey: nats-server takes the seed itself, not a file, so the rendered config is a
-    secret (write it with mode 0600). The hub is verified against `ca_file`.
-    """
-    agency = check_agency_id(settings.agency)
-    lines = [
-        "# Generated by `bridge init` for the leaf node of one agency.",
-        f"server_name: {_q(server_name or leaf_domain(agency))}",
-        f"listen: {_q(f'{_host(settings.host)}:{settings.port}')}",
-        f"max_payload: {settings.max_payload}",
-        *_jetstream(store_dir, leaf_domain(agency), settings.sync_always),
-        "leafnodes {",
-        "  reconnect: 1",
-        "  remotes: [",
-        "    {",
-        "      urls: [",
-        *(f"        {_q(url)}" for url in settings.hub_urls),
-        "      ]",
-        f"      account: {_q(ACCOUNT)}",
-        f"      nkey: {_q(seed)}",
-        "      tls {",
-        f"        ca_file: {_q(ca_file)}",
-        "      }",
-        "    }",
-        "  ]",
-        "}",
-        _include(accounts_file),
-    ]
     return "\n".join(lines) + "\n"
