@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,3 +308,34 @@ async def _not_ready(*adapters: Adapter) -> bool:
 
 async def _ready(*adapters: Adapter) -> bool:
     return all(a.ready() for a in adapters)
+
+
+async def test_a_message_posted_before_is_marked_even_if_nats_counts_a_first_delivery(
+    tmp_path: Path, nats_env: Any, stopping_receiver: StoppingReceiver
+) -> None:
+    """After a nats-server crash, JetStream may deliver a message again with a delivery count
+    of 1 (the earlier delivery was not yet written down): the adapter remembers its posts."""
+    import aiohttp
+
+    from bridge.adapters.webhook import WebhookSink
+
+    stopping_receiver.stopped.set()  # a receiver that only records
+    d = await _two_deliveries(nats_env)
+    held = _incoming(d.first)  # delivery count 1
+    recorded: list[str] = []
+
+    async def complete(incoming: Incoming) -> None:
+        recorded.append(incoming.message_id)
+
+    config = DeliveryConfig(
+        mode="webhook", webhook_url=stopping_receiver.url, webhook_secret_file="unused"
+    )
+    async with aiohttp.ClientSession() as session:
+        sink = WebhookSink(
+            config, [SECRET], session, complete, keepalive_interval=60, clock=time.time
+        )
+        await sink.offer(held)
+        await sink.offer(held)  # the same delivery count: only the adapter knows
+    calls = stopping_receiver.for_message(held.message_id)
+    assert [c["repeat"] for c in calls] == [None, "true"]
+    assert recorded == [held.message_id] * 2

@@ -13,8 +13,9 @@ is retried in place rather than by posting it again. Recording runs in the backg
 next message is posted while the previous one's receipt is sealed and stored: the posts still go
 out one at a time and in order, but the sequence of waits per message is about half as long.
 
-Whenever this message may have reached the local system before (an earlier attempt, or an
-earlier delivery by NATS, in this process or a previous one), the call carries
+Whenever this message may have reached the local system before (an earlier attempt, a post of
+it this process remembers, or an earlier delivery counted by NATS, which spans adapter
+restarts), the call carries
 `Bridge-Possible-Repeat: true`; docs/adapter.md says when that happens and how a receiver
 removes the repeat by `Bridge-Message-Id`.
 """
@@ -26,6 +27,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Final
@@ -58,6 +60,7 @@ REPEAT_HEADER: Final = "Bridge-Possible-Repeat"
 _MAX_REDELIVERY_DELAY: Final = 3600.0
 _MAX_RECORDING: Final = 32  # taken messages being recorded at once; fewer than max_ack_pending
 _RECORD_RETRY_DELAY: Final = 2.0
+_REMEMBERED: Final = 10_000  # posted ids kept (about 2 MB) to mark repeats NATS cannot see
 _MIN_SECRET: Final = 16
 _MAX_SECRET: Final = 4096
 _encoder: Final = msgspec.json.Encoder()
@@ -135,6 +138,9 @@ class WebhookSink:
         self._clock = clock
         self._recorder: asyncio.TaskGroup | None = None
         self._slots = asyncio.Semaphore(_MAX_RECORDING)
+        # Ids this process has posted, newest last: JetStream's delivery count can restart at 1
+        # for a message whose delivery nats-server had not yet written down when it crashed.
+        self._posted: OrderedDict[str, None] = OrderedDict()
         self.attempts = 0
         self.recording = 0
         self._confirm_deletion = confirm_deletion
@@ -194,11 +200,12 @@ class WebhookSink:
     async def _post_until_taken(self, incoming: Incoming) -> bool:
         payload = _encoder.encode(incoming.item)
         attempts = self._config.max_attempts
-        delivered_before = _deliveries(incoming) > 1
+        delivered_before = _deliveries(incoming) > 1 or incoming.message_id in self._posted
         async with kept_alive(incoming.msg, self._interval):
             for attempt in range(1, attempts + 1):
                 repeat = delivered_before or attempt > 1
                 notice = incoming.item.type == "consent-revoked"
+                self._remember(incoming.message_id)
                 if await self._post(
                     payload, incoming.message_id, attempt, repeat=repeat, notice=notice
                 ):
@@ -206,6 +213,12 @@ class WebhookSink:
                 if attempt < attempts:
                     await asyncio.sleep(self._backoff(attempt))
         return False
+
+    def _remember(self, message_id: str) -> None:
+        self._posted[message_id] = None
+        self._posted.move_to_end(message_id)
+        if len(self._posted) > _REMEMBERED:
+            self._posted.popitem(last=False)
 
     async def _record_later(self, incoming: Incoming) -> None:
         """Record `incoming` in the background; inline if `run()` is not running."""

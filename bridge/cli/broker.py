@@ -18,6 +18,7 @@ from typing import Any
 __all__ = ["register"]
 
 
+from ..errors import BridgeError, reasons_of
 from . import stop_quietly_until_running
 
 
@@ -57,6 +58,15 @@ async def _serve(broker: Any) -> int:
         loop.add_signal_handler(sig, broker.stop)
     try:
         await broker.run()
+    except BridgeError:
+        raise  # one line on stderr and exit 2 (bridge.cli.main)
+    except Exception as exc:
+        # Reason codes only: an exception's text may quote what it parsed. Exit non-zero, so
+        # that the supervisor restarts a broker whose loops died.
+        logging.getLogger("bridge.broker").critical(
+            "broker failed (%s); exiting for a restart", reasons_of(exc)
+        )
+        return 1
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
