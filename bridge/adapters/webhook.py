@@ -60,6 +60,7 @@ REPEAT_HEADER: Final = "Bridge-Possible-Repeat"
 _MAX_REDELIVERY_DELAY: Final = 3600.0
 _MAX_RECORDING: Final = 32  # taken messages being recorded at once; fewer than max_ack_pending
 _RECORD_RETRY_DELAY: Final = 2.0
+_RECORD_ATTEMPTS: Final = 30  # with each try's own NATS timeout: one to six minutes in all
 _REMEMBERED: Final = 10_000  # posted ids kept (about 2 MB) to mark repeats NATS cannot see
 _MIN_SECRET: Final = 16
 _MAX_SECRET: Final = 4096
@@ -251,10 +252,12 @@ class WebhookSink:
     async def _record(self, incoming: Incoming) -> None:
         """Complete a message the local system took, retrying while NATS is unavailable.
 
-        Raises the last `TransportError` if NATS stays away through `max_attempts` tries; the
-        message is then redelivered later and posted again, marked as a possible repeat.
+        Tries every `_RECORD_RETRY_DELAY` seconds, not on the webhook's backoff (that is for
+        the local system; this waits for NATS, which is back within seconds after a restart).
+        Raises the last `TransportError` if NATS stays away through `_RECORD_ATTEMPTS` tries;
+        the message is then redelivered later and posted again, marked as a possible repeat.
         """
-        attempts = self._config.max_attempts
+        attempts = _RECORD_ATTEMPTS
         for attempt in range(1, attempts + 1):
             try:
                 await self._complete(incoming)
@@ -267,7 +270,7 @@ class WebhookSink:
                     incoming.message_id,
                     exc.reason,
                 )
-            await asyncio.sleep(self._backoff(attempt))
+            await asyncio.sleep(_RECORD_RETRY_DELAY)
 
     async def _deletion_answered(self, notice_id: str) -> None:
         """The local system's answer to a notice said it deleted the data: confirm it. If that
