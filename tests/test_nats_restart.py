@@ -339,3 +339,40 @@ async def test_a_message_posted_before_is_marked_even_if_nats_counts_a_first_del
     calls = stopping_receiver.for_message(held.message_id)
     assert [c["repeat"] for c in calls] == [None, "true"]
     assert recorded == [held.message_id] * 2
+
+
+async def test_a_post_recorded_before_marks_the_next_even_if_nats_counts_a_first_delivery(
+    tmp_path: Path, nats_env: Any, stopping_receiver: StoppingReceiver
+) -> None:
+    """nats-server and the adapter both crashed after a post: the restarted adapter gets the
+    message with a delivery count of 1, but the post was recorded in its bucket before it was
+    made, so the new post says it may be a repeat. A message never posted goes out unmarked."""
+    from bridge.nats.subjects import kv_key_prefix
+
+    stopping_receiver.stopped.set()  # a receiver that only records
+    secret = tmp_path / "webhook.secret"
+    secret.write_bytes(SECRET)
+    agency = make_agency(
+        tmp_path,
+        nats_env.url,
+        agency_seed(nats_env, SUCHT),
+        SUCHT,
+        delivery=DeliveryConfig(
+            mode="webhook", webhook_url=stopping_receiver.url, webhook_secret_file=str(secret)
+        ),
+    )
+    admin = await nats_env.admin()
+    posted_before, fresh = new_message_id(), new_message_id()
+    # What the crashed adapter had written before its post.
+    key = f"{kv_key_prefix(SUCHT)}pst.{posted_before}.{JOBCENTER}"
+    await admin.js.publish(key, b'{"at": 1}')
+    async with Adapter(agency.config):
+        for message_id in (posted_before, fresh):
+            await put_in_inbox(admin, SUCHT, seal_to(SUCHT, message_id=message_id), message_id)
+
+        async def both_posted() -> bool:
+            return all(stopping_receiver.for_message(m) for m in (posted_before, fresh))
+
+        await eventually(both_posted, what="both messages posted")
+    assert [c["repeat"] for c in stopping_receiver.for_message(posted_before)] == ["true"]
+    assert [c["repeat"] for c in stopping_receiver.for_message(fresh)] == [None]

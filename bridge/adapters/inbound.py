@@ -190,6 +190,17 @@ class Inbound:
             await self._receipt(header, Rejected(reason=exc.reason), directory, now)
         await msg.term()
 
+    async def first_post(self, incoming: Incoming) -> bool:
+        """Before a webhook post: record it durably; False if it was posted before.
+
+        JetStream's delivery count says whether NATS handed the message out before, but a
+        nats-server that crashed before writing a delivery down can hand it out again as a first
+        one; this record, acknowledged only once on disk, cannot be lost that way.
+        """
+        now = int(self._clock())
+        ttl = max(60, incoming.header.exp - now) + RECORD_GRACE_SECONDS
+        return await self._store.mark_posted(incoming.message_id, incoming.header.sender, now, ttl)
+
     async def complete(self, incoming: Incoming) -> None:
         """The local system took `incoming`: record it, send the receipt, acknowledge NATS.
 

@@ -261,6 +261,7 @@ class Adapter:
                 keepalive_interval=keepalive,
                 clock=self._clock,
                 confirm_deletion=revocations.confirm,
+                first_post=self.inbound.first_post,
             )
         else:
             sink = self.inbox = PullInbox(

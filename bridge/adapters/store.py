@@ -8,6 +8,9 @@ Keys (all values JSON):
 - `dlv.<message id>` -> `DeliveredRecord`: an inbound message the local system has taken, and
   the senders it came from, so a redelivery by NATS is acknowledged without delivering it twice
   while the same id from another sender is still delivered.
+- `pst.<message id>.<sender>` -> `DeliveredRecord`: an inbound message about to be posted to the
+  webhook (written before the first post), so a later post of it is marked as a possible repeat
+  even if nats-server lost count of its deliveries.
 - `cst.<consent id>` -> `ConsentLocal`: a consent this agency registered: its local reference
   (which never leaves this bucket), the messages sent under it, and what followed a withdrawal.
 - `ref.<sha256(local reference)>` -> `RefIndex`: the consent ids registered for one local
@@ -34,7 +37,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from ..errors import ProtocolError, TransportError
-from ..ids import check_consent_ref, check_message_id
+from ..ids import check_agency_id, check_consent_ref, check_message_id
 from ..nats.subjects import kv_bucket, kv_key_prefix
 
 __all__ = [
@@ -302,6 +305,12 @@ class Store:
                 return
         raise TransportError("delivery record keeps changing", reason="store.conflict")
 
+    async def mark_posted(self, message_id: str, sender: str, at: int, ttl: int) -> bool:
+        """Record that `sender`'s `message_id` is about to be posted; False if it was before."""
+        return await self._write(
+            _pst_key(message_id, sender), DeliveredRecord(at=at), last=0, ttl=ttl
+        )
+
     async def was_delivered(self, message_id: str, sender: str | None = None) -> bool:
         """Whether `sender`'s message `message_id` was delivered (any sender's, if None)."""
         found = await self._get(_dlv_key(message_id), DeliveredRecord)
@@ -437,6 +446,10 @@ def _msg_key(message_id: str) -> str:
 
 def _dlv_key(message_id: str) -> str:
     return f"dlv.{check_message_id(message_id)}"
+
+
+def _pst_key(message_id: str, sender: str) -> str:
+    return f"pst.{check_message_id(message_id)}.{check_agency_id(sender)}"
 
 
 def _rvk_key(notice_id: str) -> str:

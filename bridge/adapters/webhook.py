@@ -13,9 +13,9 @@ is retried in place rather than by posting it again. Recording runs in the backg
 next message is posted while the previous one's receipt is sealed and stored: the posts still go
 out one at a time and in order, but the sequence of waits per message is about half as long.
 
-Whenever this message may have reached the local system before (an earlier attempt, a post of
-it this process remembers, or an earlier delivery counted by NATS, which spans adapter
-restarts), the call carries
+Whenever this message may have reached the local system before (an earlier attempt, an earlier
+delivery counted by NATS, or a post recorded in the adapter's bucket before it was made, each of
+which outlives adapter and nats-server restarts), the call carries
 `Bridge-Possible-Repeat: true`; docs/adapter.md says when that happens and how a receiver
 removes the repeat by `Bridge-Message-Id`.
 """
@@ -123,9 +123,13 @@ class WebhookSink:
         keepalive_interval: float,
         clock: Callable[[], float],
         confirm_deletion: Callable[[str], Awaitable[object]] | None = None,
+        first_post: Callable[[Incoming], Awaitable[bool]] | None = None,
     ) -> None:
         """`confirm_deletion(notice_id)` is called when the local system answers a
-        `consent-revoked` notice with `{"deleted": true}` (docs/adapter.md)."""
+        `consent-revoked` notice with `{"deleted": true}` (docs/adapter.md). `first_post(incoming)`
+        durably records a post before it is made and says whether it is the first (see
+        `Inbound.first_post`); without it only JetStream's delivery count and this process's
+        memory mark repeats."""
         if config.webhook_url is None:
             raise ConfigError("webhook delivery needs webhook_url", reason="config.invalid")
         self._url = config.webhook_url
@@ -137,6 +141,7 @@ class WebhookSink:
         self._complete = complete
         self._interval = keepalive_interval
         self._clock = clock
+        self._first_post = first_post
         self._recorder: asyncio.TaskGroup | None = None
         self._slots = asyncio.Semaphore(_MAX_RECORDING)
         # Ids this process has posted, newest last: JetStream's delivery count can restart at 1
@@ -202,6 +207,9 @@ class WebhookSink:
         payload = _encoder.encode(incoming.item)
         attempts = self._config.max_attempts
         delivered_before = _deliveries(incoming) > 1 or incoming.message_id in self._posted
+        # Raises TransportError while NATS is away: nothing is posted then, NATS redelivers.
+        if self._first_post is not None and not await self._first_post(incoming):
+            delivered_before = True
         async with kept_alive(incoming.msg, self._interval):
             for attempt in range(1, attempts + 1):
                 repeat = delivered_before or attempt > 1
