@@ -23,6 +23,12 @@ import aiohttp
 import msgspec
 
 from .errors import TransportError
+from .up.democonsent import (
+    DEMO_CASE_FILE,
+    DEMO_CONSENT_CATEGORIES,
+    consent_request,
+    ensure_demo_consent,
+)
 from .up.state import Stack
 from .wire import (
     Address,
@@ -31,7 +37,6 @@ from .wire import (
     Concern,
     ContactChannel,
     ContactPerson,
-    DataCategory,
     Gender,
     Purpose,
     Referral,
@@ -45,12 +50,7 @@ SENDER: Final = "jobcenter-unna"
 WEBHOOK_RECIPIENT: Final = "suchtberatung-unna"
 PULL_RECIPIENT: Final = "spdi-unna"
 RECIPIENTS: Final = (WEBHOOK_RECIPIENT, PULL_RECIPIENT)
-_CATEGORIES: Final = (
-    DataCategory.IDENTITY.value,
-    DataCategory.CONTACT.value,
-    DataCategory.ADDICTION.value,
-    DataCategory.HEALTH.value,
-)
+_CATEGORIES: Final = DEMO_CONSENT_CATEGORIES
 _POLL: Final = 0.2
 _HTTP_TIMEOUT: Final = 10.0
 _T = TypeVar("_T")
@@ -176,6 +176,8 @@ class _Journey:
 
     def __init__(self, stack: Stack, session: aiohttp.ClientSession, say: _Say, patience: float):
         self._say = say
+        self._stack = stack
+        self._session = session
         self._patience = patience
         self._hint = (
             f"is `bridge up --state {stack.layout.root}` running? "
@@ -216,17 +218,25 @@ class _Journey:
                 )
         return status
 
-    async def consent(self) -> None:
-        """The case worker registers the client's signed release form at the adapter."""
-        now = datetime.datetime.now(datetime.UTC)
-        request = {
-            "recipients": list(RECIPIENTS),
-            "purposes": [Purpose.INTEGRATION_SUPPORT.value],
-            "categories": list(_CATEGORIES),
-            "types": ["referral", "handover"],
-            "valid_until": (now + datetime.timedelta(days=180)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "local_ref": f"DEMO-{secrets.token_hex(3).upper()}",
-        }
+    async def consent(self, *, fresh: bool) -> None:
+        """The client's signed release form, registered at the Jobcenter's adapter: the one
+        `bridge up` registered, or (`fresh`, for a withdrawal) a new one."""
+        if not fresh:
+            try:
+                self.consent_id, new = await ensure_demo_consent(self._stack, self._session)
+            except DemoFailed:
+                raise
+            except TransportError as exc:
+                raise DemoFailed(f"{exc}; {self._hint}") from exc
+            self._say(
+                f"0. consent     {self.consent_id} at {SENDER}'s adapter "
+                + ("(registered now" if new else "(registered by `bridge up`")
+                + f"; case file {DEMO_CASE_FILE} stays in the adapter; "
+                f"form: /v1/consents/{self.consent_id}/form)"
+            )
+            return
+        local_ref = f"DEMO-{secrets.token_hex(3).upper()}"
+        request = consent_request(datetime.datetime.now(datetime.UTC), local_ref)
         _, view = await self._sender.call(
             "POST",
             "/v1/consents",
@@ -237,7 +247,7 @@ class _Journey:
         self.consent_id = str(view["consent_id"])
         self._say(
             f"0. consent     registered at {SENDER}'s adapter: {self.consent_id} "
-            f"(case file {request['local_ref']} stays in the adapter; "
+            f"(case file {local_ref} stays in the adapter; "
             f"form: /v1/consents/{self.consent_id}/form)"
         )
 
@@ -444,7 +454,7 @@ async def run_demo(
 
     async with aiohttp.ClientSession() as session:
         journey = _Journey(stack, session, say, patience)
-        await journey.consent()
+        await journey.consent(fresh=withdraw)
         await journey.submit()
         for agency in RECIPIENTS:
             await journey.routed(agency)

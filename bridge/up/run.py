@@ -29,6 +29,7 @@ from ..nats.provision import Action, provision_at
 from ..nats.server import NatsServer
 from ..nats.subjects import BROKER_CONSUMER, submit_stream
 from ..nats.transport import connect
+from .democonsent import ensure_demo_consent
 from .layout import DEMO_AGENCIES, StateLayout
 from .ports import check_free
 from .sink import DemoSink
@@ -215,6 +216,12 @@ async def _start_all(
                         _http_probe(session, url),
                     )
                 )
+            consent_id, new = await ensure_demo_consent(stack, session)
+            say(
+                f"bridge up: demo consent {consent_id} "
+                + ("registered" if new else "still active")
+                + " at jobcenter-unna (for `bridge demo`; consent enforcement is on)"
+            )
     finally:
         await admin.close()
 
