@@ -44,15 +44,20 @@ from .subjects import (
     consent_read_subjects,
     disclosure_subject,
     disclosure_subjects_all,
+    heartbeat_filter,
+    heartbeat_subject,
+    heartbeat_subjects_all,
     inbox_consumer,
     inbox_edit_subjects,
     inbox_subjects_all,
     kv_bucket_api_subjects,
+    ops_read_api_subjects,
     pending_write_subjects,
     pull_consumer_api_subjects,
+    report_filter,
+    report_subjects_all,
     role_inbox_prefix,
     status_consumer,
-    status_stream_read_subjects,
     status_subjects_all,
     submit_stream,
     submit_subject,
@@ -168,6 +173,8 @@ def permissions_for(identity: Identity, federation: Sequence[str]) -> Permission
         return Permissions(
             publish=(
                 submit_subject(agency),
+                report_filter(agency),
+                heartbeat_subject("adapter", agency),
                 *pull_consumer_api_subjects(INBOX_STREAM, inbox_consumer(agency)),
                 *pull_consumer_api_subjects(STATUS_STREAM, status_consumer(agency)),
                 *kv_bucket_api_subjects(agency),
@@ -195,17 +202,24 @@ def permissions_for(identity: Identity, federation: Sequence[str]) -> Permission
                 *pull_consumer_api_subjects(CONSENT_STREAM, REGISTRATION_CONSUMER),
                 *inbox_edit_subjects(),
                 *pending_write_subjects(),
+                heartbeat_filter("broker"),
             ),
             subscribe=(own_replies, disclosure_subjects_all()),
             allow_responses=True,
         )
     if identity.role is Role.OPS:
-        # Read-only on the status and audit streams: their state, and single messages by
-        # sequence or by subject through the direct-get API. No consumer, so ops can neither
+        # Read-only: the status and audit streams' state and single messages through the
+        # direct-get API, the state of the submit and inbox consumers (backlogs), and listening
+        # to status events, reports and heartbeats as they pass. No consumer, so ops can neither
         # take events from an agency's status consumer nor leave server-side state behind.
         return Permissions(
-            publish=(*status_stream_read_subjects(), *audit_read_subjects()),
-            subscribe=(own_replies,),
+            publish=(*ops_read_api_subjects(check_federation(federation)), *audit_read_subjects()),
+            subscribe=(
+                own_replies,
+                status_subjects_all(),
+                report_subjects_all(),
+                heartbeat_subjects_all(),
+            ),
         )
     # The admin provisions everything, but may neither write audit records nor delete, purge
     # or remove the audit stream: the trail must hold against its operators too.

@@ -48,6 +48,7 @@ from .subjects import (
     kv_stream,
     pending_subjects_all,
     record_subjects_all,
+    report_subjects_all,
     status_consumer,
     status_filter,
     status_subjects_all,
@@ -239,7 +240,7 @@ def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamCo
         api.StreamConfig(
             name=STATUS_STREAM,
             description="bridge: status events for senders and operations",
-            subjects=[status_subjects_all()],
+            subjects=[status_subjects_all(), report_subjects_all()],
             retention=api.RetentionPolicy.LIMITS,
             discard=api.DiscardPolicy.OLD,
             max_bytes=s.status_max_bytes,

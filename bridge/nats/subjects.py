@@ -15,7 +15,12 @@ Topology (one JetStream account, created by `bridge.nats.provision`):
   `inbox-<recipient>` per agency, filtered on its own subject. Only the broker publishes here.
 - stream `BRIDGE_STATUS`, subjects `bridge.status.<sender>.<message-id>`: status events the
   broker reports back to senders; one durable consumer `status-<sender>` per agency. Only the
-  broker publishes here.
+  broker publishes there. The same stream keeps `bridge.report.<agency>.<message-id>`: what an
+  adapter reports about a message for operations (accepted, delivered, receipted,
+  redelivered); the reporting agency is the subject's token, which NATS permissions make
+  unforgeable. No agency consumer sees reports.
+- core subjects `bridge.heartbeat.<component>.<name>`: liveness beats of adapters and brokers,
+  not stored; ops listens.
 - KV bucket `adapter-<agency>`: the adapter's own records (idempotency keys, message timelines).
 - stream `BRIDGE_PENDING`, subjects `bridge.pending.<sender>.<message-id>.<recipient>`: the
   broker's note of each routed, not yet delivered inbox copy (one per subject), from which it
@@ -32,6 +37,8 @@ only to its own replies and never see another identity's pulled messages or acks
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from ..ids import check_agency_id, check_consent_ref, check_message_id
 
@@ -64,6 +71,9 @@ __all__ = [
     "consent_subjects_all",
     "disclosure_subject",
     "disclosure_subjects_all",
+    "heartbeat_filter",
+    "heartbeat_subject",
+    "heartbeat_subjects_all",
     "inbox_consumer",
     "inbox_edit_subjects",
     "inbox_subject",
@@ -72,11 +82,15 @@ __all__ = [
     "kv_bucket_api_subjects",
     "kv_key_prefix",
     "kv_stream",
+    "ops_read_api_subjects",
     "pending_subject",
     "pending_subjects_all",
     "pending_write_subjects",
     "pull_consumer_api_subjects",
     "record_subjects_all",
+    "report_filter",
+    "report_subject",
+    "report_subjects_all",
     "role_inbox_prefix",
     "status_consumer",
     "status_filter",
@@ -186,6 +200,41 @@ def withdrawal_subjects_all() -> str:
     return f"{_PREFIX}.consent.*.*.withdrawal"
 
 
+def report_subject(agency: str, message_id: str) -> str:
+    """Where `agency`'s adapter reports a step of `message_id` for operations."""
+    return f"{_PREFIX}.report.{check_agency_id(agency)}.{check_message_id(message_id)}"
+
+
+def report_filter(agency: str) -> str:
+    """Every report of one agency (its publish permission)."""
+    return f"{_PREFIX}.report.{check_agency_id(agency)}.*"
+
+
+def report_subjects_all() -> str:
+    return f"{_PREFIX}.report.*.*"
+
+
+_HEARTBEAT_COMPONENTS = ("adapter", "broker")
+
+
+def heartbeat_subject(component: str, name: str) -> str:
+    """The liveness subject of one adapter (named by its agency) or broker (by instance)."""
+    if component not in _HEARTBEAT_COMPONENTS:
+        raise ValueError(f"unknown heartbeat component {component!r}")
+    return f"{_PREFIX}.heartbeat.{component}.{check_agency_id(name)}"
+
+
+def heartbeat_filter(component: str) -> str:
+    """Every heartbeat of one kind of component (the broker's publish permission)."""
+    if component not in _HEARTBEAT_COMPONENTS:
+        raise ValueError(f"unknown heartbeat component {component!r}")
+    return f"{_PREFIX}.heartbeat.{component}.*"
+
+
+def heartbeat_subjects_all() -> str:
+    return f"{_PREFIX}.heartbeat.*.*"
+
+
 def inbox_consumer(agency: str) -> str:
     return f"inbox-{check_agency_id(agency)}"
 
@@ -280,6 +329,17 @@ def inbox_edit_subjects() -> tuple[str, ...]:
     return (
         f"{_JS_API}.STREAM.MSG.GET.{INBOX_STREAM}",
         f"{_JS_API}.STREAM.MSG.DELETE.{INBOX_STREAM}",
+    )
+
+
+def ops_read_api_subjects(federation: Sequence[str]) -> tuple[str, ...]:
+    """What ops asks JetStream: the status stream's state and direct gets of it, and the state
+    of the broker's consumer on each agency's submit stream and of the inbox consumers
+    (backlogs). All read-only requests."""
+    return (
+        *status_stream_read_subjects(),
+        *(f"{_JS_API}.CONSUMER.INFO.{submit_stream(a)}.{BROKER_CONSUMER}" for a in federation),
+        f"{_JS_API}.CONSUMER.INFO.{INBOX_STREAM}.*",
     )
 
 

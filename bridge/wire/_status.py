@@ -8,9 +8,10 @@ reason code, a time. Nothing from inside an envelope ever goes here.
 from __future__ import annotations
 
 import enum
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
+from msgspec import Meta
 
 from ._codec import WireInvalid, decode_strict
 from ._types import (
@@ -61,7 +62,11 @@ class Component(enum.StrEnum):
 
 
 class StatusEvent(WireStruct, frozen=True, kw_only=True):
-    """One step in a message's delivery, as seen by one component."""
+    """One step in a message's delivery, as seen by one component.
+
+    `attempt` is set when the recipient's adapter reports a redelivery: the message is still
+    routed and waiting, and this is its n-th delivery from the inbox.
+    """
 
     message_id: MessageId
     sender: AgencyId
@@ -71,9 +76,12 @@ class StatusEvent(WireStruct, frozen=True, kw_only=True):
     reason: ReasonCode | None = None  # for `rejected` and `expired`, e.g. "consent.revoked"
     at: UtcDateTime
     component: Component
-    expires_at: UtcDateTime | None = None  # for `expiring`: when the inbox copy is removed
+    # For `expiring`: when the inbox copy is removed. On `routed` and the sender's `accepted`
+    # report: when the message ends if undelivered (for operations: near expiry).
+    expires_at: UtcDateTime | None = None
     # The routing policy version that made a broker's decision (routed or rejected).
     policy: PolicyHash | None = None
+    attempt: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
 
     def __post_init__(self) -> None:
         normalise_utc(self, "at")
