@@ -31,6 +31,7 @@ __all__ = [
     "HttpConfig",
     "NatsClientConfig",
     "PolicyConfig",
+    "ProbeConfig",
     "ProvisionConfig",
     "load_adapter_config",
     "load_broker_config",
@@ -112,9 +113,17 @@ class ExpiryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     warn_fraction: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.5
 
 
+class ProbeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where a process without an API of its own serves `/healthz`, `/readyz` and `/metrics`."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+
+
 class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     nats: NatsClientConfig
     directory: DirectoryConfig
+    http: ProbeConfig | None = None  # health and metrics; none served without it
     audit: AuditConfig
     policy: PolicyConfig
     expiry: ExpiryConfig = msgspec.field(default_factory=ExpiryConfig)
@@ -129,9 +138,14 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
 
 class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The adapter's HTTP API. `/metrics` is served there too, unless `metrics_port` gives it a
+    listener of its own (on `metrics_host`, by default the API's host)."""
+
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8400
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 768 * 1024
+    metrics_host: str | None = None
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
 
 
 class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -32,6 +32,7 @@ from ..config import AuthConfig
 from ..errors import ConfigError, PolicyError
 
 __all__ = [
+    "OPS_SCOPES",
     "SCOPES",
     "AuthenticationFailed",
     "Claims",
@@ -49,6 +50,8 @@ SCOPES: Final = (
     "consents:read",
     "consents:write",
 )
+OPS_SCOPES: Final = ("ops:read",)
+"""The ops role: read-only access to the ops service's dashboard and API (another audience)."""
 _MAX_TOKEN_BYTES: Final = 8192
 _TIME_CLAIMS: Final = ("exp", "iat", "nbf")
 
@@ -172,9 +175,10 @@ def mint_token(
 ) -> str:
     """Sign a token for the embedded default's Ed25519 key (EdDSA)."""
     wanted = list(scopes)
-    unknown = [s for s in wanted if s not in SCOPES]
+    known = SCOPES + OPS_SCOPES
+    unknown = [s for s in wanted if s not in known]
     if unknown:
-        raise ConfigError(f"unknown scopes {unknown}; known: {list(SCOPES)}", reason="auth.scope")
+        raise ConfigError(f"unknown scopes {unknown}; known: {list(known)}", reason="auth.scope")
     try:
         key = load_pem_private_key(private_key_path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:

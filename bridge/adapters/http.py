@@ -15,10 +15,12 @@ from typing import Final
 
 import msgspec
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from ..errors import ProtocolError, TransportError
 from ..federation.directory import Directory
 from ..ids import check_message_id
+from ..telemetry import metrics_response
 from .api import Accepted, DeletionConfirmation, Health, InboxList
 from .auth import AuthenticationFailed, Claims, InsufficientScope, TokenVerifier
 from .consents import Consents
@@ -56,6 +58,7 @@ class ApiContext:
     revocations: Revocations
     directory: Callable[[], Directory]
     disclosures: Disclosures | None = None
+    metrics: CollectorRegistry | None = None  # served at /metrics unless on a port of its own
 
 
 CONTEXT: Final = web.AppKey("bridge.adapter", ApiContext)
@@ -325,4 +328,11 @@ def build_app(context: ApiContext) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/openapi.json", _openapi)
+    if context.metrics is not None:
+        registry = context.metrics
+
+        async def metrics(request: web.Request) -> web.StreamResponse:
+            return metrics_response(registry)
+
+        app.router.add_get("/metrics", metrics)
     return app

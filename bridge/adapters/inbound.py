@@ -38,6 +38,7 @@ from ..wire import (
 from .api import InboxItem
 from .delivery import Incoming, Sink
 from .receipts import send_receipt
+from .reports import Reporter
 from .revocation import Revocations, note_of
 from .store import RECORD_GRACE_SECONDS, Event, MessageRecord, ReceiptFold, Store
 
@@ -51,6 +52,14 @@ _RETRY_DELAY: Final = 2.0
 async def _nak(msg: Msg, delay: float) -> None:
     with contextlib.suppress(nats.errors.Error, OSError):  # else redelivered after the ack wait
         await msg.nak(delay=delay)
+
+
+def _deliveries(msg: Msg) -> int:
+    """How often JetStream has delivered this message, this time included."""
+    try:
+        return max(1, int(msg.metadata.num_delivered or 1))
+    except (AttributeError, TypeError, ValueError, IndexError, nats.errors.Error):
+        return 1
 
 
 def _utc(seconds: int) -> datetime.datetime:
@@ -73,8 +82,10 @@ class Inbound:
         clock: Callable[[], float],
         fetch_timeout: float = 5.0,
         revocations: Revocations | None = None,
+        reporter: Reporter | None = None,
     ) -> None:
         self._revocations = revocations
+        self._reporter = reporter
         self._keyring = keyring
         self._directory = directory
         self._store = store
@@ -133,9 +144,14 @@ class Inbound:
             await self._refuse(msg, exc, directory, now)
             return
         del opened
+        attempt = _deliveries(msg)
+        if attempt > 1 and self._reporter is not None:
+            await self._reporter.redelivered(header.id, header.sender, header.type, attempt)
         if isinstance(body, Receipt):
             await self._fold_receipt(header, body, now)
             await msg.ack()
+            if self._reporter is not None:  # a receipt ends here: taken by this adapter
+                await self._reporter.delivered(header.id, header.sender, header.type)
             return
         if isinstance(body, DeletionConfirmed):
             if self._revocations is not None:
@@ -188,6 +204,8 @@ class Inbound:
         )
         if header.type not in ("receipt", "deletion-confirmed"):  # answers get no answer
             await self._receipt(header, Rejected(reason=exc.reason), directory, now)
+        if self._reporter is not None:
+            await self._reporter.refused(header.id, header.sender, header.type, exc.reason)
         await msg.term()
 
     async def first_post(self, incoming: Incoming) -> bool:
@@ -218,6 +236,8 @@ class Inbound:
             # Recorded and receipted: the redelivery finds the record and is only acknowledged.
             log.warning("inbound message %s: NATS ack lost (%s)", header.id, type(exc).__name__)
         self.delivered += 1
+        if self._reporter is not None:
+            await self._reporter.delivered(header.id, header.sender, header.type)
         log.info("inbound message %s delivered to the local system", header.id)
 
     async def _receipt(
@@ -273,6 +293,8 @@ class Inbound:
             )
             return
         log.info("receipt from %s folded into message %s", header.sender, original)
+        if self._reporter is not None and not isinstance(disposition, Rejected):
+            await self._reporter.receipted(original, header.sender, record.type)
 
 
 def _receipt_time(receipt: Receipt, record: MessageRecord, recipient: str, now: int) -> int:

@@ -28,6 +28,7 @@ from ..nats.subjects import submit_subject
 from ..nats.transport import publish_durable
 from ..policy import Decision, FlowRequest, Policy
 from .problems import ApiProblem
+from .reports import Reporter
 from .store import Event, IdemRecord, MessageRecord, Store
 from .submission import Submission, parse_submission
 
@@ -70,9 +71,11 @@ class Outbound:
         clock: Callable[[], float],
         registry: Registry | None,
         retry_after: int = 5,
+        reporter: Reporter | None = None,
     ) -> None:
         """`registry` is None only when consent enforcement is off (`[consent] enforce`)."""
         self._agency = agency
+        self._reporter = reporter
         self._keyring = keyring
         self._directory = directory
         self._policy = policy
@@ -210,6 +213,7 @@ class Outbound:
             expires_at=now + submission.lifetime,
         )
         revision = await self._store.create_message(record, now)
+        submitted_at = self._clock()
         ack = await publish_durable(
             self._js,
             submit_subject(self._agency),
@@ -228,6 +232,14 @@ class Outbound:
             await self._store.update_consent(request.consent, now=accepted_at, message=message_id)
         except TransportError as exc:
             log.warning("message %s not noted under its consent [%s]", message_id, exc.reason)
+        if self._reporter is not None:
+            await self._reporter.accepted(
+                message_id,
+                request.type,
+                request.recipients,
+                now + submission.lifetime,
+                submitted_at,
+            )
         log.info(
             "submitted message %s (%s, %d recipients%s)",
             message_id,

@@ -45,15 +45,18 @@ from ..nats.subjects import (
 )
 from ..nats.transport import bind_pull, connect
 from ..policy import Policy, PolicyHolder, PolicySerialState
+from ..telemetry import HEARTBEAT_INTERVAL, HealthServer, beat_forever
 from .auth import TokenVerifier
 from .consents import Consents
 from .disclosures import Disclosures
 from .guard import GuardedAppRunner
 from .http import ApiContext, build_app
 from .inbound import Inbound
+from .metrics import AdapterMetrics
 from .openapi import openapi_document
 from .outbound import Outbound
 from .pull import PullInbox
+from .reports import Reporter
 from .revocation import Revocations
 from .status import StatusFolder
 from .store import Store
@@ -76,8 +79,12 @@ class Adapter:
         clock: Callable[[], float] = time.time,
         environ: Mapping[str, str] | None = None,
         fetch_timeout: float = 5.0,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
     ) -> None:
         self.config = config
+        self.metrics = AdapterMetrics(config.agency)
+        self._heartbeat_interval = heartbeat_interval
+        self._metrics_server: HealthServer | None = None
         self._clock = clock
         self._environ = os.environ if environ is None else environ
         self._fetch_timeout = fetch_timeout
@@ -231,6 +238,13 @@ class Adapter:
             publish_timeout=timeout,
             clock=self._clock,
         )
+        reporter = Reporter(
+            agency=c.agency,
+            js=js,
+            metrics=self.metrics,
+            clock=self._clock,
+            publish_timeout=timeout,
+        )
         self.inbound = Inbound(
             revocations=revocations,
             keyring=keyring,
@@ -242,6 +256,7 @@ class Adapter:
             publish_timeout=timeout,
             clock=self._clock,
             fetch_timeout=self._fetch_timeout,
+            reporter=reporter,
         )
         self.status = StatusFolder(
             agency=c.agency,
@@ -262,6 +277,7 @@ class Adapter:
                 clock=self._clock,
                 confirm_deletion=revocations.confirm,
                 first_post=self.inbound.first_post,
+                metrics=self.metrics,
             )
         else:
             sink = self.inbox = PullInbox(
@@ -282,7 +298,11 @@ class Adapter:
             publish_timeout=timeout,
             clock=self._clock,
             registry=registry if c.consent.enforce else None,
+            reporter=reporter,
         )
+        if self.inbox is not None:
+            inbox = self.inbox
+            self.metrics.inbox_pending.set_function(lambda: inbox.statistics()["pending"])
         consents = Consents(
             agency=c.agency,
             keyring=keyring,
@@ -313,6 +333,7 @@ class Adapter:
                     clock=self._clock,
                     timeout=max(timeout, 30.0),  # the broker reads the whole trail
                 ),
+                metrics=None if c.http.metrics_port is not None else self.metrics.registry,
             )
         )
         self._task = asyncio.create_task(self._background(sink), name=f"adapter-{c.agency}")
@@ -328,6 +349,15 @@ class Adapter:
             ) from exc
         host, port = self._runner.addresses[0][:2]
         self._url = f"http://{_url_host(host)}:{port}"
+        if c.http.metrics_port is not None:
+            self._metrics_server = HealthServer(
+                c.http.metrics_host or c.http.host,
+                c.http.metrics_port,
+                ready=self.ready,
+                registry=self.metrics.registry,
+            )
+            await self._metrics_server.start()
+        self.metrics.up.labels(c.agency).set_function(lambda: 1.0 if self.ready() else 0.0)
 
     async def _keepalive_interval(self, js: object, wait: float) -> float:
         """A third of the inbox consumer's ack wait, so a held message is never redelivered."""
@@ -354,6 +384,17 @@ class Adapter:
                     self._policy.watch(self.config.directory.reload_seconds), name="policy"
                 )
                 group.create_task(self._watch_connection(), name="connection")
+                assert self._nc is not None
+                group.create_task(
+                    beat_forever(
+                        self._nc,
+                        "adapter",
+                        self.config.agency,
+                        interval=self._heartbeat_interval,
+                        clock=self._clock,
+                    ),
+                    name="heartbeat",
+                )
                 if isinstance(sink, PullInbox):
                     group.create_task(sink.keep_alive(), name="pull-keepalive")
                 else:
@@ -402,6 +443,9 @@ class Adapter:
 
     async def _close(self) -> None:
         try:
+            if self._metrics_server is not None:
+                await self._metrics_server.stop()
+                self._metrics_server = None
             if self._runner is not None:
                 await self._runner.cleanup()
                 self._runner = None

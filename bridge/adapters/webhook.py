@@ -39,6 +39,7 @@ import nats.errors
 from ..config import DeliveryConfig
 from ..errors import BridgeError, ConfigError, TransportError, reasons_of
 from .delivery import Complete, Incoming, kept_alive
+from .metrics import AdapterMetrics
 
 __all__ = [
     "ATTEMPT_HEADER",
@@ -124,12 +125,14 @@ class WebhookSink:
         clock: Callable[[], float],
         confirm_deletion: Callable[[str], Awaitable[object]] | None = None,
         first_post: Callable[[Incoming], Awaitable[bool]] | None = None,
+        metrics: AdapterMetrics | None = None,
     ) -> None:
         """`confirm_deletion(notice_id)` is called when the local system answers a
         `consent-revoked` notice with `{"deleted": true}` (docs/adapter.md). `first_post(incoming)`
         durably records a post before it is made and says whether it is the first (see
         `Inbound.first_post`); without it only JetStream's delivery count and this process's
         memory mark repeats."""
+        self._metrics = metrics
         if config.webhook_url is None:
             raise ConfigError("webhook delivery needs webhook_url", reason="config.invalid")
         self._url = config.webhook_url
@@ -295,6 +298,17 @@ class WebhookSink:
         self, payload: bytes, message_id: str, attempt: int, *, repeat: bool, notice: bool = False
     ) -> bool:
         self.attempts += 1
+        if self._metrics is not None:
+            self._metrics.webhook_attempts.inc()
+        if await self._post_once(payload, message_id, attempt, repeat=repeat, notice=notice):
+            return True
+        if self._metrics is not None:
+            self._metrics.webhook_failures.inc()
+        return False
+
+    async def _post_once(
+        self, payload: bytes, message_id: str, attempt: int, *, repeat: bool, notice: bool
+    ) -> bool:
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(self._secrets, int(self._clock()), payload),

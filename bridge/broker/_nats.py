@@ -59,12 +59,13 @@ def status_event(
     message_id: str,
     sender: str,
     state: DeliveryState,
-    now: int,
+    now: float,
     *,
     recipient: str | None = None,
     reason: str | None = None,
     message_type: str | None = None,
     policy: str | None = None,
+    expires_at: int | None = None,
 ) -> StatusEvent:
     return StatusEvent(
         message_id=message_id,
@@ -76,6 +77,11 @@ def status_event(
         at=datetime.datetime.fromtimestamp(now, datetime.UTC),
         component=Component.BROKER,
         policy=policy,
+        expires_at=(
+            None
+            if expires_at is None
+            else datetime.datetime.fromtimestamp(expires_at, datetime.UTC)
+        ),
     )
 
 

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
@@ -50,6 +51,7 @@ from ..nats.subjects import (
 )
 from ..nats.transport import bind_pull, connect, fetch, publish_durable
 from ..policy import Policy, PolicyHolder, PolicySerialState
+from ..telemetry import HEARTBEAT_INTERVAL, HealthServer, beat_forever
 from ..wire import DeliveryState, encode_status_event
 from ._audit import (
     consent_registered_events,
@@ -65,6 +67,7 @@ from ._consent import check_consent
 from ._directory import DirectoryHolder
 from ._disclosure import DisclosureDesk
 from ._expiry import ExpiryWatch
+from ._metrics import BrokerMetrics
 from ._nats import (
     close_connection,
     deliveries,
@@ -88,6 +91,7 @@ _FETCH_BACKOFF: Final = (0.1, 5.0)  # first and largest pause after a failed fet
 _RETRY_MAX: Final = 300.0  # largest redelivery delay after a failed publish
 _NEWER_DIRECTORY: Final = frozenset({"key.unknown", "envelope.unknown_recipient"})
 _INTERNAL_ATTEMPTS: Final = 3  # deliveries of a submission that keeps hitting a bug before term
+_BACKLOG_EVERY: Final = 10.0  # seconds between looks at the submit consumers' backlogs
 
 
 class Broker:
@@ -108,6 +112,7 @@ class Broker:
         name: str = "bridge-broker",
         fetch_wait: float = _FETCH_WAIT,
         retry_delay: float = 2.0,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
     ) -> None:
         if fetch_wait <= 0 or retry_delay <= 0:
             raise ValueError("fetch_wait and retry_delay must be positive")
@@ -135,6 +140,14 @@ class Broker:
             max_lifetime=config.limits.max_lifetime,
         )
         self._counters = Counters()
+        self._heartbeat_interval = heartbeat_interval
+        self.metrics = BrokerMetrics()
+        self._nc: NATS | None = None
+        self._health: HealthServer | None = None
+        if config.http is not None:
+            self._health = HealthServer(
+                config.http.host, config.http.port, ready=self.ready, registry=self.metrics.registry
+            )
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
         self._in_batch = 0  # batches being handled, over all submit streams
@@ -155,12 +168,37 @@ class Broker:
     def started(self) -> bool:
         return self._started.is_set()
 
+    @property
+    def health_url(self) -> str | None:
+        """Where `/healthz`, `/readyz` and `/metrics` are served (with `[http]` configured)."""
+        return None if self._health is None else self._health.url
+
+    def ready(self) -> bool:
+        """Consuming: connected, bound to the submit consumers, not stopping."""
+        return (
+            self._started.is_set()
+            and not self._stop.is_set()
+            and self._nc is not None
+            and self._nc.is_connected
+            and self._directory.usable() is not None
+        )
+
     async def run(self) -> None:
         if self._ran:
             raise RuntimeError("a Broker runs once; create a new one to run again")
         self._ran = True
+        if self._health is not None:
+            await self._health.start()
+        try:
+            await self._run()
+        finally:
+            self.metrics.up.set(0)
+            if self._health is not None:
+                await self._health.stop()
+
+    async def _run(self) -> None:
         nats_config = self._config.nats
-        nc = await connect(
+        nc = self._nc = await connect(
             nats_config.url,
             self._config.path(nats_config.seed_file),
             Identity.broker().inbox_prefix,
@@ -216,6 +254,16 @@ class Broker:
                 withdrawals = tg.create_task(self._withdrawals(js, subs), name="withdrawals")
                 registrations = tg.create_task(self._registrations(js, subs), name="registrations")
                 disclosure = await self._open_disclosure_desk(nc, js)
+                beating = tg.create_task(
+                    beat_forever(
+                        nc,
+                        "broker",
+                        self._name,
+                        interval=self._heartbeat_interval,
+                        clock=self._clock,
+                    )
+                )
+                backlog = tg.create_task(self._watch_backlog(js))
                 # One consumer per sender's submit stream, for every agency in the directory;
                 # agencies a reloaded directory adds are picked up at the next look.
                 while not self._stop.is_set():
@@ -233,6 +281,7 @@ class Broker:
                             )
                     if not self._started.is_set():
                         self._started.set()
+                        self.metrics.up.set(1)
                         log.info(
                             "broker %s consuming %d submit streams, directory serial %d, "
                             "policy serial %d (%s)",
@@ -250,6 +299,8 @@ class Broker:
                 withdrawals.cancel()
                 registrations.cancel()
                 await disclosure.unsubscribe()
+                beating.cancel()
+                backlog.cancel()
                 if self._in_batch:  # let them settle what they can; the rest is redelivered
                     await asyncio.wait(
                         consumers.values(), timeout=self._config.publish_timeout_seconds + 2
@@ -494,6 +545,22 @@ class Broker:
             finally:
                 self._in_batch -= 1
 
+    async def _watch_backlog(self, js: JetStreamContext) -> None:
+        """Keep the submission backlog gauges current; a failed look is only logged."""
+        while True:
+            waiting = redelivered = 0
+            try:
+                for agency in self._directory.current.agencies():
+                    async with asyncio.timeout(self._config.publish_timeout_seconds):
+                        info = await js.consumer_info(submit_stream(agency.id), BROKER_CONSUMER)
+                    waiting += int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+                    redelivered += int(info.num_redelivered or 0)
+                self.metrics.submission_backlog.set(waiting)
+                self.metrics.submission_redelivered.set(redelivered)
+            except (TimeoutError, nats.errors.Error, OSError) as exc:
+                log.warning("submission backlog not read (%s)", type(exc).__name__)
+            await asyncio.sleep(_BACKLOG_EVERY)
+
     async def _sleep(self, seconds: float) -> None:
         """Wait `seconds`, or less if the broker is asked to stop."""
         with contextlib.suppress(TimeoutError):
@@ -507,6 +574,7 @@ class Broker:
         delivery = deliveries(msg)
         if delivery > 1:
             self._counters.redelivered += 1
+            self.metrics.redeliveries.inc()
         try:
             submission = parse_submission(msg.subject, msg.headers)
         except ProtocolError as exc:
@@ -523,6 +591,7 @@ class Broker:
             await self._process(js, msg, submission, directory)
         except TransportError as exc:
             self._counters.deferred += 1
+            self.metrics.deferred.inc()
             delay = min(self._retry_delay * 2 ** (delivery - 1), _RETRY_MAX)
             log.warning(
                 "deferred id=%s sender=%s: %s [%s]; retry in %.1fs",
@@ -635,15 +704,19 @@ class Broker:
             )
         )
         routed = DeliveryState.ROUTED
+        # Undelivered, the message ends at its own expiry or when the inbox TTL removes it.
+        expires_at = min(header.exp, now + verdict.ttl)
+        at = max(float(now), self._clock())  # to the sub-second, for the latency of each step
         await publish_all(
             self._publish_status(
                 js,
                 submission,
                 routed,
-                now,
+                at,
                 recipient=r,
                 message_type=verdict.header.type,
                 policy=policy.hash,
+                expires_at=expires_at,
             )
             for r in verdict.recipients
         )
@@ -670,6 +743,9 @@ class Broker:
         await self._record(routing_events(verdict, msg.headers, now))
         await settle(msg.ack())
         self._counters.routed += 1
+        for recipient in verdict.recipients:
+            self.metrics.messages.labels("routed", header.type, submission.sender, recipient).inc()
+        self.metrics.route_latency.observe(max(0.0, self._clock() - header.iat))
         log.info(
             "routed id=%s sender=%s recipients=%s type=%s ttl=%d rule=%s policy=%s",
             message_id,
@@ -703,6 +779,11 @@ class Broker:
         await self._record(rejection_events(submission, header, reason, now))
         await settle(msg.ack())  # handled for good: the sender has been told
         self._counters.rejected[reason] += 1
+        self.metrics.rejections.labels(reason).inc()
+        for recipient in [r.agency for r in header.recipients] if header else ["-"]:
+            self.metrics.messages.labels(
+                "rejected", header.type if header else "-", submission.sender, recipient
+            ).inc()
         log.warning(
             "rejected id=%s sender=%s recipients=%s type=%s reason=%s policy=%s",
             submission.message_id,
@@ -733,12 +814,13 @@ class Broker:
         js: JetStreamContext,
         submission: Submission,
         state: DeliveryState,
-        now: int,
+        now: float,
         *,
         recipient: str | None = None,
         reason: str | None = None,
         message_type: str | None = None,
         policy: str | None = None,
+        expires_at: int | None = None,
     ) -> None:
         event = status_event(
             submission.message_id,
@@ -749,6 +831,7 @@ class Broker:
             reason=reason,
             message_type=message_type,
             policy=policy,
+            expires_at=expires_at,
         )
         await publish_durable(
             js,

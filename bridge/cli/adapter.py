@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 from pathlib import Path
 from typing import Any
@@ -26,17 +25,19 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )
+    parser.add_argument(
+        "--log-format", default="text", choices=("text", "json"), help="json: one object a line"
+    )
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     stop_quietly_until_running()
     from ..config import load_adapter_config
+    from ..telemetry import configure_logging
 
     config = load_adapter_config(args.config)  # a ConfigError becomes one line and exit 2
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level, args.log_format)
     return asyncio.run(_serve(config))
 
 

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import logging
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,9 @@ def register(commands: Any) -> None:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="least severe log level written to stderr (default INFO)",
     )
+    parser.add_argument(
+        "--log-format", default="text", choices=("text", "json"), help="json: one object a line"
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -40,13 +42,10 @@ def _run(args: argparse.Namespace) -> int:
     stop_quietly_until_running()
     from ..broker import Broker
     from ..config import load_broker_config
+    from ..telemetry import configure_logging
 
     config = load_broker_config(args.config)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     broker = Broker(config)  # loads and checks the key directory before connecting
     return asyncio.run(_serve(broker))
 
