@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "nats",
     "broker",
     "adapter",
+    "ops",
     "token",
     "up",
     "demo",
