@@ -80,7 +80,7 @@ def test_first_run_creates_private_state_and_second_run_resumes_it(tmp_path: Pat
 def test_adapter_configs_match_the_demo_federation(tmp_path: Path) -> None:
     stack = prepare(tmp_path / "state", port_base=0)
     ports = set(stack.ports.all().values())
-    assert len(ports) == 2 + len(DEMO_AGENCIES)  # no port chosen twice
+    assert len(ports) == 4 + len(DEMO_AGENCIES)  # nats, sink, broker, ops: none chosen twice
     for agency in DEMO_AGENCIES:
         config = load_adapter_config(stack.layout.adapter_config(agency.id))
         assert config.agency == agency.id
@@ -417,6 +417,8 @@ def test_default_ports_are_the_documented_ones_where_free() -> None:
         "adapter jobcenter-unna": 8401,
         "adapter suchtberatung-unna": 8402,
         "adapter spdi-unna": 8403,
+        "broker": 8404,
+        "ops": 8405,
     }
     for what, port in ports.all().items():
         if port_is_free("127.0.0.1", wanted[what]):

@@ -18,6 +18,7 @@ from ..nats.server import ServerLayout
 __all__ = [
     "DEMO_AGENCIES",
     "FEDERATION",
+    "OPS_AUDIENCE",
     "TOKEN_ISSUER",
     "DemoAgency",
     "StateLayout",
@@ -26,6 +27,7 @@ __all__ = [
 
 FEDERATION: Final = "demo-unna"
 TOKEN_ISSUER: Final = "bridge-demo"  # noqa: S105 - an issuer name, not a secret
+OPS_AUDIENCE: Final = "bridge:ops"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,26 @@ class StateLayout:
     @property
     def broker_log(self) -> Path:
         return self.log_dir / "broker.log"
+
+    @property
+    def ops_dir(self) -> Path:
+        return self.root / "ops"
+
+    @property
+    def ops_config(self) -> Path:
+        return self.ops_dir / "ops.toml"
+
+    @property
+    def ops_log(self) -> Path:
+        return self.log_dir / "ops.log"
+
+    @property
+    def ops_token_private_key(self) -> Path:
+        return self.ops_dir / "token-signing.key"
+
+    @property
+    def ops_token_public_key(self) -> Path:
+        return self.ops_dir / "token-signing.pub.pem"
 
     def adapter_log(self, agency: str) -> Path:
         return self.log_dir / f"adapter-{check_agency_id(agency)}.log"

@@ -1,7 +1,8 @@
 """The network addresses of the embedded stack, chosen once and then kept.
 
 The first `bridge up` prefers fixed ports from a port base (NATS on the base, the adapters on
-base+1..base+3, the demo sink on base+9), so the URLs in the docs work; a taken port is replaced
+base+1..base+3, the broker's health and metrics on base+4, ops on base+5, the demo sink on
+base+9), so the URLs in the docs work; a taken port is replaced
 by a free one. The choice is recorded in `ports.json`, and later runs reuse it, so the URLs and
 the tokens a developer copied keep working. A port base of 0 means "free ports only" (tests).
 """
@@ -29,6 +30,7 @@ __all__ = [
     "Ports",
     "check_free",
     "choose_ports",
+    "complete_ports",
     "connect_host",
     "http_url",
     "load_ports",
@@ -39,6 +41,8 @@ __all__ = [
 DEFAULT_PORT_BASE: Final = 8400
 DEFAULT_NATS_PORT: Final = 4222  # NATS's own default, used when no port base is given
 SINK_OFFSET: Final = 9
+BROKER_OFFSET: Final = 4
+OPS_OFFSET: Final = 5
 
 _Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 
@@ -50,11 +54,18 @@ class Ports(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     nats: _Port
     sink: _Port
     adapters: dict[str, _Port]
+    # Added later: a ports.json from before has neither; `complete_ports` fills them in.
+    broker: _Port | None = None  # the broker's /healthz, /readyz and /metrics
+    ops: _Port | None = None
 
     def all(self) -> dict[str, int]:
         """Every port by what uses it, for messages and checks."""
         named = {"nats-server": self.nats, "demo sink": self.sink}
         named.update({f"adapter {agency}": port for agency, port in self.adapters.items()})
+        if self.broker is not None:
+            named["broker"] = self.broker
+        if self.ops is not None:
+            named["ops"] = self.ops
         return named
 
 
@@ -125,6 +136,21 @@ def choose_ports(host: str, port_base: int | None) -> Ports:
         nats=_pick(host, nats_wanted, taken),
         sink=_pick(host, want(SINK_OFFSET), taken),
         adapters={a.id: _pick(host, want(a.port_offset), taken) for a in DEMO_AGENCIES},
+        broker=_pick(host, want(BROKER_OFFSET), taken),
+        ops=_pick(host, want(OPS_OFFSET), taken),
+    )
+
+
+def complete_ports(ports: Ports) -> Ports | None:
+    """`ports` with the ports added since it was recorded, or None if none is missing."""
+    if ports.broker is not None and ports.ops is not None:
+        return None
+    taken = set(ports.all().values())
+    base = ports.nats if ports.nats != DEFAULT_NATS_PORT else DEFAULT_PORT_BASE
+    return msgspec.structs.replace(
+        ports,
+        broker=ports.broker or _pick(ports.host, base + BROKER_OFFSET, taken),
+        ops=ports.ops or _pick(ports.host, base + OPS_OFFSET, taken),
     )
 
 

@@ -1,6 +1,7 @@
-"""Run the embedded stack in the foreground: nats-server, broker, three adapters, demo sink.
+"""Run the embedded stack in the foreground: nats-server, broker, three adapters, ops, demo sink.
 
-Start order is dependency order (nats-server, provisioning, the sink, the broker, the adapters),
+Start order is dependency order (nats-server, provisioning, the sink, the broker, the adapters,
+ops),
 each waited for until it is ready; stop order is the reverse. Ctrl-C and SIGTERM set an event
 rather than cancel anything, so the shutdown itself cannot be interrupted half way. A process
 that dies on its own, nats-server included, is restarted after a growing pause (`Backoff`) and
@@ -20,15 +21,11 @@ from pathlib import Path
 from typing import Final, TextIO
 
 import aiohttp
-import nats.errors
-from nats.aio.client import Client as NATS
 
 from ..errors import ConfigError
 from ..nats.identities import Credentials, Identity
 from ..nats.provision import Action, provision_at
 from ..nats.server import NatsServer
-from ..nats.subjects import BROKER_CONSUMER, submit_stream
-from ..nats.transport import connect
 from .democonsent import ensure_demo_consent
 from .layout import DEMO_AGENCIES, StateLayout
 from .ports import check_free
@@ -74,23 +71,6 @@ def _http_probe(session: aiohttp.ClientSession, url: str) -> Probe:
     return probe
 
 
-def _broker_probe(admin: NATS) -> Probe:
-    """Ready once the broker has a pull request waiting on every agency's submit stream."""
-
-    async def probe() -> bool:
-        js = admin.jetstream(timeout=_PROBE_TIMEOUT)
-        try:
-            for agency in DEMO_AGENCIES:
-                info = await js.consumer_info(submit_stream(agency.id), BROKER_CONSUMER)
-                if not info.num_waiting:
-                    return False
-        except (nats.errors.Error, TimeoutError, OSError):
-            return False
-        return True
-
-    return probe
-
-
 def _component(name: str, config: Path, log_file: Path, probe: Probe) -> ChildSpec:
     return ChildSpec(
         name=name,
@@ -108,7 +88,9 @@ def _banner(stack: Stack, server: NatsServer, supervisor: Supervisor, sink: Demo
     lines = [
         f"{READY_LINE} ({state} {layout.root})",
         f"  nats-server   {stack.nats_url}  pid {server.pid}",
-        f"  broker        pid {pids['broker']}  log {layout.broker_log}",
+        f"  broker        pid {pids['broker']}  health {stack.broker_health_url}/readyz  "
+        f"log {layout.broker_log}",
+        f"  ops           {stack.ops_url}/  pid {pids['ops']}  log {layout.ops_log}",
         f"  demo sink     {sink.url}/deliveries  (webhook receiver of suchtberatung-unna)",
         "  adapters:",
     ]
@@ -118,6 +100,10 @@ def _banner(stack: Stack, server: NatsServer, supervisor: Supervisor, sink: Demo
             f"    {agency.id:<20} {stack.adapter_url(agency.id):<24} {agency.delivery:<8}"
             f"pid {pids[f'adapter {agency.id}']}  sign-key {kids['sign']}  enc-key {kids['enc']}"
         )
+    lines.append(
+        f"  ops dashboard (token valid {hours} h; `bridge token --ops` mints more):\n"
+        f"    {stack.ops_url}/#token={stack.ops_token()}"
+    )
     lines.append(f"  tokens (all scopes, valid {hours} h; `bridge token` mints more):")
     for agency in DEMO_AGENCIES:
         lines.append(f"    {agency.id:<20} {stack.token(agency.id)}")
@@ -200,30 +186,36 @@ async def _start_all(
     )
     await sink.start(stack.ports.host, stack.ports.sink)
     say(f"bridge up: demo sink ready on {sink.url}")
-    admin = await connect(server.url, admin_seed, Identity.admin().inbox_prefix, "bridge-up")
-    try:
-        async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession() as session:
+        # The broker says itself when it consumes (its /readyz), rather than being guessed at.
+        broker_ready = _http_probe(session, f"{stack.broker_health_url}/readyz")
+        await supervisor.start(
+            _component("broker", layout.broker_config, layout.broker_log, broker_ready)
+        )
+        for agency in DEMO_AGENCIES:
+            url = f"{stack.adapter_url(agency.id)}/readyz"
             await supervisor.start(
-                _component("broker", layout.broker_config, layout.broker_log, _broker_probe(admin))
-            )
-            for agency in DEMO_AGENCIES:
-                url = f"{stack.adapter_url(agency.id)}/readyz"
-                await supervisor.start(
-                    _component(
-                        f"adapter {agency.id}",
-                        layout.adapter_config(agency.id),
-                        layout.adapter_log(agency.id),
-                        _http_probe(session, url),
-                    )
+                _component(
+                    f"adapter {agency.id}",
+                    layout.adapter_config(agency.id),
+                    layout.adapter_log(agency.id),
+                    _http_probe(session, url),
                 )
-            consent_id, new = await ensure_demo_consent(stack, session)
-            say(
-                f"bridge up: demo consent {consent_id} "
-                + ("registered" if new else "still active")
-                + " at jobcenter-unna (for `bridge demo`; consent enforcement is on)"
             )
-    finally:
-        await admin.close()
+        consent_id, new = await ensure_demo_consent(stack, session)
+        say(
+            f"bridge up: demo consent {consent_id} "
+            + ("registered" if new else "still active")
+            + " at jobcenter-unna (for `bridge demo`; consent enforcement is on)"
+        )
+        await supervisor.start(
+            _component(
+                "ops",
+                layout.ops_config,
+                layout.ops_log,
+                _http_probe(session, f"{stack.ops_url}/readyz"),
+            )
+        )
 
 
 async def _supervise(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Final
 
 from .._files import write_file, write_private_file
-from ..adapters.auth import SCOPES, generate_signing_key, mint_token
+from ..adapters.auth import OPS_SCOPES, SCOPES, generate_signing_key, mint_token
 from ..audit import generate_audit_key
 from ..crypto import Keyring, kid_hex
 from ..errors import BridgeError, ConfigError
@@ -30,9 +30,16 @@ from ..federation import operator as fed
 from ..federation.directory import Directory, load_anchor
 from ..nats.server import ServerSettings, configure
 from ..policy import SIGNED_POLICY, load_policy_file, read_policy_source, sign_policy_file
-from .configs import write_adapter_config, write_broker_config
-from .layout import DEMO_AGENCIES, FEDERATION, TOKEN_ISSUER, StateLayout, demo_agency
-from .ports import Ports, choose_ports, http_url, load_ports, save_ports
+from .configs import write_adapter_config, write_broker_config, write_ops_config
+from .layout import (
+    DEMO_AGENCIES,
+    FEDERATION,
+    OPS_AUDIENCE,
+    TOKEN_ISSUER,
+    StateLayout,
+    demo_agency,
+)
+from .ports import Ports, choose_ports, complete_ports, http_url, load_ports, save_ports
 
 __all__ = [
     "DEFAULT_TOKEN_LIFETIME",
@@ -91,6 +98,31 @@ class Stack:
             audience=entry.audience,
             subject=subject or f"{entry.id}-local-system",
             scopes=scopes,
+            lifetime_seconds=lifetime_seconds,
+        )
+
+    @property
+    def ops_url(self) -> str:
+        assert self.ports.ops is not None  # filled in by prepare()
+        return http_url(self.ports.host, self.ports.ops)
+
+    @property
+    def broker_health_url(self) -> str:
+        assert self.ports.broker is not None
+        return http_url(self.ports.host, self.ports.broker)
+
+    def ops_token(self, lifetime_seconds: int = DEFAULT_TOKEN_LIFETIME) -> str:
+        """A bearer token with the ops role for the dashboard and the ops API (read-only)."""
+        if not 60 <= lifetime_seconds <= _MAX_TOKEN_LIFETIME:
+            raise ConfigError(
+                f"token lifetime must be 60 to {_MAX_TOKEN_LIFETIME} seconds", reason="up.token"
+            )
+        return mint_token(
+            self.layout.ops_token_private_key,
+            issuer=TOKEN_ISSUER,
+            audience=OPS_AUDIENCE,
+            subject="ops-dashboard",
+            scopes=OPS_SCOPES,
             lifetime_seconds=lifetime_seconds,
         )
 
@@ -181,6 +213,10 @@ def _ensure_secrets(layout: StateLayout) -> None:
         layout.broker_dir.mkdir(mode=0o700, exist_ok=True)
         layout.audit_public_key.unlink(missing_ok=True)
         generate_audit_key(layout.audit_key, layout.audit_public_key)
+    layout.ops_dir.mkdir(mode=0o700, exist_ok=True)
+    if not layout.ops_token_private_key.exists():
+        layout.ops_token_public_key.unlink(missing_ok=True)
+        generate_signing_key(layout.ops_token_private_key, layout.ops_token_public_key)
     layout.sink_dir.mkdir(mode=0o700, exist_ok=True)
     if not layout.sink_token.exists():
         write_private_file(layout.sink_token, secrets.token_urlsafe(32).encode() + b"\n")
@@ -195,10 +231,18 @@ def _ensure_ports(layout: StateLayout, host: str | None, port_base: int | None) 
                 f"{layout.ports_file} to choose another host",
                 reason="up.host",
             )
-        return recorded
+        return _complete(layout, recorded)
     ports = choose_ports(host or "127.0.0.1", port_base)
     save_ports(layout.ports_file, ports)
     return ports
+
+
+def _complete(layout: StateLayout, ports: Ports) -> Ports:
+    completed = complete_ports(ports)
+    if completed is None:
+        return ports
+    save_ports(layout.ports_file, completed)
+    return completed
 
 
 def prepare(
@@ -230,6 +274,7 @@ def prepare(
     write_broker_config(layout, ports)
     for agency in DEMO_AGENCIES:
         write_adapter_config(layout, ports, agency)
+    write_ops_config(layout, ports)
     return Stack(layout=layout, ports=ports, created=created)
 
 
@@ -242,4 +287,4 @@ def open_stack(root: Path) -> Stack:
             f"{layout.root} holds no embedded stack; run `bridge up --state {root}` first",
             reason="up.not_prepared",
         )
-    return Stack(layout=layout, ports=ports)
+    return Stack(layout=layout, ports=_complete(layout, ports))
