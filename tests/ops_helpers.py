@@ -8,7 +8,7 @@ seconds. An `AlertReceiver` is a real HTTP server that records the alert webhook
 from __future__ import annotations
 
 import asyncio
-import secrets
+import datetime
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -147,10 +147,11 @@ class OpsStack:
         body: Body,
         categories: tuple[str, ...] = ("identity", "contact", "addiction"),
     ) -> str:
+        kind = message_type_of(body).value
         request = {
-            "type": message_type_of(body).value,
+            "type": kind,
             "recipients": recipients,
-            "consent": f"c-{secrets.token_hex(16)}",
+            "consent": await self.register_consent(sender, recipients, categories, kind),
             "purpose": "integration-support",
             "categories": list(categories),
             "body": body,
@@ -168,6 +169,31 @@ class OpsStack:
             answer = await response.json()
             assert response.status == 202, answer
         return str(answer["message_id"])
+
+    async def register_consent(
+        self, issuer: str, recipients: list[str], categories: tuple[str, ...], kind: str
+    ) -> str:
+        """Register the client's consent at the sender's adapter, as its case worker would."""
+        until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=300)
+        request = {
+            "recipients": recipients,
+            "purposes": ["integration-support"],
+            "categories": list(categories),
+            "types": [kind],
+            "valid_until": until.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "local_ref": f"case-{uuid.uuid4().hex[:8]}",
+        }
+        async with self.session.post(
+            f"{self.stack.adapter_url(issuer)}/v1/consents",
+            data=msgspec.json.encode(request),
+            headers={
+                **self._headers(issuer, ["consents:write"]),
+                "Content-Type": "application/json",
+            },
+        ) as response:
+            answer = await response.json()
+            assert response.status == 201, answer
+        return str(answer["consent_id"])
 
     async def pull(self, agency: str, message_id: str) -> None:
         """Wait for the item in `agency`'s pull inbox and acknowledge it."""
@@ -266,11 +292,18 @@ async def ops_stack(tmp_path: Path) -> AsyncIterator[OpsStack]:
         await env.start_ops()
         yield env
     finally:
-        await env.stop_ops()
-        for agency in list(env.adapters):
-            await env.stop_adapter(agency)
-        await env.stop_broker()
-        await session.close()
-        await receiver.stop()
-        await sink.stop()
-        await server.stop()
+        steps = [("ops", env.stop_ops)]
+        steps += [(agency, lambda a=agency: env.stop_adapter(a)) for agency in list(env.adapters)]
+        steps += [
+            ("broker", env.stop_broker),
+            ("session", session.close),
+            ("receiver", receiver.stop),
+            ("sink", sink.stop),
+            ("server", server.stop),
+        ]
+        for name, stop in steps:
+            try:
+                await asyncio.wait_for(stop(), 30)
+            except TimeoutError:
+                print(f"teardown: stopping {name} hung", flush=True)
+                raise

@@ -31,11 +31,11 @@ from bridge.nats.server import NatsServer
 from bridge.nats.subjects import (
     INBOX_STREAM,
     STATUS_STREAM,
-    SUBMIT_STREAM,
     heartbeat_subject,
     inbox_consumer,
     report_subject,
     status_subject,
+    submit_stream,
     submit_subject,
 )
 from bridge.nats.transport import connect, publish_durable
@@ -296,7 +296,7 @@ async def test_the_ops_identity_can_read_but_never_write(env: Env) -> None:
             js.delete_stream(STATUS_STREAM),
             js.delete_consumer(INBOX_STREAM, inbox_consumer(SPDI)),
             js.add_consumer(STATUS_STREAM, api.ConsumerConfig(durable_name="ops-tap")),
-            js.stream_info(SUBMIT_STREAM),
+            js.stream_info(submit_stream(JOBCENTER)),
             js.get_msg(INBOX_STREAM, 1),
         ]
         results = await asyncio.gather(

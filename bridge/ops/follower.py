@@ -28,11 +28,11 @@ from ..nats.subjects import (
     BROKER_CONSUMER,
     INBOX_STREAM,
     STATUS_STREAM,
-    SUBMIT_STREAM,
     heartbeat_subjects_all,
     inbox_consumer,
     report_subjects_all,
     status_subjects_all,
+    submit_stream,
 )
 from ..telemetry.heartbeat import HeartbeatInvalid, decode_heartbeat
 from ..wire import Component, StatusEvent, StatusEventInvalid, decode_status_event
@@ -181,7 +181,9 @@ class Follower:
             event.recipient is not None and event.recipient not in agencies
         ):
             return False
-        if kind == "status":  # only the broker may publish here, always keyed by the sender
+        if kind == "status":  # only the broker publishes here, keyed by the sender ...
+            if event.state.value == "expiring":  # ... except its warning to the recipient
+                return source == event.recipient
             return source == event.sender
         role = _REPORTED_BY.get(event.state.value)
         if event.component is not Component.ADAPTER or role is None:
@@ -201,8 +203,23 @@ class Follower:
                     self._state.inboxes.pop(agency, None)
                 else:
                     self._state.inboxes[agency] = backlog
-            self._state.submissions = await self._backlog(SUBMIT_STREAM, BROKER_CONSUMER)
+            self._state.submissions = await self._submissions()
             await asyncio.sleep(self._backlog_every)
+
+    async def _submissions(self) -> Backlog | None:
+        """The broker's backlog over every agency's submit stream."""
+        total: Backlog | None = None
+        for agency in self._state.agencies:
+            one = await self._backlog(submit_stream(agency), BROKER_CONSUMER)
+            if one is None:
+                continue
+            if total is None:
+                total = one
+            else:
+                total.pending += one.pending
+                total.ack_pending += one.ack_pending
+                total.redelivered += one.redelivered
+        return total
 
     async def _backlog(self, stream: str, consumer: str) -> Backlog | None:
         try:

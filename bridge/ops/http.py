@@ -24,6 +24,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from ..adapters.auth import AuthenticationFailed, InsufficientScope, TokenVerifier
+from ..adapters.guard import guard_middleware
 from ..adapters.problems import ApiProblem, problem_response
 from ..ids import AGENCY_ID_PATTERN, MESSAGE_TYPES
 from ..telemetry import add_health_routes
@@ -301,7 +302,9 @@ def _static(name: str, content_type: str) -> Handler:
 
 
 def build_app(context: OpsContext) -> web.Application:
-    app = web.Application(middlewares=[_headers, _problems], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[_headers, _problems, guard_middleware], client_max_size=64 * 1024
+    )
     app[CONTEXT] = context
     app[_STREAMS] = set()
     app.router.add_get("/v1/overview", _overview)

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Final
 
 import msgspec
 import nats.errors
@@ -24,6 +25,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from ..adapters.auth import TokenVerifier
+from ..adapters.guard import GuardedAppRunner
 from ..adapters.webhook import load_webhook_secret
 from ..config import nats_tls_context
 from ..errors import ConfigError
@@ -43,6 +45,8 @@ from .views import OpsState
 __all__ = ["Ops"]
 
 log = logging.getLogger(__name__)
+
+_CANCEL_ROUNDS: Final = 10
 
 
 class Ops:
@@ -155,7 +159,8 @@ class Ops:
                 metrics=None if c.http.metrics_port is not None else self.metrics.registry,
             )
         )
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Never quotes a request aiohttp cannot parse (see bridge.adapters.guard).
+        self._runner = GuardedAppRunner(app, handle_signals=False)
         await self._runner.setup()
         try:
             await web.TCPSite(self._runner, c.http.host, c.http.port).start()
@@ -227,12 +232,28 @@ class Ops:
                 await self._runner.cleanup()
                 self._runner = None
             task = self._task
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            if task is not None:
+                await _cancel(task)
         finally:
             if self._nc is not None:
                 with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
                     async with asyncio.timeout(5.0):
                         await self._nc.close()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait for it, cancelling again if a cancellation got lost.
+
+    On Python 3.11, `asyncio.wait_for` (inside nats-py's requests) swallows a cancellation
+    that arrives just as its inner future completes, and a polling loop then runs on.
+    """
+    for _ in range(_CANCEL_ROUNDS):
+        if task.done():
+            break
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    if not task.done():
+        log.error("ops background work did not stop after %d cancellations", _CANCEL_ROUNDS)
+        return
+    if not task.cancelled() and task.exception() is not None:
+        log.error("ops background work had failed: %s", type(task.exception()).__name__)

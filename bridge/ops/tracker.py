@@ -160,6 +160,8 @@ class Tracker:
             exp = event.expires_at.timestamp()
             tracked.expires_at = exp if tracked.expires_at is None else min(tracked.expires_at, exp)
         step = _step_of(event.state.value)
+        if step not in STEPS and step not in TERMINAL:
+            return []  # a warning (`expiring`): its expiry is noted above, the state stays
         if event.recipient is None:
             if step != "rejected":
                 return []  # only a whole-message rejection has no recipient
