@@ -146,6 +146,8 @@ class Ops:
             on_transition=self._transition,
         )
         await self.follower.subscribe()
+        # A component never heard is silent from now on, when ops began to listen.
+        self.state.started_at = self._clock()
         self._task = asyncio.create_task(self._background(self.follower, poster), name="ops")
         app = build_app(
             OpsContext(
