@@ -211,10 +211,10 @@ async def test_malformed_and_foreign_events_are_counted_and_skipped(env: Env) ->
     admin = Identity.admin()
     # Not JSON, on a status subject.
     await env.publish_as(admin, status_subject(JOBCENTER, str(uuid.uuid4())), b"\xff{not json")
-    # A status event about another sender's message than its subject says.
+    # A status event on the subject of an agency that is neither its sender nor recipient.
     await env.publish_as(
         Identity.broker(),
-        status_subject(SPDI, good.message_id),
+        status_subject(COUNSELLING, good.message_id),
         encode_status_event(
             _event(DeliveryState.ROUTED, JOBCENTER, SPDI, Component.BROKER, good.message_id)
         ),

@@ -181,10 +181,10 @@ class Follower:
             event.recipient is not None and event.recipient not in agencies
         ):
             return False
-        if kind == "status":  # only the broker publishes here, keyed by the sender ...
-            if event.state.value == "expiring":  # ... except its warning to the recipient
-                return source == event.recipient
-            return source == event.sender
+        if kind == "status":
+            # Only the broker publishes here, keyed by the sender, or by the recipient for what
+            # the recipient's adapter must hear (`expiring`, `withdrawn`).
+            return source in (event.sender, event.recipient)
         role = _REPORTED_BY.get(event.state.value)
         if event.component is not Component.ADAPTER or role is None:
             return False
