@@ -546,8 +546,12 @@ class Broker:
                 self._in_batch -= 1
 
     async def _watch_backlog(self, js: JetStreamContext) -> None:
-        """Keep the submission backlog gauges current; a failed look is only logged."""
-        while True:
+        """Keep the submission backlog gauges current; a failed look is only logged.
+
+        Ends when the broker stops, not only when cancelled: on Python 3.11 a cancellation can
+        get lost inside nats-py's request (`asyncio.wait_for`), and the broker would hang.
+        """
+        while not self._stop.is_set():
             waiting = redelivered = 0
             try:
                 for agency in self._directory.current.agencies():
@@ -559,7 +563,7 @@ class Broker:
                 self.metrics.submission_redelivered.set(redelivered)
             except (TimeoutError, nats.errors.Error, OSError) as exc:
                 log.warning("submission backlog not read (%s)", type(exc).__name__)
-            await asyncio.sleep(_BACKLOG_EVERY)
+            await self._sleep(_BACKLOG_EVERY)
 
     async def _sleep(self, seconds: float) -> None:
         """Wait `seconds`, or less if the broker is asked to stop."""
