@@ -222,14 +222,16 @@ class OpsStack:
             assert response.status == 200, await response.text()
             return await response.json()
 
-    async def rows(self, message_id: str, **query: str) -> dict[str, Any]:
+    async def rows(self, message_id: str, **query: str) -> dict[str | None, Any]:
         """The ops rows of `message_id`, by recipient."""
         params = "&".join(f"{k}={v}" for k, v in {"limit": "500", **query}.items())
         listed = await self.get(f"/v1/messages?{params}")
         return {r["recipient"]: r for r in listed["items"] if r["message_id"] == message_id}
 
-    async def wait_rows(self, message_id: str, wanted: dict[str, str]) -> dict[str, Any]:
-        async def reached() -> dict[str, Any] | None:
+    async def wait_rows(
+        self, message_id: str, wanted: dict[str | None, str]
+    ) -> dict[str | None, Any]:
+        async def reached() -> dict[str | None, Any] | None:
             rows = await self.rows(message_id)
             return rows if {r: row["state"] for r, row in rows.items()} == wanted else None
 

@@ -7,6 +7,7 @@ the metrics of every process. Waits poll with deadlines; nothing asserts on timi
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from ops_helpers import COUNSELLING, JOBCENTER, SPDI, OpsStack, eventually, ops_
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.demo import demo_referral
+from bridge.nats.identities import Credentials, Identity
+from bridge.nats.subjects import submit_subject
+from bridge.nats.transport import connect, publish_durable
 
 pytestmark = pytest.mark.slow
 
@@ -147,10 +151,19 @@ def _value(
 async def test_rejections_and_deliveries_show_in_the_metrics_of_every_process(
     env: OpsStack,
 ) -> None:
-    # A service may not refer: the broker rejects it with a reason code.
-    rejected = await env.submit(SPDI, [COUNSELLING], demo_referral(), categories=("identity",))
-    rows = await env.wait_rows(rejected, {COUNSELLING: "rejected"})
-    assert rows[COUNSELLING]["reason"] == "policy.route_denied"
+    # Something that is no envelope, submitted as the jobcenter: the broker rejects it with a
+    # reason code (its adapter would never send it, so it goes straight to NATS).
+    rejected = str(uuid.uuid4())
+    agency = Identity.for_agency(JOBCENTER)
+    seed = Credentials(env.stack.layout.nats.creds_dir).seed_file(agency)
+    nc = await connect(env.stack.nats_url, seed, agency.inbox_prefix, "test")
+    try:
+        await publish_durable(nc.jetstream(), submit_subject(JOBCENTER), b"junk", msg_id=rejected)
+    finally:
+        await nc.close()
+    rows = await env.wait_rows(rejected, {None: "rejected"})  # the recipients are unknown
+    reason = rows[None]["reason"]
+    assert reason
     listed = await env.get("/v1/messages?view=rejected")
     assert rejected in {row["message_id"] for row in listed["items"]}
     delivered = await env.submit(JOBCENTER, [COUNSELLING], demo_referral())
@@ -163,7 +176,7 @@ async def test_rejections_and_deliveries_show_in_the_metrics_of_every_process(
     assert env.ops is not None
     assert env.broker is not None
     ops = await _scrape(env, f"{env.ops.metrics_url}/metrics")
-    assert _value(ops, "bridge_ops_rejections_total", reason="policy.route_denied") == 1
+    assert _value(ops, "bridge_ops_rejections_total", reason=reason) == 1
     pair = {"type": "referral", "sender": JOBCENTER, "recipient": COUNSELLING}
     assert _value(ops, "bridge_ops_messages", state="receipted", **pair) == 1
     assert _value(ops, "bridge_ops_transitions_total", state="delivered", **pair) == 1
@@ -174,7 +187,7 @@ async def test_rejections_and_deliveries_show_in_the_metrics_of_every_process(
 
     assert env.broker.health_url is not None
     broker = await _scrape(env, f"{env.broker.health_url}/metrics")
-    assert _value(broker, "bridge_broker_rejections_total", reason="policy.route_denied") == 1
+    assert _value(broker, "bridge_broker_rejections_total", reason=reason) == 1
     assert _value(broker, "bridge_broker_messages_total", state="routed", **pair) == 1
     assert _value(broker, "bridge_broker_up") == 1
     assert _value(broker, "bridge_broker_route_latency_seconds_count") >= 2  # with the receipt
