@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from ..adapters.guard import GuardedAppRunner
 from ..errors import ConfigError
 
 __all__ = ["HealthServer", "add_health_routes", "metrics_response"]
@@ -76,7 +77,9 @@ class HealthServer:
         return f"HealthServer(url={self.url!r})"
 
     async def start(self) -> str:
-        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        # Guarded like the adapter's API: a malformed request is answered with a problem that
+        # quotes nothing, and nothing of it is logged.
+        runner = GuardedAppRunner(self._app, handle_signals=False)
         await runner.setup()
         try:
             await web.TCPSite(runner, self._host, self._port).start()
