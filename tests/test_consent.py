@@ -319,8 +319,11 @@ async def test_while_the_registry_is_unreadable_messages_are_held_then_routed(
         await wait_for("held twice", lambda: broker.statistics().deferred >= 2)
         assert _decided(broker) == 0  # neither routed nor rejected, and nothing in an inbox
         assert await jobcenter.statuses() == []
-        await provision(admin.js, nats_env.agencies)  # the registry is back, with the record
-        await _register(nats_env, fed, SENDER, record, body.id)
+    # The registry comes back with the record while no broker runs: a running one could read the
+    # re-created, still empty registry in between and rightly refuse the consent as unknown.
+    await provision(admin.js, nats_env.agencies)
+    await _register(nats_env, fed, SENDER, record, body.id)
+    async with make_broker(config) as broker:
         await wait_for("routed", lambda: broker.statistics().routed == 1)
     assert broker.statistics().rejected_total == 0
     inbox = await (await Agency.connect(nats_env, COUNSELLING)).inbox()
