@@ -85,6 +85,7 @@ def _forged_receipt(
     *,
     received_at: datetime.datetime,
     message_id: str | None = None,
+    consent: str = f"c-{'0' * 32}",
 ) -> tuple[str, bytes]:
     """A receipt `agency` seals with its own keys, saying whatever it likes."""
     keyring = Keyring.load(e2e.stack.layout.keys_dir(agency))
@@ -100,7 +101,7 @@ def _forged_receipt(
         sender=keyring,
         recipients=[JOBCENTER],
         directory=directory,
-        consent=f"c-{'0' * 32}",
+        consent=consent,
         purpose=Purpose.DELIVERY_CONFIRMATION.value,
         categories=receipt_categories(),
         lifetime=3600,
@@ -527,3 +528,49 @@ async def test_a_recipient_cannot_suppress_the_withdrawal_of_a_consent(nats_env:
     await registry.put(issuer, body.id, "withdrawal", withdrawal)
     assert await registry.raw(issuer, body.id, "withdrawal") == withdrawal
     await registry.put(issuer, body.id, "withdrawal", withdrawal)  # a retry: still fine
+
+
+async def test_a_receipt_that_arrives_after_the_withdrawal_still_brings_a_notice(e2e: E2E) -> None:
+    """A copy the local system took at the moment of the withdrawal is still told to be deleted.
+
+    The withdrawal's notices name what had reached a local system by then; a receipt that
+    arrives later (its copy was taken just before the purge) must bring a notice of its own.
+    """
+    consent = await e2e.register_consent(
+        JOBCENTER, [SPDI], "integration-support", ("identity", "contact", "addiction"), "referral"
+    )
+    message_id = await e2e.submit(JOBCENTER, [SPDI], demo_referral(), consent=consent)
+    await e2e.wait_states(JOBCENTER, message_id, {SPDI: "routed"})
+    url = f"{e2e.stack.adapter_url(JOBCENTER)}/v1/consents/{consent}"
+    async with e2e.session.delete(url, headers=e2e._headers(JOBCENTER, ["consents:write"])) as r:
+        assert r.status == 200, await r.text()
+    receipt_id, envelope = _forged_receipt(
+        e2e,
+        SPDI,
+        message_id,
+        Delivered(),
+        received_at=datetime.datetime.now(datetime.UTC),
+        consent=consent,
+    )
+    await _submit_raw(e2e, SPDI, receipt_id, envelope)
+
+    async def notified() -> bool | None:
+        async with e2e.session.get(url, headers=e2e._headers(JOBCENTER, ["consents:read"])) as r:
+            view = await r.json()
+        return True if any(e["state"] == "notified" for e in view["events"]) else None
+
+    await eventually("a notice for the late receipt", notified)
+
+    async def pulled_notice() -> str | None:
+        for item in await e2e.inbox(SPDI):
+            if item != message_id:
+                return item
+        return None
+
+    notice = await eventually("the notice in the pull inbox", pulled_notice)
+    async with e2e.session.get(
+        f"{e2e.stack.adapter_url(SPDI)}/v1/inbox/{notice}",
+        headers=e2e._headers(SPDI, ["inbox:read"]),
+    ) as r:
+        item = await r.json()
+    assert item["body"]["messages"] == [message_id]

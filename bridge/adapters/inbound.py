@@ -293,6 +293,10 @@ class Inbound:
             )
             return
         log.info("receipt from %s folded into message %s", header.sender, original)
+        if self._revocations is not None and not isinstance(disposition, Rejected):
+            await self._revocations.received_after_withdrawal(
+                header.consent, original, header.sender
+            )
         if self._reporter is not None and not isinstance(disposition, Rejected):
             await self._reporter.receipted(original, header.sender, record.type)
 

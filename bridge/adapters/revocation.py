@@ -160,6 +160,43 @@ class Revocations:
             )
             log.info("consent %s: notice %s sent to %s", consent, notice_id, recipient)
 
+    async def received_after_withdrawal(
+        self, consent: str, message_id: str, recipient: str
+    ) -> None:
+        """A receipt came in for a message under a consent withdrawn before it: notify anyway.
+
+        The copy reached the recipient's local system at the moment of the withdrawal (too late
+        to be purged, too early to be named by the withdrawal's notices), so it gets a notice
+        of its own, with an id of its own: the withdrawal's notice id is taken by then.
+        """
+        local = await self._store.get_consent(consent)
+        if local is None or message_id not in local.messages:
+            return
+        withdrawn = [e.at for e in local.events if e.state == "withdrawn"]
+        if not withdrawn:
+            return
+        now = int(self._clock())
+        notice_id = derived_id(b"bridge/consent-revoked/v1", consent, recipient, message_id)
+        body = ConsentRevoked(
+            consent=consent, withdrawn_at=_utc(min(withdrawn)), messages=(message_id,)
+        )
+        try:
+            await self._send(body, recipient, consent, notice_id, None, now)
+        except BridgeError as exc:
+            if exc.reason.startswith(("transport.", "store.")):
+                raise
+            log.warning("no notice for %s could be sealed [%s]", recipient, exc.reason)
+            return
+        await self._store.update_consent(
+            consent, now=now, events=[Event(state="notified", at=now, recipient=recipient)]
+        )
+        log.info(
+            "consent %s: notice %s sent to %s for a copy taken as it was withdrawn",
+            consent,
+            notice_id,
+            recipient,
+        )
+
     async def fold_confirmation(self, sender: str, body: DeletionConfirmed, now: int) -> None:
         """A recipient confirmed the deletion: show it on the consent."""
         at = int(body.deleted_at.timestamp())
