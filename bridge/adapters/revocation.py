@@ -145,20 +145,32 @@ class Revocations:
         now = int(self._clock())
         for recipient, messages in sorted((await self.received_under(local)).items()):
             notice_id = derived_id(b"bridge/consent-revoked/v1", consent, recipient)
-            body = ConsentRevoked(
-                consent=consent, withdrawn_at=_utc(withdrawn_at), messages=tuple(messages)
-            )
-            try:
-                await self._send(body, recipient, consent, notice_id, None, now)
-            except BridgeError as exc:
-                if exc.reason.startswith(("transport.", "store.")):
-                    raise
-                log.warning("no notice for %s could be sealed [%s]", recipient, exc.reason)
-                continue
-            await self._store.update_consent(
-                consent, now=now, events=[Event(state="notified", at=now, recipient=recipient)]
-            )
-            log.info("consent %s: notice %s sent to %s", consent, notice_id, recipient)
+            await self._send_notice(consent, withdrawn_at, messages, recipient, notice_id, now)
+
+    async def _send_notice(
+        self,
+        consent: str,
+        withdrawn_at: int,
+        messages: list[str],
+        recipient: str,
+        notice_id: str,
+        now: int,
+    ) -> None:
+        """Seal and send one `consent-revoked` notice, and show it on the consent."""
+        body = ConsentRevoked(
+            consent=consent, withdrawn_at=_utc(withdrawn_at), messages=tuple(messages)
+        )
+        try:
+            await self._send(body, recipient, consent, notice_id, None, now)
+        except BridgeError as exc:
+            if exc.reason.startswith(("transport.", "store.")):
+                raise
+            log.warning("no notice for %s could be sealed [%s]", recipient, exc.reason)
+            return
+        await self._store.update_consent(
+            consent, now=now, events=[Event(state="notified", at=now, recipient=recipient)]
+        )
+        log.info("consent %s: notice %s sent to %s", consent, notice_id, recipient)
 
     async def received_after_withdrawal(
         self, consent: str, message_id: str, recipient: str
@@ -175,26 +187,10 @@ class Revocations:
         withdrawn = [e.at for e in local.events if e.state == "withdrawn"]
         if not withdrawn:
             return
-        now = int(self._clock())
         notice_id = derived_id(b"bridge/consent-revoked/v1", consent, recipient, message_id)
-        body = ConsentRevoked(
-            consent=consent, withdrawn_at=_utc(min(withdrawn)), messages=(message_id,)
-        )
-        try:
-            await self._send(body, recipient, consent, notice_id, None, now)
-        except BridgeError as exc:
-            if exc.reason.startswith(("transport.", "store.")):
-                raise
-            log.warning("no notice for %s could be sealed [%s]", recipient, exc.reason)
-            return
-        await self._store.update_consent(
-            consent, now=now, events=[Event(state="notified", at=now, recipient=recipient)]
-        )
-        log.info(
-            "consent %s: notice %s sent to %s for a copy taken as it was withdrawn",
-            consent,
-            notice_id,
-            recipient,
+        log.info("consent %s: a copy of %s was taken as it was withdrawn", consent, message_id)
+        await self._send_notice(
+            consent, min(withdrawn), [message_id], recipient, notice_id, int(self._clock())
         )
 
     async def fold_confirmation(self, sender: str, body: DeletionConfirmed, now: int) -> None:
