@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ops_helpers import COUNSELLING, JOBCENTER, SPDI, OpsStack, eventually, ops_stack
@@ -214,10 +215,16 @@ async def test_rejections_and_deliveries_show_in_the_metrics_of_every_process(
 async def test_a_restarted_ops_rebuilds_the_same_state_from_the_stream(env: OpsStack) -> None:
     done = await env.submit(JOBCENTER, [COUNSELLING], demo_referral())
     waiting = await env.submit(JOBCENTER, [SPDI], demo_referral())
-    before = {
-        **await env.wait_rows(done, {COUNSELLING: "receipted"}),
-        **await env.wait_rows(waiting, {SPDI: "routed"}),
-    }
+    await env.wait_rows(done, {COUNSELLING: "receipted"})
+    await env.wait_rows(waiting, {SPDI: "routed"})
+
+    async def both_steps_folded() -> dict[str | None, Any] | None:
+        # The adapter's `submitted` and the broker's `routed` race into the status stream:
+        # the row may reach `routed` before ops has folded `submitted`.
+        rows = {**await env.rows(done), **await env.rows(waiting)}
+        return rows if {"submitted", "routed"} <= set(rows[SPDI]["steps"]) else None
+
+    before = await eventually("both steps of the waiting message folded", both_steps_folded)
     await env.stop_ops()
     await env.start_ops()
     after = {**await env.rows(done), **await env.rows(waiting)}
