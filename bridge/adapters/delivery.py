@@ -18,6 +18,7 @@ from typing import Protocol
 import nats.errors
 from nats.aio.msg import Msg
 
+from .._cancel import pause
 from ..crypto import Header
 from .api import InboxItem
 
@@ -67,7 +68,7 @@ async def _beat(msg: Msg, interval: float) -> None:
     # is due after one interval (a third of the ack wait), not now. Saves a NATS round trip
     # for nearly every message, which is handed over long before that.
     while True:
-        await asyncio.sleep(interval)
+        await pause(interval)
         await touch(msg)
 
 

@@ -22,6 +22,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
+from .._cancel import pause
 from ..crypto import Header, Keyring, Limits, open_envelope, verify
 from ..errors import BridgeError, TransportError, reasons_of
 from ..federation.directory import Directory
@@ -112,7 +113,7 @@ class Inbound:
                 msgs = await fetch(self._sub, batch, self._fetch_timeout)
             except (BridgeError, nats.errors.Error, OSError) as exc:
                 log.warning("inbound: cannot fetch (%s); retrying", reasons_of(exc))
-                await asyncio.sleep(_RETRY_DELAY)
+                await pause(_RETRY_DELAY)
                 continue
             for msg in msgs:
                 # `except*`: a sink works in task groups, whose failures come as ExceptionGroups.

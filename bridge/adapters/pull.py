@@ -23,6 +23,7 @@ from typing import Final
 
 import nats.errors
 
+from .._cancel import pause
 from .api import InboxItem, InboxSummary
 from .delivery import Complete, Incoming, touch
 
@@ -138,7 +139,7 @@ class PullInbox:
     async def keep_alive(self) -> None:
         """Run forever: keep every held message from being redelivered."""
         while True:
-            await asyncio.sleep(self._interval)
+            await pause(self._interval)
             for incoming in list(self._items.values()):
                 await touch(incoming.msg)
             self._rounds += 1

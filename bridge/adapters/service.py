@@ -31,6 +31,7 @@ import nats.errors
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
+from .._cancel import pause
 from ..config import AdapterConfig, nats_tls_context
 from ..consent import Registry
 from ..crypto import Keyring
@@ -419,7 +420,7 @@ class Adapter:
 
     async def _reload_directory(self) -> None:
         while True:
-            await asyncio.sleep(self.config.directory.reload_seconds)
+            await pause(self.config.directory.reload_seconds)
             try:
                 directory = await asyncio.to_thread(self._load_directory)
             except BridgeError as exc:

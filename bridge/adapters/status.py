@@ -11,7 +11,6 @@ only after it was folded (or found to be for no record of ours).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
+from .._cancel import pause
 from ..errors import BridgeError
 from ..nats.transport import fetch
 from ..wire import DeliveryState, MessageType, StatusEventInvalid, decode_status_event
@@ -65,7 +65,7 @@ class StatusFolder:
                 msgs = await fetch(self._sub, _BATCH, self._fetch_timeout)
             except (BridgeError, nats.errors.Error, OSError) as exc:
                 log.warning("status: cannot fetch (%s); retrying", _describe(exc))
-                await asyncio.sleep(_RETRY_DELAY)
+                await pause(_RETRY_DELAY)
                 continue
             # Events about the same message (`routed` for each recipient, say) usually come
             # together: fold them in one compare-and-set, in the order they came.

@@ -36,6 +36,7 @@ import aiohttp
 import msgspec
 import nats.errors
 
+from .._cancel import pause
 from ..config import DeliveryConfig
 from ..errors import BridgeError, ConfigError, TransportError, reasons_of
 from .delivery import Complete, Incoming, kept_alive
@@ -281,7 +282,7 @@ class WebhookSink:
                     incoming.message_id,
                     exc.reason,
                 )
-            await asyncio.sleep(_RECORD_RETRY_DELAY)
+            await pause(_RECORD_RETRY_DELAY)
 
     async def _deletion_answered(self, notice_id: str) -> None:
         """The local system's answer to a notice said it deleted the data: confirm it. If that

@@ -25,6 +25,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.client import JetStreamContext
 
+from .._cancel import pause
 from ..crypto import PrivateKey
 from ..errors import TransportError
 from ..nats.subjects import AUDIT_STREAM, HDR_EXPECTED_LAST_SEQ, audit_subject
@@ -112,7 +113,7 @@ class AuditWriter:
     async def run_checkpoints(self) -> None:
         """Sign unsigned records every `interval` seconds; a failed attempt is retried."""
         while True:
-            await asyncio.sleep(self._interval)
+            await pause(self._interval)
             try:
                 await self.checkpoint()
             except TransportError as exc:

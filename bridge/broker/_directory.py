@@ -9,12 +9,12 @@ keep the broker on the directory it already trusts.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+from .._cancel import pause
 from ..crypto import PublicKeyRecord
 from ..errors import DirectoryError
 from ..federation.directory import Directory, SerialState, load_anchor
@@ -113,7 +113,7 @@ class DirectoryHolder:
     async def watch(self, interval: float) -> None:
         """Check the file every `interval` seconds, forever (until cancelled)."""
         while True:
-            await asyncio.sleep(interval)
+            await pause(interval)
             self.reload_if_changed()
 
     def __repr__(self) -> str:

@@ -31,6 +31,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.client import JetStreamContext
 
+from .._cancel import pause
 from ..audit import AuditEvent, AuditKind, audit_msg_id
 from ..errors import TransportError
 from ..nats.subjects import INBOX_STREAM, PENDING_STREAM, pending_subject, status_subject
@@ -151,7 +152,7 @@ class ExpiryWatch:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self._check_seconds)
+            await pause(self._check_seconds)
             try:
                 await self.check()
             except TransportError as exc:

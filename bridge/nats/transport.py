@@ -29,6 +29,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
+from .._cancel import raise_if_cancelling
 from ..errors import ProtocolError, TransportError
 from .identities import public_key_of_seed_file
 from .subjects import HDR_MSG_ID, HDR_TTL
@@ -372,6 +373,10 @@ async def fetch(
 
     A fetch this identity may not make also returns `[]` after `timeout` (the server does not
     answer it; the violation goes to the connection's `error_cb`).
+
+    A cancellation nats-py lost (see `bridge._cancel`), or turned into `ConnectionClosedError`
+    while the connection closes, is raised here; messages fetched meanwhile are not
+    acknowledged, so JetStream hands them out again after ack_wait.
     """
     if isinstance(batch, bool) or not 1 <= batch <= MAX_FETCH_BATCH:
         raise ValueError(f"batch must be between 1 and {MAX_FETCH_BATCH}")
@@ -383,27 +388,13 @@ async def fetch(
     except TimeoutError:
         msgs = []
     except nats.js.errors.APIError as exc:
-        _reraise_swallowed_cancel()
+        raise_if_cancelling()
         raise TransportError(
             f"fetch refused: {exc.description} (code {exc.err_code})",
             reason="transport.fetch_rejected",
         ) from exc
     except (nats.errors.Error, OSError) as exc:
-        _reraise_swallowed_cancel()
+        raise_if_cancelling()
         raise TransportError(f"fetch failed: {_describe(exc)}", reason="transport.error") from exc
-    _reraise_swallowed_cancel()
+    raise_if_cancelling()
     return msgs
-
-
-def _reraise_swallowed_cancel() -> None:
-    """Raise CancelledError if our task was cancelled but nats-py did not let it through.
-
-    On Python 3.11, nats-py's fetch waits with `asyncio.wait_for`, which returns the message
-    instead of raising when a cancellation arrives just as the message does, and nats-py turns
-    a cancellation into `ConnectionClosedError` when the connection is closing. Either way a
-    loop around `fetch` would go on and its TaskGroup would wait for it forever. The messages
-    fetched meanwhile are not acknowledged, so JetStream hands them out again after ack_wait.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

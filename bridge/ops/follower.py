@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
+from .._cancel import pause, raise_if_cancelling
 from ..nats.subjects import (
     BROKER_CONSUMER,
     INBOX_STREAM,
@@ -116,12 +117,13 @@ class Follower:
 
     async def follow(self) -> None:
         while True:
+            raise_if_cancelling()
             self._wake.clear()
             try:
                 await self._drain()
             except (TimeoutError, nats.errors.Error, OSError) as exc:
                 log.warning("status stream not readable right now (%s)", type(exc).__name__)
-                await asyncio.sleep(_RETRY)
+                await pause(_RETRY)
                 continue
             if not self._state.rebuilt:
                 self._state.rebuilt = True
@@ -148,6 +150,7 @@ class Follower:
                 )
             except nats.js.errors.NotFoundError:
                 return
+            raise_if_cancelling()
             if raw.seq is None or raw.seq < self.next_seq:
                 raise nats.errors.Error("direct get answered out of order")
             self.next_seq = raw.seq + 1
@@ -204,7 +207,7 @@ class Follower:
                 else:
                     self._state.inboxes[agency] = backlog
             self._state.submissions = await self._submissions()
-            await asyncio.sleep(self._backlog_every)
+            await pause(self._backlog_every)
 
     async def _submissions(self) -> Backlog | None:
         """The broker's backlog over every agency's submit stream."""

@@ -24,6 +24,7 @@ import nats.errors
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
+from .._cancel import pause
 from ..adapters.auth import TokenVerifier
 from ..adapters.guard import GuardedAppRunner
 from ..adapters.webhook import load_webhook_secret
@@ -206,7 +207,7 @@ class Ops:
     async def _evaluate(self, poster: WebhookPoster) -> None:
         rules = self.config.alerts.rules
         while True:
-            await asyncio.sleep(self.config.alerts.evaluate_seconds)
+            await pause(self.config.alerts.evaluate_seconds)
             if not self.state.rebuilt:
                 continue  # judge nothing on a half-read history
             now = self._clock()

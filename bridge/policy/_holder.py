@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from .._cancel import pause
 from ..crypto import PublicKeyRecord
 from ..errors import BridgeError, SignedPolicyError
 from ._signed import Policy, PolicySerialState, load_policy_file
@@ -124,7 +125,7 @@ class PolicyHolder:
     async def watch(self, interval: float) -> None:
         """Check the file every `interval` seconds, forever (until cancelled)."""
         while True:
-            await asyncio.sleep(interval)
+            await pause(interval)
             await asyncio.to_thread(self.reload_if_changed)
 
     def __repr__(self) -> str:

@@ -8,7 +8,6 @@ ops skips (and counts) a beat whose payload disagrees with its subject.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import logging
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from .._cancel import pause
 from ..nats.subjects import heartbeat_subject
 from ..wire import WireInvalid, decode_strict
 from ..wire._types import AgencyId, UtcDateTime, WireStruct, normalise_utc
@@ -86,4 +86,4 @@ async def beat_forever(
             await nc.publish(subject, _encoder.encode(beat))
         except (nats.errors.Error, OSError) as exc:
             log.warning("heartbeat not sent (%s)", type(exc).__name__)
-        await asyncio.sleep(interval)
+        await pause(interval)
