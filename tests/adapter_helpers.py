@@ -21,7 +21,6 @@ import msgspec
 from envelope_helpers import CONSENT, Federation, federation
 from policy_helpers import signed_policy
 
-from bridge.adapters.auth import generate_signing_key, mint_token
 from bridge.config import (
     AdapterConfig,
     AuthConfig,
@@ -33,6 +32,7 @@ from bridge.config import (
     PolicyConfig,
 )
 from bridge.crypto import Keyring, seal, write_key_file
+from bridge.http.auth import generate_signing_key, mint_token
 from bridge.nats.identities import Identity
 from bridge.nats.subjects import inbox_subject, submit_stream, submit_subject
 from bridge.nats.transport import publish_durable

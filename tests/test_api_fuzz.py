@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from test_e2e import E2E, SPDI, e2e  # noqa: F401 - fixture
 
-from bridge.adapters.auth import SCOPES
+from bridge.http.auth import SCOPES
 
 EXAMPLES_PER_OPERATION = 20
 _MIN_ECHO = 12  # shorter generated strings occur in answers by chance ("referral", "$.body")

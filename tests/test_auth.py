@@ -19,7 +19,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from bridge.adapters.auth import (
+from bridge.config import AuthConfig
+from bridge.errors import ConfigError
+from bridge.http.auth import (
     AuthenticationFailed,
     Claims,
     InsufficientScope,
@@ -27,8 +29,6 @@ from bridge.adapters.auth import (
     generate_signing_key,
     mint_token,
 )
-from bridge.config import AuthConfig
-from bridge.errors import ConfigError
 
 ISSUER = "bridge-test"
 AUDIENCE = "bridge:jobcenter-unna"

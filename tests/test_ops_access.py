@@ -24,7 +24,7 @@ from nats.js import api
 from ops_helpers import COUNSELLING, JOBCENTER, SPDI, eventually
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.adapters.auth import mint_token
+from bridge.http.auth import mint_token
 from bridge.nats.identities import Credentials, Identity
 from bridge.nats.provision import provision_at
 from bridge.nats.server import NatsServer

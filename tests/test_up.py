@@ -29,10 +29,10 @@ from typing import Any
 
 import pytest
 
-from bridge.adapters.auth import AuthenticationFailed, TokenVerifier
-from bridge.adapters.webhook import sign
 from bridge.config import load_adapter_config
 from bridge.errors import ConfigError
+from bridge.http.auth import AuthenticationFailed, TokenVerifier
+from bridge.http.signing import sign
 from bridge.up.layout import DEMO_AGENCIES, StateLayout
 from bridge.up.ports import choose_ports, load_ports, port_is_free
 from bridge.up.run import READY_LINE, hold_lock

@@ -14,9 +14,9 @@ import msgspec
 from test_e2e import COUNSELLING, E2E, JOBCENTER, e2e  # noqa: F401 - fixture
 
 from bridge.adapters.service import Adapter
-from bridge.adapters.webhook import sign
 from bridge.config import load_adapter_config
 from bridge.demo import demo_referral
+from bridge.http.signing import sign
 from bridge.up.sink import verify_webhook_signature
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adapter.md"

@@ -17,6 +17,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 from msgspec import Meta
 
+from ..http.problems import Problem
 from ..ids import AGENCY_ID_PATTERN, CONSENT_REF_PATTERN
 from ..wire import (
     MESSAGE_ID_PATTERN,
@@ -245,17 +246,3 @@ class InboxList(_Api, frozen=True, kw_only=True):
 
 class Health(_Api, frozen=True, kw_only=True):
     status: Literal["ok", "unavailable"]
-
-
-class Problem(_Api, frozen=True, kw_only=True, omit_defaults=True):
-    """RFC 9457 problem details; `code` is bridge's reason code, `field` and `pointer` name the
-    offending request field as JSON path and JSON pointer (RFC 6901)."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    code: ReasonCode
-    instance: str | None = None
-    field: str | None = None
-    pointer: str | None = None

@@ -29,9 +29,9 @@ from ..consent import (
 from ..crypto import Keyring
 from ..errors import BridgeError, ConsentInvalid, PolicyError, TransportError
 from ..federation.directory import Directory
+from ..http.problems import ApiProblem
 from ..ids import check_consent_ref
 from .api import ConsentEvent, ConsentList, ConsentRequest, ConsentView
-from .problems import ApiProblem
 from .store import ConsentLocal, Event, Store
 from .submission import decode_request
 

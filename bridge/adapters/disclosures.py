@@ -25,11 +25,11 @@ from nats.aio.client import Client as NATS
 from ..audit import AuditEvent, AuditKind
 from ..audit.disclosure import DisclosureAnswer, DisclosureQuery
 from ..federation.directory import Directory
+from ..http.problems import ApiProblem
 from ..nats.subjects import disclosure_subject
 from .api import ConsentView
 from .consents import Consents
 from .form import _CATEGORIES, _PURPOSES, _TYPES, Lang
-from .problems import ApiProblem
 
 __all__ = ["Disclosure", "DisclosureReport", "Disclosures", "render_report"]
 

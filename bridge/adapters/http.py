@@ -19,16 +19,16 @@ from prometheus_client import CollectorRegistry
 
 from ..errors import ProtocolError, TransportError
 from ..federation.directory import Directory
+from ..http.auth import AuthenticationFailed, Claims, InsufficientScope, TokenVerifier
+from ..http.guard import guard_middleware
+from ..http.problems import ApiProblem, problem_response
 from ..ids import check_message_id
 from ..telemetry import metrics_response
 from .api import Accepted, DeletionConfirmation, Health, InboxList
-from .auth import AuthenticationFailed, Claims, InsufficientScope, TokenVerifier
 from .consents import Consents
 from .disclosures import Disclosures, render_report
 from .form import LANGUAGES, render_form
-from .guard import guard_middleware
 from .outbound import Outbound
-from .problems import ApiProblem, problem_response
 from .pull import PullInbox
 from .revocation import Revocations
 from .store import Store

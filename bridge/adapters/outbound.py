@@ -23,11 +23,11 @@ from ..consent.rules import policy_rule
 from ..crypto import Keyring, Limits, seal
 from ..errors import BridgeError, ConsentDenied, ConsentInvalid, TransportError
 from ..federation.directory import Directory
+from ..http.problems import ApiProblem
 from ..ids import new_message_id
 from ..nats.subjects import submit_subject
 from ..nats.transport import publish_durable
 from ..policy import Decision, FlowRequest, Policy
-from .problems import ApiProblem
 from .reports import Reporter
 from .store import Event, IdemRecord, MessageRecord, Store
 from .submission import Submission, parse_submission

@@ -37,6 +37,8 @@ from ..consent import Registry
 from ..crypto import Keyring
 from ..errors import BridgeError, ConfigError, TransportError, reasons_of
 from ..federation.directory import Directory, SerialState, load_anchor
+from ..http.auth import TokenVerifier
+from ..http.guard import GuardedAppRunner
 from ..nats.subjects import (
     INBOX_STREAM,
     STATUS_STREAM,
@@ -47,10 +49,8 @@ from ..nats.subjects import (
 from ..nats.transport import bind_pull, connect
 from ..policy import Policy, PolicyHolder, PolicySerialState
 from ..telemetry import HEARTBEAT_INTERVAL, HealthServer, beat_forever
-from .auth import TokenVerifier
 from .consents import Consents
 from .disclosures import Disclosures
-from .guard import GuardedAppRunner
 from .http import ApiContext, build_app
 from .inbound import Inbound
 from .metrics import AdapterMetrics

@@ -18,6 +18,7 @@ import msgspec
 from ..crypto import Limits
 from ..errors import KeyInvalid
 from ..federation.directory import Directory
+from ..http.problems import ApiProblem
 from ..wire import (
     ALLOWED_CATEGORIES,
     Body,
@@ -29,7 +30,6 @@ from ..wire import (
 )
 from ..wire import encode_body as encode_wire_body
 from .api import MAX_LIFETIME_SECONDS, RawSubmitRequest
-from .problems import ApiProblem
 
 __all__ = ["Submission", "decode_request", "parse_submission"]
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,6 +37,7 @@ import nats.errors
 from .._cancel import pause
 from ..config import DeliveryConfig
 from ..errors import BridgeError, ConfigError, TransportError, reasons_of
+from ..http.signing import SIGNATURE_HEADER, load_webhook_secret, sign
 from .delivery import Complete, Incoming, kept_alive
 from .metrics import AdapterMetrics
 
@@ -46,16 +45,12 @@ __all__ = [
     "ATTEMPT_HEADER",
     "MESSAGE_ID_HEADER",
     "REPEAT_HEADER",
-    "SIGNATURE_HEADER",
     "WebhookSink",
-    "load_webhook_secret",
     "load_webhook_secrets",
-    "sign",
 ]
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER: Final = "Bridge-Signature"
 MESSAGE_ID_HEADER: Final = "Bridge-Message-Id"
 ATTEMPT_HEADER: Final = "Bridge-Delivery-Attempt"
 REPEAT_HEADER: Final = "Bridge-Possible-Repeat"
@@ -64,26 +59,7 @@ _MAX_RECORDING: Final = 32  # taken messages being recorded at once; fewer than 
 _RECORD_RETRY_DELAY: Final = 2.0
 _RECORD_ATTEMPTS: Final = 30  # with each try's own NATS timeout: one to six minutes in all
 _REMEMBERED: Final = 10_000  # posted ids kept (about 2 MB) to mark repeats NATS cannot see
-_MIN_SECRET: Final = 16
-_MAX_SECRET: Final = 4096
 _encoder: Final = msgspec.json.Encoder()
-
-
-def load_webhook_secret(path: Path) -> bytes:
-    """The shared secret, whitespace-trimmed; at least 16 bytes."""
-    try:
-        data = path.read_bytes()[: _MAX_SECRET + 1]
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read webhook secret {path}: {exc.strerror}", reason="config.missing"
-        ) from exc
-    secret = data.strip()
-    if not _MIN_SECRET <= len(secret) <= _MAX_SECRET:
-        raise ConfigError(
-            f"webhook secret {path} must hold {_MIN_SECRET} to {_MAX_SECRET} bytes",
-            reason="config.invalid",
-        )
-    return secret
 
 
 def load_webhook_secrets(
@@ -96,19 +72,6 @@ def load_webhook_secrets(
     if config.webhook_old_secret_file is not None:
         secrets.append(load_webhook_secret(resolve(config.webhook_old_secret_file)))
     return tuple(secrets)
-
-
-def sign(secrets: Sequence[bytes], timestamp: int, body: bytes) -> str:
-    """The `Bridge-Signature` value for `body` sent at `timestamp`: one `v1` per secret.
-
-    Receivers accept a call if any `v1` verifies under any secret they hold, so during a
-    rotation both the old and the new secret verify (docs/adapter.md has the recipe).
-    """
-    if not secrets:
-        raise ValueError("at least one secret is needed")
-    signed = f"{timestamp}.".encode() + body
-    macs = (hmac.new(secret, signed, hashlib.sha256).hexdigest() for secret in secrets)
-    return f"t={timestamp}," + ",".join(f"v1={mac}" for mac in macs)
 
 
 class WebhookSink:

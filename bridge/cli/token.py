@@ -41,7 +41,7 @@ def register(commands: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..adapters.auth import SCOPES
+    from ..http.auth import SCOPES
     from ..up.state import open_stack
 
     stack = open_stack(args.state)

@@ -35,7 +35,6 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 from .._files import write_file, write_private_file
-from ..adapters.auth import generate_signing_key
 from ..audit import generate_audit_key
 from ..config import (
     load_adapter_config,
@@ -45,6 +44,7 @@ from ..config import (
 from ..errors import ConfigError
 from ..federation import operator as fed
 from ..federation.directory import Role
+from ..http.auth import generate_signing_key
 from ..ids import AGENCY_ID_PATTERN
 from ..nats.cluster import ClusterNode, ClusterSettings, TlsFiles, render_node
 from ..nats.identities import Credentials, Identity, render_accounts

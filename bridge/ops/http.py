@@ -23,9 +23,9 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ..adapters.auth import AuthenticationFailed, InsufficientScope, TokenVerifier
-from ..adapters.guard import guard_middleware
-from ..adapters.problems import ApiProblem, problem_response
+from ..http.auth import AuthenticationFailed, InsufficientScope, TokenVerifier
+from ..http.guard import guard_middleware
+from ..http.problems import ApiProblem, problem_response
 from ..ids import AGENCY_ID_PATTERN, MESSAGE_TYPES
 from ..telemetry import add_health_routes
 from .alerts import Alert, AlertBook

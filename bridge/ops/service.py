@@ -25,11 +25,11 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from .._cancel import pause
-from ..adapters.auth import TokenVerifier
-from ..adapters.guard import GuardedAppRunner
-from ..adapters.webhook import load_webhook_secret
 from ..config import nats_tls_context
 from ..errors import ConfigError
+from ..http.auth import TokenVerifier
+from ..http.guard import GuardedAppRunner
+from ..http.signing import load_webhook_secret
 from ..nats.identities import Identity
 from ..nats.transport import connect
 from ..telemetry import HealthServer
@@ -162,7 +162,7 @@ class Ops:
                 metrics=None if c.http.metrics_port is not None else self.metrics.registry,
             )
         )
-        # Never quotes a request aiohttp cannot parse (see bridge.adapters.guard).
+        # Never quotes a request aiohttp cannot parse (see bridge.http.guard).
         self._runner = GuardedAppRunner(app, handle_signals=False)
         await self._runner.setup()
         try:

@@ -16,8 +16,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from ..adapters.guard import GuardedAppRunner
 from ..errors import ConfigError
+from ..http.guard import GuardedAppRunner
 
 __all__ = ["HealthServer", "add_health_routes", "metrics_response"]
 

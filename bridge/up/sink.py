@@ -23,8 +23,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from ..adapters.guard import GuardedAppRunner
 from ..errors import ConfigError
+from ..http.guard import GuardedAppRunner
 
 __all__ = ["MAX_KEPT", "Delivery", "DemoSink", "verify_webhook_signature"]
 

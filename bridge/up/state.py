@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Final
 
 from .._files import write_file, write_private_file
-from ..adapters.auth import OPS_SCOPES, SCOPES, generate_signing_key, mint_token
 from ..audit import generate_audit_key
 from ..crypto import Keyring, kid_hex
 from ..errors import BridgeError, ConfigError
 from ..federation import operator as fed
 from ..federation.directory import Directory, load_anchor
+from ..http.auth import OPS_SCOPES, SCOPES, generate_signing_key, mint_token
 from ..nats.server import ServerSettings, configure
 from ..policy import SIGNED_POLICY, load_policy_file, read_policy_source, sign_policy_file
 from .configs import write_adapter_config, write_broker_config, write_ops_config

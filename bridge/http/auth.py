@@ -1,4 +1,4 @@
-"""JWT bearer tokens for the adapter's HTTP API.
+"""JWT bearer tokens for bridge's HTTP APIs (the adapter's and ops').
 
 Callers (the agency's own systems) present `Authorization: Bearer <jwt>`. The token must be
 signed with a pinned algorithm by a key from the configured public key file or JWKS URL, and

@@ -1,25 +1,28 @@
-"""RFC 9457 problem details: the one shape every error of the adapter's HTTP API takes.
+"""RFC 9457 problem details: the one shape every error of bridge's HTTP APIs takes.
 
 Handlers raise `ApiProblem` (or a `BridgeError` the middleware in `bridge.adapters.http`
 translates); nothing else decides status codes. A problem names the offending field by JSON path
 and JSON pointer but never quotes a value from the request: requests are full of personal data,
-and problems end up in the callers' logs.
+and problems end up in the callers' logs. The adapter, ops and every health and metrics port
+answer with it.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 from aiohttp import web
+from msgspec import Meta
 
 from ..errors import BridgeError
-from .api import Problem
+from ..wire import REASON_CODE_PATTERN
 
 __all__ = [
     "PROBLEM_JSON",
     "ApiProblem",
+    "Problem",
     "json_path_to_pointer",
     "problem_response",
 ]
@@ -27,6 +30,25 @@ __all__ = [
 PROBLEM_JSON: Final = "application/problem+json"
 _TYPE_BASE: Final = "https://bridge.example/problems/"
 _SEGMENT = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[([0-9]+)\]")
+
+ReasonCode = Annotated[str, Meta(min_length=1, max_length=64, pattern=REASON_CODE_PATTERN)]
+
+
+class Problem(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True
+):
+    """RFC 9457 problem details; `code` is bridge's reason code, `field` and `pointer` name the
+    offending request field as JSON path and JSON pointer (RFC 6901)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: ReasonCode
+    instance: str | None = None
+    field: str | None = None
+    pointer: str | None = None
+
 
 _TITLES: Final = {
     400: "Bad request",
