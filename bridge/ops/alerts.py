@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
-import hashlib
-import hmac
 import logging
 import secrets
 from collections.abc import Callable, Iterable
@@ -24,6 +22,7 @@ from typing import Final
 import aiohttp
 import msgspec
 
+from ..http.signing import SIGNATURE_HEADER, sign
 from .config import AlertRule, AlertsConfig
 
 __all__ = ["Alert", "AlertBook", "Condition", "WebhookPoster"]
@@ -110,12 +109,6 @@ class AlertBook:
         return [*firing, *self.recent]
 
 
-def sign(secret: bytes, timestamp: int, body: bytes) -> str:
-    """`Bridge-Signature` as the adapters' webhooks carry it: HMAC-SHA256 over `<t>.<body>`."""
-    mac = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
-
-
 class WebhookPoster:
     """Posts alert changes to one URL from a bounded queue; never raises into its caller."""
 
@@ -161,7 +154,7 @@ class WebhookPoster:
         for attempt in range(1, _ATTEMPTS + 1):
             headers = {"Content-Type": "application/json"}
             if self._secret is not None:
-                headers["Bridge-Signature"] = sign(self._secret, int(self._clock()), body)
+                headers[SIGNATURE_HEADER] = sign([self._secret], int(self._clock()), body)
             try:
                 async with session.post(
                     self._url, data=body, headers=headers, allow_redirects=False

@@ -10,7 +10,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ..adapters.api import Problem
+from ..http.problems import Problem
 from ..ids import MESSAGE_TYPES
 from .http import OPS_SCOPE, AlertList
 from .views import MESSAGE_VIEWS, STATES, Health, LatencyView, MessageList, Overview
