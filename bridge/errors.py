@@ -16,6 +16,8 @@ Messages never contain key material or message content; peers see only an opaque
 from __future__ import annotations
 
 __all__ = [
+    "AttachmentInvalid",
+    "AttachmentTooLarge",
     "BridgeError",
     "ConfigError",
     "ConsentDenied",
@@ -111,6 +113,16 @@ class TooLarge(ProtocolError):
     reason = "envelope.too_large"
 
 
+class AttachmentTooLarge(ProtocolError):
+    """An attachment, or a message's attachments together, exceed their limit.
+
+    Reasons: `attachment.too_large` (one), `attachment.total_too_large` (all of a message's),
+    `attachment.too_many` (more attachments than allowed).
+    """
+
+    reason = "attachment.too_large"
+
+
 class UnsupportedVersion(ProtocolError):
     reason = "envelope.unsupported_version"
 
@@ -161,6 +173,19 @@ class DecryptionFailed(CryptoError):
     """A wrap or the body did not decrypt: opaque on purpose."""
 
     reason = "envelope.decryption_failed"
+
+
+class AttachmentInvalid(CryptoError):
+    """An attachment's chunks do not open as its signed header entry says.
+
+    Reasons: `attachment.decryption_failed` (a chunk altered, reordered, duplicated, swapped in
+    from another attachment or message, or a final chunk that is not marked final),
+    `attachment.truncated` (chunks missing at the end), `attachment.too_long` (a chunk beyond
+    the declared size), `attachment.digest_mismatch`, `attachment.malformed` (a chunk of the
+    wrong length, a name that is not a valid file name).
+    """
+
+    reason = "attachment.decryption_failed"
 
 
 class KeyCommitmentMismatch(CryptoError):

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from bridge.crypto import Keyring, PrivateKey, PublicKeyRecord
+from bridge.crypto import Attachment, Keyring, PrivateKey, PublicKeyRecord
 from bridge.crypto.envelope import SIGNATURE_CONTEXT, _seal_with, seal
 from bridge.federation.directory import AgencyEntry, Directory, DirectoryBody, sign_directory
 
@@ -218,6 +218,7 @@ def build(
     exp: int | None = None,
     reply_to: str | None = None,
     message_id: str = MESSAGE_ID,
+    attachments: list[Attachment] | None = None,
 ) -> bytes:
     """An envelope built with `_seal_with`: anything a sender holding a real signing key can make.
 
@@ -244,6 +245,7 @@ def build(
         exp=at + 7 * DAY if exp is None else exp,
         reply_to=reply_to,
         message_id=message_id,
+        attachments=attachments,
     )
 
 

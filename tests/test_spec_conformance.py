@@ -44,11 +44,16 @@ DEFAULT_LIMITS = {
     "max_categories": 16,
     "max_clock_skew": 300,
     "max_lifetime": 2592000,
+    "max_attachments": 16,
+    "max_attachment_bytes": 104857600,
+    "max_attachments_total": 262144000,
 }
 FIELDS = (
     "v", "suite", "id", "type", "sender", "sender_kid", "recipients", "consent", "purpose",
-    "categories", "iat", "exp", "clen", "commit", "reply_to",
+    "categories", "iat", "exp", "clen", "commit", "reply_to", "attachments",
 )  # fmt: skip
+OPTIONAL = ("reply_to", "attachments")
+MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 AGENCY = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 CONSENT = re.compile(r"c-[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -206,7 +211,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise Reject(MALFORMED) from exc
     malformed(isinstance(header, dict) and all(isinstance(k, str) for k in header))
-    required = FIELDS[:-1]
+    required = [f for f in FIELDS if f not in OPTIONAL]
     malformed(all(name in header for name in required))
     malformed(set(header) <= set(FIELDS))
     malformed(list(header) == [f for f in FIELDS if f in header])
@@ -221,6 +226,13 @@ def decode_header(raw: bytes) -> dict[str, Any]:
         malformed(isinstance(r["agency"], str) and is_bin(r["kid"], 16))
     malformed(all(isinstance(c, str) for c in header["categories"]))
     malformed(isinstance(header.get("reply_to", ""), str))
+    attachments = header.get("attachments", [None])
+    malformed(isinstance(attachments, list) and len(attachments) > 0)
+    for a in header.get("attachments", []):
+        malformed(isinstance(a, dict) and list(a) == ["type", "size", "chunk", "meta"])
+        malformed(is_str(a["type"], MEDIA_TYPE) and is_int(a["size"]) and a["size"] >= 0)
+        malformed(is_int(a["chunk"]) and isinstance(a["meta"], bytes))
+        malformed(32 + 1 + 16 <= len(a["meta"]) <= 32 + 255 + 16)
     malformed(canonical(header) == raw)
     return header
 
@@ -376,6 +388,15 @@ def verify(data: bytes, directory: KeyDirectory, now: int, limits: dict[str, int
         raise Reject("envelope.lifetime_too_long")
     if h["exp"] <= now:
         raise Reject("envelope.expired")
+    attachments = h.get("attachments", [])
+    if len(attachments) > limits["max_attachments"]:
+        raise Reject("attachment.too_many")
+    for a in attachments:
+        malformed(a["chunk"] in [2**k for k in range(10, 21)])
+        if a["size"] > limits["max_attachment_bytes"]:
+            raise Reject("attachment.too_large")
+    if sum(a["size"] for a in attachments) > limits["max_attachments_total"]:
+        raise Reject("attachment.total_too_large")
     return Verified(h, hashlib.sha256(raw).digest(), wraps, body)
 
 
@@ -503,3 +524,78 @@ def test_negative_vectors_get_the_specified_reason(
         verify(data, directory, now, limits)
     for agency in entry.get("opens_for", []):
         open_envelope(data, agency, own(agency), directory, now, limits)
+
+
+# -- attachments ----------------------------------------------------------------------------------
+
+
+def open_attachment_meta(content_key: bytes, index: int, meta: bytes) -> tuple[bytes, str, bytes]:
+    """(chunk key, name, digest) of attachment `index`."""
+    okm = hkdf(content_key, b"bridge/v1 attachment" + struct.pack(">I", index), 64)
+    try:
+        plain = AESGCM(okm[32:]).decrypt(bytes(12), meta, b"")
+    except InvalidTag as exc:
+        raise Reject("attachment.decryption_failed") from exc
+    return okm[:32], plain[32:].decode(), plain[:32]
+
+
+def read_attachment(
+    entry: dict[str, Any], chunk_key: bytes, digest: bytes, chunks: list[bytes]
+) -> bytes:
+    count = max(1, -(-entry["size"] // entry["chunk"]))
+    out = b""
+    for j, chunk in enumerate(chunks):
+        if j >= count:
+            raise Reject("attachment.too_long")
+        want = entry["chunk"] if j < count - 1 else entry["size"] - entry["chunk"] * (count - 1)
+        if len(chunk) != want + 16:
+            raise Reject("attachment.malformed")
+        nonce = bytes(7) + struct.pack(">I", j) + bytes([j == count - 1])
+        try:
+            out += AESGCM(chunk_key).decrypt(nonce, chunk, b"")
+        except InvalidTag as exc:
+            raise Reject("attachment.decryption_failed") from exc
+    if len(chunks) != count:
+        raise Reject("attachment.truncated")
+    if hashlib.sha256(out).digest() != digest:
+        raise Reject("attachment.digest_mismatch")
+    return out
+
+
+def test_attachment_vectors_open_by_the_specification(
+    keys: tuple[KeyDirectory, dict[bytes, Key]],
+) -> None:
+    directory, every = keys
+    expected = json.loads((VECTORS / "attachments.json").read_text())
+    data = (VECTORS / expected["file"]).read_bytes()
+    now = expected["verify_at"]
+    v = verify(data, directory, now, DEFAULT_LIMITS)
+    assert len(v.header.get("attachments", [])) == 3
+    for agency in ("suchtberatung-unna", "spdi-unna"):
+        own = {k: key for k, key in every.items() if key.agency == agency}
+        _, content_key = open_envelope(data, agency, own, directory, now, DEFAULT_LIMITS)
+        assert content_key.hex() == expected["content_key"]
+        for want, entry in zip(expected["attachments"], v.header["attachments"], strict=True):
+            assert (entry["type"], entry["size"], entry["chunk"], entry["meta"].hex()) == (
+                want["type"], want["size"], want["chunk"], want["meta_hex"],
+            )  # fmt: skip
+            chunk_key, name, digest = open_attachment_meta(
+                content_key, want["index"], entry["meta"]
+            )
+            assert (chunk_key.hex(), name, digest.hex()) == (
+                want["chunk_key"], want["name"], want["sha256"],
+            )  # fmt: skip
+            chunks = [bytes.fromhex(c["ciphertext_hex"]) for c in want["chunks"]]
+            assert read_attachment(entry, chunk_key, digest, chunks).hex() == want["plaintext_hex"]
+    content_key = bytes.fromhex(expected["content_key"])
+    for negative in expected["negative"]:
+        entry = dict(v.header["attachments"][negative["attachment"]])
+        if "meta_hex" in negative:
+            entry["meta"] = bytes.fromhex(negative["meta_hex"])
+        chunk_key, _, digest = open_attachment_meta(
+            content_key, negative["attachment"], entry["meta"]
+        )
+        chunks = [bytes.fromhex(c) for c in negative["chunks_hex"]]
+        with pytest.raises(Reject) as caught:
+            read_attachment(entry, chunk_key, digest, chunks)
+        assert caught.value.reason == negative["reason"], negative["name"]

@@ -7,6 +7,14 @@ what is re-exported here.
 from __future__ import annotations
 
 from ._primitives import SigningPrivate, SigningPublic
+from .attachments import (
+    DEFAULT_CHUNK,
+    Attachment,
+    AttachmentSealer,
+    ChunkReader,
+    OpenedAttachment,
+    check_name,
+)
 from .envelope import (
     DEFAULT_LIMITS,
     Header,
@@ -14,6 +22,7 @@ from .envelope import (
     Opened,
     Recipient,
     VerifiedEnvelope,
+    new_content_key,
     open_envelope,
     seal,
     verify,
@@ -34,24 +43,31 @@ from .keys import (
 from .signed import sign_document, verify_document
 
 __all__ = [
+    "DEFAULT_CHUNK",
     "DEFAULT_LIMITS",
     "AgencyPublicKeys",
+    "Attachment",
+    "AttachmentSealer",
+    "ChunkReader",
     "Header",
     "KeyLookup",
     "KeyUse",
     "Keyring",
     "Limits",
     "Opened",
+    "OpenedAttachment",
     "PrivateKey",
     "PublicKeyRecord",
     "Recipient",
     "SigningPrivate",
     "SigningPublic",
     "VerifiedEnvelope",
+    "check_name",
     "generate_key",
     "key_id",
     "kid_hex",
     "load_key_file",
+    "new_content_key",
     "open_envelope",
     "seal",
     "sign_document",

@@ -35,6 +35,7 @@ __all__ = [
     "SEED_LEN",
     "SIGNING_PUBLIC_LEN",
     "XWING_PUBLIC_LEN",
+    "Aead",
     "EncryptionPrivate",
     "EncryptionPublic",
     "SigningPrivate",
@@ -46,6 +47,7 @@ __all__ = [
     "random_bytes",
     "scrypt",
     "sha256",
+    "sha256_hasher",
     "signing_public",
 ]
 
@@ -74,6 +76,11 @@ def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def sha256_hasher() -> hashlib._Hash:
+    """An incremental SHA-256, for data that is never whole in memory (attachments)."""
+    return hashlib.sha256()
+
+
 def hkdf_sha256(ikm: bytes, info: bytes, length: int) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(ikm)
 
@@ -88,6 +95,31 @@ def aead_open(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes 
         return AESGCM(key).decrypt(nonce, ciphertext, aad)
     except InvalidTag:
         return None
+
+
+class Aead:
+    """AES-256-GCM under one key, for many messages (an attachment's chunks).
+
+    The caller guarantees a distinct nonce per message under the key.
+    """
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        return self._aead.encrypt(nonce, plaintext, aad)
+
+    def open(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes | None:
+        """Decrypt, or `None` when the tag does not verify."""
+        try:
+            return self._aead.decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            return None
+
+    def __repr__(self) -> str:
+        return "Aead(<key>)"
 
 
 def scrypt(passphrase: bytes, salt: bytes, n: int, r: int, p: int, length: int = 32) -> bytes:

@@ -9,19 +9,23 @@ The byte layout is specified in docs/envelope.md; in short (integers big-endian)
     | Ed25519 signature (64) | ML-DSA-65 signature (3309)
 
 Both signatures cover every byte before them. Nothing inside the header is parsed before they
-verify; the signing key is found by the kid in the fixed-size frame.
+verify; the signing key is found by the kid in the fixed-size frame. Attachments travel beside
+the envelope, encrypted in chunks under keys from its content key; the header lists them
+(`bridge.crypto.attachments`).
 """
 
 from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Final, Literal
 
 import msgspec
 
 from ..errors import (
+    AttachmentTooLarge,
     DecryptionFailed,
     EnvelopeExpired,
     KeyCommitmentMismatch,
@@ -47,6 +51,7 @@ from ..ids import (
     new_message_id,
 )
 from . import _primitives as P
+from .attachments import Attachment, OpenedAttachment, valid_chunk_size
 from .keys import KID_LEN, KeyLookup, Keyring, PrivateKey, PublicKeyRecord, kid_hex
 
 __all__ = [
@@ -58,6 +63,7 @@ __all__ = [
     "Opened",
     "Recipient",
     "VerifiedEnvelope",
+    "new_content_key",
     "open_envelope",
     "seal",
     "verify",
@@ -95,6 +101,9 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_categories: int = 16
     max_clock_skew: int = 300
     max_lifetime: int = 30 * 86400
+    max_attachments: int = 16
+    max_attachment_bytes: int = 100 * 1024 * 1024
+    max_attachments_total: int = 250 * 1024 * 1024
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -128,9 +137,27 @@ class Header(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     clen: int
     commit: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
     reply_to: _MessageId | None = None
+    attachments: list[Attachment] = []
 
 
 _header_encoder = msgspec.msgpack.Encoder()
+_OPTIONAL_FIELDS: Final[dict[str, object]] = {"reply_to": None, "attachments": []}
+
+
+def _encode_header(header: Header) -> bytes:
+    """The canonical encoding: declared order, optional fields omitted when absent.
+
+    Through a dict rather than the struct: msgspec writes a struct of more than 15 fields with
+    omitted defaults as a map16 whatever it holds, where canonical msgpack needs a fixmap.
+    """
+    fields = {
+        name: value
+        for name in Header.__struct_fields__
+        if (value := getattr(header, name)) != _OPTIONAL_FIELDS.get(name, ...)
+    }
+    return _header_encoder.encode(fields)
+
+
 _header_decoder = msgspec.msgpack.Decoder(Header)
 
 
@@ -161,20 +188,32 @@ class VerifiedEnvelope:
 
 @dataclass(frozen=True, repr=False)
 class Opened:
-    """A verified envelope and its plaintext body (personal data: never log it)."""
+    """A verified envelope, its plaintext body and its attachments' names and keys.
+
+    Personal data: never log the plaintext or an attachment's name.
+    """
 
     envelope: VerifiedEnvelope
     plaintext: bytes
+    attachments: tuple[OpenedAttachment, ...] = ()
 
     @property
     def header(self) -> Header:
         return self.envelope.header
 
     def __repr__(self) -> str:
-        return f"Opened({self.envelope!r}, plaintext=<{len(self.plaintext)} bytes>)"
+        return (
+            f"Opened({self.envelope!r}, plaintext=<{len(self.plaintext)} bytes>, "
+            f"attachments={len(self.attachments)})"
+        )
 
 
 # -- key schedule -----------------------------------------------------------------------------
+
+
+def new_content_key() -> bytes:
+    """A fresh content key: one per envelope, and its attachments' keys derive from it."""
+    return P.random_bytes(_CONTENT_KEY_LEN)
 
 
 def _body_key_nonce(content_key: bytes) -> tuple[bytes, bytes]:
@@ -208,9 +247,13 @@ def seal(
     message_id: str | None = None,
     now: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    content_key: bytes | None = None,
+    attachments: Sequence[Attachment] = (),
 ) -> bytes:
     """Encrypt `plaintext` for `recipients` (agency ids), sign as `sender`; return the bytes.
 
+    `attachments` are the header entries of attachments already encrypted under
+    `content_key` (`AttachmentSealer`); without attachments the content key is drawn here.
     The result is checked with `verify()` before it is returned, so a sealed envelope that a
     broker would reject is never produced.
     """
@@ -223,7 +266,10 @@ def seal(
     at = int(time.time()) if now is None else now
     signing = sender.current_published("sign", at, directory)
     keys = [(agency, directory.current_key(agency, "enc", at)) for agency in recipients]
-    content_key = P.random_bytes(_CONTENT_KEY_LEN)
+    if content_key is None:
+        content_key = new_content_key()
+    elif len(content_key) != _CONTENT_KEY_LEN:
+        raise ValueError("a content key is 32 bytes")
     data = _seal_with(
         plaintext,
         message_type=message_type,
@@ -236,6 +282,7 @@ def seal(
         exp=at + lifetime,
         reply_to=reply_to,
         message_id=message_id or new_message_id(),
+        attachments=list(attachments),
     )
     verify(data, directory, now=at, limits=limits)
     return data
@@ -254,6 +301,7 @@ def _seal_with(
     exp: int,
     reply_to: str | None,
     message_id: str,
+    attachments: list[Attachment] | None = None,
 ) -> bytes:
     # NOTE: each recipient carries its own content key so that tests can build the malicious
     # "different keys for different recipients" envelope; `seal()` always passes one key.
@@ -275,8 +323,9 @@ def _seal_with(
         clen=len(plaintext) + 16,
         commit=_commitment(body_content_key),
         reply_to=reply_to,
+        attachments=attachments or [],
     )
-    header_bytes = _header_encoder.encode(header)
+    header_bytes = _encode_header(header)
     header_hash = P.sha256(header_bytes)
     wraps = b"".join(
         key.kid_bytes
@@ -422,7 +471,7 @@ def _decode_header(raw: bytes) -> Header:
         raise MalformedEnvelope(f"header does not decode: {exc}") from exc
     # The signer's encoder is canonical; anything else (duplicate keys, other field order,
     # non-minimal integers, explicit nulls) is refused so that every reader sees one header.
-    if _header_encoder.encode(header) != raw:
+    if _encode_header(header) != raw:
         raise MalformedEnvelope("header is not canonically encoded")
     return header
 
@@ -482,6 +531,27 @@ def _check_header(
         raise LifetimeTooLong("envelope lifetime exceeds the allowed maximum")
     if header.exp <= now:
         raise EnvelopeExpired("envelope has expired")
+    _check_attachments(header.attachments, limits)
+
+
+def _check_attachments(attachments: list[Attachment], limits: Limits) -> None:
+    if len(attachments) > limits.max_attachments:
+        raise AttachmentTooLarge(
+            f"more than {limits.max_attachments} attachments", reason="attachment.too_many"
+        )
+    for attachment in attachments:
+        if not valid_chunk_size(attachment.chunk):
+            raise MalformedEnvelope("an attachment's chunk size is not allowed")
+        if attachment.size > limits.max_attachment_bytes:
+            raise AttachmentTooLarge(
+                f"an attachment exceeds {limits.max_attachment_bytes} bytes",
+                reason="attachment.too_large",
+            )
+    if sum(a.size for a in attachments) > limits.max_attachments_total:
+        raise AttachmentTooLarge(
+            f"the attachments exceed {limits.max_attachments_total} bytes together",
+            reason="attachment.total_too_large",
+        )
 
 
 # -- open -------------------------------------------------------------------------------------
@@ -517,4 +587,8 @@ def open_envelope(
     plaintext = P.aead_open(body_key, nonce, frame.ciphertext, envelope.header_hash)
     if plaintext is None:
         raise DecryptionFailed("the body does not decrypt")
-    return Opened(envelope=envelope, plaintext=plaintext)
+    attachments = tuple(
+        OpenedAttachment.open(content_key, index, entry)
+        for index, entry in enumerate(header.attachments)
+    )
+    return Opened(envelope=envelope, plaintext=plaintext, attachments=attachments)

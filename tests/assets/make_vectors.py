@@ -709,7 +709,209 @@ def _negatives(fed: Federation, ok: bytes) -> list[Negative]:
     return n
 
 
+# -- attachments --------------------------------------------------------------------------------
+
+ATTACHMENT_MESSAGE_ID = "5a0c2e7b-9d41-4f3a-8b6e-1c7d2f9e0a34"
+ATTACHMENT_CHUNK = 1024  # the smallest allowed, so that a few chunks stay a small file
+ATTACHMENTS = [
+    # name, media type, size: four chunks (the last short), one exact chunk, an empty file
+    ("entlassbrief-synthetisch.pdf", "application/pdf", 3 * 1024 + 428),
+    ("einwilligung-scan.png", "image/png", 1024),
+    ("leer.txt", "text/plain", 0),
+]
+
+
+def _attachment_plaintext(index: int, size: int) -> bytes:
+    return hashlib.shake_256(b"bridge attachment vector %d" % index).digest(size)
+
+
+def _aesgcm(key: bytes, nonce: bytes, plaintext: bytes) -> bytes:
+    # Straight from cryptography, not through bridge: the vectors must not come from the code
+    # under test.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key).encrypt(nonce, plaintext, b"")
+
+
+def _chunk_nonce(index: int, final: bool) -> bytes:
+    return bytes(7) + index.to_bytes(4, "big") + bytes([final])
+
+
+def _attachment_chunks(content_key: bytes, index: int, plaintext: bytes) -> dict[str, Any]:
+    okm = _hkdf(content_key, b"bridge/v1 attachment" + index.to_bytes(4, "big"), 64)
+    chunk_key, meta_key = okm[:32], okm[32:]
+    count = max(1, -(-len(plaintext) // ATTACHMENT_CHUNK))
+    chunks = []
+    for j in range(count):
+        part = plaintext[j * ATTACHMENT_CHUNK : (j + 1) * ATTACHMENT_CHUNK]
+        nonce = _chunk_nonce(j, j == count - 1)
+        chunks.append(
+            {
+                "index": j,
+                "final": j == count - 1,
+                "nonce": nonce.hex(),
+                "ciphertext_hex": _aesgcm(chunk_key, nonce, part).hex(),
+            }
+        )
+    return {"chunk_key": chunk_key.hex(), "meta_key": meta_key.hex(), "chunks": chunks}
+
+
+def _attachment_vectors(fed: Federation) -> None:
+    """attachments.json and referral-attachments-ok.bin: see docs/envelope.md#attachments."""
+    from bridge.crypto import Attachment, AttachmentSealer, OpenedAttachment
+
+    listed = []
+    entries = []
+    for index, (name, media_type, size) in enumerate(ATTACHMENTS):
+        plaintext = _attachment_plaintext(index, size)
+        expected = _attachment_chunks(CONTENT_KEY, index, plaintext)
+        digest = hashlib.sha256(plaintext).digest()
+        meta = _aesgcm(bytes.fromhex(expected["meta_key"]), bytes(12), digest + name.encode())
+        # bridge's sealer, fed in uneven pieces, must produce exactly these bytes
+        sealer = AttachmentSealer(
+            CONTENT_KEY, index, name=name, media_type=media_type, chunk=ATTACHMENT_CHUNK
+        )
+        produced = [c for piece in (plaintext[:700], plaintext[700:]) for c in sealer.update(piece)]
+        last, entry = sealer.finish()
+        produced.append(last)
+        assert [c.hex() for c in produced] == [c["ciphertext_hex"] for c in expected["chunks"]]
+        assert entry == Attachment(type=media_type, size=size, chunk=ATTACHMENT_CHUNK, meta=meta)
+        entries.append(entry)
+        listed.append(
+            {
+                "index": index,
+                "name": name,
+                "type": media_type,
+                "size": size,
+                "chunk": ATTACHMENT_CHUNK,
+                "plaintext_hex": plaintext.hex(),
+                "sha256": digest.hex(),
+                "meta_hex": meta.hex(),
+                **expected,
+            }
+        )
+    data = build(
+        fed,
+        content_key=CONTENT_KEY,
+        message_id=ATTACHMENT_MESSAGE_ID,
+        attachments=entries,
+    )
+    opened = open_envelope(data, fed.keyring(RECIPIENTS[0]), fed.directory, now=T0)
+    assert [(a.name, a.digest.hex()) for a in opened.attachments] == [
+        (a["name"], a["sha256"]) for a in listed
+    ]
+    (OUT / "referral-attachments-ok.bin").write_bytes(data)
+    parts = split(data)
+
+    def chunks_of(index: int) -> list[bytes]:
+        return [bytes.fromhex(c["ciphertext_hex"]) for c in listed[index]["chunks"]]
+
+    first, second = chunks_of(0), chunks_of(1)
+    plain0 = _attachment_plaintext(0, ATTACHMENTS[0][2])
+    okm = _hkdf(CONTENT_KEY, b"bridge/v1 attachment" + bytes(4), 64)
+    other = _attachment_chunks(OTHER_CONTENT_KEY, 0, plain0)["chunks"]
+    flipped = bytearray(first[1])
+    flipped[100] ^= 0x01
+    negatives = [
+        ("truncated", "the final chunk is missing", first[:3], "attachment.truncated"),
+        ("empty", "no chunk at all", [], "attachment.truncated"),
+        ("reordered", "chunks 0 and 1 swapped", [first[1], first[0], *first[2:]],
+         "attachment.decryption_failed"),
+        ("duplicated", "chunk 0 twice", [first[0], *first], "attachment.decryption_failed"),
+        ("extra-chunk", "a chunk after the final one", [*first, first[3]],
+         "attachment.too_long"),
+        ("altered", "one bit of chunk 1 flipped", [first[0], bytes(flipped), *first[2:]],
+         "attachment.decryption_failed"),
+        ("cut-short", "the last chunk one byte short", [*first[:3], first[3][:-1]],
+         "attachment.malformed"),
+        ("from-other-attachment", "chunk 0 of attachment 1 in the place of chunk 0",
+         [second[0], *first[1:]], "attachment.decryption_failed"),
+        ("from-other-message", "chunk 1 of the same file sealed for another message",
+         [first[0], bytes.fromhex(other[1]["ciphertext_hex"]), *first[2:]],
+         "attachment.decryption_failed"),
+        ("final-not-marked", "the last chunk sealed with final flag 0",
+         [*first[:3], _aesgcm(okm[:32], _chunk_nonce(3, False), plain0[3072:])],
+         "attachment.decryption_failed"),
+        ("early-final", "chunk 0 sealed with final flag 1",
+         [_aesgcm(okm[:32], _chunk_nonce(0, True), plain0[:1024]), *first[1:]],
+         "attachment.decryption_failed"),
+    ]  # fmt: skip
+    negative_entries = []
+    entry0 = OpenedAttachment.open(CONTENT_KEY, 0, entries[0])
+    for name, about, chunks, reason in negatives:
+        reader = entry0.reader()
+        try:
+            for chunk in chunks:
+                reader.feed(chunk)
+            reader.finish()
+        except errors.AttachmentInvalid as exc:
+            if exc.reason != reason:
+                raise SystemExit(f"attachment vector {name}: got {exc.reason}") from exc
+        else:
+            raise SystemExit(f"attachment vector {name}: accepted")
+        negative_entries.append(
+            {
+                "name": name,
+                "about": about,
+                "attachment": 0,
+                "chunks_hex": [c.hex() for c in chunks],
+                "error": "AttachmentInvalid",
+                "reason": reason,
+            }
+        )
+    # A sender that declares another digest than the file's: only the reader's end sees it.
+    wrong_meta = _aesgcm(okm[32:], bytes(12), bytes(32) + ATTACHMENTS[0][0].encode())
+    forged = OpenedAttachment.open(
+        CONTENT_KEY,
+        0,
+        Attachment(type="application/pdf", size=len(plain0), chunk=1024, meta=wrong_meta),
+    )
+    reader = forged.reader()
+    for chunk in first:
+        reader.feed(chunk)
+    try:
+        reader.finish()
+    except errors.AttachmentInvalid as exc:
+        if exc.reason != "attachment.digest_mismatch":
+            raise SystemExit(f"attachment vector digest-mismatch: got {exc.reason}") from exc
+    else:
+        raise SystemExit("attachment vector digest-mismatch: accepted")
+    negative_entries.append(
+        {
+            "name": "digest-mismatch",
+            "about": "every chunk genuine, but the meta declares a digest of 32 zero bytes",
+            "attachment": 0,
+            "meta_hex": wrong_meta.hex(),
+            "chunks_hex": [c.hex() for c in first],
+            "error": "AttachmentInvalid",
+            "reason": "attachment.digest_mismatch",
+        }
+    )
+    _write_json(
+        OUT / "attachments.json",
+        {
+            "about": (
+                "An envelope from jobcenter-unna to both services with three attachments, "
+                "their key schedule and chunks; `negative` lists chunk sequences for "
+                "attachment 0 that a reader must reject with `reason` (with `meta_hex`, in "
+                "place of the header's meta)."
+            ),
+            "file": "referral-attachments-ok.bin",
+            "verify_at": T0,
+            "content_key": CONTENT_KEY.hex(),
+            "header": _hexify(decode_header(parts.header)),
+            "header_hex": parts.header.hex(),
+            "attachments": listed,
+            "negative": negative_entries,
+        },
+    )
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--attachments"]:
+        # Only the attachment vectors: the other files stay as committed.
+        _attachment_vectors(federation(T0))
+        return
     fed = federation(T0)
     if OUT.exists():
         shutil.rmtree(OUT)
@@ -732,6 +934,7 @@ def main() -> None:
         message_id=FEEDBACK_ID,
     )
     _positive(fed, "feedback-reply-ok", reply, OTHER_CONTENT_KEY, FEEDBACK_PLAINTEXT)
+    _attachment_vectors(fed)
 
     entries = []
     for neg in _negatives(fed, ok):
