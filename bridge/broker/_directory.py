@@ -10,32 +10,21 @@ keep the broker on the directory it already trusts.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .._cancel import pause
+from .._watched import WatchedFile
 from ..crypto import PublicKeyRecord
-from ..errors import DirectoryError
 from ..federation.directory import Directory, SerialState, load_anchor
 
 __all__ = ["DirectoryHolder"]
 
-log = logging.getLogger("bridge.broker")
 
-_Stamp = tuple[int, int, int]  # mtime_ns, size, inode: cheap change detection without reading
-
-
-def _stamp(path: Path) -> _Stamp | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-class DirectoryHolder:
+class DirectoryHolder(WatchedFile[Directory]):
     """The current verified `Directory`, and the means to reload it."""
+
+    what = "key directory"
+    log = logging.getLogger("bridge.broker")
 
     def __init__(
         self,
@@ -46,14 +35,11 @@ class DirectoryHolder:
         clock: Callable[[], float],
     ) -> None:
         """Load the directory now; raises `DirectoryError` if it is not acceptable."""
-        self._path = path
         self._anchor = anchor
         self._state = state
         self._clock = clock
-        self._stamp = _stamp(path)
-        self._current = Directory.load_file(path, anchor, state=state, now=int(clock()))
-        self._refused: _Stamp | None = None
         self._expired_logged = False
+        super().__init__(path)
 
     @classmethod
     def open(
@@ -61,9 +47,13 @@ class DirectoryHolder:
     ) -> DirectoryHolder:
         return cls(path, load_anchor(anchor_path), SerialState(state_path), clock=clock)
 
-    @property
-    def current(self) -> Directory:
-        return self._current
+    def _load(self) -> Directory:
+        return Directory.load_file(
+            self._path, self._anchor, state=self._state, now=int(self._clock())
+        )
+
+    def _version(self, value: Directory) -> str:
+        return f"serial {value.serial}"
 
     def usable(self) -> Directory | None:
         """The directory if it has not expired; `None` (logged once) if it has.
@@ -75,46 +65,9 @@ class DirectoryHolder:
             self._expired_logged = False
             return self._current
         if not self._expired_logged:
-            log.error(
+            self.log.error(
                 "key directory serial %d has expired; routing paused until a new one is installed",
                 self._current.serial,
             )
             self._expired_logged = True
         return None
-
-    def reload_if_changed(self) -> bool:
-        """Reload if the file changed since the last look; return whether a new one is in use."""
-        stamp = _stamp(self._path)
-        if stamp is None or stamp == self._stamp or stamp == self._refused:
-            return False
-        try:
-            directory = Directory.load_file(
-                self._path, self._anchor, state=self._state, now=int(self._clock())
-            )
-        except DirectoryError as exc:
-            self._refused = stamp
-            log.error(
-                "new key directory refused, keeping serial %d: %s [%s]",
-                self._current.serial,
-                exc,
-                exc.reason,
-            )
-            return False
-        except OSError as exc:  # the serial state file could not be written
-            self._refused = stamp
-            log.error("new key directory not recorded, keeping the old one: %s", exc)
-            return False
-        self._stamp = stamp
-        self._refused = None
-        previous, self._current = self._current.serial, directory
-        log.info("key directory reloaded: serial %d -> %d", previous, directory.serial)
-        return True
-
-    async def watch(self, interval: float) -> None:
-        """Check the file every `interval` seconds, forever (until cancelled)."""
-        while True:
-            await pause(interval)
-            self.reload_if_changed()
-
-    def __repr__(self) -> str:
-        return f"DirectoryHolder({str(self._path)!r}, serial={self._current.serial})"

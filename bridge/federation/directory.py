@@ -14,7 +14,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from .._files import write_file
+from .._watched import SerialState as _SerialState
 from ..crypto import PrivateKey, PublicKeyRecord, sign_document, verify_document
 from ..crypto.keys import KeyUse
 from ..errors import BridgeError, DirectoryError, KeyFileError, UnknownKey
@@ -263,25 +263,11 @@ def _is_hex_kid(text: str) -> bool:
         return False
 
 
-class SerialState:
+class SerialState(_SerialState):
     """The highest directory serial a component has accepted, kept in a small file."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    what = "directory"
+    reason = "directory.state"
 
-    def highest(self) -> int:
-        try:
-            text = self.path.read_text().strip()
-        except FileNotFoundError:
-            return 0
-        if not text.isdigit():
-            raise DirectoryError(
-                f"directory serial state {self.path} is corrupt", reason="directory.state"
-            )
-        return int(text)
-
-    def record(self, serial: int) -> None:
-        if serial <= self.highest():
-            return
-        # Synced before it counts: a serial forgotten in a crash would reopen the rollback door.
-        write_file(self.path, f"{serial}\n".encode(), mode=0o644)
+    def _error(self, message: str) -> BridgeError:
+        return DirectoryError(message, reason=self.reason)

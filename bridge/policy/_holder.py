@@ -10,34 +10,23 @@ already trusted.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .._cancel import pause
+from .._watched import WatchedFile
 from ..crypto import PublicKeyRecord
-from ..errors import BridgeError, SignedPolicyError
+from ..errors import SignedPolicyError
 from ._signed import Policy, PolicySerialState, load_policy_file
 
 __all__ = ["PolicyHolder"]
 
-log = logging.getLogger("bridge.policy")
 
-_Stamp = tuple[int, int, int]  # mtime_ns, size, inode: cheap change detection without reading
-
-
-def _stamp(path: Path) -> _Stamp | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-class PolicyHolder:
+class PolicyHolder(WatchedFile[Policy]):
     """The current verified `Policy`, and the means to reload it."""
+
+    what = "policy"
+    log = logging.getLogger("bridge.policy")
 
     def __init__(
         self,
@@ -55,13 +44,10 @@ class PolicyHolder:
         `max_lifetime` may exceed: a limit the envelope check would never let apply misleads.
         """
         self._max_lifetime = max_lifetime
-        self._path = path
         self._anchor = anchor
         self._state = state
         self._federation = federation
-        self._stamp = _stamp(path)
-        self._current = self._load()
-        self._refused: _Stamp | None = None
+        super().__init__(path)
 
     def _load(self) -> Policy:
         policy = load_policy_file(self._path, self._anchor, state=None)
@@ -92,41 +78,5 @@ class PolicyHolder:
         self._state.record(policy.serial)
         return policy
 
-    @property
-    def current(self) -> Policy:
-        return self._current
-
-    def reload_if_changed(self) -> bool:
-        """Reload if the file changed since the last look; return whether a new one is in use."""
-        stamp = _stamp(self._path)
-        if stamp is None or stamp == self._stamp or stamp == self._refused:
-            return False
-        try:
-            policy = self._load()
-        except BridgeError as exc:
-            self._refused = stamp
-            log.error(
-                "new policy refused, keeping serial %d (%s): %s [%s]",
-                self._current.serial,
-                self._current.hash,
-                exc,
-                exc.reason,
-            )
-            return False
-        self._stamp = stamp
-        self._refused = None
-        previous, self._current = self._current, policy
-        if policy.hash != previous.hash:
-            log.info(
-                "policy reloaded: serial %d -> %d (%s)", previous.serial, policy.serial, policy.hash
-            )
-        return True
-
-    async def watch(self, interval: float) -> None:
-        """Check the file every `interval` seconds, forever (until cancelled)."""
-        while True:
-            await pause(interval)
-            await asyncio.to_thread(self.reload_if_changed)
-
-    def __repr__(self) -> str:
-        return f"PolicyHolder({str(self._path)!r}, serial={self._current.serial})"
+    def _version(self, value: Policy) -> str:
+        return f"serial {value.serial} ({value.hash})"

@@ -19,7 +19,7 @@ from typing import Annotated, Final
 
 import msgspec
 
-from .._files import write_file
+from .._watched import SerialState
 from ..crypto import PrivateKey, PublicKeyRecord, sign_document, verify_document
 from ..errors import BridgeError, PolicyFileError, SignedPolicyError
 from ..ids import AGENCY_ID_PATTERN
@@ -198,30 +198,11 @@ def load_policy_file(
     return policy
 
 
-class PolicySerialState:
+class PolicySerialState(SerialState):
     """The highest policy serial a component has accepted, kept in a small file."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    what = "policy"
+    reason = "policy.state"
 
-    def highest(self) -> int:
-        try:
-            text = self.path.read_text().strip()
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            raise SignedPolicyError(
-                f"cannot read policy serial state {self.path}: {exc.strerror}",
-                reason="policy.state",
-            ) from exc
-        if not text.isdigit():
-            raise SignedPolicyError(
-                f"policy serial state {self.path} is corrupt", reason="policy.state"
-            )
-        return int(text)
-
-    def record(self, serial: int) -> None:
-        if serial <= self.highest():
-            return
-        # Synced before it counts: a serial forgotten in a crash would reopen the rollback door.
-        write_file(self.path, f"{serial}\n".encode(), mode=0o644)
+    def _error(self, message: str) -> BridgeError:
+        return SignedPolicyError(message, reason=self.reason)
