@@ -38,7 +38,6 @@ from policy_helpers import POLICY, signed_policy
 
 from bridge.audit import generate_audit_key
 from bridge.broker import Broker, BrokerStatistics, parse_submission
-from bridge.broker._directory import DirectoryHolder
 from bridge.config import load_broker_config
 from bridge.crypto import seal
 from bridge.errors import (
@@ -49,6 +48,7 @@ from bridge.errors import (
     TransportError,
 )
 from bridge.federation.directory import sign_directory
+from bridge.federation.holder import DirectoryHolder
 from bridge.ids import new_message_id
 from bridge.nats.identities import Identity
 from bridge.nats.subjects import (

@@ -35,6 +35,7 @@ from ..consent import Registry, policy_rule
 from ..crypto import Header, verify
 from ..errors import BridgeError, PolicyError, ProtocolError, TransportError
 from ..federation.directory import Directory, load_anchor
+from ..federation.holder import DirectoryHolder
 from ..nats.identities import Identity
 from ..nats.subjects import (
     BROKER_CONSUMER,
@@ -64,7 +65,6 @@ from ._audit import (
     withdrawn_events,
 )
 from ._consent import check_consent
-from ._directory import DirectoryHolder
 from ._disclosure import DisclosureDesk
 from ._expiry import ExpiryWatch
 from ._metrics import BrokerMetrics

@@ -1,4 +1,4 @@
-"""The key directory as the broker holds it: loaded at start, reloaded when its file changes.
+"""The key directory as a running component holds it: loaded at start, reloaded when it changes.
 
 A new file is loaded only if it verifies against the pinned trust anchor and its serial is not
 lower than the highest one this broker has ever accepted (kept in the serial state file, so a
