@@ -7,12 +7,14 @@ runs. Every refusal is checked to publish nothing and to name the field without 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 from adapter_helpers import (
     JOBCENTER,
@@ -32,6 +34,7 @@ from policy_helpers import POLICY, signed_policy
 
 from bridge.adapters.service import Adapter
 from bridge.crypto import verify
+from bridge.federation.directory import sign_directory
 from bridge.nats.subjects import HDR_MSG_ID
 
 MARKER = "Zyxwvutsrq"  # a value that must never come back in a problem
@@ -382,3 +385,38 @@ async def test_policy_refusals_carry_the_brokers_reason_and_publish_nothing(
         status, _, problem = await narrow.submit(request)
         assert (status, problem["code"], problem["field"]) == (422, code, field), case
     assert await submitted(narrow.admin, JOBCENTER) == 0
+
+
+async def test_a_new_directory_is_taken_and_a_rollback_kept_out(
+    tmp_path: Path, nats_env: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    agency = make_agency(tmp_path, nats_env.url, agency_seed(nats_env, JOBCENTER), JOBCENTER)
+    c = agency.config
+    config = msgspec.structs.replace(
+        c, directory=msgspec.structs.replace(c.directory, reload_seconds=1)
+    )
+    path = Path(c.directory.file)
+    f = fed()
+
+    def install(serial: int) -> None:
+        new = path.with_suffix(".new")
+        new.write_bytes(
+            sign_directory(msgspec.structs.replace(f.directory.body, serial=serial), f.anchor)
+        )
+        os.replace(new, path)  # a new inode, as an operator's tools would leave it
+
+    async with Adapter(config) as adapter:
+        assert adapter.directory().serial == f.directory.serial
+        install(f.directory.serial + 2)
+
+        async def serial(wanted: int) -> bool:
+            return adapter.directory().serial == wanted
+
+        async def refused() -> bool:
+            return "directory.rollback" in caplog.text
+
+        await eventually(lambda: serial(f.directory.serial + 2), what="the new directory taken")
+        install(f.directory.serial + 1)  # older than the one in use
+        await eventually(refused, what="the rollback refused")
+        assert adapter.directory().serial == f.directory.serial + 2
+        assert adapter.ready()

@@ -31,12 +31,12 @@ import nats.errors
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from .._cancel import pause
 from ..config import AdapterConfig, nats_tls_context
 from ..consent import Registry
 from ..crypto import Keyring
-from ..errors import BridgeError, ConfigError, TransportError, reasons_of
-from ..federation.directory import Directory, SerialState, load_anchor
+from ..errors import ConfigError, TransportError, reasons_of
+from ..federation.directory import Directory, load_anchor
+from ..federation.holder import DirectoryHolder
 from ..http.auth import TokenVerifier
 from ..http.guard import GuardedAppRunner
 from ..nats.subjects import (
@@ -89,7 +89,7 @@ class Adapter:
         self._clock = clock
         self._environ = os.environ if environ is None else environ
         self._fetch_timeout = fetch_timeout
-        self._directory: Directory | None = None
+        self._directory: DirectoryHolder | None = None
         self._policy: PolicyHolder | None = None
         self._nc: NATS | None = None
         self._nc_closed = asyncio.Event()
@@ -145,7 +145,7 @@ class Adapter:
     def directory(self) -> Directory:
         if self._directory is None:
             raise RuntimeError("the adapter is not started")
-        return self._directory
+        return self._directory.current
 
     def policy(self) -> Policy:
         """The routing policy this adapter checks submissions against (the broker's decides)."""
@@ -166,15 +166,6 @@ class Adapter:
             )
         return value.encode()
 
-    def _load_directory(self) -> Directory:
-        c = self.config
-        return Directory.load_file(
-            c.path(c.directory.file),
-            load_anchor(c.path(c.directory.anchor)),
-            state=SerialState(c.path(c.directory.serial_state)),
-            now=int(self._clock()),
-        )
-
     async def start(self) -> str:
         """Load, connect, bind and serve; return the base URL of the HTTP API."""
         if self._task is not None:
@@ -190,7 +181,13 @@ class Adapter:
         secret = None
         if c.delivery.mode == "webhook":
             secret = load_webhook_secrets(c.delivery, c.path)
-        self._directory = self._load_directory()
+        self._directory = await asyncio.to_thread(
+            DirectoryHolder.open,
+            c.path(c.directory.file),
+            c.path(c.directory.anchor),
+            c.path(c.directory.serial_state),
+            clock=self._clock,
+        )
         self._policy = PolicyHolder(
             c.path(c.policy.file),
             load_anchor(c.path(c.directory.anchor)),
@@ -379,7 +376,10 @@ class Adapter:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.inbound.run(sink, sink.capacity), name="inbound")
                 group.create_task(self.status.run(), name="status")
-                group.create_task(self._reload_directory(), name="directory")
+                assert self._directory is not None
+                group.create_task(
+                    self._directory.watch(self.config.directory.reload_seconds), name="directory"
+                )
                 assert self._policy is not None
                 group.create_task(
                     self._policy.watch(self.config.directory.reload_seconds), name="policy"
@@ -417,22 +417,6 @@ class Adapter:
         fetch loops would retry on a closed connection for ever, alive but idle."""
         await self._nc_closed.wait()
         raise TransportError("the NATS connection is closed for good", reason="transport.closed")
-
-    async def _reload_directory(self) -> None:
-        while True:
-            await pause(self.config.directory.reload_seconds)
-            try:
-                directory = await asyncio.to_thread(self._load_directory)
-            except BridgeError as exc:
-                log.warning(
-                    "key directory not reloaded, keeping serial %s [%s]",
-                    self.directory().serial,
-                    exc.reason,
-                )
-                continue
-            if directory.serial != self.directory().serial:
-                log.info("key directory serial %s loaded", directory.serial)
-            self._directory = directory
 
     # -- stop -------------------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
 """The key directory as a running component holds it: loaded at start, reloaded when it changes.
 
 A new file is loaded only if it verifies against the pinned trust anchor and its serial is not
-lower than the highest one this broker has ever accepted (kept in the serial state file, so a
+lower than the highest one this component has ever accepted (kept in the serial state file, so a
 restart cannot be rolled back either). A bad new file is logged and the old directory kept: an
 operator's mistake must not stop routing, and an attacker who can write the file can at most
-keep the broker on the directory it already trusts.
+keep a component on the directory it already trusts.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class DirectoryHolder(WatchedFile[Directory]):
     """The current verified `Directory`, and the means to reload it."""
 
     what = "key directory"
-    log = logging.getLogger("bridge.broker")
+    log = logging.getLogger("bridge.federation")
 
     def __init__(
         self,
