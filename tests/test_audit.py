@@ -217,7 +217,8 @@ async def test_writer_chains_and_signs_and_a_reader_verifies_and_exports(
     items = [(audit_msg_id("routed", new_message_id()), event(n)) for n in range(7)]
     for item in items:
         await writer.append([item])
-    await writer.append(items[:2])  # a retry: stored once
+    await writer.append(items[:1])  # a retry of a step: stored once
+    await writer.append(items[6:])
     await writer.checkpoint()
 
     ops = await nats_env.connect(Identity.ops())
@@ -245,6 +246,39 @@ async def test_writer_chains_and_signs_and_a_reader_verifies_and_exports(
     everything = tmp_path / "all.jsonl"
     assert await export(ops.js, everything) == (1, 13)
     assert verify_records(file_records(everything), public, AUDIT_STREAM).unsigned == 0
+
+
+async def test_the_events_of_one_step_are_one_record_stored_once(
+    nats_env: NatsEnv, keys: tuple[Path, Path]
+) -> None:
+    """A step's events share a record (one durable write); the same step again adds none."""
+    broker = await nats_env.connect(Identity.broker())
+    writer = AuditWriter(broker.js, load_audit_key(keys[0]), every=100, interval=60, timeout=5)
+    step = [(audit_msg_id("routed", new_message_id()), event(n)) for n in range(3)]
+    await writer.append(step)
+    await writer.append(step)  # a redelivered submission records the same step again
+    big = [(audit_msg_id("routed", new_message_id()), event(n)) for n in range(30)]
+    await writer.append(big)  # more than a record holds: two records, in order
+    await writer.checkpoint()
+
+    ops = await nats_env.connect(Identity.ops())
+    verifier = ChainVerifier(load_audit_public_key(keys[1]), AUDIT_STREAM)
+    shapes, events = [], []
+    async for seq, data in stream_records(ops.js):
+        record = verifier.add(seq, data)
+        shapes.append(len(record.all_events))
+        events += record.all_events
+    assert shapes == [3, 24, 6, 0]  # the last is the checkpoint
+    assert events == [e for _, e in step + big]
+    report = verifier.report()
+    assert (report.events, report.unsigned) == (33, 0)
+    with pytest.raises(ValueError, match="exactly one"):
+        AuditRecord(seq=1, prev=GENESIS, event=event(0), events=[event(1), event(2)])
+    single = encode_record(AuditRecord(seq=1, prev=GENESIS, event=event(0)))
+    group_of_one = single.replace(b'"event":{', b'"events":[{').replace(b"}}", b"}]}")
+    assert b'"events":[{' in group_of_one
+    with pytest.raises(AuditRecordInvalid):  # a group of one is not a group
+        decode_record(group_of_one)
 
 
 async def test_a_tampered_stream_is_named_by_the_live_reader(
@@ -355,8 +389,7 @@ async def test_the_broker_records_routing_and_rejection(nats_env: NatsEnv, tmp_p
     events = []
     async for seq, data in stream_records(ops.js):
         record = verifier.add(seq, data)
-        if record.event is not None:
-            events.append(record.event)
+        events += record.all_events
     assert verifier.report().unsigned == 0  # the broker signed on its way out
     seen = {(e.kind, e.message_id, e.recipient, e.reason) for e in events}
     assert (AuditKind.DIRECTORY_CHANGED, None, None, None) in seen

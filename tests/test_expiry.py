@@ -61,8 +61,7 @@ async def audit_events(env: NatsEnv, key: Path) -> list[object]:
     events = []
     async for seq, data in stream_records(ops.js):
         record = verifier.add(seq, data)
-        if record.event is not None:
-            events.append(record.event)
+        events += record.all_events
     return events
 
 

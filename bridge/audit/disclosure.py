@@ -56,10 +56,7 @@ def select_events(
     first seen under one (receipts and deletions name the message, not the consent)."""
     messages: set[tuple[str | None, str]] = set()
     found: list[AuditEvent] = []
-    for record in records:
-        event = record.event
-        if event is None:
-            continue
+    for event in (e for record in records for e in record.all_events):
         mine = event.consent in consents
         if (
             mine

@@ -4,8 +4,10 @@ Every state change bridge knows of becomes one `AuditEvent` (metadata only: ids,
 times; never content, never who the client is). The single audit writer (the broker) stores
 each event wrapped in an `AuditRecord` that names its position in the stream (`seq`) and the
 SHA-256 of the exact bytes of the record before it (`prev`), so removing, reordering, inserting
-or altering a record breaks the chain. Every so often a record carries a signed checkpoint
-instead of an event (`bridge.audit.checkpoint`).
+or altering a record breaks the chain. The events one step leads to (a routed submission's
+`submitted`, `accepted` and `routed`, say) are stored together in one record (`events`), so a
+step costs one durable write, not one per event. Every so often a record carries a signed
+checkpoint instead of events (`bridge.audit.checkpoint`).
 
 Records are compact JSON, one per message in the `BRIDGE_AUDIT` stream and one per line in an
 export; the hash is over those exact bytes, never over a re-encoding. `schemas/audit-record.json`
@@ -27,6 +29,7 @@ from ..wire._types import AgencyId, MessageId, ReasonCode, UtcDateTime, WireStru
 
 __all__ = [
     "GENESIS",
+    "MAX_GROUP_EVENTS",
     "MAX_RECORD_BYTES",
     "AuditEvent",
     "AuditKind",
@@ -38,6 +41,8 @@ __all__ = [
 ]
 
 MAX_RECORD_BYTES: Final = 16 * 1024
+MAX_GROUP_EVENTS: Final = 24
+"""Events in one record at most (a routed submission to 16 recipients has 18; each is small)."""
 GENESIS: Final = "0" * 64
 """The `prev` of the very first record of a stream."""
 
@@ -95,19 +100,34 @@ class AuditEvent(WireStruct, frozen=True, kw_only=True):
 class AuditRecord(WireStruct, frozen=True, kw_only=True):
     """What the stream stores: a position, the hash of the record before, and its content.
 
-    Exactly one of `event` and `checkpoint` is present. `checkpoint` is the base64 text of a
-    signed checkpoint document (see `bridge.audit.checkpoint`).
+    Exactly one of `event`, `events` and `checkpoint` is present. `events` holds the events of
+    one step in the order they happened (2 to `MAX_GROUP_EVENTS`); `all_events` gives either
+    form as one sequence. `checkpoint` is the base64 text of a signed checkpoint document (see
+    `bridge.audit.checkpoint`).
     """
 
     v: int = 1
     seq: Annotated[int, msgspec.Meta(ge=1)]
     prev: _Hash
     event: AuditEvent | None = None
+    events: (
+        Annotated[list[AuditEvent], msgspec.Meta(min_length=2, max_length=MAX_GROUP_EVENTS)] | None
+    ) = None
     checkpoint: Annotated[str, msgspec.Meta(max_length=12 * 1024)] | None = None
 
     def __post_init__(self) -> None:
-        if (self.event is None) == (self.checkpoint is None):
-            raise ValueError("an audit record holds exactly one of event and checkpoint")
+        present = [x is not None for x in (self.event, self.events, self.checkpoint)]
+        if sum(present) != 1:
+            raise ValueError("an audit record holds exactly one of event, events and checkpoint")
+        if self.events is not None and not 2 <= len(self.events) <= MAX_GROUP_EVENTS:
+            raise ValueError(f"an audit record holds 2 to {MAX_GROUP_EVENTS} events")
+
+    @property
+    def all_events(self) -> tuple[AuditEvent, ...]:
+        """The record's events in order: none for a checkpoint, one, or a step's group."""
+        if self.event is not None:
+            return (self.event,)
+        return tuple(self.events or ())
 
 
 class AuditRecordInvalid(WireInvalid):

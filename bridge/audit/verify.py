@@ -112,7 +112,7 @@ class ChainVerifier:
         if record.checkpoint is not None:
             self._check_checkpoint(record)
         else:
-            self._events += 1
+            self._events += len(record.all_events)
         self._prev_hash = record_hash(data)
         self._prev_seq = record.seq
         self._expected = record.seq + 1

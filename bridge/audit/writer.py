@@ -7,6 +7,10 @@ the writer then reads the new head and builds the record again. Each event carri
 `Nats-Msg-Id` derived from what it records, so an event written again after a redelivery is
 stored once (within the stream's duplicate window).
 
+The events of one `append` (one step: a routed submission's `submitted`, `accepted` and
+`routed`s) go into one record, whose `Nats-Msg-Id` is derived from its events' ids: one durable
+write and one round trip per step, and the same step appended again is stored once.
+
 A checkpoint is appended after every `every` records and, by `run_checkpoints`, whenever records
 have waited `interval` seconds unsigned.
 """
@@ -33,6 +37,7 @@ from ..nats.transport import publish_durable
 from .checkpoint import Checkpoint, sign_checkpoint
 from .events import (
     GENESIS,
+    MAX_GROUP_EVENTS,
     AuditEvent,
     AuditRecord,
     AuditRecordInvalid,
@@ -58,6 +63,12 @@ def audit_msg_id(kind: str, *about: str | None) -> str:
     """
     digest = hashlib.sha256("\x00".join(part or "" for part in about).encode()).hexdigest()
     return f"audit.{kind}.{digest[:40]}"
+
+
+def _group_msg_id(group: Sequence[tuple[str, AuditEvent]]) -> str:
+    """`Nats-Msg-Id` of a record holding several events: derived from their own ids."""
+    digest = hashlib.sha256("\x00".join(msg_id for msg_id, _ in group).encode()).hexdigest()
+    return f"audit.group.{digest[:40]}"
 
 
 class AuditWriter:
@@ -95,10 +106,17 @@ class AuditWriter:
         return f"AuditWriter(stream={self._stream!r}, head={head}, unsigned={self._unsigned})"
 
     async def append(self, events: Sequence[tuple[str, AuditEvent]]) -> None:
-        """Store each (msg_id, event) in order; raise `TransportError` if it cannot be stored."""
+        """Store the (msg_id, event) pairs of one step, in order, in one record (in a few if
+        there are more than `MAX_GROUP_EVENTS`); raise `TransportError` if they cannot be
+        stored. Appending the same pairs again stores nothing new (within the duplicate window).
+        """
         async with self._lock:
-            for msg_id, event in events:
-                await self._append(msg_id, event, None)
+            for start in range(0, len(events), MAX_GROUP_EVENTS):
+                group = events[start : start + MAX_GROUP_EVENTS]
+                if len(group) == 1:
+                    await self._append(group[0][0], group[0][1], None)
+                else:
+                    await self._append(_group_msg_id(group), None, None, group=group)
             if self._unsigned >= self._every:
                 await self._checkpoint()
 
@@ -147,8 +165,11 @@ class AuditWriter:
         checkpoint: str | None,
         *,
         upto: int | None = None,
+        group: Sequence[tuple[str, AuditEvent]] | None = None,
     ) -> bool:
-        """Append one record; False if `upto` is given and the head is no longer there."""
+        """Append one record (`event`, the events of `group`, or `checkpoint`); False if `upto`
+        is given and the head is no longer there."""
+        events = None if group is None else [e for _, e in group]
         for _ in range(_MAX_ATTEMPTS):
             if self._head is None:
                 await self._load_head()
@@ -157,7 +178,9 @@ class AuditWriter:
             if upto is not None and seq != upto:
                 return False  # another writer moved the head: sign the new one
             data = encode_record(
-                AuditRecord(seq=seq + 1, prev=prev, event=event, checkpoint=checkpoint)
+                AuditRecord(
+                    seq=seq + 1, prev=prev, event=event, events=events, checkpoint=checkpoint
+                )
             )
             try:
                 ack = await publish_durable(

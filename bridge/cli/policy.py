@@ -189,17 +189,15 @@ async def _explain_message(
     try:
         js = nc.jetstream(timeout=10)
         async for _, data in stream_records(js):
-            event = decode_record(data).event
-            if event is None:
-                continue
-            if event.kind is AuditKind.POLICY_CHANGED:
-                in_force = event.version
-            elif event.message_id == message_id and event.kind in (
-                AuditKind.ROUTED,
-                AuditKind.REJECTED,
-                AuditKind.ACCEPTED,
-            ):
-                decided.append((in_force or "unknown", event))
+            for event in decode_record(data).all_events:
+                if event.kind is AuditKind.POLICY_CHANGED:
+                    in_force = event.version
+                elif event.message_id == message_id and event.kind in (
+                    AuditKind.ROUTED,
+                    AuditKind.REJECTED,
+                    AuditKind.ACCEPTED,
+                ):
+                    decided.append((in_force or "unknown", event))
     finally:
         await nc.close()
     if not decided:
