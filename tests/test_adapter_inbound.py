@@ -6,6 +6,7 @@ as admin; receipts are read back from BRIDGE_SUBMIT and opened with the original
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -49,11 +50,13 @@ class Receiver:
     """A local system's webhook endpoint that checks signatures and fails on demand."""
 
     fail_first: int = 0
+    delay: float = 0.0  # seconds before each answer: a slow local system
     calls: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        await asyncio.sleep(self.delay)
         t, v1 = (p.partition("=")[2] for p in request.headers["Bridge-Signature"].split(","))
         expected = hmac.new(SECRET, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
         self.calls.append(
@@ -364,3 +367,27 @@ async def test_webhook_posts_in_inbox_order_while_recording_in_the_background(
         await eventually(lambda: consumer_settled(admin), what="every inbox message acked")
     assert [c["message_id"] for c in receiver.calls] == ids
     assert all(c["valid"] for c in receiver.calls)
+
+
+async def test_a_batch_waiting_behind_a_slow_webhook_is_kept_alive(
+    tmp_path: Path, nats_env: Any, receiver: Receiver
+) -> None:
+    """The pipeline fetches and opens a batch at once, then posts it one by one: the messages
+    waiting their turn outlast the ack wait several times and are never redelivered."""
+    await nats_env.provision(settings=ProvisionSettings(ack_wait=1.0))
+    receiver.delay = 0.5
+    agency = webhook_agency(tmp_path, nats_env, receiver.url)
+    admin = await nats_env.admin()
+    ids = [new_message_id() for _ in range(8)]  # the last waits about 4 s: four ack waits
+    for message_id in ids:
+        await put_in_inbox(admin, SUCHT, seal_to(SUCHT, message_id=message_id), message_id)
+    async with Adapter(agency.config):
+
+        async def all_receipted() -> bool:
+            return await submitted(admin, SUCHT) == len(ids)
+
+        await eventually(all_receipted, what="a receipt for every message")
+        await eventually(lambda: consumer_settled(admin), what="every inbox message acked")
+    assert [c["message_id"] for c in receiver.calls] == ids  # in order, each once
+    info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(SUCHT))
+    assert info.delivered.consumer_seq == len(ids)  # none delivered a second time

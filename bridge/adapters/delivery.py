@@ -34,13 +34,16 @@ class Incoming:
     item: InboxItem
     header: Header
     msg: Msg
+    # Whether recording it as about to be posted found it new (webhook, marked while its batch
+    # was opened); None: not marked yet, the sink marks it itself.
+    first_post: bool | None = None
 
     @property
     def message_id(self) -> str:
         return self.item.message_id
 
     def with_msg(self, msg: Msg) -> Incoming:
-        return Incoming(self.item, self.header, msg)
+        return Incoming(self.item, self.header, msg, first_post=self.first_post)
 
     def __repr__(self) -> str:
         return f"Incoming(id={self.message_id}, type={self.item.type}, sender={self.item.sender})"

@@ -7,6 +7,12 @@ anything else goes to the sink, and is acknowledged only in `complete`, after th
 took it. An envelope that fails is never delivered: it is terminated so it does not hold up the
 ones behind it, and, when its signed header verified, the sender gets a `rejected` receipt with
 the reason code.
+
+A receiving pipeline: messages are fetched in batches (as many as the sink has room for), and
+the independent work of a batch runs concurrently: opening the envelopes in threads (the
+cryptography releases the GIL), looking up their delivered records and, for a webhook, marking
+them as about to be posted. Then the messages are settled one by one in the order they came, so
+the sink sees them in that order; those still waiting are kept from being redelivered meanwhile.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import contextlib
 import datetime
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final
 
 import nats.errors
@@ -28,6 +35,7 @@ from ..errors import BridgeError, TransportError, reasons_of
 from ..federation.directory import Directory
 from ..nats.transport import fetch
 from ..wire import (
+    Body,
     ConsentRevoked,
     DeletionConfirmed,
     Delivered,
@@ -37,7 +45,7 @@ from ..wire import (
     decode_body,
 )
 from .api import InboxItem
-from .delivery import Incoming, Sink
+from .delivery import Incoming, Sink, touch
 from .receipts import send_receipt
 from .reports import Reporter
 from .revocation import Revocations, note_of
@@ -67,6 +75,29 @@ def _utc(seconds: int) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC)
 
 
+@dataclass(slots=True)
+class _Opened:
+    """A fetched message after the work that may run beside its batch's others."""
+
+    msg: Msg
+    now: int
+    directory: Directory
+    header: Header | None = None
+    body: Body | None = None
+    refused: BridgeError | None = None  # it cannot be opened or read: never delivered
+    delivered: bool = False  # its delivered record exists: a redelivery, only receipted again
+    first_post: bool | None = None  # marked as about to be posted: whether it was the first
+    failed: Exception | None = None  # NATS failed meanwhile: it waits for a redelivery
+
+
+async def _keep_waiting_alive(waiting: list[Msg], interval: float) -> None:
+    """Touch the messages of a batch that wait for their turn, every `interval` seconds."""
+    while True:
+        await asyncio.sleep(interval)
+        for msg in list(waiting):
+            await touch(msg)
+
+
 class Inbound:
     """Consumes `inbox-<agency>` and drives each message to a sink, a fold, or termination."""
 
@@ -84,7 +115,13 @@ class Inbound:
         fetch_timeout: float = 5.0,
         revocations: Revocations | None = None,
         reporter: Reporter | None = None,
+        keepalive_interval: float = 10.0,
+        marks_posts: bool = False,
     ) -> None:
+        """`marks_posts`: record each message as about to be posted (`first_post`) while its
+        batch is opened, for a webhook sink, rather than one by one before each post."""
+        self._keepalive_interval = keepalive_interval
+        self._marks_posts = marks_posts
         self._revocations = revocations
         self._reporter = reporter
         self._keyring = keyring
@@ -115,36 +152,85 @@ class Inbound:
                 log.warning("inbound: cannot fetch (%s); retrying", reasons_of(exc))
                 await pause(_RETRY_DELAY)
                 continue
-            for msg in msgs:
-                # `except*`: a sink works in task groups, whose failures come as ExceptionGroups.
-                # Anything else is a bug: it ends the adapter's background work, which makes the
-                # adapter exit non-zero (see `Adapter.wait`) so that a supervisor restarts it.
-                try:
-                    await self.handle(msg, sink)
-                except* (BridgeError, nats.errors.Error, OSError) as group:
-                    # Left for a later redelivery. If the local system already took the message
-                    # and it was not recorded, the redelivery is marked as a possible repeat.
-                    log.warning("inbound: a message waits for a retry (%s)", reasons_of(group))
-                    await _nak(msg, _RETRY_DELAY)
+            if msgs:
+                await self._handle_batch(msgs, sink)
+
+    async def _handle_batch(self, msgs: list[Msg], sink: Sink) -> None:
+        """Open the batch concurrently, then settle its messages one by one, in order."""
+        opened = await asyncio.gather(*(self._open(msg) for msg in msgs))
+        waiting = list(msgs)
+        async with asyncio.TaskGroup() as group:
+            beat = group.create_task(_keep_waiting_alive(waiting, self._keepalive_interval))
+            try:
+                for one in opened:
+                    waiting.remove(one.msg)
+                    # `except*`: a sink works in task groups, whose failures come as
+                    # ExceptionGroups. Anything else is a bug: it ends the adapter's background
+                    # work, which makes the adapter exit non-zero (see `Adapter.wait`) so that
+                    # a supervisor restarts it.
+                    try:
+                        await self._settle(one, sink)
+                    except* (BridgeError, nats.errors.Error, OSError) as failed:
+                        # Left for a later redelivery. If the local system already took the
+                        # message and it was not recorded, the redelivery is marked as a
+                        # possible repeat.
+                        log.warning("inbound: a message waits for a retry (%s)", reasons_of(failed))
+                        await _nak(one.msg, _RETRY_DELAY)
+            finally:
+                beat.cancel()
 
     async def handle(self, msg: Msg, sink: Sink) -> None:
-        now = int(self._clock())
-        directory = self._directory()
+        """Open and settle one message (what a batch does for each of its messages)."""
+        await self._settle(await self._open(msg), sink)
+
+    async def _open(self, msg: Msg) -> _Opened:
+        """The part of handling a message that does not depend on the others of its batch.
+
+        Never raises for the message's own fault or for NATS: a refusal or a failure is kept in
+        the result, to be settled in its turn.
+        """
+        opened = _Opened(msg, int(self._clock()), self._directory())
         try:
             # open_envelope() verifies before it decrypts: one signature check per message.
-            opened = await asyncio.to_thread(
-                open_envelope, msg.data, self._keyring, directory, now=now, limits=self._limits
+            plain = await asyncio.to_thread(
+                open_envelope,
+                msg.data,
+                self._keyring,
+                opened.directory,
+                now=opened.now,
+                limits=self._limits,
             )
-            header = opened.envelope.header
+            header = plain.envelope.header
+            opened.body = decode_body(header.type, plain.plaintext)
+            opened.header = header
         except BridgeError as exc:
-            await self._refuse(msg, exc, directory, now)
-            return
+            opened.refused = exc
+            return opened
+        del plain
+        if isinstance(opened.body, (Receipt, DeletionConfirmed)):
+            return opened
         try:
-            body = decode_body(header.type, opened.plaintext)
-        except BridgeError as exc:
-            await self._refuse(msg, exc, directory, now)
+            opened.delivered = await self._store.was_delivered(header.id, header.sender)
+            if self._marks_posts and not opened.delivered:
+                now = opened.now
+                ttl = max(60, header.exp - now) + RECORD_GRACE_SECONDS
+                opened.first_post = await self._store.mark_posted(
+                    header.id, header.sender, now, ttl
+                )
+        except (BridgeError, nats.errors.Error, OSError) as exc:
+            opened.failed = exc
+        return opened
+
+    async def _settle(self, opened: _Opened, sink: Sink) -> None:
+        msg, now, directory = opened.msg, opened.now, opened.directory
+        if opened.refused is not None:
+            await self._refuse(msg, opened.refused, directory, now)
             return
-        del opened
+        if opened.failed is not None:
+            raise opened.failed
+        header, body = opened.header, opened.body
+        assert header is not None
+        assert body is not None
         attempt = _deliveries(msg)
         if attempt > 1 and self._reporter is not None:
             await self._reporter.redelivered(header.id, header.sender, header.type, attempt)
@@ -162,7 +248,7 @@ class Inbound:
         if isinstance(body, ConsentRevoked):
             # Kept before the local system sees it, so its confirmation can always be sent.
             await self._store.note_revocation(note_of(header.sender, header.id, body, now))
-        if await self._store.was_delivered(header.id, header.sender):
+        if opened.delivered:
             log.info("inbound message %s was delivered before; acknowledging", header.id)
             await self._receipt(header, Delivered(), directory, now)
             await msg.ack()
@@ -179,7 +265,7 @@ class Inbound:
             reply_to=header.reply_to,
             body=body,
         )
-        await sink.offer(Incoming(item, header, msg))
+        await sink.offer(Incoming(item, header, msg, first_post=opened.first_post))
 
     async def _refuse(self, msg: Msg, exc: BridgeError, directory: Directory, now: int) -> None:
         """Never deliver `msg`; if its signed header verifies, tell the sender why.

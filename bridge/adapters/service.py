@@ -255,6 +255,8 @@ class Adapter:
             clock=self._clock,
             fetch_timeout=self._fetch_timeout,
             reporter=reporter,
+            keepalive_interval=keepalive,
+            marks_posts=secret is not None,
         )
         self.status = StatusFolder(
             agency=c.agency,

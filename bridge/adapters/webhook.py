@@ -12,6 +12,9 @@ is retried in place rather than by posting it again. Recording runs in the backg
 `run()`, at most `_MAX_RECORDING` at once, each message kept alive until it is recorded), so the
 next message is posted while the previous one's receipt is sealed and stored: the posts still go
 out one at a time and in order, but the sequence of waits per message is about half as long.
+The inbound pipeline (`inbound.py`) fetches batches of `_FETCH_BATCH`, opens them concurrently
+and records each post before it is made (`Incoming.first_post`), so the only wait per message
+left in sequence is the post itself.
 
 Whenever this message may have reached the local system before (an earlier attempt, an earlier
 delivery counted by NATS, or a post recorded in the adapter's bucket before it was made, each of
@@ -55,6 +58,7 @@ MESSAGE_ID_HEADER: Final = "Bridge-Message-Id"
 ATTEMPT_HEADER: Final = "Bridge-Delivery-Attempt"
 REPEAT_HEADER: Final = "Bridge-Possible-Repeat"
 _MAX_REDELIVERY_DELAY: Final = 3600.0
+_FETCH_BATCH: Final = 16  # with _MAX_RECORDING, far fewer than the consumer's max_ack_pending
 _MAX_RECORDING: Final = 32  # taken messages being recorded at once; fewer than max_ack_pending
 _RECORD_RETRY_DELAY: Final = 2.0
 _RECORD_ATTEMPTS: Final = 30  # with each try's own NATS timeout: one to six minutes in all
@@ -137,7 +141,8 @@ class WebhookSink:
             self._recorder = None
 
     async def capacity(self) -> int:
-        return 1
+        """A batch to fetch: opened together by the inbound pipeline, then posted in order."""
+        return _FETCH_BATCH
 
     def _backoff(self, attempt: int) -> float:
         c = self._config
@@ -174,8 +179,11 @@ class WebhookSink:
         payload = _encoder.encode(incoming.item)
         attempts = self._config.max_attempts
         delivered_before = _deliveries(incoming) > 1 or incoming.message_id in self._posted
+        first = incoming.first_post
         # Raises TransportError while NATS is away: nothing is posted then, NATS redelivers.
-        if self._first_post is not None and not await self._first_post(incoming):
+        if first is None and self._first_post is not None:
+            first = await self._first_post(incoming)
+        if first is False:
             delivered_before = True
         async with kept_alive(incoming.msg, self._interval):
             for attempt in range(1, attempts + 1):
