@@ -33,6 +33,7 @@ __all__ = [
     "PolicyConfig",
     "ProbeConfig",
     "ProvisionConfig",
+    "ProvisionPolicyConfig",
     "load_adapter_config",
     "load_broker_config",
     "load_provision_config",
@@ -256,11 +257,21 @@ def _decode(path: Path, kind: type[_C]) -> _C:
     return msgspec.structs.replace(config, base_dir=str(path.resolve().parent))
 
 
+class ProvisionPolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The signed routing policy whose retention limits provisioning sets, and the federation's
+    trust anchor (its public record) that verifies it."""
+
+    file: str
+    anchor: str
+
+
 class ProvisionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """What `bridge nats provision --config` needs for a deployment: where NATS is, the admin
-    identity's seed, the agencies and how many copies JetStream keeps (1, 3 or 5)."""
+    identity's seed, the agencies, how many copies JetStream keeps (1, 3 or 5), and the signed
+    policy every age limit comes from (required: nothing else may set them)."""
 
     nats: NatsClientConfig
+    policy: ProvisionPolicyConfig
     agencies: Annotated[list[_Agency], msgspec.Meta(min_length=1)]
     replicas: Literal[1, 3, 5] = 3
     base_dir: str = ""

@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 import nats.js.errors
 import pytest
+from envelope_helpers import federation
+from policy_helpers import signed_policy
 
 from bridge.cli import main
 from bridge.errors import ConfigError, ProtocolError, TransportError
@@ -488,10 +491,22 @@ def test_cli_config_serve_provision(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert serve.stdout is not None
         assert "ready on nats://127.0.0.1:" in serve.stdout.readline()
         capsys.readouterr()
-        assert main(["nats", "provision", "--state", str(state)]) == 0
+        # Every age limit comes from the signed policy: without one, nothing is provisioned.
+        assert main(["nats", "provision", "--state", str(state)]) == 2
+        assert "retention.no_policy" in capsys.readouterr().err
+        fed = federation()
+        (tmp_path / "policy.bin").write_bytes(signed_policy(fed)[0])
+        (tmp_path / "anchor.json").write_bytes(msgspec.json.encode(fed.anchor.public_record()))
+        given = [
+            "--policy",
+            str(tmp_path / "policy.bin"),
+            "--anchor",
+            str(tmp_path / "anchor.json"),
+        ]
+        assert main(["nats", "provision", "--state", str(state), *given]) == 0
         out = capsys.readouterr().out
         assert "created   kv       adapter-a2" in out
-        assert main(["nats", "provision", "--state", str(state)]) == 0
+        assert main(["nats", "provision", "--state", str(state), *given]) == 0
         assert "created" not in capsys.readouterr().out
     finally:
         serve.send_signal(signal.SIGTERM)

@@ -10,22 +10,44 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 from envelope_helpers import federation
 from nats.js import api
 from policy_helpers import POLICY, signed_policy
+from test_broker import make_broker, write_config
 
+from bridge.consent.record import new_consent_id
 from bridge.crypto import DEFAULT_LIMITS
-from bridge.errors import PolicyFileError, SignedPolicyError
+from bridge.errors import ConfigError, PolicyFileError, SignedPolicyError
 from bridge.ids import new_message_id
 from bridge.nats.identities import Identity
+from bridge.nats.provision import ProvisionSettings
 from bridge.nats.retention import check_retention
-from bridge.nats.subjects import INBOX_STREAM, STATUS_STREAM, inbox_subject, status_subject
+from bridge.nats.subjects import (
+    AUDIT_STREAM,
+    CONSENT_STREAM,
+    INBOX_STREAM,
+    PENDING_STREAM,
+    STATUS_STREAM,
+    audit_subject,
+    consent_subject,
+    inbox_subject,
+    status_subject,
+)
 from bridge.nats.transport import publish_durable
-from bridge.policy import PolicyHolder, PolicySerialState, parse_policy
+from bridge.policy import (
+    PolicyHolder,
+    PolicySerialState,
+    limit_for,
+    parse_policy,
+    provision_settings,
+    store_limits,
+)
 
 if TYPE_CHECKING:
     from conftest import NatsEnv
@@ -33,7 +55,22 @@ if TYPE_CHECKING:
 DAY = 86400
 
 
-async def test_a_healthy_store_lists_nothing(nats_env: NatsEnv) -> None:
+async def run_check(env: NatsEnv, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`bridge retention check` as an operator runs it, with the federation's signed policy."""
+    fed = federation()
+    (tmp_path / "policy.bin").write_bytes(signed_policy(fed)[0])
+    (tmp_path / "anchor.json").write_bytes(msgspec.json.encode(fed.anchor.public_record()))
+    command = [
+        *(sys.executable, "-m", "bridge", "retention", "check", "--nats-url", env.url),
+        *("--seed", str(env.seed_file(Identity.admin()))),
+        *("--policy", str(tmp_path / "policy.bin"), "--anchor", str(tmp_path / "anchor.json")),
+    ]
+    return await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+async def test_a_healthy_store_lists_nothing(nats_env: NatsEnv, tmp_path: Path) -> None:
     broker = await nats_env.connect(Identity.broker())
     mid = new_message_id()
     await publish_durable(broker.js, inbox_subject("spdi-unna"), b"x", msg_id=mid, ttl=3600)
@@ -43,29 +80,13 @@ async def test_a_healthy_store_lists_nothing(nats_env: NatsEnv) -> None:
     admin = await nats_env.admin()
     kv = await admin.js.key_value("adapter-spdi-unna")
     await kv.put("probe", b"1")
-    report = await check_retention(admin.js, now=time.time)
+    report = await check_retention(
+        admin.js, now=time.time, limits=store_limits(parse_policy(POLICY))
+    )
     assert report.healthy, report.lines()
     assert report.streams[INBOX_STREAM] == 1
     assert report.streams["KV_adapter-spdi-unna"] == 1
-    seed = str(nats_env.seed_file(Identity.admin()))
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-m",
-            "bridge",
-            "retention",
-            "check",
-            "--nats-url",
-            nats_env.url,
-            "--seed",
-            seed,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = await run_check(nats_env, tmp_path)
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "nothing older than its limit" in out
@@ -127,3 +148,180 @@ def test_a_lifetime_beyond_the_envelope_maximum_is_refused_at_start_up(tmp_path:
         )
     assert info.value.reason == "policy.limits"
     assert "envelope maximum" in str(info.value)
+
+
+# -- every limit from the signed policy ------------------------------------------------------
+
+
+def test_the_policy_sets_how_long_records_are_kept() -> None:
+    rules = parse_policy(POLICY)
+    assert (rules.retention.status, rules.retention.consent, rules.retention.audit) == (
+        30 * DAY,
+        2190 * DAY,
+        730 * DAY,
+    )
+    assert rules.limits["referral"].pull_wait == 7 * DAY
+    assert rules.limits["receipt"].pull_wait == 7 * DAY
+    assert rules.longest("inbox_ttl") == 30 * DAY
+    # The inbox wait of one copy: the type's, cut to what is left of the message's life.
+    referral = rules.limits["referral"]
+    assert referral.inbox_wait(expires_at=1000 + 3 * DAY, now=1000) == 3 * DAY
+    assert referral.inbox_wait(expires_at=1000 + 20 * DAY, now=1000) == 14 * DAY
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reason", "fragment"),
+    [
+        ("[retention]", "[retention-gone]", "policy.file_invalid", "unknown table"),
+        ('status = "30d"      #', "# status", "policy.file_invalid", "[retention] needs status"),
+        ('audit = "730d"', "audit = 0", "policy.file_invalid", "at least one second"),
+        ('consent = "2190d"', 'consent = "300d"', "policy.contradiction", "max_consent_validity"),
+        ('status = "30d"', 'status = "20d"', "policy.contradiction", "longest max_lifetime"),
+        ('audit = "730d"', 'audit = "29d"', "policy.contradiction", "longest max_lifetime"),
+        ('pull_wait = "7d"        #', "#", "policy.file_invalid", "needs pull_wait"),
+        ('pull_wait = "7d"', 'pull_wait = "0s"', "policy.file_invalid", "at least one second"),
+    ],
+)
+def test_a_missing_or_unsafe_retention_setting_is_refused(
+    old: str, new: str, reason: str, fragment: str
+) -> None:
+    """A store without a limit keeps for ever: no default stands in for a missing setting."""
+    assert old in POLICY
+    with pytest.raises(PolicyFileError) as info:
+        parse_policy(POLICY.replace(old, new, 1))
+    assert info.value.reason == reason
+    assert fragment in str(info.value)
+    assert info.value.line is not None
+
+
+def test_the_store_limits_follow_the_policy() -> None:
+    rules = parse_policy(
+        POLICY.replace('status = "30d"', 'status = "40d"', 1)
+        .replace('consent = "2190d"', 'consent = "400d"', 1)
+        .replace('audit = "730d"', 'audit = "800d"', 1)
+    )
+    limits = store_limits(rules)
+    expected = {
+        "BRIDGE_SUBMIT_jobcenter-unna": ("[types.*] max_lifetime", 30 * DAY),
+        INBOX_STREAM: ("[types.*] inbox_ttl", 30 * DAY),
+        PENDING_STREAM: ("plus a day", 31 * DAY),
+        STATUS_STREAM: ("[retention] status", 40 * DAY),
+        CONSENT_STREAM: ("[retention] consent", 400 * DAY),
+        AUDIT_STREAM: ("[retention] audit", 800 * DAY),
+    }
+    for stream, (setting, seconds) in expected.items():
+        limit = limit_for(limits, stream)
+        assert limit is not None, stream
+        assert setting in limit.setting
+        assert limit.seconds == seconds
+    assert limit_for(limits, "KV_adapter-spdi-unna") is None
+    assert limit_for(limits, "BRIDGE_SUBMIT_") is None
+    with pytest.raises(ConfigError) as info:
+        ProvisionSettings(status_max_age=0.0)
+    assert info.value.reason == "retention.unlimited"
+    assert "status_max_age" in str(info.value)
+
+
+async def test_provisioning_sets_the_policy_limits(nats_env: NatsEnv) -> None:
+    rules = parse_policy(
+        POLICY.replace('status = "30d"', 'status = "40d"', 1)
+        .replace('consent = "2190d"', 'consent = "400d"', 1)
+        .replace('audit = "730d"', 'audit = "800d"', 1)
+    )
+    await nats_env.provision(settings=provision_settings(rules))
+    admin = await nats_env.admin()
+    for stream in (
+        STATUS_STREAM,
+        CONSENT_STREAM,
+        AUDIT_STREAM,
+        INBOX_STREAM,
+        PENDING_STREAM,
+        "BRIDGE_SUBMIT_spdi-unna",
+    ):
+        info = await admin.js.stream_info(stream)
+        limit = limit_for(store_limits(rules), stream)
+        assert limit is not None
+        assert int(info.config.max_age or 0) == limit.seconds, stream
+
+
+async def _misconfigure(env: NatsEnv, stream: str, max_age: float) -> None:
+    """What a careless operator might do: change a stream's age limit by hand."""
+    admin = await env.admin()
+    info = await admin.js.stream_info(stream)
+    await admin.js.update_stream(info.config.evolve(max_age=max_age))
+    await env.close_client(admin)
+
+
+async def test_the_broker_refuses_to_start_on_streams_that_keep_too_long(
+    nats_env: NatsEnv, tmp_path: Path
+) -> None:
+    fed = federation()
+    config = write_config(tmp_path, nats_env, fed)
+    await _misconfigure(nats_env, STATUS_STREAM, 60 * DAY)
+    with pytest.raises(ConfigError) as info:
+        await make_broker(config).run()
+    assert info.value.reason == "retention.too_long"
+    assert "BRIDGE_STATUS keeps 5184000s" in str(info.value)
+    assert "[retention] status allows 2592000s" in str(info.value)
+
+    await _misconfigure(nats_env, AUDIT_STREAM, 0.0)  # zero: JetStream keeps for ever
+    with pytest.raises(ConfigError) as info:
+        await make_broker(config).run()
+    assert info.value.reason == "retention.too_long"  # the first named; both are listed
+    assert "BRIDGE_AUDIT keeps for ever" in str(info.value)
+    assert "[retention.unlimited]" in str(info.value)
+
+    # Provisioned again with the policy, the same broker starts.
+    await nats_env.provision(settings=provision_settings(parse_policy(POLICY)))
+    async with make_broker(config) as broker:
+        assert broker.started
+
+
+async def test_the_check_finds_records_kept_past_the_policy(
+    nats_env: NatsEnv, tmp_path: Path
+) -> None:
+    """A status event, a consent record and an audit record, each in a stream whose own age
+    limit was raised by hand past the policy's: the check names them and the streams."""
+    limits = store_limits(parse_policy(POLICY))
+    broker = await nats_env.connect(Identity.broker())
+    jobcenter = await nats_env.connect(Identity.for_agency("jobcenter-unna"))
+    mid = new_message_id()
+    await publish_durable(
+        broker.js, status_subject("jobcenter-unna", mid), b"{}", msg_id=f"s-{mid}"
+    )
+    await publish_durable(broker.js, audit_subject(), b"{}", msg_id=f"a-{mid}")
+    consent = consent_subject("jobcenter-unna", new_consent_id(), "record")
+    await publish_durable(jobcenter.js, consent, b"{}", msg_id=f"c-{mid}")
+    admin = await nats_env.admin()
+    assert (await check_retention(admin.js, now=time.time, limits=limits)).healthy
+
+    await _misconfigure(nats_env, STATUS_STREAM, 60 * DAY)
+    await _misconfigure(nats_env, CONSENT_STREAM, 3000 * DAY)
+    await _misconfigure(nats_env, AUDIT_STREAM, 1000 * DAY)
+    now = await check_retention(admin.js, now=time.time, limits=limits)
+    assert not now.overdue
+    assert {(p.stream, p.reason) for p in now.ages} == {
+        (STATUS_STREAM, "retention.too_long"),
+        (CONSENT_STREAM, "retention.too_long"),
+        (AUDIT_STREAM, "retention.too_long"),
+    }
+    assert not now.healthy
+    done = await run_check(nats_env, tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"LIMIT TOO LONG {STATUS_STREAM} keeps 5184000s" in done.stdout
+
+    # Later than each record's limit in the policy, though within the streams' own.
+    for days, stream, setting, subject in (
+        (31, STATUS_STREAM, "[retention] status", status_subject("jobcenter-unna", mid)),
+        (731, AUDIT_STREAM, "[retention] audit", audit_subject()),
+        (2191, CONSENT_STREAM, "[retention] consent", consent),
+    ):
+        later = await check_retention(admin.js, now=in_days(days), limits=limits)
+        found = [(o.kind, o.subject) for o in later.overdue if o.stream == stream]
+        assert found == [(setting, subject)], later.lines()
+        assert any(line.startswith(f"OVERDUE {stream} seq") for line in later.lines())
+
+
+def in_days(days: int) -> Callable[[], float]:
+    """A clock `days` ahead of the real one: the store as it will be then."""
+    return lambda: time.time() + days * DAY

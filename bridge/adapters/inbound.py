@@ -35,6 +35,7 @@ from ..errors import BridgeError, TransportError, reasons_of
 from ..federation.directory import Directory
 from ..nats.transport import fetch
 from ..wire import (
+    PULL_EXPIRED_REASON,
     Body,
     ConsentRevoked,
     DeletionConfirmed,
@@ -327,6 +328,18 @@ class Inbound:
             await self._reporter.delivered(header.id, header.sender, header.type)
         log.info("inbound message %s delivered to the local system", header.id)
 
+    async def expire_pull(self, incoming: Incoming) -> None:
+        """`incoming` waited in the pull inbox past its type's `pull_wait` and was removed:
+        tell the sender (a `rejected` receipt the broker reports as `expired`), then take the
+        copy off the transport. In this order: a crash between the two leads to a redelivery
+        that expires again (its deadline is recorded), and the receipt is deduplicated."""
+        now = int(self._clock())
+        header = incoming.header
+        await self._receipt(header, Rejected(reason=PULL_EXPIRED_REASON), self._directory(), now)
+        await incoming.msg.ack()
+        if self._reporter is not None:
+            await self._reporter.refused(header.id, header.sender, header.type, PULL_EXPIRED_REASON)
+
     async def _receipt(
         self, header: Header, disposition: Disposition, directory: Directory, now: int
     ) -> None:
@@ -360,6 +373,15 @@ class Inbound:
         record = found[0]
         at = _receipt_time(receipt, record, header.sender, now)
         disposition = receipt.disposition
+        if isinstance(disposition, Rejected) and disposition.reason == PULL_EXPIRED_REASON:
+            # Not refused: it waited in the recipient's pull inbox past its limit and was
+            # removed. The broker reports the same `expired` event, which folds into this one.
+            expired = Event(
+                state="expired", at=now, recipient=header.sender, reason=disposition.reason
+            )
+            await self._store.add_events(original, [expired], now, known=found)
+            log.info("receipt from %s: message %s expired unread", header.sender, original)
+            return
         if isinstance(disposition, Rejected):
             events = [
                 Event(state="rejected", at=at, recipient=header.sender, reason=disposition.reason)

@@ -47,7 +47,7 @@ from ..nats.subjects import (
     status_consumer,
 )
 from ..nats.transport import bind_pull, connect
-from ..policy import Policy, PolicyHolder, PolicySerialState
+from ..policy import SYSTEM_DEFAULT_LIMITS, Policy, PolicyHolder, PolicySerialState
 from ..telemetry import HEARTBEAT_INTERVAL, HealthServer, beat_forever
 from .consents import Consents
 from .disclosures import Disclosures
@@ -57,6 +57,7 @@ from .metrics import AdapterMetrics
 from .openapi import openapi_document
 from .outbound import Outbound
 from .pull import PullInbox
+from .pullwait import PullWait
 from .reports import Reporter
 from .revocation import Revocations
 from .status import StatusFolder
@@ -280,8 +281,18 @@ class Adapter:
                 metrics=self.metrics,
             )
         else:
+            wait = PullWait(
+                store=store,
+                limit=self._pull_wait,
+                expire=self.inbound.expire_pull,
+                clock=self._clock,
+            )
             sink = self.inbox = PullInbox(
-                c.delivery.pull_max_pending, self.inbound.complete, keepalive_interval=keepalive
+                c.delivery.pull_max_pending,
+                self.inbound.complete,
+                keepalive_interval=keepalive,
+                wait=wait,
+                clock=self._clock,
             )
             self.status.drop_held = self.inbox.drop
         outbound = Outbound(
@@ -370,6 +381,12 @@ class Adapter:
         except (TimeoutError, nats.errors.Error, OSError):
             return _DEFAULT_KEEPALIVE
         return max(0.5, min(_DEFAULT_KEEPALIVE, ack_wait / 3))
+
+    def _pull_wait(self, message_type: str) -> int:
+        """The type's `pull_wait` in the policy in force (a type it does not list: the system
+        notices' default; such a message was never routed by a broker enforcing it)."""
+        limits = self.policy().type_limits(message_type) or SYSTEM_DEFAULT_LIMITS
+        return limits.pull_wait
 
     async def _background(self, sink: WebhookSink | PullInbox) -> None:
         assert self.inbound is not None

@@ -11,6 +11,10 @@ Keys (all values JSON):
 - `pst.<message id>.<sender>` -> `DeliveredRecord`: an inbound message about to be posted to the
   webhook (written before the first post), so a later post of it is marked as a possible repeat
   even if nats-server lost count of its deliveries.
+- `pul.<message id>.<sender>` -> `PullRecord`: an opened message in the pull inbox: since when it
+  waits for the local system, until when at the latest, and when it left (taken or expired).
+  It keeps the wait limit across restarts, and lets `bridge retention check` find an item held
+  past its limit (`pull_deadline`).
 - `cst.<consent id>` -> `ConsentLocal`: a consent this agency registered: its local reference
   (which never leaves this bucket), the messages sent under it, and what followed a withdrawal.
 - `ref.<sha256(local reference)>` -> `RefIndex`: the consent ids registered for one local
@@ -48,9 +52,11 @@ __all__ = [
     "Event",
     "IdemRecord",
     "MessageRecord",
+    "PullRecord",
     "ReceiptFold",
     "RevocationNote",
     "Store",
+    "pull_deadline",
 ]
 
 RECORD_GRACE_SECONDS: Final = 30 * 86400
@@ -167,6 +173,31 @@ class RevocationNote(msgspec.Struct, frozen=True, kw_only=True):
     messages: list[str]
     received_at: int
     confirmed_at: int | None = None
+
+
+class PullRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """An opened message in the pull inbox (metadata only), in Unix seconds."""
+
+    offered_at: int
+    until: int  # the latest it may wait for the local system (the policy's pull_wait)
+    closed_at: int | None = None  # taken by the local system, or removed at `until`
+
+
+_pull_decoder: Final = msgspec.json.Decoder(PullRecord)
+_KV_STREAM_PREFIX: Final = "KV_adapter-"
+
+
+def pull_deadline(stream: str, subject: str, data: bytes | None) -> tuple[int, str] | None:
+    """For `bridge retention check` (`bridge.nats.retention.Deadlines`): until when the item
+    behind a raw entry of an adapter's bucket may wait in its pull inbox, or None if the entry
+    is no open pull record."""
+    if not stream.startswith(_KV_STREAM_PREFIX) or ".pul." not in subject or not data:
+        return None
+    try:
+        record = _pull_decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
+    return None if record.closed_at is not None else (record.until, "[types.*] pull_wait")
 
 
 class RefIndex(msgspec.Struct, frozen=True, kw_only=True):
@@ -311,6 +342,32 @@ class Store:
             _pst_key(message_id, sender), DeliveredRecord(at=at), last=0, ttl=ttl
         )
 
+    async def begin_pull(
+        self, message_id: str, sender: str, record: PullRecord, ttl: int
+    ) -> PullRecord:
+        """Record that `sender`'s message waits in the pull inbox, unless it did before (a
+        redelivery, a restart): then the first record, whose limit still holds, is returned."""
+        key = _pul_key(message_id, sender)
+        for _ in range(2):  # once more if the record expired between the two calls
+            if await self._write(key, record, last=0, ttl=ttl):
+                return record
+            found = await self._get(key, PullRecord)
+            if found is not None:
+                return found[0]
+        raise TransportError("pull record keeps changing", reason="store.conflict")
+
+    async def close_pull(self, message_id: str, sender: str, now: int, ttl: int) -> None:
+        """The item left the pull inbox (taken, or removed at its limit)."""
+        key = _pul_key(message_id, sender)
+        for _ in range(_MAX_CAS_ATTEMPTS):
+            found = await self._get(key, PullRecord)
+            if found is None or found[0].closed_at is not None:
+                return
+            closed = msgspec.structs.replace(found[0], closed_at=now)
+            if await self._write(key, closed, last=found[1], ttl=ttl):
+                return
+        raise TransportError("pull record keeps changing", reason="store.conflict")
+
     async def was_delivered(self, message_id: str, sender: str | None = None) -> bool:
         """Whether `sender`'s message `message_id` was delivered (any sender's, if None)."""
         found = await self._get(_dlv_key(message_id), DeliveredRecord)
@@ -450,6 +507,10 @@ def _dlv_key(message_id: str) -> str:
 
 def _pst_key(message_id: str, sender: str) -> str:
     return f"pst.{check_message_id(message_id)}.{check_agency_id(sender)}"
+
+
+def _pul_key(message_id: str, sender: str) -> str:
+    return f"pul.{check_message_id(message_id)}.{check_agency_id(sender)}"
 
 
 def _rvk_key(notice_id: str) -> str:

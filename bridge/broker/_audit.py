@@ -3,10 +3,12 @@
 Adapters never write to the audit trail. What happens at a recipient reaches it through the
 broker: a receipt is an ordinary envelope the recipient submits, so when the broker routes one
 it records, for the message the receipt answers, `delivered` (or `rejected` by the recipient,
-with its reason code) and `receipted`. Whether the receipt says delivered or rejected is inside
-the encrypted body; the recipient's adapter repeats it in the `Bridge-Disposition` header of the
-submission, which only that agency's NATS identity can publish (the signed receipt itself, held
-by the sender, is the evidence).
+with its reason code) and `receipted`. A receipt rejecting with `retention.pull_expired` says the
+message waited in the recipient's pull inbox past its limit and was removed: that is recorded
+as `expired`, like a copy the inbox's TTL removed. Whether the receipt says delivered or
+rejected is inside the encrypted body; the recipient's adapter repeats it in the
+`Bridge-Disposition` header of the submission, which only that agency's NATS identity can
+publish (the signed receipt itself, held by the sender, is the evidence).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..crypto import Header, KeyLookup
 from ..errors import ProtocolError
 from ..ids import check_agency_id
 from ..nats.subjects import HDR_DISPOSITION
-from ..wire import MessageType
+from ..wire import PULL_EXPIRED_REASON, MessageType
 from ..wire._types import REASON_CODE_PATTERN
 from ._routing import Submission, Verdict
 from ._withdrawals import Purged
@@ -36,6 +38,7 @@ __all__ = [
     "directory_events",
     "key_destroyed_events",
     "policy_events",
+    "pull_expired",
     "rejection_events",
     "routing_events",
     "withdrawn_events",
@@ -116,11 +119,19 @@ def _receipt_events(
     if state == "delivered" and not reason:
         delivered = replace(base, kind=AuditKind.DELIVERED)
         items.append((audit_msg_id("delivered", *about), delivered))
+    elif state == "rejected" and reason == PULL_EXPIRED_REASON:
+        expired = replace(base, kind=AuditKind.EXPIRED, reason=reason, consent=header.consent)
+        items.append((audit_msg_id(AuditKind.EXPIRED, *about), expired))
     elif state == "rejected" and len(reason) <= 64 and _REASON_RE.fullmatch(reason):
         refused = replace(base, kind=AuditKind.REJECTED, reason=reason)
         items.append((audit_msg_id("rejected", *about), refused))
     items.append((audit_msg_id("receipted", *about), base))
     return items
+
+
+def pull_expired(headers: Mapping[str, str] | None) -> bool:
+    """Whether a receipt's disposition says its message expired in the recipient's pull inbox."""
+    return (headers or {}).get(HDR_DISPOSITION) == f"rejected {PULL_EXPIRED_REASON}"
 
 
 def rejection_events(

@@ -34,6 +34,7 @@ from nats.js.client import JetStreamContext
 from .._cancel import pause
 from ..audit import AuditEvent, AuditKind, audit_msg_id
 from ..errors import TransportError
+from ..nats.provision import PENDING_GRACE
 from ..nats.subjects import INBOX_STREAM, PENDING_STREAM, pending_subject, status_subject
 from ..nats.transport import publish_durable
 from ..wire import Component, DeliveryState, MessageType, StatusEvent, encode_status_event
@@ -44,7 +45,7 @@ __all__ = ["EXPIRED_REASON", "ExpiryWatch", "PendingNote"]
 log = logging.getLogger("bridge.broker")
 
 EXPIRED_REASON: Final = "retention.expired"
-_NOTE_GRACE: Final = 86400  # a note outlives its copy by a day, so a late check still sees it
+_NOTE_GRACE: Final = PENDING_GRACE  # a note outlives its copy, so a late check still sees it
 _WINDOW: Final = 32
 
 

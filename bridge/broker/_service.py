@@ -37,13 +37,18 @@ from ..errors import BridgeError, PolicyError, ProtocolError, TransportError
 from ..federation.directory import Directory, load_anchor
 from ..federation.holder import DirectoryHolder
 from ..nats.identities import Identity
+from ..nats.retention import check_stream_ages
 from ..nats.subjects import (
+    AUDIT_STREAM,
     BROKER_CONSUMER,
     CONSENT_STREAM,
     HDR_CONSENT,
     HDR_NOTICE,
     HDR_SENDER,
+    INBOX_STREAM,
+    PENDING_STREAM,
     REGISTRATION_CONSUMER,
+    STATUS_STREAM,
     WITHDRAWAL_CONSUMER,
     disclosure_subjects_all,
     inbox_subject,
@@ -51,15 +56,16 @@ from ..nats.subjects import (
     submit_stream,
 )
 from ..nats.transport import bind_pull, connect, fetch, publish_durable
-from ..policy import Policy, PolicyHolder, PolicySerialState
+from ..policy import Policy, PolicyHolder, PolicySerialState, store_limits
 from ..telemetry import HEARTBEAT_INTERVAL, HealthServer, beat_forever
-from ..wire import DeliveryState, encode_status_event
+from ..wire import PULL_EXPIRED_REASON, DeliveryState, encode_status_event
 from ._audit import (
     consent_registered_events,
     consent_withdrawn_events,
     directory_events,
     key_destroyed_events,
     policy_events,
+    pull_expired,
     rejection_events,
     routing_events,
     withdrawn_events,
@@ -209,6 +215,7 @@ class Broker:
         subs: list[JetStreamContext.PullSubscription] = []
         try:
             js = nc.jetstream(timeout=nats_config.request_timeout_seconds)
+            await self._check_retention(js)
             self._audit = AuditWriter(
                 js,
                 self._audit_key,
@@ -235,6 +242,28 @@ class Broker:
         finally:
             await close_connection(nc, subs)
             log.info("broker %s stopped", self._name)
+
+    async def _check_retention(self, js: JetStreamContext) -> None:
+        """Refuse to run on streams that keep data longer than the policy allows (or for ever).
+
+        Checked once, at start-up: a policy that shortens a limit later needs the streams
+        provisioned again, and `bridge retention check` names them until they are.
+        """
+        # A stream that does not exist (yet) is not refused here: the broker holds what needs
+        # it until it is there, and provisioning creates it with the policy's age limit.
+        await check_stream_ages(
+            js,
+            store_limits(self._policy.current.rules),
+            [
+                INBOX_STREAM,
+                PENDING_STREAM,
+                STATUS_STREAM,
+                CONSENT_STREAM,
+                AUDIT_STREAM,
+                *(submit_stream(a.id) for a in self._directory.current.agencies()),
+            ],
+            wait=self._config.nats.request_timeout_seconds,
+        )
 
     async def _serve(
         self, nc: NATS, js: JetStreamContext, subs: list[JetStreamContext.PullSubscription]
@@ -744,6 +773,12 @@ class Broker:
             # The recipient answered the message this receipt is about: nothing to expire.
             for original_sender in verdict.recipients:
                 await watch.close(original_sender, header.reply_to, submission.sender)
+                if pull_expired(msg.headers):
+                    # It waited in the recipient's pull inbox past its limit and was removed:
+                    # the sender's non-delivery notice, as for a copy the inbox's TTL removed.
+                    await self._publish_expired(
+                        js, original_sender, header.reply_to, submission.sender, now
+                    )
         await self._record(routing_events(verdict, msg.headers, now))
         await settle(msg.ack())
         self._counters.routed += 1
@@ -812,6 +847,32 @@ class Broker:
         """Append to the audit trail; a `TransportError` defers the submission like any publish."""
         assert self._audit is not None
         await self._audit.append(items)
+
+    async def _publish_expired(
+        self, js: JetStreamContext, sender: str, message_id: str, recipient: str, now: int
+    ) -> None:
+        event = status_event(
+            message_id,
+            sender,
+            DeliveryState.EXPIRED,
+            now,
+            recipient=recipient,
+            reason=PULL_EXPIRED_REASON,
+        )
+        await publish_durable(
+            js,
+            status_subject(sender, message_id),
+            encode_status_event(event),
+            msg_id=status_msg_id(sender, message_id, DeliveryState.EXPIRED, recipient),
+            timeout=self._config.publish_timeout_seconds,
+        )
+        log.warning(
+            "expired id=%s sender=%s recipient=%s unread in the pull inbox [%s]",
+            message_id,
+            sender,
+            recipient,
+            PULL_EXPIRED_REASON,
+        )
 
     async def _publish_status(
         self,

@@ -62,6 +62,16 @@ def register(commands: Any) -> None:
         metavar="FILE",
         help="a deployment's provision.toml (bridge init) instead of --state",
     )
+    provision.add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        help="the signed routing policy (policy.bin) that sets every age limit "
+        "(default: the embedded stack's, under --state)",
+    )
+    provision.add_argument(
+        "--anchor", type=Path, metavar="FILE", help="the trust anchor's public record for --policy"
+    )
     provision.add_argument("--duplicate-window", type=float, metavar="SECONDS")
     provision.add_argument("--replicas", type=int, choices=(1, 3, 5))
     provision.set_defaults(handler=_provision)
@@ -159,12 +169,15 @@ async def _run_server(server: Any, log_file: Path) -> int:
 
 def _provision(args: argparse.Namespace) -> int:
     from ..nats.identities import Credentials, Identity
-    from ..nats.provision import ProvisionSettings, provision_at
+    from ..nats.provision import provision_at
     from ..nats.server import ServerLayout, load_settings
+    from ..policy import provision_settings
+    from .retention import retention_policy
 
     changes: dict[str, Any] = {}
     if args.config is not None:
         return _provision_deployment(args, changes)
+    policy = retention_policy(args.policy, args.anchor, args.state)
     layout = ServerLayout.in_state(args.state)
     credentials = Credentials(layout.creds_dir)
     agencies = args.agency or list(credentials.agencies())
@@ -173,7 +186,7 @@ def _provision(args: argparse.Namespace) -> int:
         changes["duplicate_window"] = args.duplicate_window
     if args.replicas is not None:
         changes["replicas"] = args.replicas
-    settings = ProvisionSettings(**changes)
+    settings = provision_settings(policy.rules, **changes)
     admin_seed = credentials.seed_file(Identity.admin())
     report = asyncio.run(provision_at(url, admin_seed, agencies, settings))
     print(report)
@@ -183,14 +196,20 @@ def _provision(args: argparse.Namespace) -> int:
 def _provision_deployment(args: argparse.Namespace, changes: dict[str, Any]) -> int:
     from ..config import load_provision_config, nats_tls_context
     from ..errors import ConfigError
-    from ..nats.provision import ProvisionSettings, provision_at
+    from ..nats.provision import provision_at
+    from ..policy import provision_settings
+    from .retention import retention_policy
 
-    if args.url or args.agency:
+    if args.url or args.agency or args.policy or args.anchor:
         raise ConfigError(
-            "--config names the URLs and agencies; leave out --url and --agency",
+            "--config names the URLs, agencies and policy; leave out --url, --agency, "
+            "--policy and --anchor",
             reason="nats.settings",
         )
     config = load_provision_config(args.config)
+    policy = retention_policy(
+        config.path(config.policy.file), config.path(config.policy.anchor), None
+    )
     changes["replicas"] = args.replicas or config.replicas
     if args.duplicate_window is not None:
         changes["duplicate_window"] = args.duplicate_window
@@ -199,7 +218,7 @@ def _provision_deployment(args: argparse.Namespace, changes: dict[str, Any]) -> 
             config.nats.url,
             config.path(config.nats.seed_file),
             config.agencies,
-            ProvisionSettings(**changes),
+            provision_settings(policy.rules, **changes),
             tls=nats_tls_context(config.nats, config.path),
         )
     )

@@ -231,6 +231,11 @@ def init_deployment(
             "agencies": ids,
             "replicas": spec.nats.replicas,
             "nats": _nats_client(spec, "nats-admin.nk"),
+            # Every stream's age limit comes from the signed policy's retention settings.
+            "policy": {
+                "file": f"federation/{SIGNED_POLICY}",
+                "anchor": f"federation/{fed.ANCHOR_PUB}",
+            },
         },
     )
     load_provision_config(provision_config)

@@ -59,6 +59,7 @@ from .subjects import (
     role_inbox_prefix,
     status_consumer,
     status_subjects_all,
+    stream_settings_subjects,
     submit_stream,
     submit_subject,
 )
@@ -202,6 +203,7 @@ def permissions_for(identity: Identity, federation: Sequence[str]) -> Permission
                 *pull_consumer_api_subjects(CONSENT_STREAM, REGISTRATION_CONSUMER),
                 *inbox_edit_subjects(),
                 *pending_write_subjects(),
+                *stream_settings_subjects(check_federation(federation)),
                 heartbeat_filter("broker"),
             ),
             subscribe=(own_replies, disclosure_subjects_all()),

@@ -60,6 +60,7 @@ from .transport import connect
 
 __all__ = [
     "ENVELOPE_MAX_BYTES",
+    "PENDING_GRACE",
     "Action",
     "Change",
     "ProvisionReport",
@@ -71,6 +72,9 @@ __all__ = [
 ENVELOPE_MAX_BYTES = 1024 * 1024
 """The largest envelope bridge sends; streams allow this plus room for headers."""
 
+PENDING_GRACE = 86400
+"""How much longer than the longest inbox wait the broker's pending notes may be kept."""
+
 _T = TypeVar("_T")
 _HEADER_ROOM = 16 * 1024
 _NO_SUITABLE_PEERS = 10005  # JetStream's "no suitable peers for placement"
@@ -81,7 +85,12 @@ _GiB = 1024 * _MiB
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProvisionSettings:
-    """Limits of the topology. Durations are in seconds, sizes in bytes."""
+    """Limits of the topology. Durations are in seconds, sizes in bytes.
+
+    The age limits (`*_max_age`) are retention: a deployment takes them from its signed
+    routing policy (`bridge.policy.provision_settings`); the defaults here are the demo
+    policy's, for tests and benchmarks. None may be zero, which JetStream reads as "for ever".
+    """
 
     duplicate_window: float = 1 * _DAY
     max_msg_size: int = ENVELOPE_MAX_BYTES + _HEADER_ROOM
@@ -124,6 +133,12 @@ class ProvisionSettings:
 
         if self.replicas not in (1, 3, 5):
             raise bad("replicas must be 1, 3 or 5")
+        for name in _AGES:
+            if not getattr(self, name) >= 1.0:
+                raise ConfigError(
+                    f"{name} must be at least one second (zero keeps for ever)",
+                    reason="retention.unlimited",
+                )
         ages = (self.submit_max_age, self.inbox_max_age, self.status_max_age, self.audit_max_age)
         if not 1.0 <= self.duplicate_window <= min(ages):
             raise bad("duplicate_window must be at least 1s and at most every stream's max age")
@@ -152,6 +167,9 @@ class ProvisionSettings:
         for name, (total, one) in sizes.items():
             if one < 1024 or total < one:
                 raise bad(f"{name} must hold at least one message of at least 1 KiB")
+
+
+_AGES = ("submit_max_age", "inbox_max_age", "status_max_age", "audit_max_age", "consent_max_age")
 
 
 class Action(enum.StrEnum):
@@ -259,7 +277,7 @@ def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamCo
             discard=api.DiscardPolicy.NEW,
             max_msgs_per_subject=1,  # a note's newer state replaces the older
             max_bytes=s.status_max_bytes,
-            max_age=s.inbox_max_age + _DAY,  # each note's own TTL ends it sooner
+            max_age=s.inbox_max_age + PENDING_GRACE,  # each note's own TTL ends it sooner
             max_msg_size=s.status_max_msg_size,
             duplicate_window=s.duplicate_window,
             allow_msg_ttl=True,

@@ -97,6 +97,7 @@ __all__ = [
     "status_stream_read_subjects",
     "status_subject",
     "status_subjects_all",
+    "stream_settings_subjects",
     "submit_stream",
     "submit_subject",
     "withdrawal_subjects_all",
@@ -375,6 +376,19 @@ def audit_stream_admin_subjects() -> tuple[str, ...]:
         f"{_JS_API}.STREAM.PURGE.{AUDIT_STREAM}",
         f"{_JS_API}.STREAM.MSG.DELETE.{AUDIT_STREAM}",
     )
+
+
+def stream_settings_subjects(federation: Sequence[str]) -> tuple[str, ...]:
+    """Read the settings of the streams whose age limits the broker checks at start-up.
+
+    Stream info is read-only metadata (limits and counts, never a message)."""
+    streams = (
+        *(submit_stream(agency) for agency in federation),
+        INBOX_STREAM,
+        STATUS_STREAM,
+        CONSENT_STREAM,
+    )
+    return tuple(f"{_JS_API}.STREAM.INFO.{stream}" for stream in streams)
 
 
 def pending_write_subjects() -> tuple[str, ...]:

@@ -2,7 +2,8 @@
 
 It says which roles exist, which flows are allowed (sender role -> recipient role, message
 types, purposes, data categories, whether a consent is needed and whose consents count), the
-size, lifetime and inbox wait of each message type, and how long a consent may be valid.
+retention of each message type (size, lifetime, inbox and pull-inbox wait), how long status,
+consent and audit records are kept, and how long a consent may be valid.
 Everything it does not allow is denied. docs/policy.md describes the format and the workflow.
 
     policy = load_policy_file(path, anchor, state=PolicySerialState(state_path))
@@ -11,6 +12,8 @@ Everything it does not allow is denied. docs/policy.md describes the format and 
     flow.consent_required, flow.consent_issuers, flow.purposes, flow.categories
     policy.evaluate(FlowRequest(...), directory).raise_if_denied()   # PolicyError + reason
     policy.hash                                # names the version in every decision
+    policy.limits["referral"].pull_wait        # retention per type (TypeLimits), in seconds
+    policy.retention.audit                     # how long records are kept (RecordRetention)
 
 System notices (`bridge.ids.SYSTEM_MESSAGE_TYPES`, receipts and the like) need no rule: they
 follow every allowed flow in both directions, without consent, for `delivery-confirmation`
@@ -30,6 +33,7 @@ from ._model import (
     Flow,
     FlowRequest,
     PolicyRules,
+    RecordRetention,
     RoleLookup,
     Rule,
     TypeLimits,
@@ -46,6 +50,7 @@ from ._signed import (
     load_policy_file,
     sign_policy,
 )
+from ._stores import StoreLimit, limit_for, provision_settings, store_limits
 
 __all__ = [
     "CONTEXT",
@@ -67,15 +72,20 @@ __all__ = [
     "PolicyHolder",
     "PolicyRules",
     "PolicySerialState",
+    "RecordRetention",
     "RoleLookup",
     "Rule",
+    "StoreLimit",
     "TypeLimits",
     "describe",
     "explain",
+    "limit_for",
     "load_policy",
     "load_policy_file",
     "parse_policy",
+    "provision_settings",
     "read_policy_source",
     "sign_policy",
     "sign_policy_file",
+    "store_limits",
 ]

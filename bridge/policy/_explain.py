@@ -111,16 +111,22 @@ def describe(rules: PolicyRules, version: str) -> str:
         "limits per message type:",
     ]
     out += _table(
-        ("type", "max size", "max lifetime", "inbox wait"),
+        ("type", "max size", "max lifetime", "inbox wait", "pull-inbox wait"),
         [
             (
                 name,
                 f"{limits.max_bytes} bytes",
                 _duration(limits.max_lifetime),
                 _duration(limits.inbox_ttl),
+                _duration(limits.pull_wait),
             )
             for name, limits in rules.limits.items()
         ],
+    )
+    out += ["", "records are kept:"]
+    out += _table(
+        ("record", "kept for"),
+        [(name, _duration(seconds)) for name, seconds in rules.retention.items()],
     )
     return "\n".join(out)
 

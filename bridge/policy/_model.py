@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 from ..errors import PolicyError
 from ..ids import SYSTEM_MESSAGE_TYPES
@@ -32,6 +32,7 @@ __all__ = [
     "Flow",
     "FlowRequest",
     "PolicyRules",
+    "RecordRetention",
     "RoleLookup",
     "Rule",
     "TypeLimits",
@@ -59,11 +60,33 @@ class RoleLookup(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class TypeLimits:
-    """Limits of one message type: envelope size, lifetime a sender may give, inbox wait."""
+    """Limits of one message type: envelope size, lifetime a sender may give, the longest a
+    routed copy waits in an inbox, and the longest an opened item waits in an adapter's pull
+    inbox for the local system. Durations in seconds."""
 
     max_bytes: int
     max_lifetime: int
     inbox_ttl: int
+    pull_wait: int
+
+    def inbox_wait(self, expires_at: int, now: int) -> int:
+        """How long a copy routed `now` may wait in the inbox: `inbox_ttl`, cut to the
+        message's own expiry. Below one second when the message has already expired."""
+        return min(self.inbox_ttl, expires_at - now)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRetention:
+    """How long the records about messages are kept, in seconds (`[retention]`): status
+    events, consent records and withdrawals, and the audit trail."""
+
+    status: int
+    consent: int
+    audit: int
+
+    def items(self) -> tuple[tuple[str, int], ...]:
+        """(setting, seconds) for each record kind, in the policy file's order."""
+        return (("status", self.status), ("consent", self.consent), ("audit", self.audit))
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +187,7 @@ class PolicyRules:
     roles: Mapping[str, str]
     rules: tuple[Rule, ...]
     limits: Mapping[str, TypeLimits]
+    retention: RecordRetention
     _index: dict[tuple[str, str, str], Rule] = field(default_factory=dict, repr=False)
     _pairs: dict[tuple[str, str], Rule] = field(default_factory=dict, repr=False)
 
@@ -185,7 +209,13 @@ class PolicyRules:
         return self._index.get((sender_role, recipient_role, message_type))
 
     def type_limits(self, message_type: str) -> TypeLimits | None:
+        """The limits of `message_type` (retention included), or None for a type the policy
+        does not know: whatever stores data of a type asks here how long it may keep it."""
         return self.limits.get(message_type)
+
+    def longest(self, limit: Literal["max_lifetime", "inbox_ttl", "pull_wait"]) -> int:
+        """The longest value of one per-type limit over every message type."""
+        return max(int(getattr(limits, limit)) for limits in self.limits.values())
 
     def flow(
         self, sender: str, recipient: str, message_type: str, directory: RoleLookup

@@ -18,17 +18,28 @@ from ..federation.directory import ROLES
 from ..ids import AGENCY_ID_PATTERN, MESSAGE_TYPES, SYSTEM_MESSAGE_TYPES
 from ..wire import DataCategory, Purpose
 from ._lines import LineIndex
-from ._model import RECIPIENT, SENDER, PolicyRules, Rule, TypeLimits, _wire_categories
+from ._model import (
+    RECIPIENT,
+    SENDER,
+    PolicyRules,
+    RecordRetention,
+    Rule,
+    TypeLimits,
+    _wire_categories,
+)
 
 __all__ = ["MAX_POLICY_BYTES", "SYSTEM_DEFAULT_LIMITS", "parse_policy"]
 
 MAX_POLICY_BYTES: Final = 256 * 1024
 SYSTEM_DEFAULT_LIMITS: Final = TypeLimits(
-    max_bytes=64 * 1024, max_lifetime=14 * 86400, inbox_ttl=7 * 86400
+    max_bytes=64 * 1024, max_lifetime=14 * 86400, inbox_ttl=7 * 86400, pull_wait=7 * 86400
 )
 """Limits of a system notice type that the policy file does not list under `[types]`."""
 
 _MAX_CONSENT_VALIDITY: Final = 10 * 366 * 86400
+_MAX_RECORD_RETENTION: Final = 30 * 366 * 86400
+_TYPE_KEYS: Final = ("max_bytes", "max_lifetime", "inbox_ttl", "pull_wait")
+_RETENTION_KEYS: Final = ("status", "consent", "audit")
 _MAX_TYPE_BYTES: Final = 64 * 1024 * 1024
 _DURATION: Final = re.compile(r"^([0-9]{1,9})\s*([smhd])$")
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -134,7 +145,7 @@ def parse_policy(text: str | bytes) -> PolicyRules:
 
 def _check(doc: Mapping[str, Any], r: _Reader) -> PolicyRules:
     for name in doc:
-        if name not in ("policy", "roles", "types", "flows"):
+        if name not in ("policy", "roles", "types", "retention", "flows"):
             r.fail(f"unknown table [{name}]", r.lines.table(name) or r.lines.key("", name))
     head = r.table(doc, "policy")
     r.keys(head, frozenset({"federation", "max_consent_validity"}), "policy")
@@ -165,7 +176,40 @@ def _check(doc: Mapping[str, Any], r: _Reader) -> PolicyRules:
         roles=roles,
         rules=rules,
         limits=limits,
+        retention=_retention(r.table(doc, "retention"), validity, limits, r),
     )
+
+
+def _retention(
+    table: Mapping[str, Any], validity: int, limits: Mapping[str, TypeLimits], r: _Reader
+) -> RecordRetention:
+    """`[retention]`: how long status, consent and audit records are kept. Each is required:
+    a store without a limit keeps for ever, so no default may stand in for a missing one."""
+    r.keys(table, frozenset(_RETENTION_KEYS), "retention")
+    for key in _RETENTION_KEYS:
+        if key not in table:
+            r.fail(f"[retention] needs {key}", r.lines.table("retention"))
+    seconds = {key: r.duration(table[key], "retention", key) for key in _RETENTION_KEYS}
+    for key, value in seconds.items():
+        if value > _MAX_RECORD_RETENTION:
+            r.fail(f"{key} may be at most thirty years", r.lines.key("retention", key))
+    if seconds["consent"] < validity:
+        r.fail(
+            "consent is shorter than max_consent_validity: a consent record would be gone "
+            "while the consent is still valid",
+            r.lines.key("retention", "consent"),
+            "policy.contradiction",
+        )
+    lifetime = max(limits.max_lifetime for limits in limits.values())
+    for key in ("status", "audit"):
+        if seconds[key] < lifetime:
+            r.fail(
+                f"{key} is shorter than the longest max_lifetime: the records of a message "
+                "would be gone while the message may still be delivered",
+                r.lines.key("retention", key),
+                "policy.contradiction",
+            )
+    return RecordRetention(**seconds)
 
 
 def _roles(table: Mapping[str, Any], r: _Reader) -> dict[str, str]:
@@ -201,8 +245,8 @@ def _types(table: object, r: _Reader) -> dict[str, TypeLimits]:
             )
         if not isinstance(spec, dict):
             r.fail(f"[{where}] must be a table", line)
-        r.keys(spec, frozenset({"max_bytes", "max_lifetime", "inbox_ttl"}), where)
-        for key in ("max_bytes", "max_lifetime", "inbox_ttl"):
+        r.keys(spec, frozenset(_TYPE_KEYS), where)
+        for key in _TYPE_KEYS:
             if key not in spec:
                 r.fail(f"[{where}] needs {key}", line)
         size = spec["max_bytes"]
@@ -223,7 +267,10 @@ def _types(table: object, r: _Reader) -> dict[str, TypeLimits]:
                 r.lines.key(where, "inbox_ttl"),
                 "policy.contradiction",
             )
-        limits[name] = TypeLimits(max_bytes=size, max_lifetime=lifetime, inbox_ttl=ttl)
+        pull_wait = r.duration(spec["pull_wait"], where, "pull_wait")
+        limits[name] = TypeLimits(
+            max_bytes=size, max_lifetime=lifetime, inbox_ttl=ttl, pull_wait=pull_wait
+        )
     for name in SYSTEM_MESSAGE_TYPES:
         limits.setdefault(name, SYSTEM_DEFAULT_LIMITS)
     return limits

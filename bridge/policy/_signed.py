@@ -23,7 +23,16 @@ from .._watched import SerialState
 from ..crypto import PrivateKey, PublicKeyRecord, sign_document, verify_document
 from ..errors import BridgeError, PolicyFileError, SignedPolicyError
 from ..ids import AGENCY_ID_PATTERN
-from ._model import Decision, Flow, FlowRequest, PolicyRules, RoleLookup, Rule, TypeLimits
+from ._model import (
+    Decision,
+    Flow,
+    FlowRequest,
+    PolicyRules,
+    RecordRetention,
+    RoleLookup,
+    Rule,
+    TypeLimits,
+)
 from ._parse import MAX_POLICY_BYTES, parse_policy
 
 __all__ = [
@@ -104,6 +113,16 @@ class Policy:
     def limits(self) -> Mapping[str, TypeLimits]:
         """Limits per message type (size, lifetime, inbox wait): retention comes from here."""
         return self.rules.limits
+
+    @property
+    def retention(self) -> RecordRetention:
+        """How long status, consent and audit records are kept (`[retention]`)."""
+        return self.rules.retention
+
+    def type_limits(self, message_type: str) -> TypeLimits | None:
+        """The limits of one message type, retention included (`inbox_ttl`, `pull_wait`,
+        `max_lifetime`, in seconds); None for a type the policy does not know."""
+        return self.rules.type_limits(message_type)
 
     def rule_for(self, sender_role: str, recipient_role: str, message_type: str) -> Rule | None:
         return self.rules.rule_for(sender_role, recipient_role, message_type)

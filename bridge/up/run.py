@@ -23,9 +23,12 @@ from typing import Final, TextIO
 import aiohttp
 
 from ..errors import ConfigError
+from ..federation.directory import load_anchor
+from ..federation.operator import ANCHOR_PUB
 from ..nats.identities import Credentials, Identity
 from ..nats.provision import Action, provision_at
 from ..nats.server import NatsServer
+from ..policy import SIGNED_POLICY, load_policy_file, provision_settings
 from .democonsent import ensure_demo_consent
 from .layout import DEMO_AGENCIES, StateLayout
 from .ports import check_free
@@ -177,7 +180,11 @@ async def _start_all(
     say(f"bridge up: nats-server ready on {server.url} (pid {server.pid})")
     admin_seed = Credentials(layout.nats.creds_dir).seed_file(Identity.admin())
     agencies = [agency.id for agency in DEMO_AGENCIES]
-    report = await provision_at(server.url, admin_seed, agencies)
+    federation_dir = layout.federation_dir
+    policy = load_policy_file(
+        federation_dir / SIGNED_POLICY, load_anchor(federation_dir / ANCHOR_PUB)
+    )  # the stream's age limits are the policy's retention settings
+    report = await provision_at(server.url, admin_seed, agencies, provision_settings(policy.rules))
     created = len(report.by_action(Action.CREATED))
     updated = len(report.by_action(Action.UPDATED))
     say(

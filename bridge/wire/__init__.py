@@ -42,6 +42,7 @@ from ._codec import (
 from ._codes import Concern, ContactChannel, EndReason, Gender, Service, Urgency
 from ._status import (
     MAX_STATUS_EVENT_BYTES,
+    PULL_EXPIRED_REASON,
     Component,
     DeliveryState,
     StatusEvent,
@@ -58,6 +59,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "MAX_STATUS_EVENT_BYTES",
     "MESSAGE_ID_PATTERN",
+    "PULL_EXPIRED_REASON",
     "REASON_CODE_PATTERN",
     "Address",
     "AppointmentKept",

@@ -27,6 +27,7 @@ from ._vocab import MessageType
 
 __all__ = [
     "MAX_STATUS_EVENT_BYTES",
+    "PULL_EXPIRED_REASON",
     "Component",
     "DeliveryState",
     "StatusEvent",
@@ -36,6 +37,10 @@ __all__ = [
 ]
 
 MAX_STATUS_EVENT_BYTES: Final = 4096
+PULL_EXPIRED_REASON: Final = "retention.pull_expired"
+"""Why a message `expired` that waited in a recipient's pull inbox longer than its type's
+`pull_wait`: the recipient's adapter removed it and says so in a `rejected` receipt with this
+reason, which the broker reports to the sender as `expired`."""
 
 
 class DeliveryState(enum.StrEnum):
