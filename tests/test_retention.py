@@ -194,6 +194,15 @@ def test_a_missing_or_unsafe_retention_setting_is_refused(
     assert info.value.line is not None
 
 
+def test_a_policy_written_before_the_retention_settings_is_refused() -> None:
+    start = POLICY.index("# How long the records")
+    older = POLICY[:start] + POLICY[POLICY.index("[[flows]]") :]
+    with pytest.raises(PolicyFileError) as info:
+        parse_policy(older)
+    assert info.value.reason == "policy.file_invalid"
+    assert "a [retention] table is required" in str(info.value)
+
+
 def test_the_store_limits_follow_the_policy() -> None:
     rules = parse_policy(
         POLICY.replace('status = "30d"', 'status = "40d"', 1)

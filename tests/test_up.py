@@ -344,6 +344,15 @@ def test_up_demo_stop_resume_and_crash(tmp_path: Path, running: list[UpProcess])
     for agency in ("suchtberatung-unna", "spdi-unna"):
         assert re.search(rf"delivered\s+{agency}", out), out
         assert re.search(rf"receipted\s+{agency}", out), out
+    # Nothing kept longer than the stack's signed policy allows (its limits found under --state).
+    check = subprocess.run(
+        [*BRIDGE, "retention", "check", "--state", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "nothing older than its limit" in check.stdout
 
     first.proc.send_signal(signal.SIGTERM)
     assert first.finish() == 0, first.output

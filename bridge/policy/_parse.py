@@ -176,15 +176,21 @@ def _check(doc: Mapping[str, Any], r: _Reader) -> PolicyRules:
         roles=roles,
         rules=rules,
         limits=limits,
-        retention=_retention(r.table(doc, "retention"), validity, limits, r),
+        retention=_retention(doc.get("retention"), validity, limits, r),
     )
 
 
 def _retention(
-    table: Mapping[str, Any], validity: int, limits: Mapping[str, TypeLimits], r: _Reader
+    table: object, validity: int, limits: Mapping[str, TypeLimits], r: _Reader
 ) -> RecordRetention:
     """`[retention]`: how long status, consent and audit records are kept. Each is required:
     a store without a limit keeps for ever, so no default may stand in for a missing one."""
+    if not isinstance(table, dict):
+        r.fail(
+            "a [retention] table is required: how long status, consent and audit records "
+            "are kept (docs/policy.md)",
+            r.lines.table("retention"),
+        )
     r.keys(table, frozenset(_RETENTION_KEYS), "retention")
     for key in _RETENTION_KEYS:
         if key not in table:
