@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import pytest
+from adapter_helpers import SUCHT, make_agency
 from envelope_helpers import federation
 from nats.js import api
 from policy_helpers import POLICY, signed_policy
 from test_broker import make_broker, write_config
 
+from bridge.adapters.service import Adapter
 from bridge.consent.record import new_consent_id
 from bridge.crypto import DEFAULT_LIMITS
 from bridge.errors import ConfigError, PolicyFileError, SignedPolicyError
@@ -334,3 +336,12 @@ async def test_the_check_finds_records_kept_past_the_policy(
 def in_days(days: int) -> Callable[[], float]:
     """A clock `days` ahead of the real one: the store as it will be then."""
     return lambda: time.time() + days * DAY
+
+
+async def test_an_adapter_refuses_a_default_lifetime_no_type_allows(tmp_path: Path) -> None:
+    agency = make_agency(tmp_path, "nats://127.0.0.1:1", tmp_path / "no.seed", SUCHT)
+    config = msgspec.structs.replace(agency.config, default_lifetime_seconds=31 * DAY)
+    with pytest.raises(ConfigError) as info:
+        await Adapter(config).start()  # refused before anything connects
+    assert info.value.reason == "retention.too_long"
+    assert "default_lifetime_seconds" in str(info.value)

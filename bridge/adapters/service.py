@@ -196,6 +196,15 @@ class Adapter:
             federation=lambda: self.directory().body.federation,
             max_lifetime=c.limits.max_lifetime,
         )
+        longest = self._policy.current.rules.longest("max_lifetime")
+        if c.default_lifetime_seconds > longest:
+            # Every message sent with the default would be refused: a setting that can never
+            # hold is a mistake to name now, not on each request.
+            raise ConfigError(
+                f"default_lifetime_seconds ({c.default_lifetime_seconds}s) is longer than any "
+                f"message type may live under the policy ({longest}s)",
+                reason="retention.too_long",
+            )
         try:
             await self._start(verifier, keyring, secret)
         except BaseException:
