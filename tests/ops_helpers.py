@@ -146,12 +146,16 @@ class OpsStack:
         recipients: list[str],
         body: Body,
         categories: tuple[str, ...] = ("identity", "contact", "addiction"),
+        consent: str | None = None,
     ) -> str:
+        """Submit as the sender's case system, under `consent` or a consent registered now."""
         kind = message_type_of(body).value
+        if consent is None:
+            consent = await self.register_consent(sender, recipients, categories, kind)
         request = {
             "type": kind,
             "recipients": recipients,
-            "consent": await self.register_consent(sender, recipients, categories, kind),
+            "consent": consent,
             "purpose": "integration-support",
             "categories": list(categories),
             "body": body,
@@ -194,6 +198,16 @@ class OpsStack:
             answer = await response.json()
             assert response.status == 201, answer
         return str(answer["consent_id"])
+
+    async def withdraw_consent(self, issuer: str, consent: str) -> None:
+        """Withdraw the client's consent at the issuing agency's adapter."""
+        async with self.session.delete(
+            f"{self.stack.adapter_url(issuer)}/v1/consents/{consent}",
+            headers=self._headers(issuer, ["consents:write"]),
+        ) as response:
+            answer = await response.json()
+            assert response.status == 200, answer
+            assert answer["state"] == "withdrawn", answer
 
     async def pull(self, agency: str, message_id: str) -> None:
         """Wait for the item in `agency`'s pull inbox and acknowledge it."""

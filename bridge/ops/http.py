@@ -230,6 +230,14 @@ async def _alerts(request: web.Request) -> web.StreamResponse:
     return _json(AlertList(firing=len(book.firing), items=book.all()[:limit]))
 
 
+async def _audit(request: web.Request) -> web.StreamResponse:
+    await _authorise(request)
+    q = _Query(request, ("limit",))
+    limit = q.integer("limit", 50, 1, 200)
+    ctx = _ctx(request)
+    return _json(ctx.state.audit.view(ctx.clock(), limit))
+
+
 async def _events(request: web.Request) -> web.StreamResponse:
     await _authorise(request)
     _Query(request, ())
@@ -251,12 +259,17 @@ async def _events(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     streams.add(response)
-    last: tuple[int, int, int] | None = None
+    last: tuple[int, int, int, int] | None = None
     quiet = 0.0
     try:
         while not ctx.closing.is_set():
             state = ctx.state
-            version = (state.tracker.version, ctx.alerts.version, _backlog_version(state))
+            version = (
+                state.tracker.version,
+                ctx.alerts.version,
+                state.audit.version,
+                _backlog_version(state),
+            )
             if version != last:
                 last = version
                 overview = ctx.state.overview(ctx.clock(), len(ctx.alerts.firing))
@@ -312,6 +325,7 @@ def build_app(context: OpsContext) -> web.Application:
     app.router.add_get("/v1/health", _health)
     app.router.add_get("/v1/latency", _latency)
     app.router.add_get("/v1/alerts", _alerts)
+    app.router.add_get("/v1/audit", _audit)
     app.router.add_get("/v1/events", _events)
     app.router.add_get("/openapi.json", _openapi)
     for path, (name, content_type) in _STATIC.items():

@@ -11,10 +11,11 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .alerts import AlertBook
+from .audit import AGENCY_COUNTS
 from .views import OpsState
 
 __all__ = ["OpsMetrics"]
@@ -110,6 +111,30 @@ class _StateCollector(Collector):
         for rule, n in sorted(rules.items()):
             firing.add_metric((rule,), n)
         yield firing
+        audit = s.audit
+        kinds = CounterMetricFamily(
+            "bridge_ops_audit_events",
+            "Events in the audit trail, by kind (over the records the trail still holds)",
+            labels=("kind",),
+        )
+        for kind, n in sorted(audit.totals.items()):
+            kinds.add_metric((kind,), n)
+        yield kinds
+        per_agency = GaugeMetricFamily(
+            "bridge_ops_audit_agency_events",
+            "Audit events per agency: consents registered and withdrawn, consent refusals of "
+            "messages it sent, deletions confirmed, keys destroyed",
+            labels=("agency", "kind"),
+        )
+        for agency, book in sorted(audit.per_agency.items()):
+            for kind in AGENCY_COUNTS:
+                per_agency.add_metric((agency, kind), getattr(book, kind))
+        yield per_agency
+        yield GaugeMetricFamily(
+            "bridge_ops_audit_last_sequence",
+            "The last audit record ops has read",
+            value=audit.last_sequence,
+        )
 
 
 class OpsMetrics:
@@ -137,7 +162,7 @@ class OpsMetrics:
         )
         self.events = Counter(
             "bridge_ops_events",
-            "Events folded, by kind (status, report, heartbeat)",
+            "Events folded, by kind (status, report, heartbeat, audit)",
             ("kind",),
             registry=r,
         )

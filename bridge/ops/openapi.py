@@ -12,6 +12,7 @@ import msgspec
 
 from ..http.problems import Problem
 from ..ids import MESSAGE_TYPES
+from .audit import AuditView
 from .http import OPS_SCOPE, AlertList
 from .views import MESSAGE_VIEWS, STATES, Health, LatencyView, MessageList, Overview
 
@@ -66,7 +67,8 @@ def _op(summary: str, ok: dict[str, Any], params: list[dict[str, Any]] | None = 
 
 def openapi_document(version: str = "1") -> dict[str, Any]:
     _, schemas = msgspec.json.schema_components(
-        [Overview, MessageList, Health, LatencyView, AlertList, Problem], ref_template=_REF
+        [Overview, MessageList, Health, LatencyView, AlertList, AuditView, Problem],
+        ref_template=_REF,
     )
     return {
         "openapi": "3.1.0",
@@ -114,6 +116,13 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
                 "Firing alerts, then recently resolved ones",
                 {"description": "Alerts", "content": _json("AlertList")},
                 [_param("limit", _int(1, 500, 100), "At most this many")],
+            ),
+            "/v1/audit": _op(
+                "What the audit trail recorded beyond the usual course: counts by kind, per "
+                "agency (consents, refusals for consent, deletions, destroyed keys), the policy "
+                "and directory in force, and the latest notable events",
+                {"description": "The audit book", "content": _json("AuditView")},
+                [_param("limit", _int(1, 200, 50), "At most this many recent events")],
             ),
             "/v1/events": _op(
                 "Live updates as server-sent events: `update` with the overview whenever the "

@@ -1,13 +1,14 @@
 """The ops service as one object: connects read-only, rebuilds, follows, serves, alerts.
 
     ops = Ops(config)
-    url = await ops.start()      # serving; state being rebuilt from the status stream
+    url = await ops.start()      # serving; state being rebuilt from the status and audit streams
     ...
     await ops.stop()
 
-Background work (following the stream, backlogs, alert evaluation, webhook posts) runs in one
-TaskGroup. If any of it fails for a reason it cannot recover from, `failed` is set, `/readyz`
-answers 503 and `wait()` raises, so `bridge ops` exits non-zero for its supervisor to restart.
+Background work (following the status stream and the audit trail, backlogs, alert evaluation,
+webhook posts) runs in one TaskGroup. If any of it fails for a reason it cannot recover from,
+`failed` is set, `/readyz` answers 503 and `wait()` raises, so `bridge ops` exits non-zero for its
+supervisor to restart.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ..nats.identities import Identity
 from ..nats.transport import connect
 from ..telemetry import HealthServer
 from .alerts import AlertBook, WebhookPoster
+from .audit import AuditFollower
 from .config import OpsConfig
 from .follower import Follower
 from .http import OpsContext, build_app
@@ -71,6 +73,7 @@ class Ops:
         self._task: asyncio.Task[None] | None = None
         self._url: str | None = None
         self.follower: Follower | None = None
+        self.audit_follower: AuditFollower | None = None
 
     def __repr__(self) -> str:
         return f"Ops(url={self._url!r}, ready={self.ready()}, {self.state.tracker!r})"
@@ -147,9 +150,18 @@ class Ops:
             on_transition=self._transition,
         )
         await self.follower.subscribe()
+        self.audit_follower = AuditFollower(
+            js=js,
+            book=self.state.audit,
+            tracker=self.state.tracker,
+            metrics=self.metrics,
+            on_transition=self._transition,
+        )
         # A component never heard is silent from now on, when ops began to listen.
         self.state.started_at = self._clock()
-        self._task = asyncio.create_task(self._background(self.follower, poster), name="ops")
+        self._task = asyncio.create_task(
+            self._background(self.follower, self.audit_follower, poster), name="ops"
+        )
         app = build_app(
             OpsContext(
                 verifier=verifier,
@@ -183,9 +195,12 @@ class Ops:
             )
             await self._metrics_server.start()
 
-    async def _background(self, follower: Follower, poster: WebhookPoster) -> None:
+    async def _background(
+        self, follower: Follower, audit: AuditFollower, poster: WebhookPoster
+    ) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(follower.follow(), name="follow")
+            group.create_task(audit.follow(), name="audit")
             group.create_task(follower.poll_backlogs(), name="backlogs")
             group.create_task(self._evaluate(poster), name="alerts")
             group.create_task(poster.run(), name="alert-webhook")

@@ -12,6 +12,7 @@ from typing import Final
 
 import msgspec
 
+from .audit import AuditBook
 from .config import Thresholds
 from .tracker import LATENCY_STEPS, Leg, Tracked, Tracker, utc_midnight
 
@@ -53,6 +54,7 @@ class Overview(msgspec.Struct, kw_only=True):
     delivered_today: int
     rejected_today: int
     expired_today: int
+    withdrawn_today: int
     stuck: int
     near_expiry: int
     alerts_firing: int
@@ -150,6 +152,10 @@ class OpsState:
     inboxes: dict[str, Backlog] = field(default_factory=dict)
     submissions: Backlog | None = None
     rebuilt: bool = False
+    audit: AuditBook = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.audit = AuditBook(self.agencies)
 
     # -- per leg ------------------------------------------------------------------------------
 
@@ -177,7 +183,7 @@ class OpsState:
 
     def overview(self, now: float, alerts_firing: int) -> Overview:
         midnight = utc_midnight(now)
-        counts = {"in_flight": 0, "delivered": 0, "rejected": 0, "expired": 0}
+        counts = {"in_flight": 0, "delivered": 0, "rejected": 0, "expired": 0, "withdrawn": 0}
         stuck = near = 0
         for tracked, leg in self.legs():
             if leg.open:
@@ -187,7 +193,7 @@ class OpsState:
             delivered_at = leg.steps.get("delivered", leg.steps.get("receipted"))
             if delivered_at is not None and delivered_at >= midnight:
                 counts["delivered"] += 1
-            for end in ("rejected", "expired"):
+            for end in ("rejected", "expired", "withdrawn"):
                 if leg.state == end and leg.steps[end] >= midnight:
                     counts[end] += 1
         return Overview(
@@ -195,6 +201,7 @@ class OpsState:
             delivered_today=counts["delivered"],
             rejected_today=counts["rejected"],
             expired_today=counts["expired"],
+            withdrawn_today=counts["withdrawn"],
             stuck=stuck,
             near_expiry=near,
             alerts_firing=alerts_firing,

@@ -60,7 +60,7 @@
     for (const li of document.querySelectorAll("#tiles li")) {
       const value = o[li.dataset.tile];
       li.querySelector(".n").textContent = value;
-      li.dataset.alert = String(["stuck", "rejected_today", "expired_today"].includes(li.dataset.tile) && value > 0);
+      li.dataset.alert = String(["stuck", "rejected_today", "expired_today", "withdrawn_today"].includes(li.dataset.tile) && value > 0);
     }
   }
 
@@ -116,6 +116,22 @@
     $("#alerts").replaceChildren(...(items.length ? items : [el("li", { "data-status": "resolved" }, t("no_alerts"))]));
   }
 
+  function renderAudit(a) {
+    $("#audit tbody").replaceChildren(...a.agencies.map((g) => el("tr", { "data-agency": g.agency },
+      el("td", {}, g.agency), el("td", {}, g.consents_registered), el("td", {}, g.consents_withdrawn),
+      el("td", {}, g.consent_refusals), el("td", {}, g.deletions_confirmed), el("td", {}, g.keys_destroyed),
+    )));
+    const meta = [t("audit_records", { events: a.events, seq: a.last_sequence })];
+    if (a.policy) meta.push(`${t("policy")}: ${a.policy.slice(0, 12)}`);
+    if (a.directory_serial) meta.push(`${t("directory")}: ${a.directory_serial}`);
+    $("#audit-meta").textContent = meta.join(" · ");
+    const items = a.recent.slice(0, 20).map((e) => el("li", { "data-kind": e.kind },
+      `${new Date(e.at).toLocaleString(lang)} · ${t(`a_${e.kind}`)}`,
+      e.agency || e.sender ? ` · ${e.agency || e.sender}${e.recipient ? ` → ${e.recipient}` : ""}` : "",
+      e.message_id ? ` · ${e.message_id.slice(0, 8)}` : "", e.reason ? ` · ${e.reason}` : ""));
+    $("#audit-recent").replaceChildren(...(items.length ? items : [el("li", {}, t("no_audit"))]));
+  }
+
   const COLOURS = { routed: "#0b5cad", delivered: "#1a7f37", receipted: "#8250df", end_to_end: "#cf222e" };
   const SVG = "http://www.w3.org/2000/svg";
   function svg(tag, attrs) {
@@ -160,12 +176,13 @@
     if (refreshing) { again = true; return refreshing; }
     refreshing = (async () => {
       try {
-        const [overview, messages, health, alerts, latency] = await Promise.all([
+        const [overview, messages, health, alerts, latency, audit] = await Promise.all([
           getJSON("/v1/overview"), getJSON(`/v1/messages?${filterQuery()}`), getJSON("/v1/health"),
           getJSON("/v1/alerts?limit=20"), getJSON("/v1/latency?window_seconds=3600&bucket_seconds=60"),
+          getJSON("/v1/audit?limit=20"),
         ]);
         renderOverview(overview); renderMessages(messages); renderHealth(health);
-        renderAlerts(alerts); renderLatency(latency);
+        renderAlerts(alerts); renderLatency(latency); renderAudit(audit);
       } catch (error) {
         if (error.auth) signOut(true);
       } finally {
