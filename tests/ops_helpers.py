@@ -114,8 +114,13 @@ class OpsStack:
             broker, self.broker = self.broker, None
             await broker.__aexit__(None, None, None)
 
-    async def start_adapter(self, agency: str) -> None:
+    async def start_adapter(self, agency: str, **delivery: Any) -> None:
+        """Start `agency`'s adapter; `delivery` overrides fields of its `[delivery]` table."""
         config = load_adapter_config(self.stack.layout.adapter_config(agency))
+        if delivery:
+            config = msgspec.structs.replace(
+                config, delivery=msgspec.structs.replace(config.delivery, **delivery)
+            )
         adapter = Adapter(config, fetch_timeout=1.0, heartbeat_interval=BEAT)
         await adapter.start()
         self.adapters[agency] = adapter
@@ -147,6 +152,7 @@ class OpsStack:
         body: Body,
         categories: tuple[str, ...] = ("identity", "contact", "addiction"),
         consent: str | None = None,
+        lifetime_seconds: int | None = None,
     ) -> str:
         """Submit as the sender's case system, under `consent` or a consent registered now."""
         kind = message_type_of(body).value
@@ -160,6 +166,8 @@ class OpsStack:
             "categories": list(categories),
             "body": body,
         }
+        if lifetime_seconds is not None:
+            request["lifetime_seconds"] = lifetime_seconds
         headers = {
             **self._headers(sender, ["messages:send"]),
             "Content-Type": "application/json",
@@ -280,7 +288,10 @@ def ops_settings(config: OpsConfig, webhook: str) -> OpsConfig:
     )
 
 
-async def ops_stack(tmp_path: Path) -> AsyncIterator[OpsStack]:
+async def ops_stack(
+    tmp_path: Path, settings: Callable[[OpsConfig, str], OpsConfig] = ops_settings
+) -> AsyncIterator[OpsStack]:
+    """The running stack; `settings` turns `bridge up`'s ops config into the test's."""
     stack = prepare(tmp_path / "state", port_base=0)
     layout = stack.layout
     server = NatsServer.from_layout(layout.nats)
@@ -299,7 +310,7 @@ async def ops_stack(tmp_path: Path) -> AsyncIterator[OpsStack]:
         sink=sink,
         session=session,
         receiver=receiver,
-        ops_config=ops_settings(load_ops_config(layout.ops_config), receiver.url),
+        ops_config=settings(load_ops_config(layout.ops_config), receiver.url),
     )
     try:
         await env.start_broker()

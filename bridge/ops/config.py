@@ -37,7 +37,7 @@ _Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 _Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,47}$")]
 _MAX_CONFIG_BYTES: Final = 1024 * 1024
 
-RuleKind = Literal["stuck", "expired", "rejections", "silent", "backlog"]
+RuleKind = Literal["stuck", "near_expiry", "expired", "rejections", "silent", "backlog"]
 
 
 class OpsHttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -60,6 +60,7 @@ class Thresholds(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
 
 class AlertRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One rule. `stuck`: messages undelivered longer than `seconds` (per recipient).
+    `near_expiry`: undelivered messages that expire within `seconds` (per recipient).
     `expired`: messages expired undelivered within the last `seconds` (per recipient).
     `rejections`: at least `threshold` rejections within the last `seconds`.
     `silent`: an adapter or broker without heartbeat for `seconds`.
@@ -73,6 +74,7 @@ class AlertRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 
 DEFAULT_RULES: Final = (
     AlertRule(name="stuck", kind="stuck", seconds=900),
+    AlertRule(name="near_expiry", kind="near_expiry", seconds=86400),
     AlertRule(name="expired", kind="expired", seconds=3600),
     AlertRule(name="rejections", kind="rejections", seconds=300, threshold=10),
     AlertRule(name="silent", kind="silent", seconds=60),
@@ -81,6 +83,7 @@ DEFAULT_RULES: Final = (
 
 _NEEDS: Final = {
     "stuck": ("seconds",),
+    "near_expiry": ("seconds",),
     "expired": ("seconds",),
     "rejections": ("seconds", "threshold"),
     "silent": ("seconds",),

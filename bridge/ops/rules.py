@@ -34,6 +34,25 @@ def _stuck(rule: AlertRule, state: OpsState, now: float) -> Iterator[Condition]:
         )
 
 
+def _near_expiry(rule: AlertRule, state: OpsState, now: float) -> Iterator[Condition]:
+    assert rule.seconds is not None
+    per: Counter[str] = Counter()
+    for tracked, leg in state.legs():
+        if (
+            leg.open
+            and tracked.expires_at is not None
+            and now < tracked.expires_at <= now + rule.seconds
+        ):
+            per[leg.recipient or "-"] += 1
+    for recipient, n in sorted(per.items()):
+        yield Condition(
+            rule,
+            f"inbox:{recipient}",
+            f"{n} message(s) to {recipient} undelivered and expiring within {rule.seconds} s",
+            n,
+        )
+
+
 def _expired(rule: AlertRule, state: OpsState, now: float) -> Iterator[Condition]:
     assert rule.seconds is not None
     per: Counter[str] = Counter()
@@ -101,6 +120,7 @@ def _backlog(rule: AlertRule, state: OpsState, now: float) -> Iterator[Condition
 
 _KINDS = {
     "stuck": _stuck,
+    "near_expiry": _near_expiry,
     "expired": _expired,
     "rejections": _rejections,
     "silent": _silent,
