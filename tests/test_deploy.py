@@ -8,11 +8,15 @@ renders for deploy/federation.example.toml, so the examples cannot drift from th
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
+import aiohttp
+import msgspec
 import pytest
 from pki import ThrowawayCA
 
@@ -20,7 +24,10 @@ from bridge.cli import main
 from bridge.config import load_adapter_config, load_broker_config, load_provision_config
 from bridge.deploy import init_deployment, load_spec
 from bridge.errors import ConfigError
-from bridge.nats.server import find_nats_server
+from bridge.http.auth import mint_token
+from bridge.nats.provision import ProvisionSettings, provision_at
+from bridge.nats.server import NatsServer, find_nats_server, free_port
+from bridge.ops import Ops, load_ops_config
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SPEC = DEPLOY / "federation.example.toml"
@@ -65,7 +72,9 @@ def test_every_nats_config_in_deploy_is_accepted_by_nats_server(tmp_path: Path) 
 
 def test_every_bridge_config_in_deploy_loads() -> None:
     load_spec(SPEC)
-    load_broker_config(DEPLOY / "config" / "broker.toml")
+    broker = load_broker_config(DEPLOY / "config" / "broker.toml")
+    assert broker.http is not None
+    assert load_ops_config(DEPLOY / "config" / "ops.toml").agencies
     provision = load_provision_config(DEPLOY / "config" / "provision.toml")
     assert provision.replicas == 3
     modes = set()
@@ -78,6 +87,8 @@ def test_deploy_nats_configs_are_what_bridge_init_renders(tmp_path: Path) -> Non
     result = init_deployment(load_spec(SPEC), tmp_path / "out")
     for rendered in result.nats_configs:
         assert rendered.read_text() == (DEPLOY / "nats" / rendered.name).read_text()
+    for rendered in (result.broker_config, result.ops_config):
+        assert rendered.read_text() == (DEPLOY / "config" / rendered.name).read_text()
 
 
 def test_bridge_init_writes_a_deployment_every_part_accepts(tmp_path: Path) -> None:
@@ -94,10 +105,22 @@ def test_bridge_init_writes_a_deployment_every_part_accepts(tmp_path: Path) -> N
     for config in sorted(nats_dir.glob("nats-*.conf")):
         result = nats_server_accepts(config)
         assert result.returncode == 0, result.stdout + result.stderr
+    spec = load_spec(SPEC)
     broker = load_broker_config(out / "broker" / "broker.toml")
     assert isinstance(broker.nats.url, list)
     assert len(broker.nats.url) == 3
     assert broker.path(broker.nats.seed_file).is_file()
+    assert broker.http is not None
+    assert (broker.http.host, broker.http.port) == (spec.broker.http_host, spec.broker.http_port)
+    ops = load_ops_config(out / "ops" / "ops.toml")
+    assert ops.agencies == sorted(a.id for a in spec.agencies)
+    assert ops.nats.url == broker.nats.url
+    assert ops.path(ops.nats.seed_file) == out / "ops" / "nats.nk"
+    assert ops.path(ops.nats.tls_ca_file or "").is_file()  # copied from --nats-ca
+    assert (ops.auth.issuer, ops.auth.audience) == (spec.token_issuer, "bridge:ops")
+    assert ops.path(ops.auth.public_key_file or "").is_file()
+    assert (ops.http.host, ops.http.port) == (spec.ops.http_host, spec.ops.http_port)
+    assert ops.alerts.webhook_url == spec.ops.alert_webhook_url
     assert load_provision_config(out / "operator" / "provision.toml").agencies == sorted(
         a.id for a in load_spec(SPEC).agencies
     )
@@ -129,6 +152,7 @@ def test_bridge_init_writes_a_deployment_every_part_accepts(tmp_path: Path) -> N
         out / "broker" / "nats.nk",
         out / "broker" / "audit.key",
         out / "ops" / "nats.nk",
+        out / "ops" / "token-signing.key",
         *(out / "agencies").glob("*/nats.nk"),
         *(out / "agencies").glob("*/keys/*.key"),
         *(out / "agencies").glob("*/webhook.secret"),
@@ -159,3 +183,61 @@ def test_bridge_init_refuses_an_existing_directory_and_a_bad_spec(tmp_path: Path
     bad.write_text(text.replace('name = "nats-3"', 'name = "nats-2"'))
     with pytest.raises(ConfigError):
         load_spec(bad)
+
+
+async def test_ops_starts_with_the_config_and_identity_bridge_init_writes(tmp_path: Path) -> None:
+    """ops reads a real server with init's accounts, with only the cluster's address replaced
+    (one local server without TLS instead of the three nodes), and serves an init ops token."""
+    spec = load_spec(SPEC)
+    out = tmp_path / "out"
+    result = init_deployment(spec, out)
+    nats_dir = tmp_path / "nats"
+    nats_dir.mkdir()
+    shutil.copy(out / "nats" / "accounts.conf", nats_dir / "accounts.conf")
+    port = free_port()
+    config_file = nats_dir / "local.conf"
+    config_file.write_text(
+        f'listen: "127.0.0.1:{port}"\n'
+        f'jetstream {{ store_dir: "{nats_dir / "store"}" }}\n'
+        'include "accounts.conf"\n'
+    )
+    server = NatsServer(
+        config_file=config_file,
+        log_file=nats_dir / "nats.log",
+        run_dir=nats_dir / "run",
+        host="127.0.0.1",
+        port=port,
+    )
+    await server.start()
+    try:
+        ids = sorted(a.id for a in spec.agencies)
+        await provision_at(
+            server.url, out / "operator" / "nats-admin.nk", ids, ProvisionSettings(replicas=1)
+        )
+        config = load_ops_config(result.ops_config)
+        config = msgspec.structs.replace(
+            config,
+            nats=msgspec.structs.replace(config.nats, url=server.url, tls_ca_file=None),
+            http=msgspec.structs.replace(config.http, host="127.0.0.1", port=0),
+        )
+        token = mint_token(
+            out / "ops" / "token-signing.key",
+            issuer=config.auth.issuer,
+            audience=config.auth.audience,
+            subject="operator",
+            scopes=["ops:read"],
+        )
+        async with Ops(config) as ops, aiohttp.ClientSession() as session:
+            end = time.monotonic() + 30
+            while not ops.ready():
+                assert time.monotonic() < end, "ops not ready within 30s"
+                await asyncio.sleep(0.1)
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.get(f"{ops.url}/v1/health", headers=headers) as response:
+                assert response.status == 200
+                health = await response.json()
+            assert [a["agency"] for a in health["agencies"]] == ids
+            async with session.get(f"{ops.url}/v1/health") as response:
+                assert response.status == 401
+    finally:
+        await server.stop()

@@ -9,9 +9,11 @@ below an output directory:
   and `provision.toml` (for `bridge nats provision --config`). Stays with the operator.
 - `nats/`: one config per node (`<node>.conf`), the shared `accounts.conf` (public keys only)
   and a `tls/README` saying which certificates to put beside them.
-- `broker/`: `broker.toml`, its NATS seed, the audit signing key, the signed directory and
-  policy, and the pinned anchor.
-- `ops/`: the ops identity's NATS seed.
+- `broker/`: `broker.toml` (with `[http]`, where it serves health and metrics), its NATS seed,
+  the audit signing key, the signed directory and policy, and the pinned anchor.
+- `ops/`: `ops.toml` for `bridge ops` (the federation's agencies, where it listens, its alert
+  webhook), the read-only ops identity's NATS seed, and a token signing key pair for the ops
+  role's tokens (until the operator's identity provider takes over).
 - `agencies/<id>/`: everything one agency runs and nothing of anyone else: `adapter.toml`, its
   private keys, its NATS seed, its token signing key pair (until its own identity provider takes
   over), its webhook secret, the signed directory and policy, and the pinned anchor. Hand the
@@ -48,12 +50,15 @@ from ..http.auth import generate_signing_key
 from ..ids import AGENCY_ID_PATTERN
 from ..nats.cluster import ClusterNode, ClusterSettings, TlsFiles, render_node
 from ..nats.identities import Credentials, Identity, render_accounts
+from ..ops.config import load_ops_config
 from ..policy import SIGNED_POLICY, sign_policy_file
 from ..up import _toml
+from ..up.layout import OPS_AUDIENCE
 
 __all__ = ["AgencySpec", "DeploymentSpec", "InitResult", "init_deployment", "load_spec"]
 
 _Agency = Annotated[str, msgspec.Meta(pattern=AGENCY_ID_PATTERN)]
+_Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 _MAX_SPEC_BYTES: Final = 256 * 1024
 _TLS_DIR: Final = "tls"
 _HEADER: Final = (
@@ -78,13 +83,32 @@ class AgencySpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     delivery: Literal["webhook", "pull"]
     webhook_url: str | None = None
     http_host: str = "127.0.0.1"
-    http_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8400
+    http_port: _Port = 8400
+
+
+class BrokerSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where each broker serves `/healthz`, `/readyz` and `/metrics` (it has no other API)."""
+
+    http_host: str = "127.0.0.1"
+    http_port: _Port = 8404
+
+
+class OpsSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where ops serves its dashboard and API (and `/metrics`, or on `metrics_port`), and the
+    webhook its alerts go to."""
+
+    http_host: str = "127.0.0.1"
+    http_port: _Port = 8405
+    metrics_port: _Port | None = None
+    alert_webhook_url: str | None = None
 
 
 class DeploymentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     federation: _Agency
     nats: NatsSpec
     agencies: list[AgencySpec]
+    broker: BrokerSpec = msgspec.field(default_factory=BrokerSpec)
+    ops: OpsSpec = msgspec.field(default_factory=OpsSpec)
     policy: str  # the routing policy's text file, relative to this description (docs/policy.md)
     token_issuer: str = "bridge-init"  # noqa: S105 - an issuer name, not a secret
 
@@ -128,6 +152,7 @@ class InitResult:
     provision_config: Path
     nats_configs: tuple[Path, ...]
     broker_config: Path
+    ops_config: Path
     adapter_configs: tuple[Path, ...]
 
 
@@ -253,6 +278,7 @@ def init_deployment(
             "directory": _directory_section(),
             "audit": {"key_file": "audit.key"},
             "policy": _policy_section(),
+            "http": {"host": spec.broker.http_host, "port": spec.broker.http_port},
         },
     )
     load_broker_config(broker_config)
@@ -262,6 +288,10 @@ def init_deployment(
     if nats_ca is not None:
         _copy_public(nats_ca, ops_dir / "nats-ca.pem")
         _copy_public(nats_ca, nats_dir / _TLS_DIR / "ca.pem")
+    generate_signing_key(ops_dir / "token-signing.key", ops_dir / "token-signing.pub.pem")
+    ops_config = ops_dir / "ops.toml"
+    _write_toml(ops_config, _ops_document(spec, ids))
+    load_ops_config(ops_config)
 
     # The agencies.
     adapter_configs = []
@@ -303,8 +333,29 @@ def init_deployment(
         provision_config=provision_config,
         nats_configs=tuple(nats_configs),
         broker_config=broker_config,
+        ops_config=ops_config,
         adapter_configs=tuple(adapter_configs),
     )
+
+
+def _ops_document(spec: DeploymentSpec, ids: list[str]) -> dict[str, object]:
+    http: dict[str, object] = {"host": spec.ops.http_host, "port": spec.ops.http_port}
+    if spec.ops.metrics_port is not None:
+        http["metrics_port"] = spec.ops.metrics_port
+    document: dict[str, object] = {
+        "agencies": ids,
+        "nats": _nats_client(spec, "nats.nk"),
+        "auth": {
+            "issuer": spec.token_issuer,
+            "audience": OPS_AUDIENCE,
+            "algorithms": ["EdDSA"],
+            "public_key_file": "token-signing.pub.pem",
+        },
+        "http": http,
+    }
+    if spec.ops.alert_webhook_url is not None:
+        document["alerts"] = {"webhook_url": spec.ops.alert_webhook_url}
+    return document
 
 
 def _policy_section() -> dict[str, object]:
