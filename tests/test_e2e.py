@@ -34,6 +34,7 @@ from bridge.nats.identities import Credentials, Identity
 from bridge.nats.provision import provision_at
 from bridge.nats.server import NatsServer
 from bridge.policy import SIGNED_POLICY, load_policy_file
+from bridge.telemetry import HEARTBEAT_INTERVAL
 from bridge.up.layout import DEMO_AGENCIES
 from bridge.up.sink import DemoSink
 from bridge.up.state import Stack, prepare
@@ -52,7 +53,7 @@ async def eventually(
     end = time.monotonic() + deadline
     while True:
         found = await check()
-        if found is not None:
+        if found is not None and found is not False:
             return found
         if time.monotonic() > end:
             raise AssertionError(f"{what}: not within {deadline:g}s")
@@ -69,13 +70,19 @@ class E2E:
     session: aiohttp.ClientSession
     adapters: dict[str, Adapter] = field(default_factory=dict)
     broker: Broker | None = None
+    heartbeat_interval: float = HEARTBEAT_INTERVAL  # of the broker and the adapters
 
     def broker_config(self) -> BrokerConfig:
         return load_broker_config(self.stack.layout.broker_config)
 
     async def start_broker(self, config: BrokerConfig | None = None) -> None:
         assert self.broker is None
-        broker = Broker(config or self.broker_config(), fetch_wait=1.0, retry_delay=0.5)
+        broker = Broker(
+            config or self.broker_config(),
+            fetch_wait=1.0,
+            retry_delay=0.5,
+            heartbeat_interval=self.heartbeat_interval,
+        )
         await broker.__aenter__()
         self.broker = broker
 
@@ -86,10 +93,39 @@ class E2E:
 
     async def start_adapters(self) -> None:
         for agency in DEMO_AGENCIES:
-            config = load_adapter_config(self.stack.layout.adapter_config(agency.id))
-            adapter = Adapter(config, fetch_timeout=1.0)
-            await adapter.start()
-            self.adapters[agency.id] = adapter
+            await self.start_adapter(agency.id)
+
+    async def start_adapter(self, agency: str, **delivery: Any) -> None:
+        """Start `agency`'s adapter; `delivery` overrides fields of its `[delivery]` table."""
+        config = load_adapter_config(self.stack.layout.adapter_config(agency))
+        if delivery:
+            config = msgspec.structs.replace(
+                config, delivery=msgspec.structs.replace(config.delivery, **delivery)
+            )
+        adapter = Adapter(config, fetch_timeout=1.0, heartbeat_interval=self.heartbeat_interval)
+        await adapter.start()
+        self.adapters[agency] = adapter
+
+    async def stop_adapter(self, agency: str) -> None:
+        await self.adapters.pop(agency).stop()
+
+    async def stop(self) -> None:
+        """Stop what runs, then the session, the sink and the server; name what hangs."""
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            (agency, lambda a=agency: self.stop_adapter(a)) for agency in list(self.adapters)
+        ]
+        steps += [
+            ("broker", self.stop_broker),
+            ("session", self.session.close),
+            ("sink", self.sink.stop),
+            ("server", self.server.stop),
+        ]
+        for name, stop in steps:
+            try:
+                await asyncio.wait_for(stop(), 30)
+            except TimeoutError:
+                print(f"teardown: stopping {name} hung", flush=True)
+                raise
 
     def _headers(self, agency: str, scopes: list[str]) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.stack.token(agency, scopes, 600)}"}
@@ -236,8 +272,12 @@ class E2E:
         return await eventually(f"{message_id} pushed to the sink", found)
 
 
-@pytest.fixture
-async def e2e(tmp_path: Path) -> AsyncIterator[E2E]:
+_E = TypeVar("_E", bound=E2E)
+
+
+async def start_stack(tmp_path: Path, kind: type[_E], **fields: Any) -> _E:
+    """The state `bridge up` prepares, a provisioned nats-server, the demo sink standing in for
+    the counselling service and an HTTP session; no broker or adapters yet."""
     stack = prepare(tmp_path / "state", port_base=0)
     layout = stack.layout
     server = NatsServer.from_layout(layout.nats)
@@ -248,18 +288,18 @@ async def e2e(tmp_path: Path) -> AsyncIterator[E2E]:
     sink = DemoSink({COUNSELLING: secret}, stack.sink_access_token())
     await sink.start(stack.ports.host, stack.ports.sink)
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-    env = E2E(stack=stack, server=server, sink=sink, session=session)
+    return kind(stack=stack, server=server, sink=sink, session=session, **fields)
+
+
+@pytest.fixture
+async def e2e(tmp_path: Path) -> AsyncIterator[E2E]:
+    env = await start_stack(tmp_path, E2E)
     try:
         await env.start_broker()
         await env.start_adapters()
         yield env
     finally:
-        for adapter in env.adapters.values():
-            await adapter.stop()
-        await env.stop_broker()
-        await session.close()
-        await sink.stop()
-        await server.stop()
+        await env.stop()
 
 
 async def test_referral_reaches_webhook_and_pull_and_is_receipted(e2e: E2E) -> None:

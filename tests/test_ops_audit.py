@@ -50,7 +50,9 @@ def _scraped(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 async def test_a_withdrawal_shows_from_the_audit_trail_and_survives_a_restart(
     env: OpsStack,
 ) -> None:
-    consent = await env.register_consent(JOBCENTER, [SPDI], CATEGORIES, "referral")
+    consent = await env.register_consent(
+        JOBCENTER, [SPDI], "integration-support", CATEGORIES, "referral"
+    )
     message_id = await env.submit(JOBCENTER, [SPDI], demo_referral(), consent=consent)
     await env.wait_rows(message_id, {SPDI: "routed"})
     await env.withdraw_consent(JOBCENTER, consent)
