@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import logging
 import signal
-from pathlib import Path
 from typing import Any
 
 __all__ = ["register"]
@@ -19,22 +18,12 @@ __all__ = ["register"]
 
 from ..errors import BridgeError, reasons_of
 from . import stop_quietly_until_running
+from ._service import add_service_options
 
 
 def register(commands: Any) -> None:
     parser = commands.add_parser("broker", help="verify and route submissions between agencies")
-    parser.add_argument(
-        "-c", "--config", type=Path, required=True, metavar="FILE", help="broker config (TOML)"
-    )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="least severe log level written to stderr (default INFO)",
-    )
-    parser.add_argument(
-        "--log-format", default="text", choices=("text", "json"), help="json: one object a line"
-    )
+    add_service_options(parser, "broker config (TOML)")
     parser.set_defaults(handler=_run)
 
 

@@ -237,9 +237,10 @@ class Ops:
                 poster.post(alert)
 
     async def wait(self) -> None:
-        """Until the background work ends; raises what ended it."""
+        """Until the background work ends; raises what ended it. Cancelling the wait leaves the
+        work running: `stop()` ends it."""
         assert self._task is not None
-        await self._task
+        await asyncio.shield(self._task)
 
     async def stop(self) -> None:
         self._closing.set()
