@@ -9,6 +9,7 @@ thresholds and heartbeats shortened so that stuck and silent show up within seco
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,12 +88,13 @@ class OpsStack(E2E):
     ops_config: OpsConfig | None = None
     ops: Ops | None = None
     heartbeat_interval: float = BEAT
+    clock: Callable[[], float] = time.time  # ops' clock: a test may move it on
 
     # -- ops ----------------------------------------------------------------------------------
 
     async def start_ops(self) -> Ops:
         assert self.ops_config is not None
-        ops = Ops(self.ops_config)
+        ops = Ops(self.ops_config, clock=self.clock)
         await ops.start()
         self.ops = ops
         await eventually("ops ready", lambda: _true(ops.ready()))

@@ -1,4 +1,4 @@
-"""Alert rules end to end: a backlog above N, messages near expiry, stuck by redeliveries.
+"""Alert rules end to end: a backlog above N, near expiry, stuck by redeliveries, expired.
 
 Each test runs a real stack (ops_helpers) with rules chosen so that only the rule under test
 can fire: `stuck` looks an hour ahead, so a message counts as stuck only by its redeliveries.
@@ -8,6 +8,8 @@ resolves. Waits poll with deadlines; nothing asserts on timing.
 
 from __future__ import annotations
 
+import datetime
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -165,3 +167,34 @@ async def test_a_message_redelivered_more_than_n_times_is_stuck_until_delivered(
         assert redeliveries >= 1
     finally:
         await local.stop()
+
+
+async def test_an_expired_message_fires_once_and_resolves_when_the_window_has_passed(
+    env: OpsStack,
+) -> None:
+    message_id = await env.submit(JOBCENTER, [SPDI], demo_referral(), lifetime_seconds=60)
+    rows = await env.wait_rows(message_id, {SPDI: "routed"})
+    expires_at = datetime.datetime.fromisoformat(rows[SPDI]["expires_at"]).timestamp()
+    # Ops alone runs on a clock the test moves on: first past the expiry, then past the rule's
+    # window; nobody pulls the message meanwhile.
+    assert env.ops_config is not None
+    window = 600
+    env.ops_config = msgspec.structs.replace(
+        env.ops_config,
+        alerts=msgspec.structs.replace(
+            env.ops_config.alerts,
+            rules=[AlertRule(name="expired", kind="expired", seconds=window)],
+        ),
+    )
+    shift = [expires_at + 1 - time.time()]
+    env.clock = lambda: time.time() + shift[0]
+    await env.stop_ops()
+    await env.start_ops()
+    subject = f"inbox:{SPDI}"
+    await env.wait_rows(message_id, {SPDI: "expired"})
+    firing = await _posted(env, "expired", subject, "firing")
+    assert firing[0]["value"] == 1
+    shift[0] += window + 1
+    resolved = await _posted(env, "expired", subject, "resolved")
+    assert resolved[0]["resolved_at"] is not None
+    assert len(env.receiver.alerts("expired", subject, "firing")) == 1
