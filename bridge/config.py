@@ -198,6 +198,8 @@ class AdapterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     idempotency_ttl_seconds: _Seconds = 86400
     consent: ConsentConfig = msgspec.field(default_factory=ConsentConfig)
     limits: Limits = msgspec.field(default_factory=Limits)
+    # Plaintext bytes per encrypted attachment chunk: a power of two (docs/envelope.md).
+    attachment_chunk_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 256 * 1024
     base_dir: str = ""
 
     def path(self, value: str) -> Path:

@@ -29,6 +29,7 @@ from bridge.nats.subjects import (
     INBOX_STREAM,
     PENDING_STREAM,
     STATUS_STREAM,
+    attach_stream,
     inbox_consumer,
     inbox_subject,
     kv_bucket,
@@ -234,8 +235,8 @@ async def test_provisioning_is_idempotent(nats_env: NatsEnv) -> None:
     assert not report.changed, str(report)
     # Shared: inbox, status, pending and audit streams, the consent registry with the
     # broker's withdrawals and registrations consumers. Per agency: its submit stream with the
-    # broker's consumer, its inbox and status consumers, its bucket.
-    assert len(report.changes) == 4 + 3 + 5 * len(nats_env.agencies)
+    # broker's consumer, its attachment stream, its inbox and status consumers, its bucket.
+    assert len(report.changes) == 4 + 3 + 6 * len(nats_env.agencies)
 
 
 async def test_provisioning_retires_the_shared_submit_stream_only_when_empty(
@@ -294,6 +295,7 @@ async def test_adding_an_agency_leaves_the_others_alone(nats_env: NatsEnv) -> No
     created = {c.name for c in report.by_action(Action.CREATED)}
     assert created == {
         submit_stream(newcomer),
+        attach_stream(newcomer),
         f"{submit_stream(newcomer)}/broker",
         f"{INBOX_STREAM}/inbox-{newcomer}",
         f"{STATUS_STREAM}/status-{newcomer}",
@@ -313,6 +315,7 @@ async def test_provisioning_updates_a_changed_limit(nats_env: NatsEnv) -> None:
     updated = {c.name: c.fields for c in report.by_action(Action.UPDATED)}
     assert updated == {
         **{submit_stream(a): ("duplicate_window",) for a in nats_env.agencies},
+        **{attach_stream(a): ("duplicate_window",) for a in nats_env.agencies},
         INBOX_STREAM: ("duplicate_window",),
         STATUS_STREAM: ("duplicate_window",),
         AUDIT_STREAM: ("duplicate_window",),

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
+import aiohttp
 import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -33,6 +34,7 @@ from .pull import PullInbox
 from .revocation import Revocations
 from .store import Store
 from .timeline import message_status
+from .upload import read_message_part
 
 __all__ = ["CONTEXT", "ApiContext", "build_app"]
 
@@ -145,15 +147,43 @@ async def _submit(request: web.Request) -> web.StreamResponse:
     claims = await _claims(request, "messages:send")
     ctx = _ctx(request)
     _require_nats(ctx)
-    if request.content_type != "application/json":
-        raise ApiProblem(415, "the body must be application/json", reason="request.media_type")
-    raw = await _read_body(request, ctx.max_body_bytes)
-    message_id = await ctx.outbound.submit(
-        raw, subject=claims.subject, idempotency_key=request.headers.get("Idempotency-Key")
-    )
+    if request.content_type == "multipart/form-data":
+        message_id = await _submit_multipart(request, ctx, claims)
+    elif request.content_type == "application/json":
+        raw = await _read_body(request, ctx.max_body_bytes)
+        message_id = await ctx.outbound.submit(
+            raw, subject=claims.subject, idempotency_key=request.headers.get("Idempotency-Key")
+        )
+    else:
+        raise ApiProblem(
+            415,
+            "the body must be application/json, or multipart/form-data with attachments",
+            reason="request.media_type",
+        )
     response = _json(Accepted(message_id=message_id), status=202)
     response.headers["Location"] = f"/v1/messages/{message_id}"
     return response
+
+
+async def _submit_multipart(request: web.Request, ctx: ApiContext, claims: Claims) -> str:
+    if "Idempotency-Key" in request.headers:
+        # A retry would seal under a fresh content key while JetStream's duplicate window keeps
+        # the first attempt's chunks: refused rather than sending chunks that do not open.
+        raise ApiProblem(
+            400,
+            "Idempotency-Key is not supported with attachments; retry only after GET shows "
+            "the message missing",
+            reason="idempotency.not_with_attachments",
+        )
+    try:
+        reader = await request.multipart()
+        raw = await read_message_part(reader, ctx.max_body_bytes)
+        return await ctx.outbound.submit_with_attachments(raw, reader, subject=claims.subject)
+    except (ValueError, aiohttp.ClientPayloadError) as exc:
+        # aiohttp's own multipart errors quote the request; only the fact is reported.
+        raise ApiProblem(
+            400, "the multipart body is malformed", reason="request.multipart_malformed"
+        ) from exc
 
 
 async def _message(request: web.Request) -> web.StreamResponse:

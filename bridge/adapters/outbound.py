@@ -13,14 +13,15 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
+from aiohttp import MultipartReader
 from nats.js.client import JetStreamContext
 
 from ..consent import MessageFacts, Registry, check_message
 from ..consent.rules import policy_rule
-from ..crypto import Keyring, Limits, seal
+from ..crypto import Attachment, Keyring, Limits, new_content_key, seal
 from ..errors import BridgeError, ConsentDenied, ConsentInvalid, TransportError
 from ..federation.directory import Directory
 from ..http.problems import ApiProblem
@@ -28,9 +29,11 @@ from ..ids import new_message_id
 from ..nats.subjects import submit_subject
 from ..nats.transport import publish_durable
 from ..policy import Decision, FlowRequest, Policy
+from .chunks import ChunkStore
 from .reports import Reporter
 from .store import Event, IdemRecord, MessageRecord, Store
 from .submission import Submission, parse_submission
+from .upload import AttachmentParts
 
 __all__ = ["Outbound"]
 
@@ -72,6 +75,7 @@ class Outbound:
         registry: Registry | None,
         retry_after: int = 5,
         reporter: Reporter | None = None,
+        chunks: ChunkStore | None = None,
     ) -> None:
         """`registry` is None only when consent enforcement is off (`[consent] enforce`)."""
         self._agency = agency
@@ -89,9 +93,33 @@ class Outbound:
         self._clock = clock
         self._retry_after = retry_after
         self._registry = registry
+        self._chunks = chunks
 
     async def submit(self, raw: bytes, *, subject: str, idempotency_key: str | None) -> str:
         """Check, seal and publish; return the message id once JetStream has stored it."""
+        return await self._submit_checked(raw, subject, idempotency_key, None)
+
+    async def submit_with_attachments(
+        self, raw: bytes, reader: MultipartReader, *, subject: str
+    ) -> str:
+        """As `submit`, with the attachments that follow the message in a multipart request.
+
+        Each attachment is encrypted and stored chunk by chunk as it arrives; the envelope that
+        lists them is published only after every chunk was stored. Whatever fails, the chunks
+        stored so far are removed.
+        """
+        if self._chunks is None:
+            raise ApiProblem(404, "this adapter takes no attachments", reason="attachment.disabled")
+        parts = AttachmentParts(reader, self._limits, self._chunks.chunk_size)
+        return await self._submit_checked(raw, subject, None, parts)
+
+    async def _submit_checked(
+        self,
+        raw: bytes,
+        subject: str,
+        idempotency_key: str | None,
+        parts: AttachmentParts | None,
+    ) -> str:
         now = int(self._clock())
         directory = self._directory()
         submission = parse_submission(
@@ -107,7 +135,13 @@ class Outbound:
         _check_policy(policy, submission, self._agency, directory, now)
         try:
             await self._check_consent(submission, directory, now)
-            return await self._submit(submission, directory, policy, subject, idempotency_key, now)
+            if parts is None:
+                return await self._submit(
+                    submission, directory, policy, subject, idempotency_key, now
+                )
+            return await self._submit_attachments(
+                submission, parts, directory, policy, subject, now
+            )
         except TransportError as exc:
             if exc.reason == "transport.stream_full":
                 log.warning("submission not accepted: over this agency's quota [quota.sender_full]")
@@ -152,6 +186,55 @@ class Outbound:
         except (ConsentDenied, ConsentInvalid) as exc:
             raise ApiProblem(422, str(exc), reason=exc.reason, field="$.consent") from None
 
+    async def _submit_attachments(
+        self,
+        submission: Submission,
+        parts: AttachmentParts,
+        directory: Directory,
+        policy: Policy,
+        subject: str,
+        now: int,
+    ) -> str:
+        assert self._chunks is not None
+        message_id = new_message_id()
+        content_key = new_content_key()
+        request = submission.request
+        publisher = self._chunks.publisher(request.recipients, message_id, submission.lifetime)
+        stored = False
+        try:
+            attachments = await parts.store(content_key, publisher)
+            if not attachments:
+                raise ApiProblem(
+                    400,
+                    "a multipart message needs at least one attachment part",
+                    reason="attachment.missing",
+                )
+            result = await self._submit(
+                submission,
+                directory,
+                policy,
+                subject,
+                None,
+                now,
+                message_id=message_id,
+                content_key=content_key,
+                attachments=attachments,
+            )
+            stored = True
+            return result
+        finally:
+            if not stored:
+                await publisher.abort()
+                await asyncio.shield(self._discard_chunks(message_id))
+
+    async def _discard_chunks(self, message_id: str) -> None:
+        assert self._chunks is not None
+        try:
+            await self._chunks.purge(message_id)
+        except TransportError as exc:
+            # Their TTL removes them at the message's expiry at the latest.
+            log.warning("chunks of an unsent message %s not removed [%s]", message_id, exc.reason)
+
     async def _submit(
         self,
         submission: Submission,
@@ -160,8 +243,12 @@ class Outbound:
         subject: str,
         idempotency_key: str | None,
         now: int,
+        *,
+        message_id: str | None = None,
+        content_key: bytes | None = None,
+        attachments: Sequence[Attachment] = (),
     ) -> str:
-        message_id = new_message_id()
+        message_id = message_id or new_message_id()
         if idempotency_key is not None:
             key = _check_idempotency_key(idempotency_key)
             key_hash = hashlib.sha256(f"{subject}\x00{key}".encode()).hexdigest()
@@ -193,6 +280,8 @@ class Outbound:
                 message_id=message_id,
                 now=now,
                 limits=self._limits,
+                content_key=content_key,
+                attachments=attachments,
             )
         except BridgeError as exc:
             log.error("cannot seal a submission [%s]", exc.reason)

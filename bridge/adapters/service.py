@@ -49,6 +49,7 @@ from ..nats.subjects import (
 from ..nats.transport import bind_pull, connect
 from ..policy import SYSTEM_DEFAULT_LIMITS, Policy, PolicyHolder, PolicySerialState
 from ..telemetry import HEARTBEAT_INTERVAL, HealthServer, beat_forever
+from .chunks import ChunkStore
 from .consents import Consents
 from .disclosures import Disclosures
 from .http import ApiContext, build_app
@@ -304,6 +305,7 @@ class Adapter:
                 clock=self._clock,
             )
             self.status.drop_held = self.inbox.drop
+        self.chunks = ChunkStore(js, c.agency, timeout=timeout, chunk_size=c.attachment_chunk_bytes)
         outbound = Outbound(
             agency=c.agency,
             keyring=keyring,
@@ -319,6 +321,7 @@ class Adapter:
             clock=self._clock,
             registry=registry if c.consent.enforce else None,
             reporter=reporter,
+            chunks=self.chunks,
         )
         if self.inbox is not None:
             inbox = self.inbox

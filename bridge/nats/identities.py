@@ -38,6 +38,8 @@ from .subjects import (
     WITHDRAWAL_CONSUMER,
     agency_consent_publish_subjects,
     agency_inbox_prefix,
+    attach_read_subjects,
+    attach_write_subjects,
     audit_read_subjects,
     audit_stream_admin_subjects,
     audit_write_subjects,
@@ -182,6 +184,8 @@ def permissions_for(identity: Identity, federation: Sequence[str]) -> Permission
                 *agency_consent_publish_subjects(agency),
                 *consent_read_subjects(),
                 disclosure_subject(agency),
+                *attach_write_subjects(agency),
+                *attach_read_subjects(agency, check_federation(federation)),
             ),
             subscribe=(own_replies,),
         )

@@ -39,6 +39,8 @@ from .subjects import (
     REGISTRATION_CONSUMER,
     STATUS_STREAM,
     WITHDRAWAL_CONSUMER,
+    attach_stream,
+    attach_subjects,
     audit_subject,
     consent_subjects_all,
     inbox_consumer,
@@ -126,6 +128,10 @@ class ProvisionSettings:
     kv_max_bytes: int = 64 * _MiB
     kv_max_value_size: int = 256 * 1024
     kv_history: int = 1
+    # Attachment chunks: each sender's stream; every chunk also carries its message's lifetime
+    # as its TTL, and the sender purges what is receipted, refused or abandoned.
+    attach_max_bytes: int = 8 * _GiB
+    attach_max_age: float = 30 * _DAY
 
     def __post_init__(self) -> None:
         def bad(message: str) -> ConfigError:
@@ -235,9 +241,31 @@ def _submit_stream(s: ProvisionSettings, agency: str) -> api.StreamConfig:
     )
 
 
+def _attach_stream(s: ProvisionSettings, agency: str) -> api.StreamConfig:
+    # One per sender, like submissions: only the sender writes and purges it, and a recipient's
+    # direct gets name the sender's stream and its own token in the subject.
+    return api.StreamConfig(
+        name=attach_stream(agency),
+        description=f"bridge: encrypted attachment chunks of {agency}, one copy per recipient",
+        subjects=[attach_subjects(agency)],
+        retention=api.RetentionPolicy.LIMITS,
+        discard=api.DiscardPolicy.NEW,
+        max_msgs_per_subject=1,
+        max_bytes=s.attach_max_bytes,
+        max_age=s.attach_max_age,
+        max_msg_size=s.max_msg_size,
+        duplicate_window=min(s.duplicate_window, s.attach_max_age),
+        allow_msg_ttl=True,
+        allow_direct=True,
+        storage=api.StorageType.FILE,
+        num_replicas=s.replicas,
+    )
+
+
 def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamConfig]:
     return [
         *(_submit_stream(s, agency) for agency in agencies),
+        *(_attach_stream(s, agency) for agency in agencies),
         api.StreamConfig(
             name=INBOX_STREAM,
             description="bridge: routed envelopes, one consumer per recipient agency",

@@ -27,6 +27,12 @@ Topology (one JetStream account, created by `bridge.nats.provision`):
   warns before expiry and reports `expired`; only the broker reads and writes it.
 - stream `BRIDGE_AUDIT`, subject `bridge.audit`: the hash-chained audit trail; only the broker
   (the single audit writer) may publish, nobody may delete or purge (docs/audit.md).
+- one stream `BRIDGE_ATTACH_<sender>` per agency, subjects
+  `bridge.attach.<sender>.<recipient>.<message-id>.<attachment>.<chunk>`: the encrypted chunks of
+  `sender`'s attachments, one copy per recipient, one chunk per subject, each with the
+  message's lifetime as its TTL. Only the sender writes (and purges) its stream; a recipient
+  reads single chunks by subject through the direct-get API, only below its own
+  `<recipient>` token; nobody consumes it, and the broker never touches it.
 - stream `BRIDGE_CONSENT`, subjects `bridge.consent.<issuer>.<consent-id>.record` and
   `....withdrawal`: the consent registry. Each subject holds at most one message, which can be
   neither replaced nor deleted; an agency may write only below its own `<issuer>` token. The
@@ -43,6 +49,7 @@ from collections.abc import Sequence
 from ..ids import check_agency_id, check_consent_ref, check_message_id
 
 __all__ = [
+    "ATTACH_STREAM_PREFIX",
     "AUDIT_STREAM",
     "BROKER_CONSUMER",
     "CONSENT_KINDS",
@@ -62,6 +69,12 @@ __all__ = [
     "WITHDRAWAL_CONSUMER",
     "agency_consent_publish_subjects",
     "agency_inbox_prefix",
+    "attach_filter",
+    "attach_read_subjects",
+    "attach_stream",
+    "attach_subject",
+    "attach_subjects",
+    "attach_write_subjects",
     "audit_read_subjects",
     "audit_stream_admin_subjects",
     "audit_subject",
@@ -104,6 +117,7 @@ __all__ = [
 ]
 
 SUBMIT_STREAM_PREFIX = "BRIDGE_SUBMIT_"
+ATTACH_STREAM_PREFIX = "BRIDGE_ATTACH_"
 INBOX_STREAM = "BRIDGE_INBOX"
 STATUS_STREAM = "BRIDGE_STATUS"
 AUDIT_STREAM = "BRIDGE_AUDIT"
@@ -136,6 +150,31 @@ def submit_subject(sender: str) -> str:
 def submit_stream(sender: str) -> str:
     """The stream of `sender`'s submissions; no other agency can publish into it."""
     return f"{SUBMIT_STREAM_PREFIX}{check_agency_id(sender)}"
+
+
+def attach_stream(sender: str) -> str:
+    """The stream of `sender`'s attachment chunks; only `sender` writes to it."""
+    return f"{ATTACH_STREAM_PREFIX}{check_agency_id(sender)}"
+
+
+def attach_subjects(sender: str) -> str:
+    return f"{_PREFIX}.attach.{check_agency_id(sender)}.>"
+
+
+def attach_subject(sender: str, recipient: str, message_id: str, index: int, chunk: int) -> str:
+    """Chunk `chunk` of attachment `index` of `message_id`, in `recipient`'s copy."""
+    if not (0 <= index < 2**32 and 0 <= chunk < 2**32):
+        raise ValueError("attachment or chunk index out of range")
+    return (
+        f"{_PREFIX}.attach.{check_agency_id(sender)}.{check_agency_id(recipient)}"
+        f".{check_message_id(message_id)}.{index}.{chunk}"
+    )
+
+
+def attach_filter(sender: str, message_id: str, recipient: str | None = None) -> str:
+    """Every chunk of one message: of one recipient's copy, or (None) of every copy."""
+    who = "*" if recipient is None else check_agency_id(recipient)
+    return f"{_PREFIX}.attach.{check_agency_id(sender)}.{who}.{check_message_id(message_id)}.>"
 
 
 def inbox_subject(recipient: str) -> str:
@@ -347,6 +386,20 @@ def ops_read_api_subjects(federation: Sequence[str]) -> tuple[str, ...]:
 def _check_name(name: str) -> None:
     if not name or any(c in name for c in ".*> \t\r\n"):
         raise ValueError(f"not a stream or consumer name: {name!r}")
+
+
+def attach_write_subjects(sender: str) -> tuple[str, ...]:
+    """A sender stores chunks in its own stream and purges them (receipted, abandoned)."""
+    return (attach_subjects(sender), f"{_JS_API}.STREAM.PURGE.{attach_stream(sender)}")
+
+
+def attach_read_subjects(recipient: str, federation: Sequence[str]) -> tuple[str, ...]:
+    """Direct gets by subject of chunks addressed to `recipient`, in each sender's stream."""
+    check_agency_id(recipient)
+    return tuple(
+        f"{_JS_API}.DIRECT.GET.{attach_stream(sender)}.{_PREFIX}.attach.{sender}.{recipient}.>"
+        for sender in federation
+    )
 
 
 def audit_read_subjects() -> tuple[str, ...]:

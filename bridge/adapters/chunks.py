@@ -1,0 +1,138 @@
+"""Attachment chunks in NATS: the sender stores and purges them, a recipient reads its own.
+
+Each encrypted chunk is one message on its own subject in the sender's stream
+(`bridge.nats.subjects.attach_subject`), one copy per recipient, with the message's lifetime as
+its TTL. Publishing is pipelined (a bounded number of chunks in flight) and every chunk has a
+`Nats-Msg-Id`, so a publish that timed out but was stored is not stored twice. Reading is a
+direct get by subject: a recipient may read only subjects that name it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Final
+
+import nats.errors
+import nats.js.errors
+from nats.js.client import JetStreamContext
+
+from ..crypto import DEFAULT_CHUNK
+from ..crypto.attachments import valid_chunk_size
+from ..errors import ConfigError, TransportError
+from ..nats.subjects import attach_filter, attach_stream, attach_subject
+from ..nats.transport import publish_durable
+
+__all__ = ["ChunkPublisher", "ChunkStore"]
+
+log = logging.getLogger(__name__)
+
+_WINDOW: Final = 8
+"""Chunks in flight per upload: enough to keep the server busy, little memory (8 × 256 KiB)."""
+
+
+class ChunkStore:
+    """One agency's view of the attachment streams."""
+
+    def __init__(
+        self, js: JetStreamContext, agency: str, *, timeout: float, chunk_size: int = DEFAULT_CHUNK
+    ) -> None:
+        if not valid_chunk_size(chunk_size):
+            raise ConfigError(
+                "attachment_chunk_bytes must be a power of two from 1024 to 1048576",
+                reason="config.invalid",
+            )
+        self.chunk_size = chunk_size
+        self._js = js
+        self._agency = agency
+        self._timeout = timeout
+
+    @property
+    def agency(self) -> str:
+        return self._agency
+
+    def publisher(self, recipients: Sequence[str], message_id: str, ttl: int) -> ChunkPublisher:
+        return ChunkPublisher(self, list(recipients), message_id, ttl)
+
+    async def purge(self, message_id: str, recipient: str | None = None) -> None:
+        """Remove this agency's chunks of `message_id` (of one recipient's copy, or all)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._js.purge_stream(
+                    attach_stream(self._agency),
+                    subject=attach_filter(self._agency, message_id, recipient),
+                )
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+            raise TransportError(
+                "attachment chunks could not be removed", reason="attachment.purge_failed"
+            ) from exc
+
+    async def read(self, sender: str, message_id: str, index: int, chunk: int) -> bytes | None:
+        """Chunk `chunk` of attachment `index` in this agency's copy; None if it is not there."""
+        subject = attach_subject(sender, self._agency, message_id, index, chunk)
+        try:
+            async with asyncio.timeout(self._timeout):
+                msg = await self._js.get_msg(attach_stream(sender), subject=subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+            raise TransportError(
+                "an attachment chunk could not be read", reason="attachment.unavailable"
+            ) from exc
+        return bytes(msg.data or b"")
+
+    async def _publish(self, subject: str, data: bytes, msg_id: str, ttl: int) -> None:
+        await publish_durable(
+            self._js,
+            subject,
+            data,
+            msg_id=msg_id,
+            timeout=self._timeout,
+            ttl=ttl,
+            expected_stream=attach_stream(self._agency),
+        )
+
+
+class ChunkPublisher:
+    """Publishes one message's chunks to every recipient's copy, a few at a time.
+
+    `close()` waits for everything in flight and raises the first failure; on any failure the
+    caller purges the message's chunks.
+    """
+
+    def __init__(self, store: ChunkStore, recipients: list[str], message_id: str, ttl: int) -> None:
+        self._store = store
+        self._recipients = recipients
+        self._message_id = message_id
+        self._ttl = ttl
+        self._pending: list[asyncio.Task[None]] = []
+        self.published = 0
+
+    async def add(self, index: int, chunk: int, data: bytes) -> None:
+        for recipient in self._recipients:
+            subject = attach_subject(self._store.agency, recipient, self._message_id, index, chunk)
+            msg_id = f"{self._message_id}.{index}.{chunk}.{recipient}"
+            self._pending.append(
+                asyncio.create_task(self._store._publish(subject, data, msg_id, self._ttl))
+            )
+        while len(self._pending) > _WINDOW * len(self._recipients):
+            await self._pending.pop(0)
+        self.published += 1
+
+    async def close(self) -> None:
+        try:
+            while self._pending:
+                await self._pending.pop(0)
+        finally:
+            await self.abort()
+
+    async def abort(self) -> None:
+        """Cancel what is in flight (after a failure) and wait until it has stopped."""
+        for task in self._pending:
+            task.cancel()
+        for task in self._pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._pending.clear()
