@@ -33,6 +33,7 @@ __all__ = [
     "MAX_LIFETIME_SECONDS",
     "MIN_LIFETIME_SECONDS",
     "Accepted",
+    "AttachmentInfo",
     "ConsentEvent",
     "ConsentList",
     "ConsentRequest",
@@ -208,11 +209,26 @@ class MessageStatus(_Api, frozen=True, kw_only=True):
     events: list[TimelineEvent]
 
 
-class InboxItem(_Api, frozen=True, kw_only=True):
+class AttachmentInfo(_Api, frozen=True, kw_only=True):
+    """An attachment of an inbound message: every chunk was verified before it was offered.
+
+    `name` is the sender's file name (personal data, like the body); `sha256` the digest of
+    the file, checked against every byte; `index` numbers it for
+    `GET /v1/inbox/{id}/attachments/{index}` and the webhook's multipart parts.
+    """
+
+    index: Annotated[int, Meta(ge=0, le=15)]
+    name: Annotated[str, Meta(min_length=1, max_length=255)]
+    media_type: Annotated[str, Meta(min_length=3, max_length=255)]
+    size: Annotated[int, Meta(ge=0)]
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+class InboxItem(_Api, frozen=True, kw_only=True, omit_defaults=True):
     """An opened message, as the webhook receives it and `GET /v1/inbox/{id}` returns it.
 
     `consent`, `purpose` and `categories` are the signed header's; `body` was validated against
-    its type before delivery.
+    its type before delivery. `attachments` is omitted when there are none.
     """
 
     message_id: MessageId
@@ -225,6 +241,7 @@ class InboxItem(_Api, frozen=True, kw_only=True):
     expires_at: UtcDateTime
     reply_to: MessageId | None
     body: Body
+    attachments: list[AttachmentInfo] = []
 
 
 class InboxSummary(_Api, frozen=True, kw_only=True):

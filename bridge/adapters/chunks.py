@@ -69,6 +69,13 @@ class ChunkStore:
                 "attachment chunks could not be removed", reason="attachment.purge_failed"
             ) from exc
 
+    async def discard(self, message_id: str, recipient: str | None = None) -> None:
+        """`purge`, but a failure is only logged: the chunks' TTL removes them at the latest."""
+        try:
+            await self.purge(message_id, recipient)
+        except TransportError as exc:
+            log.warning("chunks of message %s not removed yet [%s]", message_id, exc.reason)
+
     async def read(self, sender: str, message_id: str, index: int, chunk: int) -> bytes | None:
         """Chunk `chunk` of attachment `index` in this agency's copy; None if it is not there."""
         subject = attach_subject(sender, self._agency, message_id, index, chunk)

@@ -19,7 +19,7 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from .._cancel import pause
-from ..crypto import Header
+from ..crypto import Header, OpenedAttachment
 from .api import InboxItem
 
 __all__ = ["Complete", "Incoming", "Sink", "kept_alive", "touch"]
@@ -37,13 +37,16 @@ class Incoming:
     # Whether recording it as about to be posted found it new (webhook, marked while its batch
     # was opened); None: not marked yet, the sink marks it itself.
     first_post: bool | None = None
+    attachments: tuple[OpenedAttachment, ...] = ()  # every chunk checked; keys to read them
 
     @property
     def message_id(self) -> str:
         return self.item.message_id
 
     def with_msg(self, msg: Msg) -> Incoming:
-        return Incoming(self.item, self.header, msg, first_post=self.first_post)
+        return Incoming(
+            self.item, self.header, msg, first_post=self.first_post, attachments=self.attachments
+        )
 
     def __repr__(self) -> str:
         return f"Incoming(id={self.message_id}, type={self.item.type}, sender={self.item.sender})"

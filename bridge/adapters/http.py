@@ -8,7 +8,9 @@ its message might quote a request.
 
 from __future__ import annotations
 
+import base64
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
@@ -16,9 +18,10 @@ from typing import Final
 import aiohttp
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 
-from ..errors import ProtocolError, TransportError
+from ..errors import BridgeError, ProtocolError, TransportError
 from ..federation.directory import Directory
 from ..http.auth import AuthenticationFailed, Claims, InsufficientScope, TokenVerifier
 from ..http.guard import guard_middleware
@@ -26,8 +29,10 @@ from ..http.problems import ApiProblem, problem_response
 from ..ids import check_message_id
 from ..telemetry import metrics_response
 from .api import Accepted, DeletionConfirmation, Health, InboxList
+from .chunks import ChunkStore
 from .consents import Consents
 from .disclosures import Disclosures, render_report
+from .files import byte_range, plaintext
 from .form import LANGUAGES, render_form
 from .outbound import Outbound
 from .pull import PullInbox
@@ -60,6 +65,7 @@ class ApiContext:
     revocations: Revocations
     directory: Callable[[], Directory]
     disclosures: Disclosures | None = None
+    chunks: ChunkStore | None = None
     metrics: CollectorRegistry | None = None  # served at /metrics unless on a port of its own
 
 
@@ -179,8 +185,9 @@ async def _submit_multipart(request: web.Request, ctx: ApiContext, claims: Claim
         reader = await request.multipart()
         raw = await read_message_part(reader, ctx.max_body_bytes)
         return await ctx.outbound.submit_with_attachments(raw, reader, subject=claims.subject)
-    except (ValueError, aiohttp.ClientPayloadError) as exc:
-        # aiohttp's own multipart errors quote the request; only the fact is reported.
+    except (ValueError, RuntimeError, aiohttp.ClientPayloadError, HttpProcessingError) as exc:
+        # aiohttp's own multipart errors (a bad boundary, a malformed part header) quote the
+        # request; only the fact is reported.
         raise ApiProblem(
             400, "the multipart body is malformed", reason="request.multipart_malformed"
         ) from exc
@@ -219,6 +226,62 @@ async def _inbox_item(request: web.Request) -> web.StreamResponse:
     if item is None:
         raise ApiProblem(404, "no such pending message", reason="inbox.unknown")
     return _json(item)
+
+
+async def _inbox_attachment(request: web.Request) -> web.StreamResponse:
+    """One attachment of a held message, streamed chunk by chunk; a single byte range too."""
+    await _claims(request, "inbox:read")
+    ctx = _ctx(request)
+    incoming = _inbox(request).held(_message_id(request))
+    raw_index = request.match_info["index"]
+    index = int(raw_index) if raw_index.isdigit() and len(raw_index) <= 2 else -1
+    if incoming is None or not 0 <= index < len(incoming.attachments):
+        raise ApiProblem(404, "no such attachment", reason="attachment.unknown")
+    if ctx.chunks is None:
+        raise ApiProblem(404, "no such attachment", reason="attachment.unknown")
+    _require_nats(ctx)
+    attachment = incoming.attachments[index]
+    try:
+        wanted = byte_range(request.headers.get("Range"), attachment.size)
+    except ValueError:
+        raise ApiProblem(
+            416,
+            "the range must be one satisfiable range of bytes",
+            reason="attachment.range_invalid",
+            headers={"Content-Range": f"bytes */{attachment.size}"},
+        ) from None
+    start, end = wanted if wanted is not None else (0, attachment.size)
+    digest = base64.b64encode(attachment.digest).decode()
+    response = web.StreamResponse(status=200 if wanted is None else 206)
+    response.content_type = attachment.media_type
+    response.content_length = end - start
+    response.headers["Accept-Ranges"] = "bytes"
+    response.headers["Repr-Digest"] = f"sha-256=:{digest}:"
+    response.headers["Content-Disposition"] = _disposition(attachment.name)
+    if wanted is not None:
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{attachment.size}"
+    pieces = plaintext(
+        ctx.chunks, incoming.item.sender, incoming.message_id, attachment, start, end
+    )
+    try:
+        first = await anext(pieces, b"")
+    except (BridgeError, TransportError) as exc:
+        log.warning("attachment of %s cannot be read [%s]", incoming.message_id, exc.reason)
+        raise ApiProblem(
+            503, "the attachment cannot be read right now; retry later", reason=exc.reason
+        ) from exc
+    await response.prepare(request)
+    await response.write(first)
+    # Past this point a failure can only cut the response short (the length tells the client).
+    async for piece in pieces:
+        await response.write(piece)
+    await response.write_eof()
+    return response
+
+
+def _disposition(name: str) -> str:
+    """`attachment; filename*=UTF-8''...`: the name percent-encoded, never raw in a header."""
+    return "attachment; filename*=UTF-8''" + urllib.parse.quote(name, safe="")
 
 
 async def _inbox_ack(request: web.Request) -> web.StreamResponse:
@@ -347,6 +410,7 @@ def build_app(context: ApiContext) -> web.Application:
     app.router.add_get("/v1/messages/{message_id}", _message)
     app.router.add_get("/v1/inbox", _inbox_list)
     app.router.add_get("/v1/inbox/{message_id}", _inbox_item)
+    app.router.add_get("/v1/inbox/{message_id}/attachments/{index}", _inbox_attachment)
     app.router.add_post("/v1/inbox/{message_id}/ack", _inbox_ack)
     app.router.add_post("/v1/inbox/{message_id}/deleted", _inbox_deleted)
     app.router.add_post("/v1/consents", _consent_create)

@@ -30,8 +30,8 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from .._cancel import pause
-from ..crypto import Header, Keyring, Limits, open_envelope, verify
-from ..errors import BridgeError, TransportError, reasons_of
+from ..crypto import Header, Keyring, Limits, OpenedAttachment, open_envelope, verify
+from ..errors import AttachmentInvalid, BridgeError, TransportError, reasons_of
 from ..federation.directory import Directory
 from ..nats.transport import fetch
 from ..wire import (
@@ -46,7 +46,9 @@ from ..wire import (
     decode_body,
 )
 from .api import InboxItem
-from .delivery import Incoming, Sink, touch
+from .chunks import ChunkStore
+from .delivery import Incoming, Sink, kept_alive, touch
+from .files import describe, verify_all
 from .receipts import send_receipt
 from .reports import Reporter
 from .revocation import Revocations, note_of
@@ -89,6 +91,7 @@ class _Opened:
     delivered: bool = False  # its delivered record exists: a redelivery, only receipted again
     first_post: bool | None = None  # marked as about to be posted: whether it was the first
     failed: Exception | None = None  # NATS failed meanwhile: it waits for a redelivery
+    attachments: tuple[OpenedAttachment, ...] = ()  # their chunks are checked when settled
 
 
 async def _keep_waiting_alive(waiting: list[Msg], interval: float) -> None:
@@ -118,11 +121,14 @@ class Inbound:
         reporter: Reporter | None = None,
         keepalive_interval: float = 10.0,
         marks_posts: bool = False,
+        chunks: ChunkStore | None = None,
     ) -> None:
         """`marks_posts`: record each message as about to be posted (`first_post`) while its
-        batch is opened, for a webhook sink, rather than one by one before each post."""
+        batch is opened, for a webhook sink, rather than one by one before each post. `chunks`
+        reads the attachments of inbound messages."""
         self._keepalive_interval = keepalive_interval
         self._marks_posts = marks_posts
+        self._chunks = chunks
         self._revocations = revocations
         self._reporter = reporter
         self._keyring = keyring
@@ -204,6 +210,7 @@ class Inbound:
             header = plain.envelope.header
             opened.body = decode_body(header.type, plain.plaintext)
             opened.header = header
+            opened.attachments = plain.attachments
         except BridgeError as exc:
             opened.refused = exc
             return opened
@@ -229,7 +236,7 @@ class Inbound:
             return
         if opened.failed is not None:
             raise opened.failed
-        header, body = opened.header, opened.body
+        header, body, attachments = opened.header, opened.body, opened.attachments
         assert header is not None
         assert body is not None
         attempt = _deliveries(msg)
@@ -251,9 +258,14 @@ class Inbound:
             await self._store.note_revocation(note_of(header.sender, header.id, body, now))
         if opened.delivered:
             log.info("inbound message %s was delivered before; acknowledging", header.id)
-            await self._receipt(header, Delivered(), directory, now)
+            await self._receipt(header, _delivered(attachments), directory, now)
             await msg.ack()
             return
+        if attachments:
+            flaw = await self._check_attachments(msg, header, attachments)
+            if flaw is not None:
+                await self._refuse(msg, flaw, directory, now)
+                return
         item = InboxItem(
             message_id=header.id,
             type=header.type,  # type: ignore[arg-type]  # receipts were handled above
@@ -265,8 +277,32 @@ class Inbound:
             expires_at=_utc(header.exp),
             reply_to=header.reply_to,
             body=body,
+            attachments=[describe(a) for a in attachments],
         )
-        await sink.offer(Incoming(item, header, msg, first_post=opened.first_post))
+        await sink.offer(
+            Incoming(item, header, msg, first_post=opened.first_post, attachments=attachments)
+        )
+
+    async def _check_attachments(
+        self, msg: Msg, header: Header, attachments: tuple[OpenedAttachment, ...]
+    ) -> AttachmentInvalid | None:
+        """Read and check every chunk (the message kept alive meanwhile); the first flaw."""
+        flaw: AttachmentInvalid | None = None
+        try:
+            async with kept_alive(msg, self._keepalive_interval):
+                await verify_all(self._chunk_store(), header.sender, header.id, attachments)
+        except* AttachmentInvalid as group:
+            first = group.exceptions[0]
+            assert isinstance(first, AttachmentInvalid)
+            flaw = first
+        return flaw
+
+    def _chunk_store(self) -> ChunkStore:
+        if self._chunks is None:
+            raise AttachmentInvalid(
+                "this adapter cannot read attachments", reason="attachment.unsupported"
+            )
+        return self._chunks
 
     async def _refuse(self, msg: Msg, exc: BridgeError, directory: Directory, now: int) -> None:
         """Never deliver `msg`; if its signed header verifies, tell the sender why.
@@ -317,7 +353,7 @@ class Inbound:
         header = incoming.header
         ttl = max(60, header.exp - now) + RECORD_GRACE_SECONDS
         await self._store.mark_delivered(header.id, header.sender, now, ttl)
-        await self._receipt(header, Delivered(), self._directory(), now)
+        await self._receipt(header, _delivered(incoming.attachments), self._directory(), now)
         try:
             await incoming.msg.ack()
         except (nats.errors.Error, OSError) as exc:
@@ -402,12 +438,20 @@ class Inbound:
             )
             return
         log.info("receipt from %s folded into message %s", header.sender, original)
+        if record.attachments and self._chunks is not None:
+            # Delivered or refused: this recipient's copy of the chunks has served its purpose.
+            await self._chunks.discard(original, header.sender)
         if self._revocations is not None and not isinstance(disposition, Rejected):
             await self._revocations.received_after_withdrawal(
                 header.consent, original, header.sender
             )
         if self._reporter is not None and not isinstance(disposition, Rejected):
             await self._reporter.receipted(original, header.sender, record.type)
+
+
+def _delivered(attachments: tuple[OpenedAttachment, ...]) -> Delivered:
+    """A delivered receipt naming the digest of each attachment received."""
+    return Delivered(attachments=[a.digest.hex() for a in attachments])
 
 
 def _receipt_time(receipt: Receipt, record: MessageRecord, recipient: str, now: int) -> int:

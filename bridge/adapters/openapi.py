@@ -53,8 +53,9 @@ def _problems(*statuses: int) -> dict[str, Any]:
         401: "Missing, invalid or expired bearer token",
         403: "The token lacks the scope",
         404: "No such item",
-        413: "Request body too large",
-        415: "Not application/json",
+        413: "Request body, an attachment or the attachments together too large",
+        415: "Not application/json (or multipart/form-data with attachments)",
+        416: "Not one satisfiable range of bytes",
         422: "A field is invalid; `field` and `pointer` name it",
         503: "NATS unavailable; retry after `Retry-After` seconds",
     }
@@ -107,7 +108,29 @@ def openapi_document(agency: str, version: str = "1") -> dict[str, Any]:
                     **_problems(400, 413, 415, 422, 503),
                     **auth,
                 },
-                requestBody={"required": True, "content": _json("SubmitRequest")},
+                requestBody={
+                    "required": True,
+                    "content": {
+                        **_json("SubmitRequest"),
+                        # docs/adapter.md, Attachments: the message, then one part per file.
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["message", "attachment"],
+                                "properties": {
+                                    "message": {"$ref": _REF.format(name="SubmitRequest")},
+                                    "attachment": {
+                                        "type": "array",
+                                        "minItems": 1,
+                                        "maxItems": 16,
+                                        "items": {"type": "string", "format": "binary"},
+                                    },
+                                },
+                            },
+                            "encoding": {"message": {"contentType": "application/json"}},
+                        },
+                    },
+                },
                 parameters=[
                     {
                         "name": "Idempotency-Key",
@@ -147,6 +170,39 @@ def openapi_document(agency: str, version: str = "1") -> dict[str, Any]:
                     **auth,
                 },
                 parameters=[_MESSAGE_ID],
+            )
+        },
+        "/v1/inbox/{message_id}/attachments/{index}": {
+            "get": _op(
+                "One attachment of a waiting message, every chunk checked (a byte range too)",
+                "inbox:read",
+                {
+                    "200": {
+                        "description": "The file, streamed; `Repr-Digest` is its SHA-256",
+                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "206": {
+                        "description": "The requested range (`Content-Range`)",
+                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    **_problems(404, 416, 503),
+                    **auth,
+                },
+                parameters=[
+                    _MESSAGE_ID,
+                    {
+                        "name": "index",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 15},
+                    },
+                    {
+                        "name": "Range",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "maxLength": 100},
+                    },
+                ],
             )
         },
         "/v1/inbox/{message_id}/ack": {

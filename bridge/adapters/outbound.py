@@ -300,6 +300,7 @@ class Outbound:
             recipients=list(request.recipients),
             created_at=now,
             expires_at=now + submission.lifetime,
+            attachments=len(attachments),
         )
         revision = await self._store.create_message(record, now)
         submitted_at = self._clock()

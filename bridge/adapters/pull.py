@@ -143,6 +143,10 @@ class PullInbox:
         incoming = self._items.get(message_id)
         return None if incoming is None or not self._live(message_id) else incoming.item
 
+    def held(self, message_id: str) -> Incoming | None:
+        """The held message itself (with its attachments' keys), or None."""
+        return self._items.get(message_id)
+
     async def ack(self, message_id: str) -> bool:
         """The local system took the item: complete it and forget it. False if not held."""
         incoming = self._items.get(message_id)

@@ -254,6 +254,7 @@ class Adapter:
             clock=self._clock,
             publish_timeout=timeout,
         )
+        self.chunks = ChunkStore(js, c.agency, timeout=timeout, chunk_size=c.attachment_chunk_bytes)
         self.inbound = Inbound(
             revocations=revocations,
             keyring=keyring,
@@ -268,6 +269,7 @@ class Adapter:
             reporter=reporter,
             keepalive_interval=keepalive,
             marks_posts=secret is not None,
+            chunks=self.chunks,
         )
         self.status = StatusFolder(
             agency=c.agency,
@@ -289,6 +291,7 @@ class Adapter:
                 confirm_deletion=revocations.confirm,
                 first_post=self.inbound.first_post,
                 metrics=self.metrics,
+                chunks=self.chunks,
             )
         else:
             wait = PullWait(
@@ -305,7 +308,7 @@ class Adapter:
                 clock=self._clock,
             )
             self.status.drop_held = self.inbox.drop
-        self.chunks = ChunkStore(js, c.agency, timeout=timeout, chunk_size=c.attachment_chunk_bytes)
+        self.status.discard_chunks = self.chunks.discard
         outbound = Outbound(
             agency=c.agency,
             keyring=keyring,
@@ -349,6 +352,7 @@ class Adapter:
                 consents=consents,
                 revocations=revocations,
                 directory=self.directory,
+                chunks=self.chunks,
                 disclosures=Disclosures(
                     agency=c.agency,
                     nc=self._connection,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -32,6 +32,7 @@ __all__ = ["StatusFolder"]
 log = logging.getLogger(__name__)
 
 _BATCH: Final = 32
+_ENDING: Final = frozenset({"rejected", "expired", "withdrawn"})
 _RETRY_DELAY: Final = 2.0
 
 
@@ -52,6 +53,8 @@ class StatusFolder:
         self._fetch_timeout = fetch_timeout
         self.folded = 0
         self.withdrawn = 0  # messages for us withdrawn before our local system took them
+        # Set by the adapter: removes a sent message's attachment chunks (of one recipient).
+        self.discard_chunks: Callable[[str, str | None], Awaitable[None]] | None = None
         # Set by the adapter in pull mode: drops a held item whose consent was withdrawn.
         self.drop_held: Callable[[str], bool] | None = None
         self.expiring = 0  # warnings about messages waiting undelivered in our inbox
@@ -151,6 +154,10 @@ class StatusFolder:
             for fold in group:
                 await _nak(fold.msg)
             return
+        for fold in group:
+            if fold.event.state in _ENDING and self.discard_chunks is not None:
+                # Refused, expired or withdrawn: no recipient will read these chunks.
+                await self.discard_chunks(message_id, fold.event.recipient)
         for fold in group:
             if found:
                 self.folded += 1

@@ -101,6 +101,7 @@ class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
     created_at: int
     expires_at: int
     events: list[Event] = msgspec.field(default_factory=list)
+    attachments: int = 0  # how many; their chunks are purged as each recipient's copy ends
 
     @property
     def max_events(self) -> int:

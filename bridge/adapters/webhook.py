@@ -26,6 +26,7 @@ removes the repeat by `Bridge-Message-Id`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 from collections import OrderedDict
@@ -39,9 +40,11 @@ import nats.errors
 
 from .._cancel import pause
 from ..config import DeliveryConfig
-from ..errors import BridgeError, ConfigError, TransportError, reasons_of
+from ..errors import AttachmentInvalid, BridgeError, ConfigError, TransportError, reasons_of
 from ..http.signing import SIGNATURE_HEADER, load_webhook_secret, sign
+from .chunks import ChunkStore
 from .delivery import Complete, Incoming, kept_alive
+from .files import plaintext
 from .metrics import AdapterMetrics
 
 __all__ = [
@@ -94,6 +97,7 @@ class WebhookSink:
         confirm_deletion: Callable[[str], Awaitable[object]] | None = None,
         first_post: Callable[[Incoming], Awaitable[bool]] | None = None,
         metrics: AdapterMetrics | None = None,
+        chunks: ChunkStore | None = None,
     ) -> None:
         """`confirm_deletion(notice_id)` is called when the local system answers a
         `consent-revoked` notice with `{"deleted": true}` (docs/adapter.md). `first_post(incoming)`
@@ -101,6 +105,7 @@ class WebhookSink:
         `Inbound.first_post`); without it only JetStream's delivery count and this process's
         memory mark repeats."""
         self._metrics = metrics
+        self._chunks = chunks
         if config.webhook_url is None:
             raise ConfigError("webhook delivery needs webhook_url", reason="config.invalid")
         self._url = config.webhook_url
@@ -191,7 +196,12 @@ class WebhookSink:
                 notice = incoming.item.type == "consent-revoked"
                 self._remember(incoming.message_id)
                 if await self._post(
-                    payload, incoming.message_id, attempt, repeat=repeat, notice=notice
+                    payload,
+                    incoming.message_id,
+                    attempt,
+                    repeat=repeat,
+                    notice=notice,
+                    incoming=incoming,
                 ):
                     return True
                 if attempt < attempts:
@@ -255,6 +265,9 @@ class WebhookSink:
                 )
             await pause(_RECORD_RETRY_DELAY)
 
+    def _multipart(self, payload: bytes, incoming: Incoming) -> aiohttp.MultipartWriter:
+        return _multipart_of(payload, incoming, self._chunks)
+
     async def _deletion_answered(self, notice_id: str) -> None:
         """The local system's answer to a notice said it deleted the data: confirm it. If that
         fails, the local system can still confirm with `POST /v1/inbox/{id}/deleted`."""
@@ -267,32 +280,55 @@ class WebhookSink:
             log.warning("deletion of notice %s not confirmed yet [%s]", notice_id, exc.reason)
 
     async def _post(
-        self, payload: bytes, message_id: str, attempt: int, *, repeat: bool, notice: bool = False
+        self,
+        payload: bytes,
+        message_id: str,
+        attempt: int,
+        *,
+        repeat: bool,
+        notice: bool = False,
+        incoming: Incoming | None = None,
     ) -> bool:
         self.attempts += 1
         if self._metrics is not None:
             self._metrics.webhook_attempts.inc()
-        if await self._post_once(payload, message_id, attempt, repeat=repeat, notice=notice):
+        if await self._post_once(
+            payload, message_id, attempt, repeat=repeat, notice=notice, incoming=incoming
+        ):
             return True
         if self._metrics is not None:
             self._metrics.webhook_failures.inc()
         return False
 
     async def _post_once(
-        self, payload: bytes, message_id: str, attempt: int, *, repeat: bool, notice: bool
+        self,
+        payload: bytes,
+        message_id: str,
+        attempt: int,
+        *,
+        repeat: bool,
+        notice: bool,
+        incoming: Incoming | None = None,
     ) -> bool:
         headers = {
-            "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(self._secrets, int(self._clock()), payload),
             MESSAGE_ID_HEADER: message_id,
             ATTEMPT_HEADER: str(attempt),
         }
         if repeat:
             headers[REPEAT_HEADER] = "true"
-        timeout = aiohttp.ClientTimeout(total=self._config.webhook_timeout_seconds)
+        seconds = self._config.webhook_timeout_seconds
+        data: bytes | aiohttp.MultipartWriter = payload
+        if incoming is not None and incoming.attachments:
+            # Streamed: no total time limit, only one per read and connect.
+            data = self._multipart(payload, incoming)
+            timeout = aiohttp.ClientTimeout(sock_connect=seconds, sock_read=seconds)
+        else:
+            headers["Content-Type"] = "application/json"
+            timeout = aiohttp.ClientTimeout(total=seconds)
         try:
             async with self._session.post(
-                self._url, data=payload, headers=headers, timeout=timeout, allow_redirects=False
+                self._url, data=data, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
                 if 200 <= response.status < 300:
                     if notice and _says_deleted(await response.content.read(_MAX_ANSWER)):
@@ -304,7 +340,9 @@ class WebhookSink:
                     message_id,
                     attempt,
                 )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, BridgeError) as exc:
+            # BridgeError: a chunk could not be read or opened while streaming; the request
+            # was cut off, so the local system has nothing complete.
             log.warning(
                 "webhook unreachable for message %s (attempt %d): %s",
                 message_id,
@@ -315,6 +353,32 @@ class WebhookSink:
 
 
 _MAX_ANSWER: Final = 4096
+
+
+def _multipart_of(
+    payload: bytes, incoming: Incoming, chunks: ChunkStore | None
+) -> aiohttp.MultipartWriter:
+    """The message as part `message`, then each attachment streamed as part `attachment`."""
+    if chunks is None:
+        raise AttachmentInvalid(
+            "this adapter cannot read attachments", reason="attachment.unsupported"
+        )
+    writer = aiohttp.MultipartWriter("form-data")
+    message = writer.append(payload, {"Content-Type": "application/json"})
+    message.set_content_disposition("form-data", name="message")
+    sender = incoming.item.sender
+    for attachment in incoming.attachments:
+        digest = base64.b64encode(attachment.digest).decode()
+        part = writer.append(
+            aiohttp.payload.AsyncIterablePayload(
+                plaintext(chunks, sender, incoming.message_id, attachment)
+            ),
+            {"Content-Type": attachment.media_type, "Content-Digest": f"sha-256=:{digest}:"},
+        )
+        part.set_content_disposition(
+            "form-data", name="attachment", filename=attachment.name, size=str(attachment.size)
+        )
+    return writer
 
 
 def _says_deleted(answer: bytes) -> bool:

@@ -59,6 +59,7 @@ _TITLES: Final = {
     409: "Conflict",
     413: "Content too large",
     415: "Unsupported media type",
+    416: "Range not satisfiable",
     422: "Unprocessable content",
     500: "Internal server error",
     503: "Service unavailable",

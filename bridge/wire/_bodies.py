@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Annotated, Final, TypeAlias
 
+import msgspec
 from msgspec import Meta
 
 from ..ids import CONSENT_REF_PATTERN
@@ -161,7 +162,15 @@ class _Disposition(WireStruct, frozen=True, kw_only=True, tag_field="code"):
 
 
 class Delivered(_Disposition, frozen=True, kw_only=True, tag="delivered"):
-    """The recipient's local system accepted the message."""
+    """The recipient's local system accepted the message.
+
+    `attachments`: the SHA-256 (hex) of each attachment the recipient received and checked, in
+    the order of the envelope's list; omitted for a message without attachments.
+    """
+
+    attachments: Annotated[
+        list[Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]], Meta(max_length=16)
+    ] = msgspec.field(default_factory=list)
 
 
 class Rejected(_Disposition, frozen=True, kw_only=True, tag="rejected"):
