@@ -106,7 +106,9 @@ async def test_a_stuck_message_fires_one_alert_that_resolves_on_delivery(env: Op
     assert message_id not in str(env.receiver.posts)  # alerts name inboxes, not messages
 
 
-async def test_a_silent_adapter_is_reported_and_its_return_resolves_it(env: OpsStack) -> None:
+async def test_a_silent_adapter_or_broker_is_reported_and_its_return_resolves_it(
+    env: OpsStack,
+) -> None:
     subject = f"adapter:{SPDI}"
 
     async def up(wanted: bool) -> bool:
@@ -127,6 +129,19 @@ async def test_a_silent_adapter_is_reported_and_its_return_resolves_it(env: OpsS
     )
     assert len(env.receiver.alerts("silent", subject, "firing")) == 1
     assert env.receiver.alerts("silent", f"adapter:{JOBCENTER}", "firing") == []
+
+    # With no broker heard, the federation is silent as a whole ("broker"), until one returns.
+    await env.stop_broker()
+    await eventually(
+        "the broker silent alert posted",
+        lambda: _some(env.receiver.alerts("silent", "broker", "firing")),
+    )
+    await env.start_broker()
+    await eventually(
+        "the broker silent alert resolved",
+        lambda: _some(env.receiver.alerts("silent", "broker", "resolved")),
+    )
+    assert len(env.receiver.alerts("silent", "broker", "firing")) == 1
 
 
 async def _some(items: list[dict[str, object]]) -> list[dict[str, object]] | None:
