@@ -141,6 +141,7 @@ async def test_views_need_a_token_with_the_ops_role(env: Env) -> None:
         "/v1/health",
         "/v1/latency",
         "/v1/alerts",
+        "/v1/audit",
         "/v1/events",
         "/openapi.json",
     ):
@@ -204,6 +205,11 @@ async def test_unknown_and_latency_parameters_are_refused_without_echo(env: Env)
     assert msgspec.json.decode(body)["field"] == "$.bucket_seconds"
     status, _, body = await env.get("/v1/latency?window_seconds=59", token)
     assert msgspec.json.decode(body)["field"] == "$.window_seconds"
+    for query in ("limit=0", "limit=201", "view=stuck"):
+        status, _, body = await env.get(f"/v1/audit?{query}", token)
+        assert status == 400, query
+        assert "stuck" not in body
+    assert msgspec.json.decode(body)["code"] == "query.unknown"
 
 
 async def test_malformed_and_foreign_events_are_counted_and_skipped(env: Env) -> None:

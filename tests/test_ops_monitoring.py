@@ -1,19 +1,23 @@
 """deploy/monitoring and docs/operations.md name only metrics that bridge really exports, and
-the docs list every metric each process exports."""
+the docs list every metric each process exports; the ops OpenAPI document describes every view."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
 
+from openapi_spec_validator import validate
 from prometheus_client import CollectorRegistry
 
 from bridge.adapters.metrics import AdapterMetrics
 from bridge.broker._metrics import BrokerMetrics
 from bridge.ops.alerts import AlertBook
 from bridge.ops.config import Thresholds
+from bridge.ops.http import OpsContext, build_app
 from bridge.ops.metrics import OpsMetrics
+from bridge.ops.openapi import openapi_document
 from bridge.ops.tracker import Tracker
 from bridge.ops.views import Backlog, OpsState
 
@@ -57,3 +61,27 @@ def test_the_monitoring_files_use_only_exported_metrics() -> None:
     assert used <= exported, used - exported
     assert {"bridge_ops_stuck_messages", "bridge_ops_step_latency_seconds"} <= used
     assert all(panel["targets"] for panel in dashboard["panels"])
+
+
+def test_the_ops_openapi_document_validates_and_describes_every_view() -> None:
+    document = openapi_document()
+    validate(document)
+    app = build_app(
+        OpsContext(
+            verifier=None,  # type: ignore[arg-type]  # routes only: nothing is served
+            state=OpsState(Tracker(100), Thresholds(), ("a",), 0.0),
+            alerts=AlertBook(),
+            clock=lambda: 0.0,
+            ready=lambda: True,
+            openapi=b"{}",
+            closing=asyncio.Event(),
+            metrics=None,
+        )
+    )
+    views = {
+        resource.canonical
+        for resource in app.router.resources()
+        if resource.canonical.startswith("/v1/")
+    }
+    assert views == set(document["paths"])
+    assert {"AuditView", "Overview", "Problem"} <= set(document["components"]["schemas"])
