@@ -14,12 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import aiohttp
 import msgspec
 import pytest
-from adapter_helpers import SUCHT, make_agency
+from adapter_helpers import JOBCENTER, SUCHT, agency_seed, make_agency
+from adapter_helpers import fed as adapter_fed
 from envelope_helpers import federation
 from nats.js import api
 from policy_helpers import POLICY, signed_policy
+from test_adapter_status import Sender
 from test_broker import make_broker, write_config
 
 from bridge.adapters.service import Adapter
@@ -39,6 +42,7 @@ from bridge.nats.subjects import (
     audit_subject,
     consent_subject,
     inbox_subject,
+    kv_bucket,
     status_subject,
 )
 from bridge.nats.transport import publish_durable
@@ -345,3 +349,22 @@ async def test_an_adapter_refuses_a_default_lifetime_no_type_allows(tmp_path: Pa
         await Adapter(config).start()  # refused before anything connects
     assert info.value.reason == "retention.too_long"
     assert "default_lifetime_seconds" in str(info.value)
+
+
+async def test_a_sent_messages_timeline_is_kept_as_the_policy_says(
+    tmp_path: Path, nats_env: NatsEnv
+) -> None:
+    """The adapter's own status record of a sent message: until the message ends, then for
+    `[retention] status` (the store's per-entry TTL enforces it)."""
+    agency = make_agency(tmp_path, nats_env.url, agency_seed(nats_env, JOBCENTER), JOBCENTER)
+    policy = POLICY.replace('status = "30d"', 'status = "40d"', 1)
+    (tmp_path / JOBCENTER / "policy.bin").write_bytes(signed_policy(adapter_fed(), policy)[0])
+    admin = await nats_env.admin()
+    async with Adapter(agency.config) as adapter, aiohttp.ClientSession() as http:
+        message_id = await Sender(agency, adapter, http, admin).send()
+    bucket = kv_bucket(JOBCENTER)
+    entry = await admin.js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.msg.{message_id}")
+    record = msgspec.json.decode(entry.data)
+    ttl = int(entry.headers["Nats-TTL"].removesuffix("s"))
+    keep = record["expires_at"] - int(entry.time.timestamp()) + 40 * DAY
+    assert keep - 60 <= ttl <= keep + 60

@@ -229,7 +229,9 @@ class Adapter:
             closed_cb=self._on_closed,
         )
         js = self._nc.jetstream(timeout=timeout)
-        store = await Store.open(js, c.agency, timeout)
+        store = await Store.open(
+            js, c.agency, timeout, status_keep=lambda: self.policy().retention.status
+        )
         registry = Registry(js, timeout=timeout)
         if not c.consent.enforce:
             log.warning(

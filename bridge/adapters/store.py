@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final, TypeVar
 
 import msgspec
@@ -60,7 +60,8 @@ __all__ = [
 ]
 
 RECORD_GRACE_SECONDS: Final = 30 * 86400
-"""How long a message's record outlives the message's own expiry (for the sender's questions)."""
+"""How long a delivery record outlives the message's own expiry (a late redelivery still finds
+it), and a sent message's timeline too unless the policy's `[retention] status` says otherwise."""
 
 NOTICE_KEEP_SECONDS: Final = 90 * 86400
 """How long a received consent-revoked notice is kept for its deletion confirmation."""
@@ -208,16 +209,38 @@ class RefIndex(msgspec.Struct, frozen=True, kw_only=True):
 class Store:
     """Typed access to one agency's KV bucket, with bounded waits and translated errors."""
 
-    def __init__(self, js: JetStreamContext, kv: KeyValue, agency: str, timeout: float) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        kv: KeyValue,
+        agency: str,
+        timeout: float,
+        *,
+        status_keep: Callable[[], int] | None = None,
+    ) -> None:
+        """`status_keep()` is how long a sent message's timeline outlives the message (the
+        signed policy's `[retention] status`, in seconds; `RECORD_GRACE_SECONDS` without)."""
         self._js = js
         self._kv = kv
         self._prefix = kv_key_prefix(agency)
         self._timeout = timeout
+        self._status_keep = status_keep or (lambda: RECORD_GRACE_SECONDS)
 
     @classmethod
-    async def open(cls, js: JetStreamContext, agency: str, wait: float) -> Store:
+    async def open(
+        cls,
+        js: JetStreamContext,
+        agency: str,
+        wait: float,
+        *,
+        status_keep: Callable[[], int] | None = None,
+    ) -> Store:
         kv = await _translated(js.key_value(kv_bucket(agency)), wait, "open the KV bucket")
-        return cls(js, kv, agency, wait)
+        return cls(js, kv, agency, wait, status_keep=status_keep)
+
+    def _ttl(self, record: MessageRecord, now: int) -> int:
+        """A timeline is kept until the message ends, and then for the status retention."""
+        return max(60, record.expires_at - now + self._status_keep())
 
     # -- idempotency ----------------------------------------------------------------------
 
@@ -243,7 +266,7 @@ class Store:
         Returns the new record's revision (for `add_events(known=...)`), None if one existed.
         """
         key = _msg_key(record.message_id)
-        return await self._put(key, record, last=0, ttl=_ttl(record, now))
+        return await self._put(key, record, last=0, ttl=self._ttl(record, now))
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
         found = await self.get_message_revision(message_id)
@@ -275,7 +298,7 @@ class Store:
             updated = record.with_events(events)
             if updated == record:
                 return True
-            if await self._write(key, updated, last=revision, ttl=_ttl(record, now)):
+            if await self._write(key, updated, last=revision, ttl=self._ttl(record, now)):
                 return True
         raise TransportError("message record keeps changing", reason="store.conflict")
 
@@ -309,7 +332,7 @@ class Store:
             updated = record.with_events(events)
             if updated == record:
                 return ReceiptFold.FOLDED
-            if await self._write(key, updated, last=revision, ttl=_ttl(record, now)):
+            if await self._write(key, updated, last=revision, ttl=self._ttl(record, now)):
                 return ReceiptFold.FOLDED
         raise TransportError("message record keeps changing", reason="store.conflict")
 
@@ -528,10 +551,6 @@ def _ref_key(local_ref: str) -> str:
 
 def _consent_ttl(valid_until: int, now: int) -> int:
     return max(60, valid_until - now + RECORD_GRACE_SECONDS)
-
-
-def _ttl(record: MessageRecord, now: int) -> int:
-    return max(60, record.expires_at - now + RECORD_GRACE_SECONDS)
 
 
 async def _translated(call: Awaitable[_T], wait: float, what: str) -> _T:
