@@ -29,11 +29,10 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from .._cancel import pause
 from ..crypto import Header, Keyring, Limits, OpenedAttachment, open_envelope, verify
 from ..errors import AttachmentInvalid, BridgeError, TransportError, reasons_of
 from ..federation.directory import Directory
-from ..nats.transport import fetch
+from ..nats.transport import Fetcher
 from ..wire import (
     PULL_EXPIRED_REASON,
     Body,
@@ -151,14 +150,9 @@ class Inbound:
 
     async def run(self, sink: Sink, capacity: Callable[[], Awaitable[int]]) -> None:
         """Fetch and handle messages forever; `capacity()` says how many to take next."""
+        fetcher = Fetcher(self._sub, what="inbound", wait=self._fetch_timeout)
         while True:
-            try:
-                batch = await capacity()
-                msgs = await fetch(self._sub, batch, self._fetch_timeout)
-            except (BridgeError, nats.errors.Error, OSError) as exc:
-                log.warning("inbound: cannot fetch (%s); retrying", reasons_of(exc))
-                await pause(_RETRY_DELAY)
-                continue
+            msgs = await fetcher.fetch(await capacity())
             if msgs:
                 await self._handle_batch(msgs, sink)
 

@@ -21,9 +21,8 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from .._cancel import pause
 from ..errors import BridgeError
-from ..nats.transport import fetch
+from ..nats.transport import Fetcher
 from ..wire import DeliveryState, MessageType, StatusEventInvalid, decode_status_event
 from .store import Event, Store
 
@@ -63,13 +62,9 @@ class StatusFolder:
         return f"StatusFolder(agency={self._agency!r}, folded={self.folded})"
 
     async def run(self) -> None:
+        fetcher = Fetcher(self._sub, what="status", wait=self._fetch_timeout)
         while True:
-            try:
-                msgs = await fetch(self._sub, _BATCH, self._fetch_timeout)
-            except (BridgeError, nats.errors.Error, OSError) as exc:
-                log.warning("status: cannot fetch (%s); retrying", _describe(exc))
-                await pause(_RETRY_DELAY)
-                continue
+            msgs = await fetcher.fetch(_BATCH)
             # Events about the same message (`routed` for each recipient, say) usually come
             # together: fold them in one compare-and-set, in the order they came.
             folds: dict[str, list[_Fold]] = {}

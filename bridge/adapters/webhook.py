@@ -42,6 +42,7 @@ from .._cancel import pause
 from ..config import DeliveryConfig
 from ..errors import AttachmentInvalid, BridgeError, ConfigError, TransportError, reasons_of
 from ..http.signing import SIGNATURE_HEADER, load_webhook_secret, sign
+from ..nats.backoff import Backoff
 from .chunks import ChunkStore
 from .delivery import Complete, Incoming, kept_alive
 from .files import plaintext
@@ -64,7 +65,7 @@ _MAX_REDELIVERY_DELAY: Final = 3600.0
 _FETCH_BATCH: Final = 16  # with _MAX_RECORDING, far fewer than the consumer's max_ack_pending
 _MAX_RECORDING: Final = 32  # taken messages being recorded at once; fewer than max_ack_pending
 _RECORD_RETRY_DELAY: Final = 2.0
-_RECORD_ATTEMPTS: Final = 30  # with each try's own NATS timeout: one to six minutes in all
+_RECORD_ATTEMPTS: Final = 30  # with the backoff and each try's NATS timeout: minutes in all
 _REMEMBERED: Final = 10_000  # posted ids kept (about 2 MB) to mark repeats NATS cannot see
 _encoder: Final = msgspec.json.Encoder()
 
@@ -245,12 +246,14 @@ class WebhookSink:
     async def _record(self, incoming: Incoming) -> None:
         """Complete a message the local system took, retrying while NATS is unavailable.
 
-        Tries every `_RECORD_RETRY_DELAY` seconds, not on the webhook's backoff (that is for
-        the local system; this waits for NATS, which is back within seconds after a restart).
-        Raises the last `TransportError` if NATS stays away through `_RECORD_ATTEMPTS` tries;
-        the message is then redelivered later and posted again, marked as a possible repeat.
+        Retries on the NATS backoff (0.1 s doubling to 10 s, `nats.backoff`), not on the
+        webhook's (that is for the local system; this waits for NATS, which is back within
+        seconds after a restart). Raises the last `TransportError` if NATS stays away through
+        `_RECORD_ATTEMPTS` tries (two to four minutes of pauses); the message is then
+        redelivered later and posted again, marked as a possible repeat.
         """
         attempts = _RECORD_ATTEMPTS
+        backoff = Backoff()
         for attempt in range(1, attempts + 1):
             try:
                 await self._complete(incoming)
@@ -263,7 +266,7 @@ class WebhookSink:
                     incoming.message_id,
                     exc.reason,
                 )
-            await pause(_RECORD_RETRY_DELAY)
+            await pause(backoff.next())
 
     def _multipart(self, payload: bytes, incoming: Incoming) -> aiohttp.MultipartWriter:
         return _multipart_of(payload, incoming, self._chunks)

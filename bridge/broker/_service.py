@@ -36,6 +36,7 @@ from ..crypto import Header, verify
 from ..errors import BridgeError, PolicyError, ProtocolError, TransportError
 from ..federation.directory import Directory, load_anchor
 from ..federation.holder import DirectoryHolder
+from ..nats.backoff import Backoff
 from ..nats.identities import Identity
 from ..nats.retention import check_stream_ages
 from ..nats.subjects import (
@@ -55,7 +56,7 @@ from ..nats.subjects import (
     status_subject,
     submit_stream,
 )
-from ..nats.transport import bind_pull, connect, fetch, publish_durable
+from ..nats.transport import Fetcher, bind_pull, connect, publish_durable
 from ..policy import Policy, PolicyHolder, PolicySerialState, store_limits
 from ..telemetry import HEARTBEAT_INTERVAL, HealthServer, beat_forever
 from ..wire import PULL_EXPIRED_REASON, DeliveryState, encode_status_event
@@ -93,7 +94,6 @@ log = logging.getLogger("bridge.broker")
 _T = TypeVar("_T")
 
 _FETCH_WAIT: Final = 5.0  # seconds a pull request lingers on the server when nothing is waiting
-_FETCH_BACKOFF: Final = (0.1, 5.0)  # first and largest pause after a failed fetch
 _RETRY_MAX: Final = 300.0  # largest redelivery delay after a failed publish
 _NEWER_DIRECTORY: Final = frozenset({"key.unknown", "envelope.unknown_recipient"})
 _INTERNAL_ATTEMPTS: Final = 3  # deliveries of a submission that keeps hitting a bug before term
@@ -396,17 +396,9 @@ class Broker:
             report,
             timeout=self._config.publish_timeout_seconds,
         )
-        pause = _FETCH_BACKOFF[0]
+        fetcher = self._fetcher(sub, "withdrawals")
         while not self._stop.is_set():
-            try:
-                msgs = await fetch(sub, 16, self._fetch_wait)
-            except TransportError as exc:
-                log.warning("withdrawals: fetch failed, retrying [%s]", exc.reason)
-                await self._sleep(pause)
-                pause = min(pause * 2, _FETCH_BACKOFF[1])
-                continue
-            pause = _FETCH_BACKOFF[0]
-            for msg in msgs:
+            for msg in await fetcher.fetch(16):
                 try:
                     await handler.handle(msg)
                 except TransportError as exc:
@@ -431,17 +423,9 @@ class Broker:
         """Record each consent registered in the registry in the audit trail, once verified."""
         sub = await bind_pull(js, CONSENT_STREAM, REGISTRATION_CONSUMER)
         subs.append(sub)
-        pause = _FETCH_BACKOFF[0]
+        fetcher = self._fetcher(sub, "registrations")
         while not self._stop.is_set():
-            try:
-                msgs = await fetch(sub, 16, self._fetch_wait)
-            except TransportError as exc:
-                log.warning("registrations: fetch failed, retrying [%s]", exc.reason)
-                await self._sleep(pause)
-                pause = min(pause * 2, _FETCH_BACKOFF[1])
-                continue
-            pause = _FETCH_BACKOFF[0]
-            for msg in msgs:
+            for msg in await fetcher.fetch(16):
                 try:
                     items = consent_registered_events(
                         msg.subject, msg.data, self._directory.current
@@ -529,7 +513,8 @@ class Broker:
     async def _consume(
         self, nc: NATS, js: JetStreamContext, sub: JetStreamContext.PullSubscription
     ) -> None:
-        pause = _FETCH_BACKOFF[0]
+        fetcher = self._fetcher(sub, "submissions")
+        audit_backoff = Backoff()
         while not self._stop.is_set():
             if nc.is_closed:
                 raise TransportError("the NATS connection is closed", reason="transport.closed")
@@ -537,33 +522,15 @@ class Broker:
             if directory is None:
                 await self._sleep(self._config.directory.reload_seconds)
                 continue
-            if directory.serial != self._audited_serial:
-                try:
-                    await self._record(directory_events(directory.serial, int(self._clock())))
-                except TransportError as exc:
-                    log.warning("audit trail unavailable, waiting [%s]", exc.reason)
-                    await self._sleep(pause)
-                    pause = min(pause * 2, _FETCH_BACKOFF[1])
-                    continue
-                self._audited_serial = directory.serial
-            policy = self._policy.current
-            if policy.hash != self._audited_policy:
-                try:
-                    await self._record(policy_events(policy.hash, int(self._clock())))
-                except TransportError as exc:
-                    log.warning("audit trail unavailable, waiting [%s]", exc.reason)
-                    await self._sleep(pause)
-                    pause = min(pause * 2, _FETCH_BACKOFF[1])
-                    continue
-                self._audited_policy = policy.hash
             try:
-                msgs = await fetch(sub, self._config.batch_size, self._fetch_wait)
+                await self._audit_versions(directory)
             except TransportError as exc:
-                log.warning("fetch failed, retrying in %.1fs: %s [%s]", pause, exc, exc.reason)
+                pause = audit_backoff.next()
+                log.warning("audit trail unavailable, waiting %.1fs [%s]", pause, exc.reason)
                 await self._sleep(pause)
-                pause = min(pause * 2, _FETCH_BACKOFF[1])
                 continue
-            pause = _FETCH_BACKOFF[0]
+            audit_backoff.reset()
+            msgs = await fetcher.fetch(self._config.batch_size)
             if not msgs:
                 continue
             self._in_batch += 1
@@ -573,6 +540,20 @@ class Broker:
                         tg.create_task(self._handle(js, msg, directory))
             finally:
                 self._in_batch -= 1
+
+    def _fetcher(self, sub: JetStreamContext.PullSubscription, what: str) -> Fetcher:
+        """A fetch step whose pauses after a failure end early when the broker stops."""
+        return Fetcher(sub, what=what, wait=self._fetch_wait, sleep=self._sleep)
+
+    async def _audit_versions(self, directory: Directory) -> None:
+        """Record in the audit trail the directory and policy versions routing will use."""
+        if directory.serial != self._audited_serial:
+            await self._record(directory_events(directory.serial, int(self._clock())))
+            self._audited_serial = directory.serial
+        policy = self._policy.current
+        if policy.hash != self._audited_policy:
+            await self._record(policy_events(policy.hash, int(self._clock())))
+            self._audited_policy = policy.hash
 
     async def _watch_backlog(self, js: JetStreamContext) -> None:
         """Keep the submission backlog gauges current; a failed look is only logged.

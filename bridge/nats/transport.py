@@ -2,14 +2,16 @@
 
 Every bridge process connects through `connect`: nkey authentication from a seed file, its
 identity's own reply-inbox prefix (the server lets it subscribe nowhere else), reconnecting
-forever once connected, and bounded waits everywhere else. `publish_durable` is the one way
+forever once connected (with a growing, jittered pause: `backoff.Backoff`), and bounded waits
+everywhere else. `publish_durable` is the one way
 bridge publishes into a stream: always with a `Nats-Msg-Id` (JetStream drops duplicates inside
 the stream's duplicate window, so a retry after a lost ack is safe), always with a deadline of
 its own (a nats-py ack future can wait forever on some server errors), and with nats errors
 turned into `TransportError`.
 
 Pull consumers are bound, never created: `bind_pull` needs no JetStream API rights beyond
-fetching, which is all an agency's identity has.
+fetching, which is all an agency's identity has. `Fetcher` is the one fetch loop step every
+consumer uses: a failed fetch waits its backoff instead of raising.
 """
 
 from __future__ import annotations
@@ -26,17 +28,20 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.client import Server
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from .._cancel import raise_if_cancelling
+from .._cancel import pause, raise_if_cancelling
 from ..errors import ProtocolError, TransportError
+from .backoff import Backoff
 from .identities import public_key_of_seed_file
 from .subjects import HDR_MSG_ID, HDR_TTL
 
 __all__ = [
     "MAX_FETCH_BATCH",
     "MAX_HEADERS",
+    "Fetcher",
     "PubAck",
     "bind_pull",
     "connect",
@@ -121,11 +126,16 @@ async def connect(
     disconnected_cb: Callback | None = None,
     reconnected_cb: Callback | None = None,
     closed_cb: Callback | None = None,
+    reconnect_backoff: Backoff | None = None,
 ) -> NATS:
     """Connect as the identity whose seed is in `seed_file`.
 
     Once connected the client reconnects forever (`max_reconnect_attempts=-1`): a bridge
-    process outlives NATS restarts. The first connection is bounded by `first_connect_timeout`
+    process outlives NATS restarts. Between reconnect attempts it waits `reconnect_backoff`
+    (a fresh `Backoff` by default: 0.1 s doubling to 10 s, jittered, reset once reconnected),
+    through nats-py's `reconnect_to_server_handler`, which also picks the server least often
+    refused so a cluster's URLs take turns. `reconnect_time_wait` paces only the first
+    connection's retries. The first connection is bounded by `first_connect_timeout`
     instead, so a wrong URL or seed fails start-up with a clear error rather than hanging.
     `inbox_prefix` must be the identity's own (`Identity.inbox_prefix`); with any other, the
     server refuses the reply subscriptions. `error_cb` receives asynchronous errors such as
@@ -156,6 +166,13 @@ async def connect(
                 refused.set()
         await user_error_cb(exc)
 
+    backoff = reconnect_backoff or Backoff()
+
+    async def on_reconnected() -> None:
+        backoff.reset()
+        if reconnected_cb is not None:
+            await reconnected_cb()
+
     nc = NATS()
     connecting = asyncio.create_task(
         nc.connect(
@@ -171,9 +188,10 @@ async def connect(
             max_outstanding_pings=max_outstanding_pings,
             error_cb=on_error,
             disconnected_cb=disconnected_cb,
-            reconnected_cb=reconnected_cb,
+            reconnected_cb=on_reconnected,
             closed_cb=closed_cb,
             tls=tls,
+            reconnect_to_server_handler=_reconnect_pacer(backoff),
         )
     )
     watching = asyncio.create_task(refused.wait())
@@ -206,6 +224,23 @@ async def connect(
             reason="transport.connect_failed",
         ) from failure
     return nc
+
+
+def _reconnect_pacer(
+    backoff: Backoff,
+) -> Callable[[list[Server], dict[str, object]], tuple[Server | None, float]]:
+    """nats-py's hook before each reconnect attempt: which server, and how long to wait first.
+
+    Without it, nats-py waits a fixed `reconnect_time_wait` between attempts. nats-py counts
+    each server's failed attempts since it last connected there (`reconnects`); the server
+    with the fewest goes next, so with several URLs each gets its turn.
+    """
+
+    def pace(servers: list[Server], _info: dict[str, object]) -> tuple[Server | None, float]:
+        server = min(servers, key=lambda s: s.reconnects) if servers else None
+        return server, backoff.next()
+
+    return pace
 
 
 def _is_auth_error(exc: BaseException) -> bool:
@@ -398,3 +433,46 @@ async def fetch(
         raise TransportError(f"fetch failed: {_describe(exc)}", reason="transport.error") from exc
     raise_if_cancelling()
     return msgs
+
+
+class Fetcher:
+    """Fetches from one pull subscription; a failed fetch waits its backoff and yields nothing.
+
+    `await fetcher.fetch(batch)` returns the messages of one fetch (`[]` when none came within
+    `wait` seconds, and `[]` after the pause that follows a failure), so the caller's loop
+    checks its own stop condition between tries and never sees a transport error from fetching.
+    `sleep` waits a pause; a caller with a stop event passes one that returns early on it.
+    """
+
+    def __init__(
+        self,
+        sub: JetStreamContext.PullSubscription,
+        *,
+        what: str,
+        wait: float,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], Awaitable[None]] = pause,
+    ) -> None:
+        if wait <= 0:
+            raise ValueError("wait must be positive")
+        self._sub = sub
+        self._what = what
+        self._wait = wait
+        self.backoff = backoff or Backoff()
+        self._sleep = sleep
+        self.failed = 0  # fetches that failed, in all
+
+    def __repr__(self) -> str:
+        return f"Fetcher({self._what!r}, failed={self.failed}, {self.backoff!r})"
+
+    async def fetch(self, batch: int) -> list[Msg]:
+        try:
+            msgs = await fetch(self._sub, batch, self._wait)
+        except TransportError as exc:
+            self.failed += 1
+            delay = self.backoff.next()
+            log.warning("%s: fetch failed, retrying in %.1fs [%s]", self._what, delay, exc.reason)
+            await self._sleep(delay)
+            return []
+        self.backoff.reset()
+        return msgs
