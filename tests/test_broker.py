@@ -542,6 +542,55 @@ async def test_two_brokers_route_each_submission_once(
     assert len(events) == len(sent) * len(RECIPIENTS)
 
 
+class HoldingBroker(Broker):
+    """A real broker whose routing of one submission hangs until the broker is stopped: it holds
+    that submission, fetched and unsettled, as a broker busy with a slow batch does."""
+
+    def __init__(self, *args: Any, hold: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.holding = asyncio.Event()
+        self._hold = hold
+
+    async def _process(self, js: Any, msg: Any, submission: Any, directory: Any) -> None:
+        if submission.message_id == self._hold:
+            self.holding.set()
+            await asyncio.Event().wait()  # until the stop cancels it
+        await super()._process(js, msg, submission, directory)
+
+
+async def test_a_stopping_broker_hands_back_what_it_holds_to_the_other(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    admin = await nats_env.admin()
+    # An ack wait far beyond this test's waits: the submission can reach the other broker
+    # only through the stopping one's nak.
+    info = await admin.js.consumer_info(submit_stream(SENDER), BROKER_CONSUMER)
+    info.config.ack_wait = 300.0
+    await admin.js.add_consumer(submit_stream(SENDER), info.config)
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    held = new_message_id()
+    path_a = write_config(tmp_path, nats_env, fed, name="a")
+    # The stop waits publish_timeout_seconds + 2 for a batch in hand, then cuts it short.
+    path_a.write_text(
+        path_a.read_text().replace("publish_timeout_seconds = 5", "publish_timeout_seconds = 1")
+    )
+    a = HoldingBroker(load_broker_config(path_a), name="a", clock=clock, fetch_wait=0.5, hold=held)
+    b = make_broker(write_config(tmp_path, nats_env, fed, name="b"), name="b")
+    async with a:
+        await jobcenter.submit(referral(fed, held), held)
+        await asyncio.wait_for(a.holding.wait(), 30)
+        async with b:
+            await a.__aexit__(None, None, None)
+            await wait_for(
+                "the held submission routed by b", lambda: b.statistics().routed == 1, 60
+            )
+    assert a.statistics().routed == 0
+    assert b.statistics().redelivered == 1  # it came to b as a second delivery: a's nak
+    for recipient in RECIPIENTS:
+        copies = await (await Agency.connect(nats_env, recipient)).inbox()
+        assert ids(copies) == [f"{SENDER}.{held}.{recipient}"]
+
+
 async def test_restart_continues_where_it_stopped(
     nats_env: NatsEnv, tmp_path: Path, fed: Federation
 ) -> None:

@@ -56,7 +56,14 @@ from ..nats.subjects import (
     status_subject,
     submit_stream,
 )
-from ..nats.transport import Fetcher, bind_pull, connect, publish_durable
+from ..nats.transport import (
+    Fetcher,
+    bind_pull,
+    connect,
+    hand_back,
+    publish_durable,
+    take_queued,
+)
 from ..policy import Policy, PolicyHolder, PolicySerialState, store_limits
 from ..telemetry import HEARTBEAT_INTERVAL, HealthServer, beat_forever
 from ..wire import PULL_EXPIRED_REASON, DeliveryState, encode_status_event
@@ -238,6 +245,8 @@ class Broker:
                 clock=self._clock,
             )
             await self._serve(nc, js, subs)
+            for sub in subs:  # what arrived for a fetch the stop cut short
+                await hand_back(await take_queued(sub))
             await self._last_checkpoint()
         finally:
             await close_connection(nc, subs)
@@ -538,6 +547,11 @@ class Broker:
                 async with asyncio.TaskGroup() as tg:
                     for msg in msgs:
                         tg.create_task(self._handle(js, msg, directory))
+            except asyncio.CancelledError:
+                # Stopped before the batch was settled: hand back what is left, so that another
+                # broker routes it now rather than after the consumer's ack_wait.
+                await hand_back(msgs)
+                raise
             finally:
                 self._in_batch -= 1
 

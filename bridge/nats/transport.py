@@ -17,6 +17,7 @@ consumer uses: a failed fetch waits its backoff instead of raising.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import ssl
@@ -46,7 +47,9 @@ __all__ = [
     "bind_pull",
     "connect",
     "fetch",
+    "hand_back",
     "publish_durable",
+    "take_queued",
 ]
 
 log = logging.getLogger(__name__)
@@ -476,3 +479,47 @@ class Fetcher:
             return []
         self.backoff.reset()
         return msgs
+
+
+async def hand_back(msgs: Sequence[Msg], *, timeout: float = 2.0) -> int:  # noqa: ASYNC109
+    """Nak every message in `msgs` not yet acknowledged, naked or terminated; how many.
+
+    For a process that stops while it holds fetched messages: JetStream hands each one out
+    again at once, instead of after the consumer's ack_wait. A nak only joins the
+    connection's outgoing buffer (the close that follows flushes it); `timeout` bounds the
+    whole, so a stop never waits on it for long. Messages it could not hand back come back
+    after ack_wait, as before.
+    """
+    handed = 0
+    try:
+        async with asyncio.timeout(timeout):
+            for msg in msgs:
+                if msg.is_acked or not msg.reply:
+                    continue
+                with contextlib.suppress(nats.errors.Error, OSError):
+                    await msg.nak()
+                    handed += 1
+    except TimeoutError:
+        log.warning("handed back %d of %d held messages before the time ran out", handed, len(msgs))
+    if handed:
+        log.info("handed back %d held message(s) for another consumer", handed)
+    return handed
+
+
+async def take_queued(sub: JetStreamContext.PullSubscription) -> list[Msg]:
+    """Messages the server sent to `sub` that no fetch took, without asking for more.
+
+    A fetch cancelled while the server was answering it leaves them in the subscription's
+    queue, where nobody would ever look again. Status messages (a pull request's end) are
+    dropped. Call it only once nothing fetches from `sub` any more.
+    """
+    taken: list[Msg] = []
+    while sub.pending_msgs > 0:
+        try:
+            msg = await sub._sub.next_msg(timeout=0.1)
+        except (nats.errors.Error, OSError):
+            break
+        raise_if_cancelling()
+        if not JetStreamContext.is_status_msg(msg):
+            taken.append(msg)
+    return taken
