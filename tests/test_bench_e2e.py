@@ -4,7 +4,7 @@ Never a timing: rates depend on the machine and its load, so nothing here bounds
 latency or a ratio. One quick run (`--quick`: tiny windows, about a second per measurement)
 through the command line checks that every row, limit and process is there, every number is
 usable, no local system got a message twice, and that the stack is stopped and its directory
-removed.
+removed; one quick `--memory-only` run checks the fast backlog fill and its drain.
 """
 
 from __future__ import annotations
@@ -111,6 +111,34 @@ def test_quick_run_has_every_row_and_cleans_up(
     assert set(result["memory_growth"]) == PROCESSES
     assert {p["name"] for p in result["primitives"]} >= {"sign", "verify-signature", "hpke-wrap"}
 
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+    assert _processes_under(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_memory_only_run_fills_the_inbox_as_routed_and_drains_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "result.json"
+    argv = ["bench", "e2e", "--quick", "--memory-only", "--dir", str(tmp_path)]
+    assert main([*argv, "--output", str(output)]) == 0
+    text = capsys.readouterr().out
+    assert "peak resident memory" in text
+    assert "drained while measured" in text
+
+    result = json.loads(output.read_bytes())
+    assert result["rows"] == []
+    assert result["primitives"] == []
+    backlogs = [m["backlog"] for m in result["memory"]]
+    assert backlogs == list(e2e.Settings.quick_check().backlogs)
+    for memory in result["memory"]:
+        assert set(memory["peak_rss_bytes"]) == PROCESSES
+        assert all(v > 0 for v in memory["peak_rss_bytes"].values())
+        # The webhook's local system took some of what was stored straight into the inbox:
+        # sealed by the sender's keys and stored as routed, it opened and verified.
+        assert 1 <= memory["drained"] <= memory["backlog"]
+    assert set(result["memory_growth"]) == PROCESSES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
     assert _processes_under(tmp_path) == []
 

@@ -257,6 +257,7 @@ class WebhookReceiver:
         self._runner: web.AppRunner | None = None
         self.refusing = False
         self.calls = 0
+        self.taken = 0  # calls answered 204
         self.bad_signatures = 0
 
     def __repr__(self) -> str:
@@ -285,6 +286,7 @@ class WebhookReceiver:
             self.bad_signatures += 1
             return web.Response(status=401)
         self._tracker.delivered(msgspec.json.decode(body, type=_Accepted).message_id, agency)
+        self.taken += 1
         return web.Response(status=204)
 
 

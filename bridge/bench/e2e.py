@@ -20,7 +20,10 @@ and beside them, in the same run,
   the same sizes along the same streams with the same durability, and nothing else;
 - the **crypto floor**: the CPU time of the primitives one message and its receipts need
   (timed by `bridge.bench.crypto`), as messages per second on all cores;
-- the **peak memory** of every process while a small and a large backlog wait.
+- the **peak memory** of every process while a small and a large backlog wait, and then while
+  the local system drains them; the backlog is stored straight into the recipient's inbox as
+  the broker routes it (`bridge.bench._backlog`; `fill="http"` submits it through the sending
+  adapter instead, about 150 times slower). `memory_only` measures only this.
 
 The ratio is throughput divided by the lower of the two limits. docs/bench.md says how to
 read it, docs/performance.md what it showed.
@@ -50,9 +53,11 @@ import msgspec
 
 from ..crypto import Keyring, seal
 from ..errors import ConfigError, TransportError
+from ..nats.identities import Identity
 from ..nats.subjects import BROKER_CONSUMER, submit_stream
 from ..wire import Delivered, Purpose, Receipt, encode_body
 from . import crypto as crypto_bench
+from ._backlog import fill_inbox
 from ._local import (
     PullClient,
     ReceiptWatcher,
@@ -105,6 +110,8 @@ class Settings:
     backlogs: tuple[int, ...] = DEFAULT_BACKLOGS
     drain_seconds: float = 5.0  # the local systems take deliveries again, memory still sampled
     quick: bool = False
+    fill: str = "inbox"  # how the backlog is filled: "inbox" (as routed) or "http" (submitted)
+    memory_only: bool = False  # no throughput, latency or limits: only the backlog's memory
 
     @classmethod
     def quick_check(cls) -> Settings:
@@ -132,6 +139,8 @@ class Settings:
             raise ValueError("recipients must be 1 or 2")
         if len(self.backlogs) != 2 or not 1 <= self.backlogs[0] < self.backlogs[1] <= 1_000_000:
             raise ValueError("backlogs must be a small and a larger count, up to 1,000,000")
+        if self.fill not in ("inbox", "http"):
+            raise ValueError('fill must be "inbox" or "http"')
 
 
 # -- results ----------------------------------------------------------------------------------
@@ -188,6 +197,7 @@ class Row(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Memory(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     backlog: int
     peak_rss_bytes: dict[str, int]
+    drained: int = 0  # messages the webhook's local system took while the backlog drained
 
 
 class E2EBench(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -564,20 +574,26 @@ async def _backlog_memory(load: _Load, settings: Settings, progress: Progress) -
                 for process in load.processes:
                     process.reset_peak()
                 load.webhook.refusing = True
-                progress(f"memory: filling a backlog of {backlog:,} messages")
-                await _fill(load, body, backlog - waiting, settings.window, progress)
+                progress(f"memory: filling a backlog of {backlog:,} messages ({settings.fill})")
+                if settings.fill == "inbox":
+                    await _fill_inbox(load, body, backlog - waiting, progress)
+                else:
+                    await _fill(load, body, backlog - waiting, settings.window, progress)
                 waiting = backlog
                 await _until_routed(load)
                 progress(
                     f"memory: the local system takes deliveries for {settings.drain_seconds:g} s"
                 )
                 load.webhook.refusing = False
+                taken = load.webhook.taken
                 await asyncio.sleep(settings.drain_seconds)
+                await _until_drained(load, taken)
                 load.webhook.refusing = True
                 results.append(
                     Memory(
                         backlog=backlog,
                         peak_rss_bytes={p.name: p.peak_rss for p in load.processes},
+                        drained=load.webhook.taken - taken,
                     )
                 )
         finally:
@@ -602,6 +618,32 @@ async def _fill(load: _Load, body: bytes, count: int, window: int, progress: Pro
     async with asyncio.TaskGroup() as tg:
         for _ in range(min(count, max(window, 16))):
             tg.create_task(worker())
+
+
+async def _fill_inbox(load: _Load, body: bytes, count: int, progress: Progress) -> None:
+    """Store the backlog in the webhook recipient's inbox as the broker routes it: fast."""
+    stack = load.stack
+    await fill_inbox(
+        stack.stack.layout,
+        stack.server.url,
+        stack.seed(Identity.broker()),
+        sender=SENDER,
+        recipient=WEBHOOK_RECIPIENT,
+        consents=tuple(load.submitter.consents),
+        body=body,
+        count=count,
+        progress=progress,
+    )
+
+
+async def _until_drained(load: _Load, taken: int) -> None:
+    """Wait until the local system took at least one message, so draining was measured (the
+    adapter may still wait out its webhook backoff from the refusals)."""
+    deadline = time.monotonic() + 180
+    while load.webhook.taken == taken:
+        if time.monotonic() > deadline:
+            raise TransportError("the backlog did not drain", reason="bench.drain")
+        await asyncio.sleep(0.1)
 
 
 async def _until_routed(load: _Load) -> None:
@@ -690,8 +732,11 @@ async def run(
     settings.check()
     started = datetime.datetime.now(datetime.UTC)
     load_start = _load_average()
-    progress("crypto floor: timing the primitives")
-    floors, primitives = await asyncio.to_thread(_crypto_floor, settings, progress)
+    floors: dict[tuple[int, int], Limit] = {}
+    primitives: list[crypto_bench.PrimitiveRate] = []
+    if not settings.memory_only:
+        progress("crypto floor: timing the primitives")
+        floors, primitives = await asyncio.to_thread(_crypto_floor, settings, progress)
     try:
         root = Path(tempfile.mkdtemp(prefix="bridge-bench-e2e-", dir=directory))
     except OSError as exc:
@@ -700,7 +745,10 @@ async def run(
             reason="bench.dir",
         ) from exc
     try:
-        limits, envelope_sizes = await _transport_limits(root, settings, progress)
+        limits: dict[tuple[int, int], TransportLimit] = {}
+        envelope_sizes: dict[tuple[int, int], int] = {}
+        if not settings.memory_only:
+            limits, envelope_sizes = await _transport_limits(root, settings, progress)
         rows, memory = await _run_stack(
             root, settings, limits, floors, envelope_sizes, profile, progress
         )
@@ -759,7 +807,7 @@ async def _run_stack(
             async with asyncio.TaskGroup() as tg:
                 puller = tg.create_task(load.pull.run())
                 try:
-                    for size in settings.sizes:
+                    for size in () if settings.memory_only else settings.sizes:
                         for n in settings.recipients:
                             rows.append(
                                 await _measure_config(
@@ -810,6 +858,10 @@ def render_text(result: E2EBench) -> str:
         f"{result.started_at}, Python {result.python}, cryptography {result.cryptography}, "
         f"nats-py {result.nats_py}, {result.cpus} CPUs, store on {result.store_filesystem}, "
         f"load average {load} (at the end {load_end})",
+    ]
+    if not result.rows:  # memory only
+        return "\n".join(lines + _memory_lines(result)) + "\n"
+    lines += [
         "",
         f"{'body':>7} {'rcpt':>4} {'e2e/s':>7} {'transport/s':>11} {'crypto/s':>9} {'ratio':>6}"
         f" {'CPU ms':>7} {'CPU/s':>6} {'writes':>6}   {'delivered p50/p95/p99/max ms':<29}"
@@ -863,20 +915,26 @@ def render_text(result: E2EBench) -> str:
             f"{_size(row.body_bytes):>7} {row.recipients:>4}  {parts}"
             f"  | transport {row.transport.writes_per_message:.1f}"
         )
-    if result.memory:
-        lines += ["", "peak resident memory, MiB, while a backlog waits and then drains:"]
-        mem_names = list(result.memory[0].peak_rss_bytes)
-        lines.append(f"{'backlog':>8} " + " ".join(f"{_short(n):>10}" for n in mem_names))
-        for m in result.memory:
-            lines.append(
-                f"{m.backlog:>8,} "
-                + " ".join(f"{_mib(m.peak_rss_bytes[n]):>10}" for n in mem_names)
-            )
+    return "\n".join(lines + _memory_lines(result)) + "\n"
+
+
+def _memory_lines(result: E2EBench) -> list[str]:
+    if not result.memory:
+        return []
+    lines = ["", "peak resident memory, MiB, while a backlog waits and then drains:"]
+    mem_names = list(result.memory[0].peak_rss_bytes)
+    lines.append(f"{'backlog':>8} " + " ".join(f"{_short(n):>10}" for n in mem_names))
+    for m in result.memory:
         lines.append(
-            f"{'growth':>8} "
-            + " ".join(f"{result.memory_growth.get(n, math.nan):>10.2f}" for n in mem_names)
+            f"{m.backlog:>8,} " + " ".join(f"{_mib(m.peak_rss_bytes[n]):>10}" for n in mem_names)
         )
-    return "\n".join(lines) + "\n"
+    lines.append(
+        f"{'growth':>8} "
+        + " ".join(f"{result.memory_growth.get(n, math.nan):>10.2f}" for n in mem_names)
+    )
+    drained = ", ".join(f"{m.drained:,} of {m.backlog:,}" for m in result.memory)
+    lines.append(f"drained while measured: {drained}")
+    return lines
 
 
 def _stream(name: str) -> str:

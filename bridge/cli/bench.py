@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import math
 import sys
 from collections.abc import Callable
@@ -172,7 +173,19 @@ def _register_e2e(subcommands: Any) -> None:
         default=(1000, 5000),
         metavar="SMALL,LARGE",
         help="backlogs for the memory measurement (default: 1000,5000; 100000 is the target's "
-        "but takes about half an hour to fill at this machine's rate)",
+        "and fills in a few minutes)",
+    )
+    parser.add_argument(
+        "--fill",
+        choices=("inbox", "http"),
+        default="inbox",
+        help="how the backlog is filled: stored in the recipient's inbox as the broker routes "
+        "it (default), or submitted through the sending adapter (about half an hour for 100000)",
+    )
+    parser.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="measure only the memory under a backlog (no throughput, latency or limits)",
     )
     parser.add_argument(
         "--quick",
@@ -212,6 +225,7 @@ def _run_e2e(args: argparse.Namespace) -> int:
         settings = e2e.Settings.quick_check()
     else:
         settings = e2e.Settings(seconds=args.seconds, window=args.window, backlogs=args.backlog)
+    settings = dataclasses.replace(settings, fill=args.fill, memory_only=args.memory_only)
     result = asyncio.run(
         e2e.run(settings, directory=args.dir, profile=args.profile, progress=_progress("e2e"))
     )
