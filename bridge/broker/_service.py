@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -735,19 +735,6 @@ class Broker:
         # Undelivered, the message ends at its own expiry or when the inbox TTL removes it.
         expires_at = min(header.exp, now + verdict.ttl)
         at = max(float(now), self._clock())  # to the sub-second, for the latency of each step
-        await publish_all(
-            self._publish_status(
-                js,
-                submission,
-                routed,
-                at,
-                recipient=r,
-                message_type=verdict.header.type,
-                policy=policy.hash,
-                expires_at=expires_at,
-            )
-            for r in verdict.recipients
-        )
         assert self._expiry is not None
         watch = self._expiry
         notes = [
@@ -763,18 +750,41 @@ class Broker:
             )
             for recipient, ack in zip(verdict.recipients, acks, strict=True)
         ]
-        await publish_all(watch.put(note) for note in notes)
+        closes: list[Coroutine[Any, Any, None]] = []
         if header.type == "receipt" and header.reply_to is not None:
             # The recipient answered the message this receipt is about: nothing to expire.
             for original_sender in verdict.recipients:
-                await watch.close(original_sender, header.reply_to, submission.sender)
+                closes.append(watch.close(original_sender, header.reply_to, submission.sender))
                 if pull_expired(msg.headers):
                     # It waited in the recipient's pull inbox past its limit and was removed:
                     # the sender's non-delivery notice, as for a copy the inbox's TTL removed.
-                    await self._publish_expired(
-                        js, original_sender, header.reply_to, submission.sender, now
+                    closes.append(
+                        self._publish_expired(
+                            js, original_sender, header.reply_to, submission.sender, now
+                        )
                     )
-        await self._record(routing_events(verdict, msg.headers, now))
+        # Once the copies are stored, everything else the submission leads to is independent
+        # (each write idempotent by its Nats-Msg-Id): in flight together, one wait, not four.
+        await publish_all(
+            [
+                *(
+                    self._publish_status(
+                        js,
+                        submission,
+                        routed,
+                        at,
+                        recipient=r,
+                        message_type=verdict.header.type,
+                        policy=policy.hash,
+                        expires_at=expires_at,
+                    )
+                    for r in verdict.recipients
+                ),
+                *(watch.put(note) for note in notes),
+                *closes,
+                self._record(routing_events(verdict, msg.headers, now)),
+            ]
+        )
         await settle(msg.ack())
         self._counters.routed += 1
         for recipient in verdict.recipients:
