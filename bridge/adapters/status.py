@@ -5,12 +5,14 @@ and `expiring` warnings and `withdrawn` notes about messages waiting in this age
 (a withdrawn one is dropped from the pull inbox before the local system takes it); the
 adapter consumes its `status-<agency>` consumer and folds the events into `msg.<id>` with a
 compare-and-set, so several adapter instances can share the consumer and the bucket; the events
-of one fetched batch about the same message are folded in one write. An event is acknowledged
-only after it was folded (or found to be for no record of ours).
+of one fetched batch about the same message are folded in one write, and the batch's messages
+concurrently. An event is acknowledged only after it was folded (or found to be for no record of
+ours).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -77,8 +79,10 @@ class StatusFolder:
                     continue
                 if fold is not None:
                     folds.setdefault(fold.message_id, []).append(fold)
-            for message_id, group in folds.items():
-                await self._fold(message_id, group)
+            # Different messages' records are independent: fold them concurrently.
+            async with asyncio.TaskGroup() as folding:
+                for message_id, group in folds.items():
+                    folding.create_task(self._fold(message_id, group))
 
     async def _screen(self, msg: Msg) -> _Fold | None:
         """Settle an event that needs no fold; return the one that does."""
