@@ -29,6 +29,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
+from .._cancel import pause, raise_if_cancelling
 from ..crypto import Header, Keyring, Limits, OpenedAttachment, open_envelope, verify
 from ..errors import AttachmentInvalid, BridgeError, TransportError, reasons_of
 from ..federation.directory import Directory
@@ -92,11 +93,21 @@ class _Opened:
     failed: Exception | None = None  # NATS failed meanwhile: it waits for a redelivery
     attachments: tuple[OpenedAttachment, ...] = ()  # their chunks are checked when settled
 
+    @property
+    def for_sink(self) -> bool:
+        """Whether settling it offers it to the sink (then it must wait for its turn)."""
+        return (
+            self.refused is None
+            and self.failed is None
+            and not self.delivered
+            and not isinstance(self.body, (Receipt, DeletionConfirmed))
+        )
+
 
 async def _keep_waiting_alive(waiting: list[Msg], interval: float) -> None:
     """Touch the messages of a batch that wait for their turn, every `interval` seconds."""
     while True:
-        await asyncio.sleep(interval)
+        await pause(interval)
         for msg in list(waiting):
             await touch(msg)
 
@@ -157,28 +168,35 @@ class Inbound:
                 await self._handle_batch(msgs, sink)
 
     async def _handle_batch(self, msgs: list[Msg], sink: Sink) -> None:
-        """Open the batch concurrently, then settle its messages one by one, in order."""
+        """Open the batch concurrently, then settle it: what goes to the sink one by one, in
+        order; the rest (receipts, confirmations, refusals, repeats) beside it, concurrently."""
         opened = await asyncio.gather(*(self._open(msg) for msg in msgs))
-        waiting = list(msgs)
+        waiting = [one.msg for one in opened if one.for_sink]
         async with asyncio.TaskGroup() as group:
+            for one in opened:
+                if not one.for_sink:
+                    group.create_task(self._settle_or_retry(one, sink))
             beat = group.create_task(_keep_waiting_alive(waiting, self._keepalive_interval))
             try:
                 for one in opened:
-                    waiting.remove(one.msg)
-                    # `except*`: a sink works in task groups, whose failures come as
-                    # ExceptionGroups. Anything else is a bug: it ends the adapter's background
-                    # work, which makes the adapter exit non-zero (see `Adapter.wait`) so that
-                    # a supervisor restarts it.
-                    try:
-                        await self._settle(one, sink)
-                    except* (BridgeError, nats.errors.Error, OSError) as failed:
-                        # Left for a later redelivery. If the local system already took the
-                        # message and it was not recorded, the redelivery is marked as a
-                        # possible repeat.
-                        log.warning("inbound: a message waits for a retry (%s)", reasons_of(failed))
-                        await _nak(one.msg, _RETRY_DELAY)
+                    if one.for_sink:
+                        waiting.remove(one.msg)
+                        await self._settle_or_retry(one, sink)
+                        raise_if_cancelling()
             finally:
                 beat.cancel()
+
+    async def _settle_or_retry(self, opened: _Opened, sink: Sink) -> None:
+        # `except*`: a sink works in task groups, whose failures come as ExceptionGroups.
+        # Anything else is a bug: it ends the adapter's background work, which makes the adapter
+        # exit non-zero (see `Adapter.wait`) so that a supervisor restarts it.
+        try:
+            await self._settle(opened, sink)
+        except* (BridgeError, nats.errors.Error, OSError) as failed:
+            # Left for a later redelivery. If the local system already took the message and it
+            # was not recorded, the redelivery is marked as a possible repeat.
+            log.warning("inbound: a message waits for a retry (%s)", reasons_of(failed))
+            await _nak(opened.msg, _RETRY_DELAY)
 
     async def handle(self, msg: Msg, sink: Sink) -> None:
         """Open and settle one message (what a batch does for each of its messages)."""
