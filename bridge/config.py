@@ -200,6 +200,9 @@ class AdapterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     limits: Limits = msgspec.field(default_factory=Limits)
     # Plaintext bytes per encrypted attachment chunk: a power of two (docs/envelope.md).
     attachment_chunk_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 256 * 1024
+    # An upload not finished within this long was abandoned by an adapter that stopped midway:
+    # its chunks are removed (an upload cut off while the adapter runs is removed at once).
+    attachment_upload_limit_seconds: Annotated[int, msgspec.Meta(ge=1, le=86400)] = 3600
     base_dir: str = ""
 
     def path(self, value: str) -> Path:

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,11 @@ from adapter_helpers import (
 from bridge.adapters.chunks import ChunkStore
 from bridge.adapters.service import Adapter
 from bridge.crypto import Limits, open_envelope
+from bridge.ids import new_message_id
 from bridge.nats.identities import Identity
-from bridge.nats.subjects import HDR_TTL, attach_stream, attach_subject
+from bridge.nats.retention import check_retention
+from bridge.nats.subjects import HDR_TTL, attach_open_subject, attach_stream, attach_subject
+from bridge.nats.transport import publish_durable
 
 CHUNK = 1024
 MARKER = "Zyxwvutsrq"
@@ -249,3 +253,47 @@ async def test_idempotency_keys_are_refused_with_attachments(jobcenter: Running)
         assert r.status == 400
         assert (await r.json(content_type=None))["code"] == "idempotency.not_with_attachments"
     assert await jobcenter.chunks_stored() == 0
+
+
+async def test_an_upload_abandoned_by_a_stopped_adapter_is_swept(
+    tmp_path: Path, nats_env: Any
+) -> None:
+    agency = make_agency(tmp_path, nats_env.url, agency_seed(nats_env, JOBCENTER), JOBCENTER)
+    agency.config = msgspec.structs.replace(
+        agency.config, attachment_chunk_bytes=CHUNK, attachment_upload_limit_seconds=1
+    )
+    admin = await nats_env.admin()
+    # What an adapter that stopped mid-upload leaves: its marker and some chunks.
+    abandoned = new_message_id()
+    marker = attach_open_subject(JOBCENTER, abandoned)
+    await publish_durable(admin.js, marker, b"", msg_id=marker, ttl=86400)
+    for j in range(3):
+        subject = attach_subject(JOBCENTER, SUCHT, abandoned, 0, j)
+        await publish_durable(admin.js, subject, b"c" * 40, msg_id=subject, ttl=86400)
+    async with Adapter(agency.config) as adapter, aiohttp.ClientSession() as http:
+        running = Running(agency, adapter, http, admin, nats_env)
+        status, body = await running.post(form(None, [("a.pdf", "application/pdf", b"x" * 10)]))
+        assert status == 202, body
+
+        async def only_the_sent_message_left() -> bool:
+            return await running.chunks_stored() == 1
+
+        await eventually(only_the_sent_message_left, what="the abandoned upload swept")
+        kept = await admin.js.get_msg(
+            attach_stream(JOBCENTER),
+            subject=attach_subject(JOBCENTER, SUCHT, body["message_id"], 0, 0),
+        )
+        assert kept.data
+
+
+async def test_retention_check_covers_the_chunks(jobcenter: Running) -> None:
+    status, body = await jobcenter.post(form(None, [("a.pdf", "application/pdf", b"x" * 3000)]))
+    assert status == 202, body
+    report = await check_retention(jobcenter.admin.js, now=time.time)
+    stream = attach_stream(JOBCENTER)
+    assert report.streams[stream] == 3  # every chunk read and judged against its TTL
+    assert stream not in report.no_limit
+    assert not [o for o in report.overdue if o.stream == stream]
+    # Judged as overdue once past their TTL, like any message
+    later = await check_retention(jobcenter.admin.js, now=lambda: time.time() + 15 * 86400)
+    assert {o.seq for o in later.overdue if o.stream == stream and o.kind == "ttl"} != set()

@@ -12,17 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import nats.errors
 import nats.js.errors
 from nats.js.client import JetStreamContext
 
+from .._cancel import pause
 from ..crypto import DEFAULT_CHUNK
 from ..crypto.attachments import valid_chunk_size
 from ..errors import ConfigError, TransportError
-from ..nats.subjects import attach_filter, attach_stream, attach_subject
+from ..nats.subjects import (
+    attach_filter,
+    attach_open_filter,
+    attach_open_subject,
+    attach_stream,
+    attach_subject,
+)
 from ..nats.transport import publish_durable
 
 __all__ = ["ChunkPublisher", "ChunkStore"]
@@ -52,6 +59,69 @@ class ChunkStore:
     @property
     def agency(self) -> str:
         return self._agency
+
+    async def open_upload(self, message_id: str, ttl: int) -> None:
+        """Mark an upload as begun, so that a crash leaves a trace `sweep` finds."""
+        subject = attach_open_subject(self._agency, message_id)
+        await self._publish(subject, b"", subject, ttl)
+
+    async def close_upload(self, message_id: str) -> None:
+        """The upload ended (sent, or its chunks purged): remove its marker."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._js.purge_stream(
+                    attach_stream(self._agency),
+                    subject=attach_open_subject(self._agency, message_id),
+                )
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+            log.warning("upload marker of %s not removed [attachment.purge_failed]", message_id)
+            raise TransportError(
+                "an upload marker could not be removed", reason="attachment.purge_failed"
+            ) from exc
+
+    async def sweep(self, older_than: float, now: float) -> int:
+        """Remove the chunks and markers of uploads begun before `now - older_than` that never
+        ended (their adapter stopped mid-upload); how many were removed."""
+        stream = attach_stream(self._agency)
+        try:
+            async with asyncio.timeout(self._timeout):
+                info = await self._js.stream_info(
+                    stream, subjects_filter=attach_open_filter(self._agency)
+                )
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+            raise TransportError(
+                "open uploads could not be listed", reason="attachment.unavailable"
+            ) from exc
+        removed = 0
+        for subject in sorted((info.state.subjects or {}) if info.state else {}):
+            message_id = subject.rsplit(".", 1)[-1]
+            try:
+                async with asyncio.timeout(self._timeout):
+                    marker = await self._js.get_msg(stream, subject=subject, direct=True)
+            except nats.js.errors.NotFoundError:
+                continue
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                raise TransportError(
+                    "an upload marker could not be read", reason="attachment.unavailable"
+                ) from exc
+            begun = marker.time.timestamp() if marker.time is not None else now
+            if begun > now - older_than:
+                continue
+            await self.purge(message_id)
+            await self.close_upload(message_id)
+            log.warning("abandoned upload %s removed [attachment.abandoned]", message_id)
+            removed += 1
+        return removed
+
+    async def sweep_forever(self, older_than: float, clock: Callable[[], float]) -> None:
+        """Run `sweep` now and then, forever; NATS failures are logged and retried."""
+        every = max(1.0, min(older_than / 4, 300.0))
+        while True:
+            try:
+                await self.sweep(older_than, clock())
+            except TransportError as exc:
+                log.warning("abandoned uploads not swept [%s]; retrying", exc.reason)
+            await pause(every)
 
     def publisher(self, recipients: Sequence[str], message_id: str, ttl: int) -> ChunkPublisher:
         return ChunkPublisher(self, list(recipients), message_id, ttl)

@@ -200,6 +200,7 @@ class Outbound:
         content_key = new_content_key()
         request = submission.request
         publisher = self._chunks.publisher(request.recipients, message_id, submission.lifetime)
+        await self._chunks.open_upload(message_id, submission.lifetime)
         stored = False
         try:
             attachments = await parts.store(content_key, publisher)
@@ -225,15 +226,18 @@ class Outbound:
         finally:
             if not stored:
                 await publisher.abort()
-                await asyncio.shield(self._discard_chunks(message_id))
+            await asyncio.shield(self._end_upload(message_id, discard=not stored))
 
-    async def _discard_chunks(self, message_id: str) -> None:
+    async def _end_upload(self, message_id: str, *, discard: bool) -> None:
+        """Purge an unsent message's chunks, then its upload marker; what fails here is left
+        to the sweep of abandoned uploads (and to the chunks' TTL at the latest)."""
         assert self._chunks is not None
         try:
-            await self._chunks.purge(message_id)
+            if discard:
+                await self._chunks.purge(message_id)
+            await self._chunks.close_upload(message_id)
         except TransportError as exc:
-            # Their TTL removes them at the message's expiry at the latest.
-            log.warning("chunks of an unsent message %s not removed [%s]", message_id, exc.reason)
+            log.warning("upload of message %s not cleaned up yet [%s]", message_id, exc.reason)
 
     async def _submit(
         self,

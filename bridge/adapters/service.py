@@ -413,6 +413,13 @@ class Adapter:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.inbound.run(sink, sink.capacity), name="inbound")
                 group.create_task(self.status.run(), name="status")
+                assert self.chunks is not None
+                group.create_task(
+                    self.chunks.sweep_forever(
+                        self.config.attachment_upload_limit_seconds, self._clock
+                    ),
+                    name="abandoned-uploads",
+                )
                 assert self._directory is not None
                 group.create_task(
                     self._directory.watch(self.config.directory.reload_seconds), name="directory"

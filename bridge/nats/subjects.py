@@ -70,6 +70,8 @@ __all__ = [
     "agency_consent_publish_subjects",
     "agency_inbox_prefix",
     "attach_filter",
+    "attach_open_filter",
+    "attach_open_subject",
     "attach_read_subjects",
     "attach_stream",
     "attach_subject",
@@ -169,6 +171,15 @@ def attach_subject(sender: str, recipient: str, message_id: str, index: int, chu
         f"{_PREFIX}.attach.{check_agency_id(sender)}.{check_agency_id(recipient)}"
         f".{check_message_id(message_id)}.{index}.{chunk}"
     )
+
+
+def attach_open_subject(sender: str, message_id: str) -> str:
+    """The marker of an upload in progress (`_open` is no agency id, so no recipient's copy)."""
+    return f"{_PREFIX}.attach.{check_agency_id(sender)}._open.{check_message_id(message_id)}"
+
+
+def attach_open_filter(sender: str) -> str:
+    return f"{_PREFIX}.attach.{check_agency_id(sender)}._open.*"
 
 
 def attach_filter(sender: str, message_id: str, recipient: str | None = None) -> str:
@@ -389,8 +400,15 @@ def _check_name(name: str) -> None:
 
 
 def attach_write_subjects(sender: str) -> tuple[str, ...]:
-    """A sender stores chunks in its own stream and purges them (receipted, abandoned)."""
-    return (attach_subjects(sender), f"{_JS_API}.STREAM.PURGE.{attach_stream(sender)}")
+    """A sender stores chunks in its own stream and purges them (receipted, abandoned); it
+    finds its abandoned uploads by their markers (stream info by subject, direct get)."""
+    stream = attach_stream(sender)
+    return (
+        attach_subjects(sender),
+        f"{_JS_API}.STREAM.PURGE.{stream}",
+        f"{_JS_API}.STREAM.INFO.{stream}",
+        f"{_JS_API}.DIRECT.GET.{stream}.{attach_open_filter(sender)}",
+    )
 
 
 def attach_read_subjects(recipient: str, federation: Sequence[str]) -> tuple[str, ...]:
