@@ -110,6 +110,16 @@ def test_quick_run_has_every_row_and_cleans_up(
         assert all(v > 0 for v in memory["peak_rss_bytes"].values())
     assert set(result["memory_growth"]) == PROCESSES
     assert {p["name"] for p in result["primitives"]} >= {"sign", "verify-signature", "hpke-wrap"}
+    # The one-file case, tiny: the file went through whole and both sides were timed.
+    attachment = result["attachment"]
+    assert attachment["size"] == e2e.Settings.quick_check().attachment_bytes
+    for value in ("e2e_seconds", "put_seconds", "get_seconds", "raw_mib_per_s", "ratio"):
+        assert _usable(attachment[value])
+    assert attachment["ratio"] == pytest.approx(
+        attachment["e2e_mib_per_s"] / attachment["raw_mib_per_s"]
+    )
+    assert set(attachment["peak_rss_bytes"]) == PROCESSES
+    assert "one attachment of 1024 KiB" in text
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
     assert _processes_under(tmp_path) == []
@@ -156,6 +166,8 @@ def test_bodies_have_the_size_asked_for_and_are_valid(size: int) -> None:
         ["--backlog", "0,10"],
         ["--window", "1"],
         ["--seconds", "0"],
+        ["--attachment", "101"],
+        ["--attachment", "-1"],
     ],
 )
 def test_bad_options_are_refused_before_anything_starts(

@@ -18,16 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import itertools
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiohttp
 import msgspec
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -50,6 +51,8 @@ __all__ = [
 ]
 
 _HTTP_TIMEOUT: Final = 60.0
+_FILE_TIMEOUT: Final = 300.0  # between two reads of a file's answer: it is stored first
+_FILE_READ: Final = 1024 * 1024
 _PULL_IDLE: Final = 0.01  # seconds between two looks at an empty inbox
 _FILL: Final = "\U0001d538"  # 4 bytes in UTF-8 and one character for the length limits
 
@@ -219,6 +222,31 @@ class Submitter:
         self.consents.append(consent)
         return consent
 
+    async def submit_with_file(
+        self, request: bytes, name: str, media_type: str, blocks: AsyncIterator[bytes]
+    ) -> str:
+        """Submit a message with one attachment, streamed from `blocks` (multipart)."""
+        writer = aiohttp.MultipartWriter("form-data")
+        message = writer.append(request, {"Content-Type": "application/json"})
+        message.set_content_disposition("form-data", name="message")
+        part = writer.append(
+            aiohttp.payload.AsyncIterablePayload(blocks), {"Content-Type": media_type}
+        )
+        part.set_content_disposition("form-data", name="attachment", filename=name)
+        headers = {"Authorization": self._headers["Authorization"]}
+        timeout = aiohttp.ClientTimeout(sock_connect=_HTTP_TIMEOUT, sock_read=_FILE_TIMEOUT)
+        async with self._session.post(
+            self._url, data=writer, headers=headers, timeout=timeout
+        ) as response:
+            data = await response.read()
+            if response.status != 202:
+                self.refused += 1
+                raise TransportError(
+                    f"the sending adapter answered {response.status} to a file",
+                    reason="bench.submit_refused",
+                )
+        return msgspec.json.decode(data, type=_Accepted).message_id
+
     async def submit(self, request: bytes) -> str:
         headers = {**self._headers, "Idempotency-Key": str(uuid.uuid4())}
         timeout = aiohttp.ClientTimeout(total=_HTTP_TIMEOUT)
@@ -259,6 +287,8 @@ class WebhookReceiver:
         self.calls = 0
         self.taken = 0  # calls answered 204
         self.bad_signatures = 0
+        self.bad_files = 0
+        self.file_bytes = 0
 
     def __repr__(self) -> str:
         return f"WebhookReceiver(calls={self.calls}, refusing={self.refusing})"
@@ -280,6 +310,8 @@ class WebhookReceiver:
         if self.refusing:
             return web.Response(status=503)
         agency = request.match_info["agency"]
+        if request.content_type == "multipart/form-data":
+            return await self._with_files(request, agency)
         body = await request.read()
         secret = self._secrets.get(agency)
         if secret is None or not verify_webhook_signature(secret, request.headers, body):
@@ -288,6 +320,43 @@ class WebhookReceiver:
         self._tracker.delivered(msgspec.json.decode(body, type=_Accepted).message_id, agency)
         self.taken += 1
         return web.Response(status=204)
+
+    async def _with_files(self, request: web.Request, agency: str) -> web.Response:
+        """A message with attachments: the signed message part, then each file, hashed as it
+        streams in and checked against the digest the message names."""
+        reader = await request.multipart()
+        part = await reader.next()
+        secret = self._secrets.get(agency)
+        if not isinstance(part, BodyPartReader) or secret is None:
+            return web.Response(status=400)
+        payload = bytes(await part.read())
+        if not verify_webhook_signature(secret, request.headers, payload):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        item = msgspec.json.decode(payload, type=_WithFiles)
+        for expected in item.attachments:
+            part = await reader.next()
+            if not isinstance(part, BodyPartReader):
+                return web.Response(status=400)
+            digest = hashlib.sha256()
+            while piece := await part.read_chunk(_FILE_READ):
+                digest.update(piece)
+            if digest.hexdigest() != expected.sha256:
+                self.bad_files += 1
+                return web.Response(status=400)
+            self.file_bytes += expected.size
+        self._tracker.delivered(item.message_id, agency)
+        return web.Response(status=204)
+
+
+class _File(msgspec.Struct):
+    sha256: str
+    size: int
+
+
+class _WithFiles(msgspec.Struct):
+    message_id: str
+    attachments: list[_File]
 
 
 class _InboxList(msgspec.Struct):

@@ -57,6 +57,13 @@ from ..nats.identities import Identity
 from ..nats.subjects import BROKER_CONSUMER, submit_stream
 from ..wire import Delivered, Purpose, Receipt, encode_body
 from . import crypto as crypto_bench
+from ._attachment import (
+    AttachmentCase,
+    file_blocks,
+    mib_per_s,
+    object_store_round_trip,
+    sample_memory,
+)
 from ._backlog import fill_inbox
 from ._local import (
     PullClient,
@@ -92,6 +99,7 @@ PULL_RECIPIENT: Final = "spdi-unna"
 _RECIPIENTS: Final = (WEBHOOK_RECIPIENT, PULL_RECIPIENT)
 _RECEIPT_BODY: Final = 1024  # receipts are smaller; the 1 KiB primitives stand in for them
 _MESSAGE_TIMEOUT: Final = 120.0
+_FILE_TIMEOUT: Final = 900.0  # one file of up to 100 MiB on a loaded machine
 _SAMPLE_EVERY: Final = 0.2
 _QUICK: Final = " --quick (a shape check: the numbers mean nothing)"
 
@@ -109,6 +117,7 @@ class Settings:
     recipients: tuple[int, ...] = (1, 2)
     backlogs: tuple[int, ...] = DEFAULT_BACKLOGS
     drain_seconds: float = 5.0  # the local systems take deliveries again, memory still sampled
+    attachment_bytes: int = 100 * 1024 * 1024  # the one-file case; 0 leaves it out
     quick: bool = False
     fill: str = "inbox"  # how the backlog is filled: "inbox" (as routed) or "http" (submitted)
     memory_only: bool = False  # no throughput, latency or limits: only the backlog's memory
@@ -123,6 +132,7 @@ class Settings:
             window=4,
             backlogs=(8, 16),
             drain_seconds=0.5,
+            attachment_bytes=1024 * 1024,
             quick=True,
         )
 
@@ -137,6 +147,8 @@ class Settings:
             raise ValueError("body sizes must be 1 KiB to 90 KiB")
         if not self.recipients or any(n not in (1, 2) for n in self.recipients):
             raise ValueError("recipients must be 1 or 2")
+        if self.attachment_bytes and not 1024 <= self.attachment_bytes <= 100 * 1024 * 1024:
+            raise ValueError("the attachment must be 1 KiB to 100 MiB (or 0: none)")
         if len(self.backlogs) != 2 or not 1 <= self.backlogs[0] < self.backlogs[1] <= 1_000_000:
             raise ValueError("backlogs must be a small and a larger count, up to 1,000,000")
         if self.fill not in ("inbox", "http"):
@@ -218,6 +230,7 @@ class E2EBench(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     memory: list[Memory]
     memory_growth: dict[str, float]  # large backlog's peak / small backlog's peak
     primitives: list[crypto_bench.PrimitiveRate]  # what the crypto floor was computed from
+    attachment: AttachmentCase | None = None  # one file end to end, against the object store
 
 
 # -- the crypto floor -------------------------------------------------------------------------
@@ -749,7 +762,7 @@ async def run(
         envelope_sizes: dict[tuple[int, int], int] = {}
         if not settings.memory_only:
             limits, envelope_sizes = await _transport_limits(root, settings, progress)
-        rows, memory = await _run_stack(
+        rows, memory, attachment = await _run_stack(
             root, settings, limits, floors, envelope_sizes, profile, progress
         )
     finally:
@@ -777,6 +790,7 @@ async def run(
         memory=memory,
         memory_growth=growth,
         primitives=primitives,
+        attachment=attachment,
     )
 
 
@@ -788,7 +802,7 @@ async def _run_stack(
     envelope_sizes: dict[tuple[int, int], int],
     profile: Path | None,
     progress: Progress,
-) -> tuple[list[Row], list[Memory]]:
+) -> tuple[list[Row], list[Memory], AttachmentCase | None]:
     progress("stack: starting nats-server, broker and three adapters")
     stack = BenchStack(root)
     load: _Load | None = None
@@ -822,6 +836,11 @@ async def _run_stack(
                                     progress,
                                 )
                             )
+                    attachment = (
+                        await _attachment_case(load, settings.attachment_bytes, progress)
+                        if settings.attachment_bytes and not settings.memory_only
+                        else None
+                    )
                     memory = await _backlog_memory(load, settings, progress)
                 finally:
                     puller.cancel()
@@ -831,7 +850,48 @@ async def _run_stack(
             await load.receipts.stop()
             await load.webhook.stop()
         await stack.stop()
-    return rows, memory
+    return rows, memory, attachment
+
+
+async def _attachment_case(load: _Load, size: int, progress: Progress) -> AttachmentCase:
+    """One handover with one file of `size` bytes to the webhook recipient, then the object
+    store round trip of as many bytes on the same server (bridge.bench._attachment)."""
+    progress(f"attachment: one file of {_size(size)} end to end")
+    recipients = (WEBHOOK_RECIPIENT,)
+    request = submit_request(body_of_size(DEFAULT_SIZES[0]), recipients, load.submitter.consent)
+    blocks, _ = file_blocks(size)
+    for process in load.processes:
+        process.reset_peak()
+    async with asyncio.TaskGroup() as tg:
+        sampler = tg.create_task(sample_memory(load.processes))
+        try:
+            submitted = time.perf_counter()
+            message_id = await load.submitter.submit_with_file(
+                request, "bench.bin", "application/octet-stream", blocks
+            )
+            track = load.tracker.accepted(message_id, recipients, submitted, time.perf_counter())
+            async with asyncio.timeout(_FILE_TIMEOUT):
+                await track.done.wait()  # delivered, and receipted; timed to the delivery
+        finally:
+            sampler.cancel()
+    delivered = track.delivered_all
+    assert delivered is not None
+    e2e = delivered - submitted
+    peaks = {p.name: p.peak_rss for p in load.processes}
+    progress("attachment: raw object store put and get of as many bytes")
+    assert load.stack.admin is not None
+    put, get = await object_store_round_trip(load.stack.admin.jetstream(timeout=120.0), size)
+    e2e_rate, raw_rate = mib_per_s(size, e2e), mib_per_s(size, put + get)
+    return AttachmentCase(
+        size=size,
+        e2e_seconds=e2e,
+        e2e_mib_per_s=e2e_rate,
+        put_seconds=put,
+        get_seconds=get,
+        raw_mib_per_s=raw_rate,
+        ratio=e2e_rate / raw_rate,
+        peak_rss_bytes=peaks,
+    )
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -915,7 +975,7 @@ def render_text(result: E2EBench) -> str:
             f"{_size(row.body_bytes):>7} {row.recipients:>4}  {parts}"
             f"  | transport {row.transport.writes_per_message:.1f}"
         )
-    return "\n".join(lines + _memory_lines(result)) + "\n"
+    return "\n".join(lines + _memory_lines(result) + _attachment_lines(result)) + "\n"
 
 
 def _memory_lines(result: E2EBench) -> list[str]:
@@ -935,6 +995,21 @@ def _memory_lines(result: E2EBench) -> list[str]:
     drained = ", ".join(f"{m.drained:,} of {m.backlog:,}" for m in result.memory)
     lines.append(f"drained while measured: {drained}")
     return lines
+
+
+def _attachment_lines(result: E2EBench) -> list[str]:
+    a = result.attachment
+    if a is None:
+        return []
+    return [
+        "",
+        f"one attachment of {_size(a.size)} to the webhook recipient: {a.e2e_seconds:.2f} s,"
+        f" {a.e2e_mib_per_s:.1f} MiB/s end to end; raw object store put {a.put_seconds:.2f}"
+        f" s + get {a.get_seconds:.2f} s = {a.raw_mib_per_s:.1f} MiB/s; ratio {a.ratio:.2f}"
+        " (target 0.50)",
+        "peak resident memory during it, MiB: "
+        + ", ".join(f"{_short(n)} {_mib(v)}" for n, v in a.peak_rss_bytes.items()),
+    ]
 
 
 def _stream(name: str) -> str:

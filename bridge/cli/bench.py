@@ -188,6 +188,14 @@ def _register_e2e(subcommands: Any) -> None:
         help="measure only the memory under a backlog (no throughput, latency or limits)",
     )
     parser.add_argument(
+        "--attachment",
+        type=_attachment_mib,
+        default=100,
+        metavar="MIB",
+        help="the one-file case: one attachment of MIB MiB end to end, against a raw object "
+        "store put and get of as many bytes (default: 100; 0 leaves it out)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="a shape check in well under a minute (tiny windows and runs): numbers mean nothing",
@@ -218,13 +226,24 @@ def _register_e2e(subcommands: Any) -> None:
     parser.set_defaults(handler=_run_e2e)
 
 
+def _attachment_mib(raw: str) -> int:
+    if not raw.isdigit() or int(raw) > 100:
+        raise argparse.ArgumentTypeError("an attachment is 0 to 100 MiB")
+    return int(raw)
+
+
 def _run_e2e(args: argparse.Namespace) -> int:
     from ..bench import e2e
 
     if args.quick:
         settings = e2e.Settings.quick_check()
     else:
-        settings = e2e.Settings(seconds=args.seconds, window=args.window, backlogs=args.backlog)
+        settings = e2e.Settings(
+            seconds=args.seconds,
+            window=args.window,
+            backlogs=args.backlog,
+            attachment_bytes=args.attachment * 1024 * 1024,
+        )
     settings = dataclasses.replace(settings, fill=args.fill, memory_only=args.memory_only)
     result = asyncio.run(
         e2e.run(settings, directory=args.dir, profile=args.profile, progress=_progress("e2e"))
