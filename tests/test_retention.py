@@ -218,6 +218,7 @@ def test_the_store_limits_follow_the_policy() -> None:
     limits = store_limits(rules)
     expected = {
         "BRIDGE_SUBMIT_jobcenter-unna": ("[types.*] max_lifetime", 30 * DAY),
+        "BRIDGE_ATTACH_jobcenter-unna": ("[types.*] max_lifetime", 30 * DAY),
         INBOX_STREAM: ("[types.*] inbox_ttl", 30 * DAY),
         PENDING_STREAM: ("plus a day", 31 * DAY),
         STATUS_STREAM: ("[retention] status", 40 * DAY),
@@ -252,6 +253,7 @@ async def test_provisioning_sets_the_policy_limits(nats_env: NatsEnv) -> None:
         INBOX_STREAM,
         PENDING_STREAM,
         "BRIDGE_SUBMIT_spdi-unna",
+        "BRIDGE_ATTACH_spdi-unna",
     ):
         info = await admin.js.stream_info(stream)
         limit = limit_for(store_limits(rules), stream)

@@ -51,6 +51,7 @@ from ..nats.subjects import (
     REGISTRATION_CONSUMER,
     STATUS_STREAM,
     WITHDRAWAL_CONSUMER,
+    attach_stream,
     disclosure_subjects_all,
     inbox_subject,
     status_subject,
@@ -270,6 +271,7 @@ class Broker:
                 CONSENT_STREAM,
                 AUDIT_STREAM,
                 *(submit_stream(a.id) for a in self._directory.current.agencies()),
+                *(attach_stream(a.id) for a in self._directory.current.agencies()),
             ],
             wait=self._config.nats.request_timeout_seconds,
         )

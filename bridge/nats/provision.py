@@ -175,7 +175,14 @@ class ProvisionSettings:
                 raise bad(f"{name} must hold at least one message of at least 1 KiB")
 
 
-_AGES = ("submit_max_age", "inbox_max_age", "status_max_age", "audit_max_age", "consent_max_age")
+_AGES = (
+    "submit_max_age",
+    "attach_max_age",
+    "inbox_max_age",
+    "status_max_age",
+    "audit_max_age",
+    "consent_max_age",
+)
 
 
 class Action(enum.StrEnum):

@@ -455,6 +455,7 @@ def stream_settings_subjects(federation: Sequence[str]) -> tuple[str, ...]:
     Stream info is read-only metadata (limits and counts, never a message)."""
     streams = (
         *(submit_stream(agency) for agency in federation),
+        *(attach_stream(agency) for agency in federation),
         INBOX_STREAM,
         STATUS_STREAM,
         CONSENT_STREAM,

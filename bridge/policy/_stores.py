@@ -20,6 +20,7 @@ from typing import Any, Final
 from ..nats.provision import PENDING_GRACE, ProvisionSettings
 from ..nats.retention import StoreLimit
 from ..nats.subjects import (
+    ATTACH_STREAM_PREFIX,
     AUDIT_STREAM,
     CONSENT_STREAM,
     INBOX_STREAM,
@@ -37,9 +38,12 @@ _LONGEST: Final = "the longest [types.*]"
 def store_limits(rules: PolicyRules) -> tuple[StoreLimit, ...]:
     """Every stream bridge keeps data in, with the age limit the policy sets for it."""
     inbox = rules.longest("inbox_ttl")
+    lifetime = rules.longest("max_lifetime")
     return (
         # A submission older than any message's lifetime can only be rejected as expired.
-        StoreLimit(SUBMIT_STREAM_PREFIX, f"{_LONGEST} max_lifetime", rules.longest("max_lifetime")),
+        StoreLimit(SUBMIT_STREAM_PREFIX, f"{_LONGEST} max_lifetime", lifetime),
+        # Attachment chunks live as long as their message at most (each has its TTL too).
+        StoreLimit(ATTACH_STREAM_PREFIX, f"{_LONGEST} max_lifetime", lifetime),
         StoreLimit(INBOX_STREAM, f"{_LONGEST} inbox_ttl", inbox),
         StoreLimit(PENDING_STREAM, f"{_LONGEST} inbox_ttl, plus a day", inbox + PENDING_GRACE),
         StoreLimit(STATUS_STREAM, "[retention] status", rules.retention.status),
@@ -57,6 +61,7 @@ def provision_settings(rules: PolicyRules, **changes: Any) -> ProvisionSettings:
     """Provisioning settings whose age limits are the policy's; `changes` set the rest."""
     return ProvisionSettings(
         submit_max_age=float(rules.longest("max_lifetime")),
+        attach_max_age=float(rules.longest("max_lifetime")),
         inbox_max_age=float(rules.longest("inbox_ttl")),
         status_max_age=float(rules.retention.status),
         consent_max_age=float(rules.retention.consent),
