@@ -7,6 +7,7 @@ injectable), never by waiting: the store's own expiry is what makes the healthy 
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from envelope_helpers import federation
 from nats.js import api
 from policy_helpers import POLICY, signed_policy
 from test_adapter_status import Sender
-from test_broker import make_broker, write_config
+from test_broker import broker_policy, make_broker, wait_for, write_config
 
 from bridge.adapters.service import Adapter
 from bridge.consent.record import new_consent_id
@@ -292,6 +293,29 @@ async def test_the_broker_refuses_to_start_on_streams_that_keep_too_long(
     await nats_env.provision(settings=provision_settings(parse_policy(POLICY)))
     async with make_broker(config) as broker:
         assert broker.started
+
+
+async def test_a_reloaded_policy_that_shortens_a_limit_is_logged(
+    nats_env: NatsEnv, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Running brokers keep routing on a new policy, but say loudly what the store keeps too
+    long for it (the streams need provisioning with it)."""
+    fed = federation()
+    config = write_config(tmp_path, nats_env, fed)
+    shorter = broker_policy().replace('"30d"', '"20d"')  # status too: 20 days
+    caplog.set_level(logging.ERROR, logger="bridge.broker")
+    async with make_broker(config) as broker:
+        assert not caplog.records
+        (tmp_path / "policy.bin").write_bytes(signed_policy(fed, shorter, serial=2)[0])
+
+        def logged() -> bool:
+            return any("keeps longer than the new policy" in r.message for r in caplog.records)
+
+        await wait_for("the error about the streams", logged, within=60)
+        assert broker.statistics().policy_serial == 2
+    (record,) = [r for r in caplog.records if "new policy" in r.message]
+    assert "BRIDGE_STATUS keeps 2592000s" in record.message
+    assert "[retention] status allows 1728000s" in record.message
 
 
 async def test_the_check_finds_records_kept_past_the_policy(

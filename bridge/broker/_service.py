@@ -33,7 +33,7 @@ from ..audit.notice import KEY_DESTROYED, open_notice
 from ..config import BrokerConfig, nats_tls_context
 from ..consent import Registry, policy_rule
 from ..crypto import Header, verify
-from ..errors import BridgeError, PolicyError, ProtocolError, TransportError
+from ..errors import BridgeError, ConfigError, PolicyError, ProtocolError, TransportError
 from ..federation.directory import Directory, load_anchor
 from ..federation.holder import DirectoryHolder
 from ..nats.backoff import Backoff
@@ -146,6 +146,7 @@ class Broker:
         self._expiry: ExpiryWatch | None = None
         self._audited_serial = 0
         self._audited_policy = ""
+        self._retention_policy = ""  # the policy version the streams' age limits were checked for
         self._policy = PolicyHolder(
             config.path(config.policy.file),
             load_anchor(config.path(config.directory.anchor)),
@@ -223,7 +224,9 @@ class Broker:
         subs: list[JetStreamContext.PullSubscription] = []
         try:
             js = nc.jetstream(timeout=nats_config.request_timeout_seconds)
-            await self._check_retention(js)
+            policy = self._policy.current
+            await self._check_retention(js, policy)
+            self._retention_policy = policy.hash
             self._audit = AuditWriter(
                 js,
                 self._audit_key,
@@ -253,17 +256,17 @@ class Broker:
             await close_connection(nc, subs)
             log.info("broker %s stopped", self._name)
 
-    async def _check_retention(self, js: JetStreamContext) -> None:
+    async def _check_retention(self, js: JetStreamContext, policy: Policy) -> None:
         """Refuse to run on streams that keep data longer than the policy allows (or for ever).
 
-        Checked once, at start-up: a policy that shortens a limit later needs the streams
-        provisioned again, and `bridge retention check` names them until they are.
+        Refused at start-up; after a reload that shortens a limit only logged as an error (the
+        streams need provisioning again), and `bridge retention check` names them until then.
         """
         # A stream that does not exist (yet) is not refused here: the broker holds what needs
         # it until it is there, and provisioning creates it with the policy's age limit.
         await check_stream_ages(
             js,
-            store_limits(self._policy.current.rules),
+            store_limits(policy.rules),
             [
                 INBOX_STREAM,
                 PENDING_STREAM,
@@ -534,7 +537,7 @@ class Broker:
                 await self._sleep(self._config.directory.reload_seconds)
                 continue
             try:
-                await self._audit_versions(directory)
+                await self._audit_versions(js, directory)
             except TransportError as exc:
                 pause = audit_backoff.next()
                 log.warning("audit trail unavailable, waiting %.1fs [%s]", pause, exc.reason)
@@ -561,7 +564,7 @@ class Broker:
         """A fetch step whose pauses after a failure end early when the broker stops."""
         return Fetcher(sub, what=what, wait=self._fetch_wait, sleep=self._sleep)
 
-    async def _audit_versions(self, directory: Directory) -> None:
+    async def _audit_versions(self, js: JetStreamContext, directory: Directory) -> None:
         """Record in the audit trail the directory and policy versions routing will use."""
         if directory.serial != self._audited_serial:
             await self._record(directory_events(directory.serial, int(self._clock())))
@@ -570,6 +573,20 @@ class Broker:
         if policy.hash != self._audited_policy:
             await self._record(policy_events(policy.hash, int(self._clock())))
             self._audited_policy = policy.hash
+        if policy.hash != self._retention_policy:
+            # Set before any await: one consumer loop checks a new version, not each of them.
+            self._retention_policy = policy.hash
+            await self._retention_after_reload(js, policy)
+
+    async def _retention_after_reload(self, js: JetStreamContext, policy: Policy) -> None:
+        """A new policy may shorten a limit the streams still keep: say so loudly, and keep
+        routing (refusing would stop every agency's traffic for an operator's next step)."""
+        try:
+            await self._check_retention(js, policy)
+        except ConfigError as exc:
+            log.error("the store keeps longer than the new policy allows: %s", exc)
+        except TransportError as exc:
+            log.warning("cannot check the streams' age limits after a reload [%s]", exc.reason)
 
     async def _watch_backlog(self, js: JetStreamContext) -> None:
         """Keep the submission backlog gauges current; a failed look is only logged.
