@@ -23,7 +23,7 @@ import asyncio
 import datetime
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final, Literal
 
 import msgspec
@@ -164,8 +164,9 @@ class ExpiryWatch:
                 )
 
     async def check(self) -> None:
-        """One pass over every note."""
-        for note in await self._notes():
+        """One pass over every note, a window of them at a time: however many copies wait, the
+        broker holds no more than `_WINDOW` notes."""
+        async for note in self._notes():
             now = int(self._clock())
             present = await self._in_inbox(note.seq)
             if present:
@@ -176,7 +177,7 @@ class ExpiryWatch:
             else:
                 await self._done(note)
 
-    async def _notes(self) -> list[PendingNote]:
+    async def _notes(self) -> AsyncIterator[PendingNote]:
         try:
             async with asyncio.timeout(self._timeout):
                 info = await self._js.stream_info(PENDING_STREAM)
@@ -185,12 +186,12 @@ class ExpiryWatch:
                 "cannot read the pending notes", reason="expiry.unavailable"
             ) from exc
         first, last = int(info.state.first_seq or 0), int(info.state.last_seq or 0)
-        notes: list[PendingNote] = []
         for start in range(max(first, 1), last + 1, _WINDOW):
             seqs = range(start, min(last, start + _WINDOW - 1) + 1)
             found = await asyncio.gather(*(self._get_note(seq) for seq in seqs))
-            notes += [note for note in found if note is not None]
-        return notes
+            for note in found:
+                if note is not None:
+                    yield note
 
     async def _get_note(self, seq: int) -> PendingNote | None:
         try:
