@@ -173,7 +173,7 @@ def _register_e2e(subcommands: Any) -> None:
         default=(1000, 5000),
         metavar="SMALL,LARGE",
         help="backlogs for the memory measurement (default: 1000,5000; 100000 is the target's "
-        "and fills in a few minutes)",
+        "and fills in about ten minutes here with the default --fill)",
     )
     parser.add_argument(
         "--fill",
