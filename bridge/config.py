@@ -52,7 +52,7 @@ class NatsClientConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     `url` is one URL or a list of them (the nodes of a cluster: the client connects to one and
     fails over to the others). For `tls://` URLs the system's trusted CAs verify the server
     unless `tls_ca_file` names a private CA; `tls_cert_file` and `tls_key_file` add a client
-    certificate (mutual TLS).
+    certificate (mutual TLS). `hub_domain` is set only for an adapter behind a leaf node.
     """
 
     url: str | Annotated[list[str], msgspec.Meta(min_length=1, max_length=16)]
@@ -62,6 +62,9 @@ class NatsClientConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    # Only for an adapter behind its agency's own leaf node (docs/nats.md, "Agencies behind
+    # leaf nodes"): `url` is the leaf, and the hub's JetStream answers under this domain.
+    hub_domain: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
 
 
 class DirectoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -279,6 +282,9 @@ class ProvisionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     policy: ProvisionPolicyConfig
     agencies: Annotated[list[_Agency], msgspec.Meta(min_length=1)]
     replicas: Literal[1, 3, 5] = 3
+    # Agencies behind leaf nodes of their own: their submit streams source the leaves'
+    # outboxes (docs/nats.md, "Agencies behind leaf nodes").
+    leaf_agencies: list[_Agency] = msgspec.field(default_factory=list)
     base_dir: str = ""
 
     def path(self, value: str) -> Path:

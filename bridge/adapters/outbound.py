@@ -76,8 +76,15 @@ class Outbound:
         retry_after: int = 5,
         reporter: Reporter | None = None,
         chunks: ChunkStore | None = None,
+        registry_optional: bool = False,
     ) -> None:
-        """`registry` is None only when consent enforcement is off (`[consent] enforce`)."""
+        """`registry` is None only when consent enforcement is off (`[consent] enforce`).
+
+        `registry_optional` (an adapter behind a leaf node): when the hub's registry cannot be
+        read, accept the submission anyway; the broker checks the consent before routing and
+        the sender hears `rejected` if it fails. Otherwise a registry away means `503`.
+        """
+        self._registry_optional = registry_optional
         self._agency = agency
         self._reporter = reporter
         self._keyring = keyring
@@ -185,6 +192,13 @@ class Outbound:
             )
         except (ConsentDenied, ConsentInvalid) as exc:
             raise ApiProblem(422, str(exc), reason=exc.reason, field="$.consent") from None
+        except TransportError as exc:
+            if not self._registry_optional:
+                raise
+            log.warning(
+                "consent not checked here, the hub is out of reach; the broker checks it [%s]",
+                exc.reason,
+            )
 
     async def _submit_attachments(
         self,

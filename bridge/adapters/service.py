@@ -229,17 +229,21 @@ class Adapter:
             closed_cb=self._on_closed,
         )
         js = self._nc.jetstream(timeout=timeout)
+        # Behind a leaf node the outbox and the bucket are the leaf's own; inbox, status and
+        # the consent registry are the hub's, asked for under its JetStream domain.
+        behind_leaf = c.nats.hub_domain is not None
+        hub = self._nc.jetstream(timeout=timeout, domain=c.nats.hub_domain) if behind_leaf else js
         store = await Store.open(
             js, c.agency, timeout, status_keep=lambda: self.policy().retention.status
         )
-        registry = Registry(js, timeout=timeout)
+        registry = Registry(hub, timeout=timeout)
         if not c.consent.enforce:
             log.warning(
                 "adapter %s: consent enforcement is OFF ([consent] enforce = false)", c.agency
             )
-        inbox_sub = await bind_pull(js, INBOX_STREAM, inbox_consumer(c.agency))
-        status_sub = await bind_pull(js, STATUS_STREAM, status_consumer(c.agency))
-        keepalive = await self._keepalive_interval(js, timeout)
+        inbox_sub = await bind_pull(hub, INBOX_STREAM, inbox_consumer(c.agency))
+        status_sub = await bind_pull(hub, STATUS_STREAM, status_consumer(c.agency))
+        keepalive = await self._keepalive_interval(hub, timeout)
         revocations = Revocations(
             keyring=keyring,
             directory=self.directory,
@@ -256,7 +260,10 @@ class Adapter:
             clock=self._clock,
             publish_timeout=timeout,
         )
-        self.chunks = ChunkStore(js, c.agency, timeout=timeout, chunk_size=c.attachment_chunk_bytes)
+        # Attachment chunks stay at the hub: behind a leaf they need the line.
+        self.chunks = ChunkStore(
+            hub, c.agency, timeout=timeout, chunk_size=c.attachment_chunk_bytes
+        )
         self.inbound = Inbound(
             revocations=revocations,
             keyring=keyring,
@@ -327,6 +334,7 @@ class Adapter:
             registry=registry if c.consent.enforce else None,
             reporter=reporter,
             chunks=self.chunks,
+            registry_optional=behind_leaf,
         )
         if self.inbox is not None:
             inbox = self.inbox

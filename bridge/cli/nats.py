@@ -3,6 +3,8 @@
 `config` creates the identities of a federation and the server config under `<state>/nats/`;
 `serve` runs the server in the foreground; `provision` creates streams, consumers and buckets.
 Re-running `config` with more agencies adds them; a running `serve` picks them up on SIGHUP.
+`leaf-config` prepares an agency's own leaf node instead (docs/nats.md); `serve` and
+`provision` then run and provision that leaf.
 """
 
 from __future__ import annotations
@@ -40,7 +42,33 @@ def register(commands: Any) -> None:
     )
     config.add_argument("--monitor-port", type=int, help="enable HTTP monitoring on this port")
     config.add_argument("--max-file-store", type=int, metavar="BYTES", help="JetStream disk cap")
+    config.add_argument("--leaf-port", type=int, help="accept agencies' leaf nodes on this port")
+    config.add_argument(
+        "--leaf-agency",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="agency whose leaf node may connect (repeatable; added to those configured)",
+    )
     config.set_defaults(handler=_config)
+
+    leaf = sub.add_parser("leaf-config", help="prepare an agency's own NATS leaf node")
+    _state_arg(leaf)
+    leaf.add_argument("--agency", required=True, metavar="ID", help="the agency it serves")
+    leaf.add_argument(
+        "--hub",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="the hub's leaf-node URL, nats-leaf:// or tls:// (repeatable: each hub node)",
+    )
+    leaf.add_argument(
+        "--hub-seed", type=Path, required=True, metavar="FILE", help="the seed of leaf-<agency>"
+    )
+    leaf.add_argument("--hub-ca", metavar="FILE", help="CA of the hub's TLS certificates")
+    leaf.add_argument("--host", default="127.0.0.1", help="listen address for the adapter")
+    leaf.add_argument("--port", default="auto", help="client port, or 'auto' (default: keep)")
+    leaf.set_defaults(handler=_leaf_config)
 
     serve = sub.add_parser("serve", help="run the embedded nats-server until Ctrl-C or SIGTERM")
     _state_arg(serve)
@@ -108,6 +136,12 @@ def _config(args: argparse.Namespace) -> int:
         changes["monitor_port"] = args.monitor_port
     if args.max_file_store is not None:
         changes["max_file_store"] = args.max_file_store
+    if args.leaf_port is not None:
+        changes["leaf_port"] = args.leaf_port
+    if args.leaf_agency:
+        changes["leaf_agencies"] = tuple(
+            sorted(set(base.leaf_agencies) | set(check_federation(args.leaf_agency)))
+        )
     settings = ServerSettings(**{**msgspec.structs.asdict(base), **changes})
     if changes.get("port") == "auto" and layout.settings_file.exists():
         layout.settings_file.unlink()  # asked for a new free port: forget the old one
@@ -116,6 +150,28 @@ def _config(args: argparse.Namespace) -> int:
     print(f"identities:   {layout.creds_dir} ({len(agencies)} agencies, broker, ops, admin)")
     print(f"url:          {stored.url}")
     print(f"durability:   {'fsync every write' if stored.sync_always else 'server default'}")
+    if stored.leaf_port is not None:
+        leaves = ", ".join(stored.leaf_agencies) or "none yet"
+        print(f"leaf nodes:   port {stored.leaf_port} for {leaves}")
+    return 0
+
+
+def _leaf_config(args: argparse.Namespace) -> int:
+    from ..nats.leaf import LeafSettings, configure_leaf
+    from ..nats.server import ServerLayout
+
+    layout = ServerLayout.in_state(args.state)
+    settings = LeafSettings(
+        agency=args.agency,
+        hub_urls=args.hub,
+        host=args.host,
+        port=_port(args.port),  # type: ignore[arg-type]
+        hub_tls_ca_file=args.hub_ca,
+    )
+    stored = configure_leaf(layout, settings, args.hub_seed)
+    print(f"leaf config:  {layout.config_file} (holds the hub seed: keep it private)")
+    print(f"identities:   {layout.creds_dir} (agency-{stored.agency} for the adapter, admin)")
+    print(f'url:          {stored.url} (the adapter\'s [nats] url, with hub_domain = "hub")')
     return 0
 
 
@@ -131,10 +187,12 @@ def _port(value: str) -> int | str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from ..nats.leaf import is_leaf, leaf_server
     from ..nats.server import NatsServer, ServerLayout
 
-    server = NatsServer.from_layout(ServerLayout.in_state(args.state))
-    return asyncio.run(_run_server(server, ServerLayout.in_state(args.state).log_file))
+    layout = ServerLayout.in_state(args.state)
+    server = leaf_server(layout) if is_leaf(layout) else NatsServer.from_layout(layout)
+    return asyncio.run(_run_server(server, layout.log_file))
 
 
 async def _run_server(server: Any, log_file: Path) -> int:
@@ -169,6 +227,7 @@ async def _run_server(server: Any, log_file: Path) -> int:
 
 def _provision(args: argparse.Namespace) -> int:
     from ..nats.identities import Credentials, Identity
+    from ..nats.leaf import is_leaf
     from ..nats.provision import provision_at
     from ..nats.server import ServerLayout, load_settings
     from ..policy import provision_settings
@@ -177,18 +236,53 @@ def _provision(args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {}
     if args.config is not None:
         return _provision_deployment(args, changes)
-    policy = retention_policy(args.policy, args.anchor, args.state)
     layout = ServerLayout.in_state(args.state)
+    if is_leaf(layout):
+        return _provision_leaf(args, layout)
+    policy = retention_policy(args.policy, args.anchor, args.state)
     credentials = Credentials(layout.creds_dir)
     agencies = args.agency or list(credentials.agencies())
-    url = args.url or load_settings(layout).url
+    server = load_settings(layout)
+    url = args.url or server.url
     if args.duplicate_window is not None:
         changes["duplicate_window"] = args.duplicate_window
     if args.replicas is not None:
         changes["replicas"] = args.replicas
+    changes["leaf_agencies"] = tuple(a for a in server.leaf_agencies if a in agencies)
     settings = provision_settings(policy.rules, **changes)
     admin_seed = credentials.seed_file(Identity.admin())
     report = asyncio.run(provision_at(url, admin_seed, agencies, settings))
+    print(report)
+    return 0
+
+
+def _provision_leaf(args: argparse.Namespace, layout: Any) -> int:
+    from ..errors import ConfigError
+    from ..nats.identities import Credentials, Identity
+    from ..nats.leaf import load_leaf_settings
+    from ..nats.provision import provision_leaf_at
+    from ..policy import provision_settings
+    from .retention import retention_policy
+
+    if args.agency or args.replicas not in (None, 1):
+        raise ConfigError(
+            "a leaf node serves one agency with one copy: leave out --agency and --replicas",
+            reason="nats.settings",
+        )
+    settings = load_leaf_settings(layout)
+    policy = retention_policy(args.policy, args.anchor, None)  # the outbox's age limit
+    changes: dict[str, Any] = {}
+    if args.duplicate_window is not None:
+        changes["duplicate_window"] = args.duplicate_window
+    admin_seed = Credentials(layout.creds_dir).seed_file(Identity.admin())
+    report = asyncio.run(
+        provision_leaf_at(
+            args.url or settings.url,
+            admin_seed,
+            settings.agency,
+            provision_settings(policy.rules, **changes),
+        )
+    )
     print(report)
     return 0
 
@@ -211,6 +305,7 @@ def _provision_deployment(args: argparse.Namespace, changes: dict[str, Any]) -> 
         config.path(config.policy.file), config.path(config.policy.anchor), None
     )
     changes["replicas"] = args.replicas or config.replicas
+    changes["leaf_agencies"] = tuple(config.leaf_agencies)
     if args.duplicate_window is not None:
         changes["duplicate_window"] = args.duplicate_window
     report = asyncio.run(

@@ -19,6 +19,7 @@ import msgspec
 
 from ..errors import ConfigError
 from .server import DEFAULT_MAX_PAYLOAD, check_host
+from .subjects import HUB_DOMAIN
 
 __all__ = [
     "HUB_DOMAIN",
@@ -28,9 +29,6 @@ __all__ = [
     "render_node",
 ]
 
-HUB_DOMAIN: Final = "hub"
-"""The JetStream domain of the cluster: its API answers on `$JS.hub.API` as well, which is how
-clients behind a NATS leaf node with a JetStream of its own would reach it."""
 
 _Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 _NAME_RE: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"

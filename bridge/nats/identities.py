@@ -32,12 +32,14 @@ from ..ids import check_agency_id
 from .subjects import (
     BROKER_CONSUMER,
     CONSENT_STREAM,
+    HUB_DOMAIN,
     INBOX_STREAM,
     REGISTRATION_CONSUMER,
     STATUS_STREAM,
     WITHDRAWAL_CONSUMER,
     agency_consent_publish_subjects,
     agency_inbox_prefix,
+    attach_filter_all,
     attach_read_subjects,
     attach_write_subjects,
     audit_read_subjects,
@@ -49,10 +51,13 @@ from .subjects import (
     heartbeat_filter,
     heartbeat_subject,
     heartbeat_subjects_all,
+    in_domain,
     inbox_consumer,
     inbox_edit_subjects,
     inbox_subjects_all,
+    js_api_prefix,
     kv_bucket_api_subjects,
+    leaf_source_subjects,
     ops_read_api_subjects,
     pending_write_subjects,
     pull_consumer_api_subjects,
@@ -73,10 +78,14 @@ __all__ = [
     "Identity",
     "Permissions",
     "Role",
+    "adapter_on_leaf_permissions",
     "check_federation",
+    "check_leaf_agencies",
+    "leaf_permissions",
     "permissions_for",
     "public_key_of_seed_file",
     "render_accounts",
+    "render_users",
 ]
 
 ACCOUNT = "BRIDGE"
@@ -88,10 +97,12 @@ MAX_AGENCIES = 1000
 _SEED_SUFFIX = ".nk"
 _MAX_SEED_FILE = 256  # a user seed is 58 characters; anything much longer is not a seed file
 _AGENCY_FILE_PREFIX = "agency-"
+_LEAF_FILE_PREFIX = "leaf-"
 
 
 class Role(enum.StrEnum):
     AGENCY = "agency"
+    LEAF = "leaf"  # an agency's leaf node, connected to the hub (docs/nats.md)
     BROKER = "broker"
     OPS = "ops"
     ADMIN = "admin"
@@ -107,7 +118,7 @@ class Identity:
     def __post_init__(self) -> None:
         if not isinstance(self.role, Role):
             raise TypeError("role must be a Role")
-        if self.role is Role.AGENCY:
+        if self.role in (Role.AGENCY, Role.LEAF):
             check_agency_id(self.agency)
         elif self.agency is not None:
             raise ValueError(f"a {self.role.value} identity has no agency id")
@@ -115,6 +126,11 @@ class Identity:
     @classmethod
     def for_agency(cls, agency: str) -> Identity:
         return cls(Role.AGENCY, check_agency_id(agency))
+
+    @classmethod
+    def leaf(cls, agency: str) -> Identity:
+        """The leaf node of `agency`, as the hub knows it: its remote's nkey."""
+        return cls(Role.LEAF, check_agency_id(agency))
 
     @classmethod
     def broker(cls) -> Identity:
@@ -134,12 +150,15 @@ class Identity:
         if self.role is Role.AGENCY:
             assert self.agency is not None
             return _AGENCY_FILE_PREFIX + self.agency
+        if self.role is Role.LEAF:
+            assert self.agency is not None
+            return _LEAF_FILE_PREFIX + self.agency
         return self.role.value
 
     @property
     def inbox_prefix(self) -> str:
         """The reply-inbox prefix this identity must connect with (and may subscribe below)."""
-        if self.role is Role.AGENCY:
+        if self.role in (Role.AGENCY, Role.LEAF):  # a leaf carries its adapter's replies
             assert self.agency is not None
             return agency_inbox_prefix(self.agency)
         return role_inbox_prefix(self.role.value)
@@ -189,6 +208,9 @@ def permissions_for(identity: Identity, federation: Sequence[str]) -> Permission
             ),
             subscribe=(own_replies,),
         )
+    if identity.role is Role.LEAF:
+        assert identity.agency is not None
+        return leaf_permissions(identity.agency, federation)
     if identity.role is Role.BROKER:
         return Permissions(
             publish=(
@@ -230,6 +252,48 @@ def permissions_for(identity: Identity, federation: Sequence[str]) -> Permission
     # The admin provisions everything, but may neither write audit records nor delete, purge
     # or remove the audit stream: the trail must hold against its operators too.
     return Permissions(publish=(">",), subscribe=(">",), deny_publish=audit_stream_admin_subjects())
+
+
+def leaf_permissions(agency: str, federation: Sequence[str]) -> Permissions:
+    """The leaf connection of an agency at the hub: what the agency may do, and no more.
+
+    A leaf connection's publish list is what may flow from the leaf into the hub, its
+    subscribe list what may flow from the hub to the leaf. The adapter behind the leaf asks
+    the hub's JetStream under its domain (`$JS.hub.API...`), so its API subjects appear in
+    both forms. Its submissions never go to the hub directly: they reach `bridge.submit.<id>`
+    only by the hub sourcing the leaf's outbox (`leaf_source_subjects`), so a publish
+    acknowledged by the leaf cannot also land at the hub a second way. Nor do its bucket's
+    writes: the adapter's bucket lives on the leaf.
+    """
+    own = permissions_for(Identity.for_agency(agency), federation)
+    local = {submit_subject(agency), *kv_bucket_api_subjects(agency)}
+    # nats-server forwards the hub's interest in `bridge.report.*.*` to a leaf allowed only
+    # `bridge.report.<id>.*` not at all (a trailing `*` does not reverse-match one), and
+    # without that interest the leaf never sends a report. `.>` is forwarded; nothing stores
+    # or hears a subject deeper than the message id.
+    reports = report_filter(agency)
+    direct = tuple(
+        reports[:-1] + ">" if subject == reports else subject
+        for subject in own.publish
+        if subject not in local
+    )
+    source_publish, source_subscribe = leaf_source_subjects(agency)
+    return Permissions(
+        publish=(*direct, *in_domain(direct, HUB_DOMAIN), *source_publish),
+        subscribe=(*own.subscribe, *source_subscribe),
+    )
+
+
+def adapter_on_leaf_permissions(agency: str) -> Permissions:
+    """The adapter's identity on its agency's own leaf node: its submissions and bucket stay
+    local; its hub-side requests (inbox, status, consent registry) go to the hub's domain."""
+    own = permissions_for(Identity.for_agency(agency), ())
+    hub_api = js_api_prefix(HUB_DOMAIN)
+    hub = [s for s in leaf_permissions(agency, ()).publish if s.startswith(hub_api)]
+    # Attachment chunks addressed to it, in whichever sender's stream at the hub: the leaf
+    # does not know the federation, and the hub's user for the leaf names each sender.
+    chunks = f"{hub_api}.DIRECT.GET.*.{attach_filter_all(agency)}"
+    return Permissions(publish=(*own.publish, *hub, chunks), subscribe=own.subscribe)
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -394,26 +458,50 @@ def _render_list(items: Sequence[str], indent: str) -> str:
     return f"[{inner}\n{indent}]"
 
 
-def render_accounts(credentials: Credentials, agencies: Sequence[str]) -> str:
+def render_accounts(
+    credentials: Credentials, agencies: Sequence[str], leaf_agencies: Sequence[str] = ()
+) -> str:
     """The `accounts` block of the server config for a federation: public keys only.
 
-    Every identity must already exist (see `Credentials.ensure_federation`); this function
-    never creates one, so rendering cannot silently mint a new identity.
+    `leaf_agencies` run leaf nodes of their own (docs/nats.md): each gets the user its leaf
+    connects as (`Identity.leaf`). Every identity must already exist (see
+    `Credentials.ensure_federation`); this function never creates one, so rendering cannot
+    silently mint a new identity.
     """
     federation = check_federation(agencies)
+    leaves = check_leaf_agencies(leaf_agencies, federation)
     identities = [Identity.admin(), Identity.broker(), Identity.ops()]
     identities += [Identity.for_agency(agency) for agency in federation]
+    identities += [Identity.leaf(agency) for agency in leaves]
+    return render_users(
+        [(credentials.public_key(i), permissions_for(i, federation), i.name) for i in identities]
+    )
+
+
+def check_leaf_agencies(leaf_agencies: Iterable[str], federation: Sequence[str]) -> tuple[str, ...]:
+    """Agencies behind leaf nodes: well formed, once each, and members of the federation."""
+    leaves = check_federation(leaf_agencies)
+    strangers = sorted(set(leaves) - set(federation))
+    if strangers:
+        raise ConfigError(
+            f"leaf agencies not in the federation: {', '.join(strangers)}", reason="nats.leaf"
+        )
+    return leaves
+
+
+def render_users(users: Sequence[tuple[str, Permissions, str]]) -> str:
+    """The `accounts` block with the one bridge account and these users (public key,
+    permissions, a name for the comment)."""
     lines = [
         "accounts {",
         f"  {_quote(ACCOUNT)}: {{",
         "    jetstream: enabled",
         "    users: [",
     ]
-    for identity in identities:
-        perms = permissions_for(identity, federation)
+    for public_key, perms, name in users:
         lines += [
-            f"      # {identity.name}",
-            f"      {{nkey: {_quote(credentials.public_key(identity))}, permissions: {{",
+            f"      # {name}",
+            f"      {{nkey: {_quote(public_key)}, permissions: {{",
             f"        publish: {{allow: {_render_list(perms.publish, ' ' * 8)}"
             + (f", deny: {_render_list(perms.deny_publish, ' ' * 8)}" if perms.deny_publish else "")
             + "}",

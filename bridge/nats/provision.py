@@ -29,7 +29,7 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 
 from ..errors import ConfigError, TransportError
-from .identities import Identity, check_federation
+from .identities import Identity, check_federation, check_leaf_agencies
 from .subjects import (
     AUDIT_STREAM,
     BROKER_CONSUMER,
@@ -46,8 +46,12 @@ from .subjects import (
     inbox_consumer,
     inbox_subject,
     inbox_subjects_all,
+    js_api_prefix,
     kv_bucket,
     kv_stream,
+    leaf_deliver_prefix,
+    leaf_domain,
+    outbox_stream,
     pending_subjects_all,
     record_subjects_all,
     report_subjects_all,
@@ -69,6 +73,8 @@ __all__ = [
     "ProvisionSettings",
     "provision",
     "provision_at",
+    "provision_leaf",
+    "provision_leaf_at",
 ]
 
 ENVELOPE_MAX_BYTES = 1024 * 1024
@@ -132,6 +138,9 @@ class ProvisionSettings:
     # as its TTL, and the sender purges what is receipted, refused or abandoned.
     attach_max_bytes: int = 8 * _GiB
     attach_max_age: float = 30 * _DAY
+    # Agencies behind leaf nodes of their own: the hub's submit stream of each sources the
+    # leaf's outbox (docs/nats.md, "Agencies behind leaf nodes").
+    leaf_agencies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         def bad(message: str) -> ConfigError:
@@ -173,6 +182,7 @@ class ProvisionSettings:
         for name, (total, one) in sizes.items():
             if one < 1024 or total < one:
                 raise bad(f"{name} must hold at least one message of at least 1 KiB")
+        check_federation(self.leaf_agencies)
 
 
 _AGES = (
@@ -231,11 +241,33 @@ class ProvisionReport:
 def _submit_stream(s: ProvisionSettings, agency: str) -> api.StreamConfig:
     # One per agency: JetStream deduplicates by Nats-Msg-Id per stream, whoever published, so
     # in a stream shared by agencies one could make the stream drop another's publish by
-    # choosing its id first. Here only the sender itself can publish under its ids.
+    # choosing its id first. Here only the sender itself can publish under its ids (directly,
+    # or from its leaf's outbox: the broker's consumer takes only `bridge.submit.<agency>`,
+    # whatever else a leaf might deliver).
+    sources = None
+    if agency in s.leaf_agencies:
+        sources = [
+            api.StreamSource(
+                name=outbox_stream(agency),
+                filter_subject=submit_subject(agency),
+                external=api.ExternalStream(
+                    api=js_api_prefix(leaf_domain(agency)), deliver=leaf_deliver_prefix(agency)
+                ),
+            )
+        ]
+    return _outbox_like(s, agency, submit_stream(agency), sources)
+
+
+def _outbox_like(
+    s: ProvisionSettings, agency: str, name: str, sources: list[api.StreamSource] | None
+) -> api.StreamConfig:
+    """A sender's submissions, under its quota: at the hub, or in its leaf's outbox."""
+    where = "in its leaf's outbox" if name == outbox_stream(agency) else "consumed by the broker"
     return api.StreamConfig(
-        name=submit_stream(agency),
-        description=f"bridge: submissions of {agency}, consumed by the broker",
+        name=name,
+        description=f"bridge: submissions of {agency}, {where}",
         subjects=[submit_subject(agency)],
+        sources=sources,
         retention=api.RetentionPolicy.WORK_QUEUE,
         discard=api.DiscardPolicy.NEW,
         max_msgs=s.submit_max_msgs,
@@ -363,6 +395,7 @@ def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamCo
 
 _STREAM_FIELDS = (
     "subjects",
+    "sources",
     "max_msgs",
     "retention",
     "storage",
@@ -463,11 +496,28 @@ def _differences(wanted: object, actual: object, fields: Sequence[str]) -> tuple
 def _same(wanted: object, actual: object) -> bool:
     if wanted is None:
         return True  # not something we set
+    if isinstance(wanted, list) and wanted and isinstance(wanted[0], api.StreamSource):
+        return _source_keys(wanted) == _source_keys(actual)
     if isinstance(wanted, float) and isinstance(actual, int | float):
         return abs(wanted - actual) < 1e-6
     if isinstance(wanted, bool) or actual is None:
         return bool(wanted) == bool(actual)
     return wanted == actual
+
+
+def _source_keys(sources: object) -> list[tuple[object, ...]]:
+    """What provisioning sets on a stream source; the server adds details of its own."""
+    if not isinstance(sources, list):
+        return []
+    return [
+        (
+            src.name,
+            src.filter_subject,
+            src.external.api if src.external else None,
+            src.external.deliver if src.external else None,
+        )
+        for src in sources
+    ]
 
 
 @contextlib.contextmanager
@@ -587,6 +637,7 @@ async def provision(
     """
     federation = check_federation(agencies)
     s = settings or ProvisionSettings()
+    check_leaf_agencies(s.leaf_agencies, federation)
     retired = await _patiently(functools.partial(_retire_legacy_submit, js), unavailable_wait)
     steps: list[Callable[[], Awaitable[Change]]] = [
         functools.partial(_ensure_stream, js, stream) for stream in _streams(s, federation)
@@ -598,6 +649,41 @@ async def provision(
     steps += [functools.partial(_ensure_kv, js, s, agency) for agency in federation]
     changes = [await _patiently(step, unavailable_wait) for step in steps]
     return ProvisionReport(tuple(([retired] if retired else []) + changes))
+
+
+async def provision_leaf(
+    js: JetStreamContext,
+    agency: str,
+    settings: ProvisionSettings | None = None,
+    *,
+    unavailable_wait: float = 10.0,
+) -> ProvisionReport:
+    """What an agency's leaf node holds: its outbox and the adapter's bucket (as the leaf's
+    admin, on the leaf). The outbox has the sender's quota, like its submit stream at the hub:
+    a full outbox refuses (the adapter answers 429) rather than drop anything."""
+    s = settings or ProvisionSettings()
+    steps: list[Callable[[], Awaitable[Change]]] = [
+        functools.partial(_ensure_stream, js, _outbox_like(s, agency, outbox_stream(agency), None)),
+        functools.partial(_ensure_kv, js, s, agency),
+    ]
+    return ProvisionReport(tuple([await _patiently(step, unavailable_wait) for step in steps]))
+
+
+async def provision_leaf_at(
+    url: str,
+    admin_seed: Path,
+    agency: str,
+    settings: ProvisionSettings | None = None,
+    *,
+    api_timeout: float = 10.0,
+) -> ProvisionReport:
+    """Connect to an agency's leaf node as its admin, provision it, and disconnect."""
+    admin = Identity.admin()
+    nc = await connect(url, admin_seed, admin.inbox_prefix, "bridge-provision-leaf")
+    try:
+        return await provision_leaf(nc.jetstream(timeout=api_timeout), agency, settings)
+    finally:
+        await nc.close()
 
 
 async def _patiently(step: Callable[[], Awaitable[_T]], wait: float) -> _T:

@@ -33,7 +33,14 @@ import msgspec
 from .._files import write_private_file
 from .._process import parent_death_signal
 from ..errors import ConfigError, TransportError
-from .identities import Credentials, check_federation, render_accounts
+from .identities import (
+    Credentials,
+    Identity,
+    check_federation,
+    check_leaf_agencies,
+    render_accounts,
+)
+from .subjects import HUB_DOMAIN
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
@@ -66,6 +73,9 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     `port="auto"` picks a free port when the config is generated and records it, so later
     starts reuse it. `sync_always=False` falls back to nats-server's periodic sync (faster,
     but an acknowledged message can be lost if the machine crashes; see docs/nats.md).
+    `leaf_port` accepts NATS leaf nodes (on `host`) and gives JetStream the domain `hub`;
+    `leaf_agencies` are the agencies whose leaf nodes may connect (docs/nats.md, "Agencies
+    behind leaf nodes").
     """
 
     host: str = "127.0.0.1"
@@ -74,15 +84,25 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     sync_always: bool = True
     monitor_port: int | None = None
     max_file_store: int | None = None
+    leaf_port: int | None = None
+    leaf_agencies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_host(self.host)
         if self.port != "auto":
             check_port(self.port, "port")
+        ports = [p for p in (self.port, self.monitor_port, self.leaf_port) if p is not None]
         if self.monitor_port is not None:
             check_port(self.monitor_port, "monitor_port")
-            if self.monitor_port == self.port:
-                raise ConfigError("monitor_port must differ from port", reason="nats.settings")
+        if self.leaf_port is not None:
+            check_port(self.leaf_port, "leaf_port")
+        if len(set(ports)) != len(ports):
+            raise ConfigError(
+                "port, monitor_port and leaf_port must differ", reason="nats.settings"
+            )
+        if self.leaf_agencies and self.leaf_port is None:
+            raise ConfigError("leaf agencies need a leaf_port", reason="nats.settings")
+        check_federation(self.leaf_agencies)
         if not _MIN_PAYLOAD <= self.max_payload <= _MAX_PAYLOAD:
             raise ConfigError(
                 f"max_payload must be between {_MIN_PAYLOAD} and {_MAX_PAYLOAD} bytes",
@@ -215,12 +235,17 @@ def render_config(settings: ServerSettings, store_dir: Path, accounts_block: str
     if settings.monitor_port is not None:
         lines.append(f"http: {q(f'{host}:{settings.monitor_port}')}")
     lines += ["jetstream {", f"  store_dir: {q(_check_store_path(store_dir), ensure_ascii=False)}"]
+    if settings.leaf_port is not None:
+        lines.append(f"  domain: {q(HUB_DOMAIN)}")
     if settings.sync_always:
         # Acknowledged means on disk: fsync on every write. See docs/nats.md for the cost.
         lines.append('  sync_interval: "always"')
     if settings.max_file_store is not None:
         lines.append(f"  max_file_store: {settings.max_file_store}")
-    lines += ["}", accounts_block]
+    lines.append("}")
+    if settings.leaf_port is not None:
+        lines.append(f"leafnodes {{ listen: {q(f'{host}:{settings.leaf_port}')} }}")
+    lines.append(accounts_block)
     return "\n".join(lines)
 
 
@@ -242,7 +267,11 @@ def configure(
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     credentials = Credentials.create(layout.creds_dir)
     credentials.ensure_federation(federation)
-    config = render_config(settings, layout.store_dir, render_accounts(credentials, federation))
+    leaves = check_leaf_agencies(settings.leaf_agencies, federation)
+    for agency in leaves:
+        credentials.ensure(Identity.leaf(agency))
+    accounts = render_accounts(credentials, federation, leaves)
+    config = render_config(settings, layout.store_dir, accounts)
     write_private_file(layout.settings_file, msgspec.json.format(msgspec.json.encode(settings)))
     write_private_file(layout.config_file, config.encode())
     return settings

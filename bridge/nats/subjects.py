@@ -33,6 +33,10 @@ Topology (one JetStream account, created by `bridge.nats.provision`):
   message's lifetime as its TTL. Only the sender writes (and purges) its stream; a recipient
   reads single chunks by subject through the direct-get API, only below its own
   `<recipient>` token; nobody consumes it, and the broker never touches it.
+- behind a NATS leaf node (docs/nats.md, "Agencies behind leaf nodes"): the leaf's own
+  JetStream (domain `leaf-<agency>`) keeps the adapter's submissions in `BRIDGE_OUTBOX_<agency>`
+  (subject `bridge.submit.<agency>`), and the hub's `BRIDGE_SUBMIT_<agency>` sources it,
+  delivered below `bridge.leaf.<agency>.`.
 - stream `BRIDGE_CONSENT`, subjects `bridge.consent.<issuer>.<consent-id>.record` and
   `....withdrawal`: the consent registry. Each subject holds at most one message, which can be
   neither replaced nor deleted; an agency may write only below its own `<issuer>` token. The
@@ -61,7 +65,9 @@ __all__ = [
     "HDR_NOTICE",
     "HDR_SENDER",
     "HDR_TTL",
+    "HUB_DOMAIN",
     "INBOX_STREAM",
+    "OUTBOX_STREAM_PREFIX",
     "PENDING_STREAM",
     "REGISTRATION_CONSUMER",
     "STATUS_STREAM",
@@ -70,6 +76,7 @@ __all__ = [
     "agency_consent_publish_subjects",
     "agency_inbox_prefix",
     "attach_filter",
+    "attach_filter_all",
     "attach_open_filter",
     "attach_open_subject",
     "attach_read_subjects",
@@ -89,15 +96,21 @@ __all__ = [
     "heartbeat_filter",
     "heartbeat_subject",
     "heartbeat_subjects_all",
+    "in_domain",
     "inbox_consumer",
     "inbox_edit_subjects",
     "inbox_subject",
     "inbox_subjects_all",
+    "js_api_prefix",
     "kv_bucket",
     "kv_bucket_api_subjects",
     "kv_key_prefix",
     "kv_stream",
+    "leaf_deliver_prefix",
+    "leaf_domain",
+    "leaf_source_subjects",
     "ops_read_api_subjects",
+    "outbox_stream",
     "pending_subject",
     "pending_subjects_all",
     "pending_write_subjects",
@@ -121,6 +134,10 @@ __all__ = [
 SUBMIT_STREAM_PREFIX = "BRIDGE_SUBMIT_"
 ATTACH_STREAM_PREFIX = "BRIDGE_ATTACH_"
 INBOX_STREAM = "BRIDGE_INBOX"
+OUTBOX_STREAM_PREFIX = "BRIDGE_OUTBOX_"
+HUB_DOMAIN = "hub"
+"""The JetStream domain of the hub (the embedded server with leaf nodes, or the cluster): its
+API answers on `$JS.hub.API` too, which is how clients behind a leaf node reach it."""
 STATUS_STREAM = "BRIDGE_STATUS"
 AUDIT_STREAM = "BRIDGE_AUDIT"
 PENDING_STREAM = "BRIDGE_PENDING"
@@ -186,6 +203,21 @@ def attach_filter(sender: str, message_id: str, recipient: str | None = None) ->
     """Every chunk of one message: of one recipient's copy, or (None) of every copy."""
     who = "*" if recipient is None else check_agency_id(recipient)
     return f"{_PREFIX}.attach.{check_agency_id(sender)}.{who}.{check_message_id(message_id)}.>"
+
+
+def outbox_stream(sender: str) -> str:
+    """The stream on an agency's own leaf node that holds its submissions until the hub has them."""
+    return f"{OUTBOX_STREAM_PREFIX}{check_agency_id(sender)}"
+
+
+def leaf_domain(agency: str) -> str:
+    """The JetStream domain of an agency's leaf node."""
+    return f"leaf-{check_agency_id(agency)}"
+
+
+def leaf_deliver_prefix(agency: str) -> str:
+    """Where a leaf delivers its outbox to the hub's submit stream (the deliver prefix)."""
+    return f"{_PREFIX}.leaf.{check_agency_id(agency)}"
 
 
 def inbox_subject(recipient: str) -> str:
@@ -411,6 +443,11 @@ def attach_write_subjects(sender: str) -> tuple[str, ...]:
     )
 
 
+def attach_filter_all(recipient: str) -> str:
+    """Every chunk addressed to `recipient`, from any sender."""
+    return f"{_PREFIX}.attach.*.{check_agency_id(recipient)}.>"
+
+
 def attach_read_subjects(recipient: str, federation: Sequence[str]) -> tuple[str, ...]:
     """Direct gets by subject of chunks addressed to `recipient`, in each sender's stream."""
     check_agency_id(recipient)
@@ -470,4 +507,38 @@ def pending_write_subjects() -> tuple[str, ...]:
         f"{_JS_API}.STREAM.INFO.{PENDING_STREAM}",
         f"{_JS_API}.DIRECT.GET.{PENDING_STREAM}",
         f"{_JS_API}.STREAM.MSG.GET.{INBOX_STREAM}",
+    )
+
+
+# -- JetStream domains (agencies behind leaf nodes) --------------------------------------------
+
+
+def js_api_prefix(domain: str) -> str:
+    """The API prefix under which the JetStream of `domain` answers across leaf connections."""
+    _check_name(domain)
+    return f"$JS.{domain}.API"
+
+
+def in_domain(subjects: Sequence[str], domain: str) -> tuple[str, ...]:
+    """The JetStream API subjects among `subjects`, as requests to the JetStream of `domain`."""
+    prefix = js_api_prefix(domain)
+    return tuple(
+        prefix + subject[len(_JS_API) :]
+        for subject in subjects
+        if subject.startswith(_JS_API + ".")
+    )
+
+
+def leaf_source_subjects(agency: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What sourcing an agency's leaf outbox needs on the leaf connection at the hub.
+
+    Publish (leaf to hub): the outbox's messages on the deliver prefix, and the leaf's answers
+    to the hub's consumer requests, which go to the hub's internal reply subjects. Subscribe
+    (hub to leaf): those consumer requests in the leaf's domain, and the hub's flow-control
+    answers, which acknowledge what the hub has stored.
+    """
+    outbox = outbox_stream(agency)
+    return (
+        (f"{leaf_deliver_prefix(agency)}.>", "$JSC.R.>"),
+        (f"{js_api_prefix(leaf_domain(agency))}.CONSUMER.>", f"$JS.FC.{outbox}.>"),
     )
