@@ -241,3 +241,47 @@ async def test_ops_starts_with_the_config_and_identity_bridge_init_writes(tmp_pa
                 assert response.status == 401
     finally:
         await server.stop()
+
+
+def test_bridge_init_sets_up_an_agency_behind_its_own_leaf_node(tmp_path: Path) -> None:
+    spec = load_spec(SPEC)
+    leafy = "spdi-unna"
+    nodes = [msgspec.structs.replace(n, leaf_port=7422) for n in spec.nats.nodes]
+    spec = msgspec.structs.replace(
+        spec,
+        nats=msgspec.structs.replace(spec.nats, nodes=nodes),
+        agencies=[msgspec.structs.replace(a, leaf=a.id == leafy) for a in spec.agencies],
+    )
+    ca = ThrowawayCA(tmp_path / "pki")
+    out = tmp_path / "out"
+    init_deployment(spec, out, nats_ca=ca.ca_file)
+
+    nats_dir = out / "nats"
+    shutil.copy(ca.ca_file, nats_dir / "tls" / "ca.pem")
+    for node in node_names():
+        ca.issue(node)
+        for suffix in (".pem", ".key"):
+            shutil.copy(ca.directory / f"{node}{suffix}", nats_dir / "tls" / f"{node}{suffix}")
+    for config in sorted(nats_dir.glob("nats-*.conf")):
+        assert "leafnodes {" in config.read_text()
+        result = nats_server_accepts(config)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert f"leaf-{leafy}" in (nats_dir / "accounts.conf").read_text()
+    assert load_provision_config(out / "operator" / "provision.toml").leaf_agencies == [leafy]
+
+    home = out / "agencies" / leafy
+    assert not (home / "nats.nk").exists()  # only the leaf talks to the hub
+    assert stat.S_IMODE((home / "leaf-hub.nk").stat().st_mode) == 0o600
+    adapter = load_adapter_config(home / "adapter.toml")
+    assert adapter.nats.hub_domain == "hub"
+    # The commands LEAF-SETUP.txt gives, as the agency runs them from its directory.
+    setup = (home / "LEAF-SETUP.txt").read_text()
+    assert "tls://nats-1.bridge.kreis-unna.example:7422" in setup
+    leaf = home / "leaf"
+    argv = ["nats", "leaf-config", "--state", str(leaf), "--agency", leafy, "--port", "4222"]
+    argv += [f"--hub=tls://{node.host}:7422" for node in spec.nats.nodes]
+    argv += ["--hub-seed", str(home / "leaf-hub.nk"), "--hub-ca", str(home / "nats-ca.pem")]
+    assert main(argv) == 0
+    assert adapter.path(adapter.nats.seed_file).is_file()  # the adapter's seed for the leaf
+    result = nats_server_accepts(leaf / "nats" / "nats-server.conf")
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -47,7 +47,7 @@ from bridge.config import (
     PolicyConfig,
 )
 from bridge.nats.identities import Credentials, Identity
-from bridge.nats.leaf import LeafSettings, configure_leaf, is_leaf, leaf_server
+from bridge.nats.leaf import HUB_SEED_FILE, LeafSettings, configure_leaf, is_leaf, leaf_server
 from bridge.nats.provision import ProvisionSettings, provision_at, provision_leaf
 from bridge.nats.server import (
     NatsServer,
@@ -379,7 +379,7 @@ def test_bridge_nats_sets_up_a_hub_and_a_leaf_that_nats_server_accepts(
     assert main([*argv, "--hub", f"nats-leaf://127.0.0.1:{port}", "--hub-seed", str(seed)]) == 0
     for state in (hub, leaf):
         config = ServerLayout.in_state(state).config_file
-        assert config.stat().st_mode & 0o077 == 0  # the leaf's holds its hub seed
+        assert config.stat().st_mode & 0o077 == 0
         checked = subprocess.run(
             [str(find_nats_server()), "-t", "-c", str(config)],
             capture_output=True,
@@ -388,6 +388,10 @@ def test_bridge_nats_sets_up_a_hub_and_a_leaf_that_nats_server_accepts(
             check=False,
         )
         assert checked.returncode == 0, checked.stdout + checked.stderr
+    seed_conf = ServerLayout.in_state(leaf).root / HUB_SEED_FILE
+    assert seed_conf.stat().st_mode & 0o077 == 0
+    assert seed.read_text().strip() in seed_conf.read_text()
+    assert seed.read_text().strip() not in ServerLayout.in_state(leaf).config_file.read_text()
     assert is_leaf(ServerLayout.in_state(leaf))
     assert not is_leaf(ServerLayout.in_state(hub))
     # An agency outside the federation cannot get a leaf user, and nothing is written for it.

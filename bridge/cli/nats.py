@@ -157,7 +157,7 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _leaf_config(args: argparse.Namespace) -> int:
-    from ..nats.leaf import LeafSettings, configure_leaf
+    from ..nats.leaf import HUB_SEED_FILE, LeafSettings, configure_leaf
     from ..nats.server import ServerLayout
 
     layout = ServerLayout.in_state(args.state)
@@ -166,10 +166,10 @@ def _leaf_config(args: argparse.Namespace) -> int:
         hub_urls=args.hub,
         host=args.host,
         port=_port(args.port),  # type: ignore[arg-type]
-        hub_tls_ca_file=args.hub_ca,
+        hub_tls_ca_file=None if args.hub_ca is None else str(Path(args.hub_ca).resolve()),
     )
     stored = configure_leaf(layout, settings, args.hub_seed)
-    print(f"leaf config:  {layout.config_file} (holds the hub seed: keep it private)")
+    print(f"leaf config:  {layout.config_file} (the hub seed in {layout.root / HUB_SEED_FILE})")
     print(f"identities:   {layout.creds_dir} (agency-{stored.agency} for the adapter, admin)")
     print(f'url:          {stored.url} (the adapter\'s [nats] url, with hub_domain = "hub")')
     return 0

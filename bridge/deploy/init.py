@@ -17,7 +17,9 @@ below an output directory:
 - `agencies/<id>/`: everything one agency runs and nothing of anyone else: `adapter.toml`, its
   private keys, its NATS seed, its token signing key pair (until its own identity provider takes
   over), its webhook secret, the signed directory and policy, and the pinned anchor. Hand the
-  directory over as a whole.
+  directory over as a whole. An agency with `leaf = true` runs a NATS leaf node of its own
+  (docs/nats.md): instead of a seed for the hub it gets the leaf's (`leaf-hub.nk`), its
+  adapter connects to the leaf, and `LEAF-SETUP.txt` says how to set the leaf up.
 
 Everything secret is created with mode 0600 in directories of mode 0700; configs refer to files
 by paths relative to themselves, so each directory can be moved to its host as it is. `init`
@@ -50,6 +52,7 @@ from ..http.auth import generate_signing_key
 from ..ids import AGENCY_ID_PATTERN
 from ..nats.cluster import ClusterNode, ClusterSettings, TlsFiles, render_node
 from ..nats.identities import Credentials, Identity, render_accounts
+from ..nats.subjects import HUB_DOMAIN
 from ..ops.config import load_ops_config
 from ..policy import SIGNED_POLICY, sign_policy_file
 from ..up import _toml
@@ -84,6 +87,8 @@ class AgencySpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     webhook_url: str | None = None
     http_host: str = "127.0.0.1"
     http_port: _Port = 8400
+    leaf: bool = False  # runs a NATS leaf node of its own (docs/nats.md)
+    leaf_client_port: _Port = 4222  # where its adapter reaches the leaf, on the agency's host
 
 
 class BrokerSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -139,7 +144,12 @@ def load_spec(path: Path) -> DeploymentSpec:
                 f"{path}: agency {agency.id} delivers by webhook but has no webhook_url",
                 reason="init.spec",
             )
-    spec.cluster()  # node names, ports and count are checked here
+    cluster = spec.cluster()  # node names, ports and count are checked here
+    if any(a.leaf for a in spec.agencies) and len(cluster.leaf_urls()) != len(cluster.nodes):
+        raise ConfigError(
+            f"{path}: an agency runs a leaf node, so every NATS node needs a leaf_port",
+            reason="init.spec",
+        )
     policy = Path(spec.policy)
     if not policy.is_absolute():
         spec = msgspec.structs.replace(spec, policy=str(path.resolve().parent / policy))
@@ -212,6 +222,9 @@ def init_deployment(
     # NATS identities: made once in the operator's directory, then each seed handed to its user.
     credentials = Credentials.create(operator / "nats-creds")
     credentials.ensure_federation(ids)
+    leaves = [a.id for a in agencies if a.leaf]
+    for agency_id in leaves:
+        credentials.ensure(Identity.leaf(agency_id))
 
     agency_dirs: dict[str, Path] = {}
     for agency in agencies:
@@ -226,7 +239,9 @@ def init_deployment(
 
     # The hub's nodes.
     nats_dir = _mkdir(root / "nats")
-    write_file(nats_dir / "accounts.conf", render_accounts(credentials, ids).encode(), mode=0o644)
+    write_file(
+        nats_dir / "accounts.conf", render_accounts(credentials, ids, leaves).encode(), mode=0o644
+    )
     nats_configs = []
     for node in cluster.nodes:
         path = nats_dir / f"{node.name}.conf"
@@ -255,6 +270,7 @@ def init_deployment(
         {
             "agencies": ids,
             "replicas": spec.nats.replicas,
+            "leaf_agencies": leaves,
             "nats": _nats_client(spec, "nats-admin.nk"),
             # Every stream's age limit comes from the signed policy's retention settings.
             "policy": {
@@ -297,8 +313,23 @@ def init_deployment(
     adapter_configs = []
     for agency in agencies:
         home = agency_dirs[agency.id]
-        seed_file = home / "nats.nk"
-        _move_seed(credentials, Identity.for_agency(agency.id), seed_file)
+        nats_client = _nats_client(spec, "nats.nk")
+        if agency.leaf:
+            # Only the leaf talks to the hub; the adapter's own seed is made by leaf-config.
+            _move_seed(credentials, Identity.leaf(agency.id), home / "leaf-hub.nk")
+            setup = _LEAF_SETUP.format(
+                agency=agency.id,
+                hubs=" ".join(f"--hub {url}" for url in cluster.leaf_urls()),
+                port=agency.leaf_client_port,
+            )
+            write_file(home / "LEAF-SETUP.txt", setup.encode(), mode=0o644)
+            nats_client = {
+                "url": f"nats://127.0.0.1:{agency.leaf_client_port}",
+                "seed_file": f"leaf/nats/creds/agency-{agency.id}.nk",
+                "hub_domain": HUB_DOMAIN,
+            }
+        else:
+            _move_seed(credentials, Identity.for_agency(agency.id), home / "nats.nk")
         _copy_public_files(home, signed, signed_policy, federation_dir, nats_ca)
         generate_signing_key(home / "token-signing.key", home / "token-signing.pub.pem")
         delivery: dict[str, object] = {"mode": agency.delivery}
@@ -312,7 +343,7 @@ def init_deployment(
             {
                 "agency": agency.id,
                 "keys_dir": "keys",
-                "nats": _nats_client(spec, "nats.nk"),
+                "nats": nats_client,
                 "directory": _directory_section(),
                 "policy": _policy_section(),
                 "auth": {
@@ -386,6 +417,20 @@ def _move_seed(credentials: Credentials, identity: Identity, target: Path) -> No
     write_private_file(target, source.read_bytes())
     os.unlink(source)
 
+
+_LEAF_SETUP: Final = """\
+{agency} runs a NATS leaf node of its own (docs/nats.md, "Agencies behind leaf nodes").
+Its adapter (adapter.toml) connects to that leaf; only the leaf connects to the hub.
+From this directory, on the agency's host:
+
+  bridge nats leaf-config --state leaf --agency {agency} --port {port} \\
+      {hubs} --hub-seed leaf-hub.nk --hub-ca nats-ca.pem
+  bridge nats serve --state leaf          # under a supervisor, like the adapter
+  bridge nats provision --state leaf --policy policy.bin --anchor anchor.pub.json
+
+leaf-hub.nk is the leaf's seed for the hub (leaf-config copies it into the leaf's
+hub-seed.conf); leaf/nats/creds/ then holds the adapter's seed for the leaf.
+"""
 
 _TLS_README: Final = """\
 Put the cluster's certificates here on every NATS host (PEM):

@@ -51,10 +51,12 @@ class ClusterNode(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     client_port: _Port = 4222
     cluster_port: _Port = 6222
     monitor_port: _Port | None = None
+    # Agencies' leaf nodes connect here (TLS, each with its `leaf-<agency>` nkey).
+    leaf_port: _Port | None = None
 
     def __post_init__(self) -> None:
         check_host(self.host)
-        ports = [self.client_port, self.cluster_port, self.monitor_port]
+        ports = [self.client_port, self.cluster_port, self.monitor_port, self.leaf_port]
         used = [p for p in ports if p is not None]
         if len(set(used)) != len(used):
             raise ConfigError(f"node {self.name}: its ports must differ", reason="nats.cluster")
@@ -86,6 +88,14 @@ class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             if node.name == name:
                 return node
         raise ConfigError(f"no node {name!r} in the cluster", reason="nats.cluster")
+
+    def leaf_urls(self) -> list[str]:
+        """Where agencies' leaf nodes connect: every node that accepts them."""
+        return [
+            f"tls://{_host(node.host)}:{node.leaf_port}"
+            for node in self.nodes
+            if node.leaf_port is not None
+        ]
 
     def client_urls(self) -> list[str]:
         """The URLs clients are given: `tls://` to every node."""
@@ -175,5 +185,13 @@ def render_node(
         "  ]",
         "}",
     ]
+    if node.leaf_port is not None:
+        # Leaf nodes verify the hub by its certificate and authenticate with their nkey.
+        lines += [
+            "leafnodes {",
+            f"  listen: {_q(f'{_host(listen)}:{node.leaf_port}')}",
+            *_tls_block("  ", tls, verify=False),
+            "}",
+        ]
     lines.append(_include(accounts_file))
     return "\n".join(lines) + "\n"
