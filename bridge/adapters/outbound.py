@@ -332,22 +332,39 @@ class Outbound:
         accepted_at = int(self._clock())
         # The record as just created, unless a retried submission found one: no read back.
         known = None if revision is None else (record, revision)
-        await self._store.add_events(
-            message_id, [Event(state="accepted", at=accepted_at)], accepted_at, known=known
+
+        async def note_consent() -> None:
+            # Remembered under our own consent, so a withdrawal knows whom to send notices.
+            try:
+                await self._store.update_consent(
+                    request.consent, now=accepted_at, message=message_id
+                )
+            except TransportError as exc:
+                log.warning("message %s not noted under its consent [%s]", message_id, exc.reason)
+
+        async def report() -> None:
+            if self._reporter is not None:
+                await self._reporter.accepted(
+                    message_id,
+                    request.type,
+                    request.recipients,
+                    now + submission.lifetime,
+                    submitted_at,
+                )
+
+        # Three independent writes after the envelope is stored: one wait before the 202, not
+        # three. Only the record's `accepted` decides the answer; the others log their failures.
+        outcomes = await asyncio.gather(
+            self._store.add_events(
+                message_id, [Event(state="accepted", at=accepted_at)], accepted_at, known=known
+            ),
+            note_consent(),
+            report(),
+            return_exceptions=True,
         )
-        # Remembered under our own consent, so a withdrawal knows whom to send notices.
-        try:
-            await self._store.update_consent(request.consent, now=accepted_at, message=message_id)
-        except TransportError as exc:
-            log.warning("message %s not noted under its consent [%s]", message_id, exc.reason)
-        if self._reporter is not None:
-            await self._reporter.accepted(
-                message_id,
-                request.type,
-                request.recipients,
-                now + submission.lifetime,
-                submitted_at,
-            )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         log.info(
             "submitted message %s (%s, %d recipients%s)",
             message_id,
