@@ -41,9 +41,11 @@ from bridge.config import (
     NatsClientConfig,
     PolicyConfig,
 )
+from bridge.errors import TransportError
 from bridge.nats.identities import Identity
 from bridge.nats.provision import Action, ProvisionSettings
-from bridge.nats.subjects import INBOX_STREAM, inbox_subject, submit_stream
+from bridge.nats.subjects import INBOX_STREAM, inbox_subject, submit_stream, submit_subject
+from bridge.nats.transport import publish_durable
 
 QUOTA = 3
 # The demo policy, and for this test only: the social-psychiatric service may refer back.
@@ -228,3 +230,28 @@ async def test_quotas_of_a_running_store_are_changed_in_place(nats_env: Any) -> 
     assert inbox.max_msgs_per_subject == 9
     assert inbox.discard_new_per_subject
     assert (await admin.js.stream_info(submit_stream(SPDI))).config.max_msgs == 7
+
+
+async def test_a_sender_at_its_byte_quota_is_refused_as_full_and_the_others_are_not(
+    nats_env_unprovisioned: Any,
+) -> None:
+    # The smallest byte quota the settings allow: one largest message. Each publish here is
+    # under half of it, so the third is over the sender's bytes while far under its messages.
+    settings = ProvisionSettings()
+    await nats_env_unprovisioned.provision(
+        settings=ProvisionSettings(submit_max_bytes=settings.max_msg_size)
+    )
+    payload = b"\0" * (settings.max_msg_size * 4 // 10)
+    flooder = await nats_env_unprovisioned.connect(Identity.for_agency(JOBCENTER))
+    for _ in range(2):
+        await publish_durable(
+            flooder.js, submit_subject(JOBCENTER), payload, msg_id=str(uuid.uuid4())
+        )
+    with pytest.raises(TransportError) as full:
+        await publish_durable(
+            flooder.js, submit_subject(JOBCENTER), payload, msg_id=str(uuid.uuid4())
+        )
+    assert full.value.reason == "transport.stream_full"  # the adapter's 429 quota.sender_full
+    other = await nats_env_unprovisioned.connect(Identity.for_agency(SPDI))
+    ack = await publish_durable(other.js, submit_subject(SPDI), payload, msg_id=str(uuid.uuid4()))
+    assert ack.stream == submit_stream(SPDI)
