@@ -36,6 +36,7 @@ from nats.js.client import JetStreamContext
 
 from .._cancel import pause, raise_if_cancelling
 from ..audit import AuditEvent, AuditKind, AuditRecordInvalid, decode_record
+from ..nats.backoff import Backoff
 from ..nats.subjects import AUDIT_STREAM, audit_subject
 from ..wire import Component, DeliveryState, StatusEvent
 from .tracker import Tracker, Transition
@@ -57,7 +58,6 @@ log = logging.getLogger(__name__)
 
 CONSENT_REFUSAL_PREFIX: Final = "consent."
 _POLL_EVERY: Final = 2.0
-_RETRY: Final = 1.0
 _RECENT: Final = 200
 # A message's usual course: counted, not listed among the recent events.
 _COURSE: Final = frozenset(
@@ -260,13 +260,15 @@ class AuditFollower:
         return f"AuditFollower(next_seq={self.next_seq}, rebuilt={self._book.rebuilt})"
 
     async def follow(self) -> None:
+        backoff = Backoff()  # while NATS is away: growing pauses, not one read a second
         while True:
             try:
                 await self._drain()
             except (TimeoutError, nats.errors.Error, OSError) as exc:
                 log.warning("audit trail not readable right now (%s)", type(exc).__name__)
-                await pause(_RETRY)
+                await pause(backoff.next())
                 continue
+            backoff.reset()
             if not self._book.rebuilt:
                 self._book.rebuilt = True
                 log.info(

@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from .._cancel import pause, raise_if_cancelling
+from ..nats.backoff import Backoff
 from ..nats.subjects import (
     BROKER_CONSUMER,
     INBOX_STREAM,
@@ -46,7 +47,6 @@ __all__ = ["Follower"]
 log = logging.getLogger(__name__)
 
 _WAKE_EVERY: Final = 2.0  # read the stream at least this often even without a wake-up
-_RETRY: Final = 1.0
 _STREAM_FILTER: Final = ">"  # every subject of the status stream: events and reports
 # Who may report which state about a message: the sender or the recipient named in the event.
 _REPORTED_BY: Final = {
@@ -116,6 +116,7 @@ class Follower:
     # -- the status stream --------------------------------------------------------------------
 
     async def follow(self) -> None:
+        backoff = Backoff()  # while NATS is away: growing pauses, not one read a second
         while True:
             raise_if_cancelling()
             self._wake.clear()
@@ -123,8 +124,9 @@ class Follower:
                 await self._drain()
             except (TimeoutError, nats.errors.Error, OSError) as exc:
                 log.warning("status stream not readable right now (%s)", type(exc).__name__)
-                await pause(_RETRY)
+                await pause(backoff.next())
                 continue
+            backoff.reset()
             if not self._state.rebuilt:
                 self._state.rebuilt = True
                 log.info(
