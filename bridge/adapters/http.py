@@ -191,6 +191,11 @@ async def _submit_multipart(request: web.Request, ctx: ApiContext, claims: Claim
         raise ApiProblem(
             400, "the multipart body is malformed", reason="request.multipart_malformed"
         ) from exc
+    except ConnectionError as exc:
+        # The caller went away mid-upload: nobody hears this answer; what was stored is gone.
+        raise ApiProblem(
+            400, "the request ended before its body did", reason="request.incomplete"
+        ) from exc
 
 
 async def _message(request: web.Request) -> web.StreamResponse:
