@@ -297,3 +297,12 @@ async def test_retention_check_covers_the_chunks(jobcenter: Running) -> None:
     # Judged as overdue once past their TTL, like any message
     later = await check_retention(jobcenter.admin.js, now=lambda: time.time() + 15 * 86400)
     assert {o.seq for o in later.overdue if o.stream == stream and o.kind == "ttl"} != set()
+
+
+async def test_a_media_type_the_policy_does_not_list_is_refused(jobcenter: Running) -> None:
+    files = [("a.pdf", "application/pdf", b"x" * 3000), ("b.zip", "application/zip", b"y")]
+    status, problem = await jobcenter.post(form(None, files))
+    assert (status, problem["code"]) == (422, "policy.attachment_type_denied")
+    assert "application/zip" not in json.dumps(problem)
+    assert await submitted(jobcenter.admin, JOBCENTER) == 0
+    assert await jobcenter.chunks_stored() == 0

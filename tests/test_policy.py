@@ -109,6 +109,21 @@ def test_issuers_may_name_the_recipient_and_roles(fed: Federation) -> None:
         ({"size": 1048577}, "policy.too_large"),
         ({"exp": 1000 + 31 * DAY}, "policy.lifetime"),
         ({"size": None}, None),
+        ({"attachment_types": ("application/pdf", "image/png")}, None),
+        (
+            {"attachment_types": ("application/pdf", "application/zip")},
+            "policy.attachment_type_denied",
+        ),
+        (
+            {
+                "message_type": "feedback",
+                "sender": COUNSELLING,
+                "recipients": (SENDER,),
+                "categories": ("health",),
+                "attachment_types": ("application/pdf",),
+            },
+            "policy.attachment_type_denied",
+        ),
     ],
 )
 def test_evaluate_gives_one_reason_per_denial(
@@ -172,6 +187,18 @@ def _line_of(text: str, needle: str) -> int:
         ('inbox_ttl = "7d"', 'inbox_ttl = "15d"', "policy.contradiction", '"15d"'),
         ('max_lifetime = "14d"', 'max_lifetime = "14 weeks"', "policy.file_invalid", "14 weeks"),
         ("max_bytes = 65536", "max_bytes = 12", "policy.file_invalid", "max_bytes = 12"),
+        (
+            '"image/tiff", "text/plain"]',
+            '"image/tiff", "Text/Plain"]',
+            "policy.file_invalid",
+            '"Text/Plain"]',
+        ),
+        (
+            '"image/tiff", "text/plain"]',
+            '"image/tiff", "image/png"]',
+            "policy.file_invalid",
+            '"image/tiff", "image/png"]',
+        ),
         ('name = "services-answer"', 'name = "jobcenter-refers"', "policy.contradiction", ""),
         ("[types.feedback]", "[types.referral]", "policy.syntax", "[types.referral]"),
         (

@@ -213,6 +213,7 @@ class Outbound:
         message_id = new_message_id()
         content_key = new_content_key()
         request = submission.request
+        parts.allowed_types = policy.limits[request.type].attachment_types  # flow check passed
         publisher = self._chunks.publisher(request.recipients, message_id, submission.lifetime)
         await self._chunks.open_upload(message_id, submission.lifetime)
         stored = False

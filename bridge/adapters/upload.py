@@ -108,6 +108,8 @@ class AttachmentParts:
         self._reader = reader
         self._limits = limits
         self._chunk = chunk
+        # The media types the routing policy allows for the message's type (set once known).
+        self.allowed_types: frozenset[str] = frozenset()
 
     async def store(self, content_key: bytes, publisher: ChunkPublisher) -> list[Attachment]:
         """Encrypt and publish every attachment part; return their header entries."""
@@ -151,6 +153,13 @@ class AttachmentParts:
         except AttachmentInvalid as exc:
             raise ApiProblem(400, str(exc), reason=exc.reason) from None
         media_type = _media_type(part.headers.get(hdrs.CONTENT_TYPE))
+        if media_type not in self.allowed_types:
+            # The broker's own check of the header's list, run before any chunk is stored.
+            raise ApiProblem(
+                422,
+                "the routing policy allows no attachment of this media type for this message type",
+                reason="policy.attachment_type_denied",
+            )
         declared_size = _declared_size(part)
         declared_digest = _declared_digest(part)
         if declared_size is not None and declared_size > limits.max_attachment_bytes:

@@ -867,7 +867,7 @@ async def _attachment_case(load: _Load, size: int, progress: Progress) -> Attach
         try:
             submitted = time.perf_counter()
             message_id = await load.submitter.submit_with_file(
-                request, "bench.bin", "application/octet-stream", blocks
+                request, "bench.pdf", "application/pdf", blocks
             )
             track = load.tracker.accepted(message_id, recipients, submitted, time.perf_counter())
             async with asyncio.timeout(_FILE_TIMEOUT):

@@ -68,6 +68,8 @@ class TypeLimits:
     max_lifetime: int
     inbox_ttl: int
     pull_wait: int
+    # Media types the type's messages may carry as attachments; none unless the policy lists them.
+    attachment_types: frozenset[str] = frozenset()
 
     def inbox_wait(self, expires_at: int, now: int) -> int:
         """How long a copy routed `now` may wait in the inbox: `inbox_ttl`, cut to the
@@ -140,6 +142,7 @@ class FlowRequest:
     size: int | None  # envelope bytes; None before sealing (the adapter checks it after)
     iat: int
     exp: int
+    attachment_types: tuple[str, ...] = ()  # the media type of each attachment, in order
 
     @classmethod
     def of_header(cls, header: Header, size: int | None) -> FlowRequest:
@@ -153,6 +156,7 @@ class FlowRequest:
             size=size,
             iat=header.iat,
             exp=header.exp,
+            attachment_types=tuple(a.type for a in header.attachments),
         )
 
 
@@ -258,7 +262,8 @@ class PolicyRules:
 
     def evaluate(self, request: FlowRequest, directory: RoleLookup) -> Decision:
         """Decide one message. Checks in order, per recipient in the header's order: a rule
-        allows the flow, the purpose, every category; then the type's size and lifetime."""
+        allows the flow, the purpose, every category; then the type's size and lifetime, and
+        the media type of every attachment."""
         flows = []
         for recipient in request.recipients:
             flow = self.flow(request.sender, recipient, request.message_type, directory)
@@ -300,6 +305,14 @@ class PolicyRules:
                 "policy.lifetime",
                 f"lifetime exceeds {limits.max_lifetime}s allowed for a {request.message_type}",
                 rule=flows[0].rule,
+            )
+        outside = tuple(t for t in request.attachment_types if t not in limits.attachment_types)
+        if outside:
+            return _deny(
+                "policy.attachment_type_denied",
+                f"a {request.message_type} may not carry an attachment of this media type",
+                rule=flows[0].rule,
+                outside=outside,
             )
         return Decision(True, None, "allowed", tuple(flows))
 

@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any, Final, NoReturn
 
+from ..crypto.attachments import MEDIA_TYPE_PATTERN
 from ..errors import PolicyFileError
 from ..federation.directory import ROLES
 from ..ids import AGENCY_ID_PATTERN, MESSAGE_TYPES, SYSTEM_MESSAGE_TYPES
@@ -41,6 +42,8 @@ _MAX_RECORD_RETENTION: Final = 30 * 366 * 86400
 _TYPE_KEYS: Final = ("max_bytes", "max_lifetime", "inbox_ttl", "pull_wait")
 _RETENTION_KEYS: Final = ("status", "consent", "audit")
 _MAX_TYPE_BYTES: Final = 64 * 1024 * 1024
+_MAX_MEDIA_TYPES: Final = 64
+_MEDIA_TYPE: Final = re.compile(MEDIA_TYPE_PATTERN)
 _DURATION: Final = re.compile(r"^([0-9]{1,9})\s*([smhd])$")
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -251,7 +254,7 @@ def _types(table: object, r: _Reader) -> dict[str, TypeLimits]:
             )
         if not isinstance(spec, dict):
             r.fail(f"[{where}] must be a table", line)
-        r.keys(spec, frozenset(_TYPE_KEYS), where)
+        r.keys(spec, frozenset((*_TYPE_KEYS, "attachment_types")), where)
         for key in _TYPE_KEYS:
             if key not in spec:
                 r.fail(f"[{where}] needs {key}", line)
@@ -275,11 +278,32 @@ def _types(table: object, r: _Reader) -> dict[str, TypeLimits]:
             )
         pull_wait = r.duration(spec["pull_wait"], where, "pull_wait")
         limits[name] = TypeLimits(
-            max_bytes=size, max_lifetime=lifetime, inbox_ttl=ttl, pull_wait=pull_wait
+            max_bytes=size,
+            max_lifetime=lifetime,
+            inbox_ttl=ttl,
+            pull_wait=pull_wait,
+            attachment_types=_media_types(spec.get("attachment_types", []), where, r),
         )
     for name in SYSTEM_MESSAGE_TYPES:
         limits.setdefault(name, SYSTEM_DEFAULT_LIMITS)
     return limits
+
+
+def _media_types(value: object, where: str, r: _Reader) -> frozenset[str]:
+    line = r.lines.key(where, "attachment_types")
+    if (
+        not isinstance(value, list)
+        or len(value) > _MAX_MEDIA_TYPES
+        or not all(isinstance(v, str) and _MEDIA_TYPE.fullmatch(v) for v in value)
+    ):
+        r.fail(
+            f"attachment_types must be a list of up to {_MAX_MEDIA_TYPES} media types, "
+            'lowercase and without parameters, like "application/pdf"',
+            line,
+        )
+    if len(set(value)) != len(value):
+        r.fail("attachment_types names a media type twice", line)
+    return frozenset(value)
 
 
 def _rule(
