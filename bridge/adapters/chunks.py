@@ -10,7 +10,6 @@ direct get by subject: a recipient may read only subjects that name it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -203,13 +202,25 @@ class ChunkPublisher:
             while self._pending:
                 await self._pending.pop(0)
         finally:
-            await self.abort()
+            await self.settle()
 
-    async def abort(self) -> None:
-        """Cancel what is in flight (after a failure) and wait until it has stopped."""
+    async def settle(self) -> bool:
+        """Wait for every publish in flight (each bounded by its timeout), after a failure;
+        True when each was stored or refused for certain, so that a purge now removes all.
+
+        Not cancelled: a chunk already on its way would be stored after a purge that overtook
+        it (the server handles a purge apart from the stream's intake), and stay behind.
+        """
+        certain = True
         for task in self._pending:
-            task.cancel()
-        for task in self._pending:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            try:
+                await asyncio.shield(task)
+            except TransportError as exc:
+                # A timed-out publish may still be stored; a refused one is not.
+                certain = certain and exc.reason != "transport.ack_timeout"
+            except asyncio.CancelledError:
+                for rest in self._pending:
+                    rest.cancel()
+                raise
         self._pending.clear()
+        return certain

@@ -239,18 +239,25 @@ class Outbound:
             stored = True
             return result
         finally:
-            if not stored:
-                await publisher.abort()
-            await asyncio.shield(self._end_upload(message_id, discard=not stored))
+            certain = stored
+            try:
+                if not stored:
+                    certain = await publisher.settle()
+            finally:  # cancelled while settling: the marker stays for the sweep
+                await asyncio.shield(
+                    self._end_upload(message_id, discard=not stored, keep_marker=not certain)
+                )
 
-    async def _end_upload(self, message_id: str, *, discard: bool) -> None:
+    async def _end_upload(self, message_id: str, *, discard: bool, keep_marker: bool) -> None:
         """Purge an unsent message's chunks, then its upload marker; what fails here is left
-        to the sweep of abandoned uploads (and to the chunks' TTL at the latest)."""
+        to the sweep of abandoned uploads (and to the chunks' TTL at the latest). A chunk
+        whose publish timed out may still be stored later: its marker stays for the sweep."""
         assert self._chunks is not None
         try:
             if discard:
                 await self._chunks.purge(message_id)
-            await self._chunks.close_upload(message_id)
+            if not keep_marker:
+                await self._chunks.close_upload(message_id)
         except TransportError as exc:
             log.warning("upload of message %s not cleaned up yet [%s]", message_id, exc.reason)
 
