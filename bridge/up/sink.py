@@ -6,7 +6,9 @@ and shows it at `GET /deliveries` to whoever presents the sink's access token: t
 hold decrypted content, fictional in the demo but personal data in shape.
 
 Every call is kept, duplicates included, so a test can tell "delivered once" from "delivered
-twice"; a real local system would deduplicate on `message_id`.
+twice"; a real local system would deduplicate on `message_id`. A message with attachments comes
+as multipart: the sink checks the signed message part, then each file against the digest and
+size it names (401 or 400 otherwise), and keeps only the message, not the files.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from aiohttp import web
+from aiohttp import BodyPartReader, ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import ConfigError
 from ..http.guard import GuardedAppRunner
@@ -30,6 +33,7 @@ __all__ = ["MAX_KEPT", "Delivery", "DemoSink", "verify_webhook_signature"]
 
 MAX_KEPT: Final = 1000
 _MAX_BODY: Final = 2 * 1024 * 1024
+_READ: Final = 256 * 1024
 SIGNATURE_HEADER: Final = "Bridge-Signature"
 _MAX_SKEW: Final = 300
 
@@ -131,6 +135,8 @@ class DemoSink:
     async def _webhook(self, request: web.Request) -> web.Response:
         agency = request.match_info["agency"]
         secret = self._secrets.get(agency)
+        if secret is not None and request.content_type == "multipart/form-data":
+            return await self._with_files(request, agency, secret)
         body = await request.read()
         if secret is None or not verify_webhook_signature(secret, request.headers, body):
             self._refused += 1
@@ -141,6 +147,47 @@ class DemoSink:
             return web.json_response({"error": "not JSON"}, status=400)
         if not isinstance(payload, dict):
             return web.json_response({"error": "not a JSON object"}, status=400)
+        return self._keep(agency, payload)
+
+    async def _with_files(self, request: web.Request, agency: str, secret: bytes) -> web.Response:
+        """A message with attachments: the signed `message` part, then each file, hashed as it
+        streams in and checked against the digest and size the message names. The files
+        themselves are not kept, only the message (which lists them)."""
+        try:
+            reader = await request.multipart()
+            part = await reader.next()
+            if not isinstance(part, BodyPartReader) or part.name != "message":
+                return web.json_response({"error": "the first part is not the message"}, status=400)
+            body = bytearray()
+            while piece := await part.read_chunk(_READ):
+                body += piece
+                if len(body) > _MAX_BODY:
+                    return web.json_response({"error": "the message is too large"}, status=413)
+            if not verify_webhook_signature(secret, request.headers, bytes(body)):
+                self._refused += 1
+                return web.json_response({"error": "signature does not verify"}, status=401)
+            payload = json.loads(body)
+            if not isinstance(payload, dict):
+                return web.json_response({"error": "not a JSON object"}, status=400)
+            for listed in payload.get("attachments", []):
+                part = await reader.next()
+                if not isinstance(part, BodyPartReader) or not isinstance(listed, dict):
+                    return web.json_response({"error": "an attachment is missing"}, status=400)
+                digest, size = hashlib.sha256(), 0
+                while piece := await part.read_chunk(_READ):
+                    digest.update(piece)
+                    size += len(piece)
+                if digest.hexdigest() != listed.get("sha256") or size != listed.get("size"):
+                    return web.json_response(
+                        {"error": "an attachment differs from its digest"}, status=400
+                    )
+            if await reader.next() is not None:
+                return web.json_response({"error": "more parts than attachments"}, status=400)
+        except (ValueError, RuntimeError, HttpProcessingError, ClientPayloadError):
+            return web.json_response({"error": "not a multipart message"}, status=400)
+        return self._keep(agency, payload)
+
+    def _keep(self, agency: str, payload: dict[str, Any]) -> web.Response:
         received = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         self._kept.append(Delivery(agency=agency, received_at=received, payload=payload))
         if payload.get("type") == "consent-revoked":
