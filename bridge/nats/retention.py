@@ -29,7 +29,9 @@ import nats.errors
 import nats.js.errors
 from nats.js.client import JetStreamContext
 
+from .._cancel import pause
 from ..errors import ConfigError, TransportError
+from .backoff import Backoff
 from .subjects import HDR_TTL
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
 ]
 
 _WINDOW: Final = 32
+_ATTEMPTS: Final = 3  # reads of one stream's settings before start-up gives up
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,16 +115,9 @@ async def check_stream_ages(
         limit = _limit_for(limits, name)
         if limit is None:
             raise ValueError(f"no retention limit covers stream {name}")
-        try:
-            async with asyncio.timeout(wait):
-                info = await js.stream_info(name)
-            max_age = int(info.config.max_age or 0)
-        except nats.js.errors.NotFoundError:
+        max_age = await _max_age(js, name, wait)
+        if max_age is None:
             continue
-        except (TimeoutError, nats.errors.Error, OSError) as exc:
-            raise TransportError(
-                f"cannot read the settings of stream {name}", reason="retention.unavailable"
-            ) from exc
         if (problem := judge_age(name, max_age, limit)) is not None:
             problems.append(problem)
     if problems:
@@ -131,6 +127,26 @@ async def check_stream_ages(
             + " (run `bridge nats provision` with this policy)",
             reason=problems[0].reason,
         )
+
+
+async def _max_age(js: JetStreamContext, name: str, wait: float) -> int | None:
+    """A stream's age limit, `None` if it does not exist. Asked up to three times: in a
+    cluster under load, or while a stream elects its leader, one request can go unanswered."""
+    backoff = Backoff()
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            async with asyncio.timeout(wait):
+                info = await js.stream_info(name)
+            return int(info.config.max_age or 0)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            if attempt == _ATTEMPTS:
+                raise TransportError(
+                    f"cannot read the settings of stream {name}", reason="retention.unavailable"
+                ) from exc
+        await pause(backoff.next())
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True, slots=True)
