@@ -21,9 +21,12 @@ import msgspec
 from envelope_helpers import CONSENT, Federation, federation
 from policy_helpers import signed_policy
 
+from bridge.audit import generate_audit_key
 from bridge.config import (
     AdapterConfig,
+    AuditConfig,
     AuthConfig,
+    BrokerConfig,
     ConsentConfig,
     DeliveryConfig,
     DirectoryConfig,
@@ -138,6 +141,35 @@ def make_agency(
         consent=ConsentConfig(enforce=enforce_consent),
     )
     return Agency(agency, config, base / "token.key")
+
+
+def broker_config(
+    root: Path, nats: NatsClientConfig, *, name: str = "broker", policy: bytes | None = None
+) -> BrokerConfig:
+    """A broker's config under `root` for the test federation: its directory, trust anchor,
+    signed policy (the test policy unless `policy` is given) and audit key are written once,
+    and shared by every broker started under the same `root`; serial states are per `name`.
+    Consent enforcement is off, as for the adapters (`make_agency`)."""
+    f = fed()
+    directory, anchor = root / "directory.bin", root / "anchor.json"
+    if not directory.exists():
+        directory.write_bytes(f.directory_bytes)
+        anchor.write_bytes(msgspec.json.encode(f.anchor.public_record()))
+        (root / "policy.bin").write_bytes(policy if policy is not None else signed_policy(f)[0])
+        generate_audit_key(root / "audit.key", root / "audit.pub.json")
+    return BrokerConfig(
+        nats=nats,
+        directory=DirectoryConfig(
+            file=str(directory), anchor=str(anchor), serial_state=str(root / f"{name}.serial")
+        ),
+        audit=AuditConfig(key_file=str(root / "audit.key")),
+        policy=PolicyConfig(
+            file=str(root / "policy.bin"), serial_state=str(root / f"{name}.policy.serial")
+        ),
+        consent=ConsentConfig(enforce=False),
+        batch_size=4,
+        publish_timeout_seconds=5,
+    )
 
 
 def agency_seed(env: Any, agency: str) -> Path:

@@ -25,25 +25,18 @@ from adapter_helpers import (
     SPDI,
     SUCHT,
     Agency,
+    broker_config,
     eventually,
-    fed,
     make_agency,
     referral_request,
 )
 from cluster_helpers import Cluster
-from policy_helpers import signed_policy
 
 from bridge.adapters.service import Adapter
-from bridge.audit import generate_audit_key
 from bridge.broker import Broker
 from bridge.config import (
-    AuditConfig,
-    BrokerConfig,
-    ConsentConfig,
     DeliveryConfig,
-    DirectoryConfig,
     NatsClientConfig,
-    PolicyConfig,
 )
 from bridge.errors import TransportError
 from bridge.nats.identities import Identity
@@ -90,31 +83,8 @@ class Site:
         )
 
     async def start_broker(self, name: str) -> Broker:
-        f = fed()
-        directory = self.root / "directory.bin"
-        anchor = self.root / "anchor.json"
-        if not directory.exists():
-            directory.write_bytes(f.directory_bytes)
-            anchor.write_bytes(msgspec.json.encode(f.anchor.public_record()))
-            (self.root / "policy.bin").write_bytes(signed_policy(f)[0])
-            generate_audit_key(self.root / "audit.key", self.root / "audit.pub.json")
-        config = BrokerConfig(
-            nats=self.nats(Identity.broker()),
-            directory=DirectoryConfig(
-                file=str(directory),
-                anchor=str(anchor),
-                serial_state=str(self.root / f"{name}.serial"),
-            ),
-            audit=AuditConfig(key_file=str(self.root / "audit.key")),
-            policy=PolicyConfig(
-                file=str(self.root / "policy.bin"),
-                serial_state=str(self.root / f"{name}.policy.serial"),
-            ),
-            # Consents are another module's subject; these tests send under a made-up one.
-            consent=ConsentConfig(enforce=False),
-            batch_size=4,
-            publish_timeout_seconds=5,
-        )
+        # Consents are another module's subject; these tests send under a made-up one.
+        config = broker_config(self.root, self.nats(Identity.broker()), name=name)
         broker = Broker(config, name=name, fetch_wait=1.0, retry_delay=0.5)
         await broker.__aenter__()
         self.brokers.append(broker)

@@ -27,24 +27,17 @@ from adapter_helpers import (
     SPDI,
     SUCHT,
     Agency,
+    broker_config,
     eventually,
-    fed,
     make_agency,
     referral_request,
 )
-from policy_helpers import signed_policy
 
 from bridge.adapters.service import Adapter
-from bridge.audit import generate_audit_key
 from bridge.broker import Broker
 from bridge.cli import main
 from bridge.config import (
-    AuditConfig,
-    BrokerConfig,
-    ConsentConfig,
-    DirectoryConfig,
     NatsClientConfig,
-    PolicyConfig,
 )
 from bridge.nats.identities import Credentials, Identity
 from bridge.nats.leaf import HUB_SEED_FILE, LeafSettings, configure_leaf, is_leaf, leaf_server
@@ -136,31 +129,12 @@ class Site:
     broker: Broker | None = None
 
     async def start_broker(self) -> None:
-        f = fed()
-        (self.root / "directory.bin").write_bytes(f.directory_bytes)
-        (self.root / "anchor.json").write_bytes(msgspec.json.encode(f.anchor.public_record()))
-        (self.root / "policy.bin").write_bytes(signed_policy(f)[0])
-        generate_audit_key(self.root / "audit.key", self.root / "audit.pub.json")
-        config = BrokerConfig(
-            nats=NatsClientConfig(
-                url=self.hub.url,
-                seed_file=str(self.hub_creds.seed_file(Identity.broker())),
-                request_timeout_seconds=5,
-            ),
-            directory=DirectoryConfig(
-                file=str(self.root / "directory.bin"),
-                anchor=str(self.root / "anchor.json"),
-                serial_state=str(self.root / "broker.serial"),
-            ),
-            audit=AuditConfig(key_file=str(self.root / "audit.key")),
-            policy=PolicyConfig(
-                file=str(self.root / "policy.bin"),
-                serial_state=str(self.root / "broker.policy.serial"),
-            ),
-            consent=ConsentConfig(enforce=False),
-            batch_size=4,
-            publish_timeout_seconds=5,
+        nats = NatsClientConfig(
+            url=self.hub.url,
+            seed_file=str(self.hub_creds.seed_file(Identity.broker())),
+            request_timeout_seconds=5,
         )
+        config = broker_config(self.root, nats)
         self.broker = Broker(config, name="broker-1", fetch_wait=1.0, retry_delay=0.5)
         await self.broker.__aenter__()
 

@@ -23,6 +23,7 @@ from adapter_helpers import (
     SUCHT,
     Agency,
     agency_seed,
+    broker_config,
     eventually,
     fed,
     make_agency,
@@ -31,15 +32,9 @@ from adapter_helpers import (
 from policy_helpers import POLICY, signed_policy
 
 from bridge.adapters.service import Adapter
-from bridge.audit import generate_audit_key
 from bridge.broker import Broker
 from bridge.config import (
-    AuditConfig,
-    BrokerConfig,
-    ConsentConfig,
-    DirectoryConfig,
     NatsClientConfig,
-    PolicyConfig,
 )
 from bridge.errors import TransportError
 from bridge.nats.identities import Identity
@@ -107,29 +102,12 @@ class Site:
             return response.status, (await response.json(), response.headers)
 
     async def start_broker(self) -> Broker:
-        f = fed()
-        (self.root / "directory.bin").write_bytes(f.directory_bytes)
-        (self.root / "anchor.json").write_bytes(msgspec.json.encode(f.anchor.public_record()))
-        write_quota_policy(self.root / "policy.bin")
-        generate_audit_key(self.root / "audit.key", self.root / "audit.pub.json")
-        config = BrokerConfig(
-            nats=NatsClientConfig(
-                url=self.env.url, seed_file=str(self.env.seed_file(Identity.broker()))
-            ),
-            directory=DirectoryConfig(
-                file=str(self.root / "directory.bin"),
-                anchor=str(self.root / "anchor.json"),
-                serial_state=str(self.root / "broker.serial"),
-            ),
-            audit=AuditConfig(key_file=str(self.root / "audit.key")),
-            policy=PolicyConfig(
-                file=str(self.root / "policy.bin"),
-                serial_state=str(self.root / "broker.policy.serial"),
-            ),
-            consent=ConsentConfig(enforce=False),  # consents are another module's subject
-            batch_size=4,
-            publish_timeout_seconds=5,
+        nats = NatsClientConfig(
+            url=self.env.url, seed_file=str(self.env.seed_file(Identity.broker()))
         )
+        policy = signed_policy(fed(), QUOTA_POLICY)[0]
+        # Consents are another module's subject.
+        config = broker_config(self.root, nats, policy=policy)
         self.broker = Broker(config, fetch_wait=0.5, retry_delay=0.2)
         await self.broker.__aenter__()
         return self.broker
