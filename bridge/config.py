@@ -206,7 +206,15 @@ class AdapterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     # An upload not finished within this long was abandoned by an adapter that stopped midway:
     # its chunks are removed (an upload cut off while the adapter runs is removed at once).
     attachment_upload_limit_seconds: Annotated[int, msgspec.Meta(ge=1, le=86400)] = 3600
+    # Where `POST /v1/uploads` spools files until a message sends them (local disk, 0700);
+    # by default `uploads` beside `keys_dir`.
+    upload_dir: str | None = None
     base_dir: str = ""
+
+    def upload_path(self) -> Path:
+        if self.upload_dir is not None:
+            return self.path(self.upload_dir)
+        return self.path(self.keys_dir).parent / "uploads"
 
     def path(self, value: str) -> Path:
         return _resolve(self.base_dir, value)

@@ -51,6 +51,9 @@ __all__ = [
     "RecipientStatus",
     "SubmitRequest",
     "TimelineEvent",
+    "UploadRef",
+    "UploadRequest",
+    "UploadStatus",
 ]
 
 MIN_LIFETIME_SECONDS: Final = 60
@@ -74,6 +77,33 @@ class _Api(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
     pass
 
 
+UploadId = Annotated[str, Meta(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$")]
+
+
+class UploadRef(_Api, frozen=True, kw_only=True):
+    """A complete upload (`POST /v1/uploads`) sent as one attachment of the message."""
+
+    upload: UploadId
+
+
+class UploadRequest(_Api, frozen=True, kw_only=True):
+    """`POST /v1/uploads`: declare a file to upload in parts; `digest` is its SHA-256."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=255)]
+    media_type: Annotated[str, Meta(min_length=1, max_length=127)]
+    size: Annotated[int, Meta(ge=0, le=2**40)]
+    digest: Annotated[bytes, Meta(min_length=32, max_length=32)] | None = None
+
+
+class UploadStatus(_Api, frozen=True, kw_only=True):
+    """An upload's progress: resume with `PUT /v1/uploads/{id}?offset=<received>`."""
+
+    id: UploadId
+    received: int
+    size: int
+    complete: bool
+
+
 class _SubmitFields(_Api, frozen=True, kw_only=True):
     type: OutboundType
     recipients: Annotated[list[AgencyId], Meta(min_length=1, max_length=16)]
@@ -84,6 +114,8 @@ class _SubmitFields(_Api, frozen=True, kw_only=True):
     lifetime_seconds: (
         Annotated[int, Meta(ge=MIN_LIFETIME_SECONDS, le=MAX_LIFETIME_SECONDS)] | None
     ) = None
+    # Complete uploads to send as attachments (JSON submissions only; docs/adapter.md).
+    attachments: Annotated[list[UploadRef], Meta(min_length=1, max_length=16)] | None = None
 
 
 class SubmitRequest(_SubmitFields, frozen=True, kw_only=True):

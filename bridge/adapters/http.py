@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -28,7 +28,7 @@ from ..http.guard import guard_middleware
 from ..http.problems import ApiProblem, problem_response
 from ..ids import check_message_id
 from ..telemetry import metrics_response
-from .api import Accepted, DeletionConfirmation, Health, InboxList
+from .api import Accepted, DeletionConfirmation, Health, InboxList, UploadRequest, UploadStatus
 from .chunks import ChunkStore
 from .consents import Consents
 from .disclosures import Disclosures, render_report
@@ -37,7 +37,9 @@ from .form import LANGUAGES, render_form
 from .outbound import Outbound
 from .pull import PullInbox
 from .revocation import Revocations
+from .spool import Spool
 from .store import Store
+from .submission import decode_request
 from .timeline import message_status
 from .upload import read_message_part
 
@@ -66,8 +68,11 @@ class ApiContext:
     directory: Callable[[], Directory]
     disclosures: Disclosures | None = None
     chunks: ChunkStore | None = None
+    spool: Spool | None = None
     metrics: CollectorRegistry | None = None  # served at /metrics unless on a port of its own
 
+
+_upload_decoder: Final = msgspec.json.Decoder(UploadRequest)
 
 CONTEXT: Final = web.AppKey("bridge.adapter", ApiContext)
 
@@ -196,6 +201,90 @@ async def _submit_multipart(request: web.Request, ctx: ApiContext, claims: Claim
         raise ApiProblem(
             400, "the request ended before its body did", reason="request.incomplete"
         ) from exc
+
+
+def _spool(request: web.Request) -> Spool:
+    spool = _ctx(request).spool
+    if spool is None:
+        raise ApiProblem(404, "this adapter takes no attachments", reason="attachment.disabled")
+    return spool
+
+
+def _upload_status(spool: Spool, upload_id: str, size: int) -> UploadStatus:
+    received = spool.received(upload_id)
+    return UploadStatus(id=upload_id, received=received, size=size, complete=received == size)
+
+
+async def _upload_create(request: web.Request) -> web.StreamResponse:
+    claims = await _claims(request, "messages:send")
+    spool = _spool(request)
+    if request.content_type != "application/json":
+        raise ApiProblem(415, "the body must be application/json", reason="request.media_type")
+    raw = await _read_body(request, _ctx(request).max_body_bytes)
+    declared = decode_request(_upload_decoder, raw, _ctx(request).max_body_bytes)
+    try:
+        upload_id = spool.create(
+            claims.subject,
+            name=declared.name,
+            media_type=declared.media_type,
+            size=declared.size,
+            digest=declared.digest,
+        )
+    except OSError as exc:
+        log.warning("upload not created: the spool cannot be written [upload.spool_failed]")
+        raise ApiProblem(
+            503, "the upload cannot be stored right now; retry later", reason="upload.spool_failed"
+        ) from exc
+    response = _json(_upload_status(spool, upload_id, declared.size), status=201)
+    response.headers["Location"] = f"/v1/uploads/{upload_id}"
+    return response
+
+
+async def _upload_get(request: web.Request) -> web.StreamResponse:
+    claims = await _claims(request, "messages:send")
+    spool = _spool(request)
+    upload_id = request.match_info["upload_id"]
+    meta = spool.meta(claims.subject, upload_id)
+    return _json(_upload_status(spool, upload_id, meta.size))
+
+
+async def _upload_part(request: web.Request) -> web.StreamResponse:
+    """`PUT /v1/uploads/{id}?offset=N`: one part, appended at exactly the bytes received."""
+    claims = await _claims(request, "messages:send")
+    spool = _spool(request)
+    upload_id = request.match_info["upload_id"]
+    meta = spool.meta(claims.subject, upload_id)
+    raw_offset = request.query.get("offset", "")
+    if not raw_offset.isdigit() or len(raw_offset) > 15:
+        raise ApiProblem(
+            400,
+            "offset must be the number of bytes received so far",
+            reason="upload.offset_invalid",
+            field="offset",
+        )
+    offset = int(raw_offset)
+    length = request.content_length
+    if length is not None and offset + length > meta.size:
+        raise ApiProblem(
+            413, "the part goes beyond the upload's declared size", reason="upload.too_large"
+        )
+
+    async def pieces() -> AsyncIterator[bytes]:
+        try:
+            while piece := await request.content.read(_READ_CHUNK):
+                yield piece
+        except (aiohttp.ClientPayloadError, HttpProcessingError, ConnectionError):
+            # The client went away mid-part: what was written stays, GET tells where to resume.
+            log.info("upload part broken off [upload.part_incomplete]")
+
+    try:
+        await spool.append(claims.subject, upload_id, offset, pieces())
+    except OSError as exc:
+        log.warning("upload part not stored: the spool cannot be written [upload.spool_failed]")
+        raise ApiProblem(
+            503, "the part cannot be stored right now; retry later", reason="upload.spool_failed"
+        ) from exc
+    return _json(_upload_status(spool, upload_id, meta.size))
 
 
 async def _message(request: web.Request) -> web.StreamResponse:
@@ -413,6 +502,9 @@ def build_app(context: ApiContext) -> web.Application:
     app[CONTEXT] = context
     app.router.add_post("/v1/messages", _submit)
     app.router.add_get("/v1/messages/{message_id}", _message)
+    app.router.add_post("/v1/uploads", _upload_create)
+    app.router.add_get("/v1/uploads/{upload_id}", _upload_get)
+    app.router.add_put("/v1/uploads/{upload_id}", _upload_part)
     app.router.add_get("/v1/inbox", _inbox_list)
     app.router.add_get("/v1/inbox/{message_id}", _inbox_item)
     app.router.add_get("/v1/inbox/{message_id}/attachments/{index}", _inbox_attachment)

@@ -22,6 +22,8 @@ from .api import (
     MessageStatus,
     Problem,
     SubmitRequest,
+    UploadRequest,
+    UploadStatus,
 )
 from .disclosures import DisclosureReport
 
@@ -43,6 +45,14 @@ _CONSENT_ID: Final = {
 }
 
 
+_UPLOAD_ID: Final = {
+    "name": "upload_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+}
+
+
 def _json(name: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
 
@@ -53,6 +63,7 @@ def _problems(*statuses: int) -> dict[str, Any]:
         401: "Missing, invalid or expired bearer token",
         403: "The token lacks the scope",
         404: "No such item",
+        409: "In conflict with the item's state (a wrong offset, an incomplete upload)",
         413: "Request body, an attachment or the attachments together too large",
         415: "Not application/json (or multipart/form-data with attachments)",
         416: "Not one satisfiable range of bytes",
@@ -78,6 +89,8 @@ def openapi_document(agency: str, version: str = "1") -> dict[str, Any]:
         [
             SubmitRequest,
             Accepted,
+            UploadRequest,
+            UploadStatus,
             MessageStatus,
             InboxList,
             InboxItem,
@@ -140,6 +153,63 @@ def openapi_document(agency: str, version: str = "1") -> dict[str, Any]:
                     }
                 ],
             )
+        },
+        "/v1/uploads": {
+            "post": _op(
+                "Declare a file to upload in parts, then send by reference in a message",
+                "messages:send",
+                {
+                    "201": {
+                        "description": "Declared; send its parts with PUT",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "content": _json("UploadStatus"),
+                    },
+                    **_problems(400, 413, 415, 422, 503),
+                    **auth,
+                },
+                requestBody={"required": True, "content": _json("UploadRequest")},
+            )
+        },
+        "/v1/uploads/{upload_id}": {
+            "get": _op(
+                "How much of an upload arrived: resume a part at `received`",
+                "messages:send",
+                {
+                    "200": {"description": "The progress", "content": _json("UploadStatus")},
+                    **_problems(404),
+                    **auth,
+                },
+                parameters=[_UPLOAD_ID],
+            ),
+            "put": _op(
+                "Append one part at exactly the bytes received so far",
+                "messages:send",
+                {
+                    "200": {
+                        "description": "The part is stored; the bytes received so far",
+                        "content": _json("UploadStatus"),
+                    },
+                    **_problems(400, 404, 409, 413, 503),
+                    **auth,
+                },
+                parameters=[
+                    _UPLOAD_ID,
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                ],
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        }
+                    },
+                },
+            ),
         },
         "/v1/messages/{message_id}": {
             "get": _op(

@@ -31,6 +31,7 @@ from ..nats.transport import publish_durable
 from ..policy import Decision, FlowRequest, Policy
 from .chunks import ChunkStore
 from .reports import Reporter
+from .spool import Spool, SpooledAttachments
 from .store import Event, IdemRecord, MessageRecord, Store
 from .submission import Submission, parse_submission
 from .upload import AttachmentParts
@@ -77,6 +78,7 @@ class Outbound:
         reporter: Reporter | None = None,
         chunks: ChunkStore | None = None,
         registry_optional: bool = False,
+        spool: Spool | None = None,
     ) -> None:
         """`registry` is None only when consent enforcement is off (`[consent] enforce`).
 
@@ -101,6 +103,7 @@ class Outbound:
         self._retry_after = retry_after
         self._registry = registry
         self._chunks = chunks
+        self._spool = spool
 
     async def submit(self, raw: bytes, *, subject: str, idempotency_key: str | None) -> str:
         """Check, seal and publish; return the message id once JetStream has stored it."""
@@ -128,6 +131,7 @@ class Outbound:
         parts: AttachmentParts | None,
     ) -> str:
         now = int(self._clock())
+        spooled: SpooledAttachments | None = None
         directory = self._directory()
         submission = parse_submission(
             raw,
@@ -138,10 +142,22 @@ class Outbound:
             max_bytes=self._max_bytes,
             now=now,
         )
+        if submission.request.attachments is not None:
+            spooled = self._spooled(
+                submission, subject, idempotency_key, multipart=parts is not None
+            )
         policy = self._policy()
         _check_policy(policy, submission, self._agency, directory, now)
         try:
             await self._check_consent(submission, directory, now)
+            if spooled is not None:
+                message_id = await self._submit_attachments(
+                    submission, spooled, directory, policy, subject, now
+                )
+                assert self._spool is not None
+                for upload_id in spooled.upload_ids:
+                    self._spool.remove(upload_id)  # sent: the plaintext has no reason to stay
+                return message_id
             if parts is None:
                 return await self._submit(
                     submission, directory, policy, subject, idempotency_key, now
@@ -165,6 +181,36 @@ class Outbound:
                 reason=exc.reason,
                 headers={"Retry-After": str(self._retry_after)},
             ) from exc
+
+    def _spooled(
+        self, submission: Submission, subject: str, idempotency_key: str | None, *, multipart: bool
+    ) -> SpooledAttachments:
+        """The uploads a JSON submission names, each checked to be the caller's and complete."""
+        if self._chunks is None or self._spool is None:
+            raise ApiProblem(404, "this adapter takes no attachments", reason="attachment.disabled")
+        if multipart:
+            raise ApiProblem(
+                400,
+                "a multipart message carries its files as parts, not as uploads",
+                reason="attachment.uploads_in_multipart",
+                field="$.attachments",
+            )
+        if idempotency_key is not None:
+            # As with multipart: a retry would seal under a fresh content key.
+            raise ApiProblem(
+                400,
+                "Idempotency-Key is not supported with attachments; retry only after GET shows "
+                "the message missing",
+                reason="idempotency.not_with_attachments",
+            )
+        refs = submission.request.attachments or []
+        return SpooledAttachments(
+            self._spool,
+            subject,
+            [ref.upload for ref in refs],
+            self._limits,
+            self._chunks.chunk_size,
+        )
 
     async def _check_consent(self, submission: Submission, directory: Directory, now: int) -> None:
         """The broker's consent check, run here first so the local system hears it at once."""
@@ -203,7 +249,7 @@ class Outbound:
     async def _submit_attachments(
         self,
         submission: Submission,
-        parts: AttachmentParts,
+        parts: AttachmentParts | SpooledAttachments,
         directory: Directory,
         policy: Policy,
         subject: str,

@@ -61,6 +61,7 @@ from .pull import PullInbox
 from .pullwait import PullWait
 from .reports import Reporter
 from .revocation import Revocations
+from .spool import Spool
 from .status import StatusFolder
 from .store import Store
 from .webhook import WebhookSink, load_webhook_secrets
@@ -102,6 +103,7 @@ class Adapter:
         self.inbox: PullInbox | None = None
         self.inbound: Inbound | None = None
         self.status: StatusFolder | None = None
+        self.spool: Spool | None = None
 
     def __repr__(self) -> str:
         return f"Adapter(agency={self.config.agency!r}, url={self._url!r}, ready={self.ready()})"
@@ -264,6 +266,8 @@ class Adapter:
         self.chunks = ChunkStore(
             hub, c.agency, timeout=timeout, chunk_size=c.attachment_chunk_bytes
         )
+        self.spool = Spool(c.upload_path(), c.limits, self._clock)
+        await asyncio.to_thread(self.spool.open)
         self.inbound = Inbound(
             revocations=revocations,
             keyring=keyring,
@@ -335,6 +339,7 @@ class Adapter:
             reporter=reporter,
             chunks=self.chunks,
             registry_optional=behind_leaf,
+            spool=self.spool,
         )
         if self.inbox is not None:
             inbox = self.inbox
@@ -363,6 +368,7 @@ class Adapter:
                 revocations=revocations,
                 directory=self.directory,
                 chunks=self.chunks,
+                spool=self.spool,
                 disclosures=Disclosures(
                     agency=c.agency,
                     nc=self._connection,
@@ -427,6 +433,11 @@ class Adapter:
                         self.config.attachment_upload_limit_seconds, self._clock
                     ),
                     name="abandoned-uploads",
+                )
+                assert self.spool is not None
+                group.create_task(
+                    self.spool.sweep_forever(self.config.attachment_upload_limit_seconds),
+                    name="abandoned-spooled-uploads",
                 )
                 assert self._directory is not None
                 group.create_task(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import AsyncIterator
 from typing import Final
 
 from aiohttp import BodyPartReader, MultipartReader, hdrs
@@ -27,7 +28,7 @@ from ..errors import AttachmentInvalid
 from ..http.problems import ApiProblem
 from .chunks import ChunkPublisher
 
-__all__ = ["AttachmentParts", "read_message_part"]
+__all__ = ["AttachmentParts", "read_message_part", "seal_stream"]
 
 _READ: Final = 64 * 1024
 _MEDIA_TYPE_RE: Final = re.compile(MEDIA_TYPE_PATTERN)
@@ -164,37 +165,74 @@ class AttachmentParts:
         declared_digest = _declared_digest(part)
         if declared_size is not None and declared_size > limits.max_attachment_bytes:
             raise _too_large(limits)
-        sealer = AttachmentSealer(
-            content_key, index, name=name, media_type=media_type, chunk=self._chunk
+        return await seal_stream(
+            _pieces(part),
+            index,
+            content_key,
+            publisher,
+            limits=limits,
+            total=total,
+            name=name,
+            media_type=media_type,
+            chunk=self._chunk,
+            declared_size=declared_size,
+            declared_digest=declared_digest,
         )
-        chunk = 0
-        while piece := await part.read_chunk(_READ):
-            if sealer.size + len(piece) > limits.max_attachment_bytes:
-                raise _too_large(limits)
-            if total + sealer.size + len(piece) > limits.max_attachments_total:
-                raise ApiProblem(
-                    413,
-                    f"the attachments exceed {limits.max_attachments_total // _MIB} MiB together",
-                    reason="attachment.total_too_large",
-                )
-            for sealed in sealer.update(piece):
-                await publisher.add(index, chunk, sealed)
-                chunk += 1
-        last, entry = sealer.finish()
-        await publisher.add(index, chunk, last)
-        if declared_size is not None and declared_size != entry.size:
+
+
+async def _pieces(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while piece := await part.read_chunk(_READ):
+        yield piece
+
+
+async def seal_stream(
+    pieces: AsyncIterator[bytes],
+    index: int,
+    content_key: bytes,
+    publisher: ChunkPublisher,
+    *,
+    limits: Limits,
+    total: int,
+    name: str,
+    media_type: str,
+    chunk: int,
+    declared_size: int | None,
+    declared_digest: bytes | None,
+) -> Attachment:
+    """Encrypt one attachment as its bytes arrive and publish its chunks; check what was declared.
+
+    The one sealing path for a multipart part and a spooled upload (`total`: the bytes of the
+    message's attachments before this one).
+    """
+    sealer = AttachmentSealer(content_key, index, name=name, media_type=media_type, chunk=chunk)
+    number = 0
+    async for piece in pieces:
+        if sealer.size + len(piece) > limits.max_attachment_bytes:
+            raise _too_large(limits)
+        if total + sealer.size + len(piece) > limits.max_attachments_total:
             raise ApiProblem(
-                400,
-                "an attachment's size differs from the size its Content-Disposition declares",
-                reason="attachment.size_mismatch",
+                413,
+                f"the attachments exceed {limits.max_attachments_total // _MIB} MiB together",
+                reason="attachment.total_too_large",
             )
-        if declared_digest is not None and declared_digest != sealer.digest:
-            raise ApiProblem(
-                400,
-                "an attachment's SHA-256 differs from its Content-Digest",
-                reason="attachment.digest_mismatch",
-            )
-        return entry
+        for sealed in sealer.update(piece):
+            await publisher.add(index, number, sealed)
+            number += 1
+    last, entry = sealer.finish()
+    await publisher.add(index, number, last)
+    if declared_size is not None and declared_size != entry.size:
+        raise ApiProblem(
+            400,
+            "an attachment's size differs from the size declared for it",
+            reason="attachment.size_mismatch",
+        )
+    if declared_digest is not None and declared_digest != sealer.digest:
+        raise ApiProblem(
+            400,
+            "an attachment's SHA-256 differs from the digest declared for it",
+            reason="attachment.digest_mismatch",
+        )
+    return entry
 
 
 def _too_large(limits: Limits) -> ApiProblem:
