@@ -122,3 +122,38 @@ async def test_a_file_type_the_policy_does_not_allow_is_refused(stack: E2E) -> N
     )
     assert (status, problem["code"]) == (422, "policy.attachment_type_denied")
     assert await chunks_stored(stack) == 0
+
+
+async def test_a_file_uploaded_in_parts_reaches_the_recipients_webhook(stack: E2E) -> None:
+    data = os.urandom(300 * 1024)  # two chunks
+    url = stack.stack.adapter_url(JOBCENTER)
+    send = stack._headers(JOBCENTER, ["messages:send"])
+    declared = {"name": "Arztbrief.pdf", "media_type": "application/pdf", "size": len(data)}
+    async with stack.session.post(f"{url}/v1/uploads", json=declared, headers=send) as r:
+        assert r.status == 201
+        upload = (await r.json())["id"]
+    for offset in (0, 100_000):
+        part = data[offset : offset + 100_000] if offset == 0 else data[offset:]
+        async with stack.session.put(
+            f"{url}/v1/uploads/{upload}?offset={offset}", data=part, headers=send
+        ) as r:
+            assert r.status == 200
+            assert (await r.json())["received"] == offset + len(part)
+    consent = await stack.register_consent(
+        JOBCENTER, [COUNSELLING], PURPOSE, CATEGORIES, "handover"
+    )
+    request = {
+        "type": "handover",
+        "recipients": [COUNSELLING],
+        "consent": consent,
+        "purpose": PURPOSE,
+        "categories": list(CATEGORIES),
+        "body": json.loads(encode_body(BODIES[MessageType.HANDOVER])),
+        "attachments": [{"upload": upload}],
+    }
+    async with stack.session.post(f"{url}/v1/messages", json=request, headers=send) as r:
+        assert r.status == 202
+        message_id = (await r.json())["message_id"]
+    pushed = await stack.wait_pushed(message_id)  # the sink checked the file against its digest
+    assert [a["sha256"] for a in pushed["attachments"]] == [hashlib.sha256(data).hexdigest()]
+    assert [a["name"] for a in pushed["attachments"]] == ["Arztbrief.pdf"]

@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 
-from ..errors import BridgeError, ProtocolError, TransportError
+from ..errors import BridgeError, ConfigError, ProtocolError, TransportError
 from ..federation.directory import Directory
 from ..http.auth import AuthenticationFailed, Claims, InsufficientScope, TokenVerifier
 from ..http.guard import guard_middleware
@@ -230,7 +230,7 @@ async def _upload_create(request: web.Request) -> web.StreamResponse:
             size=declared.size,
             digest=declared.digest,
         )
-    except OSError as exc:
+    except (OSError, ConfigError) as exc:
         log.warning("upload not created: the spool cannot be written [upload.spool_failed]")
         raise ApiProblem(
             503, "the upload cannot be stored right now; retry later", reason="upload.spool_failed"
