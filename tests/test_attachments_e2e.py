@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from test_e2e import COUNSELLING, E2E, JOBCENTER, SPDI, eventually, start_stack
 
+from bridge.bench._attachment import file_blocks
 from bridge.nats.identities import Credentials, Identity
 from bridge.nats.subjects import attach_stream
 from bridge.nats.transport import connect
@@ -157,3 +158,91 @@ async def test_a_file_uploaded_in_parts_reaches_the_recipients_webhook(stack: E2
     pushed = await stack.wait_pushed(message_id)  # the sink checked the file against its digest
     assert [a["sha256"] for a in pushed["attachments"]] == [hashlib.sha256(data).hexdigest()]
     assert [a["name"] for a in pushed["attachments"]] == ["Arztbrief.pdf"]
+
+
+_MIB = 1024 * 1024
+_BIG = 100 * _MIB
+
+
+def _reset_peak_rss() -> int:
+    """Set this process's peak resident memory back to what it holds now; return that."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _peak_rss()
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory (VmHWM) in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/self/status")
+
+
+async def test_a_100_mib_file_round_trips_by_webhook_and_pull_in_bounded_memory(
+    stack: E2E,
+) -> None:
+    # Every bridge part of this stack (the sending adapter, the broker, both receiving adapters,
+    # the local systems' sink and the client streaming the file) runs in this process; its peak
+    # memory is reset here (Linux's clear_refs) and read after the round trip.
+    before = _reset_peak_rss()
+    blocks, digest = file_blocks(_BIG)
+    consent = await stack.register_consent(
+        JOBCENTER, [COUNSELLING, SPDI], PURPOSE, CATEGORIES, "handover"
+    )
+    request = {
+        "type": "handover",
+        "recipients": [COUNSELLING, SPDI],
+        "consent": consent,
+        "purpose": PURPOSE,
+        "categories": list(CATEGORIES),
+        "body": json.loads(encode_body(BODIES[MessageType.HANDOVER])),
+    }
+    writer = aiohttp.MultipartWriter("form-data")
+    part = writer.append(json.dumps(request), {"Content-Type": "application/json"})
+    part.set_content_disposition("form-data", name="message")
+    part = writer.append(
+        aiohttp.payload.AsyncIterablePayload(blocks), {"Content-Type": "application/pdf"}
+    )
+    part.set_content_disposition("form-data", name="attachment", filename="Akte.pdf")
+    slow = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
+    async with aiohttp.ClientSession(timeout=slow) as session:
+        async with session.post(
+            f"{stack.stack.adapter_url(JOBCENTER)}/v1/messages",
+            data=writer,
+            headers=stack._headers(JOBCENTER, ["messages:send"]),
+        ) as response:
+            answer = await response.json(content_type=None)
+            assert response.status == 202, answer
+        message_id = answer["message_id"]
+        sha256 = digest.hexdigest()
+
+        # By webhook: the sink hashed the file as it streamed in and checked it.
+        async def found() -> Any:
+            hits = stack.pushed(message_id)
+            return hits[0] if hits else None
+
+        pushed = await eventually(f"{message_id} pushed to the sink", found, deadline=300)
+        assert [(a["sha256"], a["size"]) for a in pushed["attachments"]] == [(sha256, _BIG)]
+
+        # By pull: streamed and hashed here, never read whole.
+        async def listed() -> bool | None:
+            return True if message_id in await stack.inbox(SPDI) else None
+
+        await eventually(f"{message_id} in the pull inbox", listed, deadline=300)
+        url = f"{stack.stack.adapter_url(SPDI)}/v1/inbox/{message_id}"
+        pulled, size = hashlib.sha256(), 0
+        async with session.get(
+            f"{url}/attachments/0", headers=stack._headers(SPDI, ["inbox:read"])
+        ) as r:
+            assert r.status == 200
+            async for piece in r.content.iter_chunked(_MIB):
+                pulled.update(piece)
+                size += len(piece)
+        assert (pulled.hexdigest(), size) == (sha256, _BIG)
+        async with session.post(f"{url}/ack", headers=stack._headers(SPDI, ["inbox:ack"])) as r:
+            assert r.status == 204
+
+    await stack.wait_states(JOBCENTER, message_id, {COUNSELLING: "receipted", SPDI: "receipted"})
+    grown = _peak_rss() - before
+    # Far below the file's size: what is held at once is a few chunks per step, not the file.
+    assert grown < _BIG // 3, f"peak memory grew by {grown // _MIB} MiB for a 100 MiB file"
