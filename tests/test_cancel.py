@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
-from bridge._cancel import pause
+import pytest
+
+from bridge._cancel import pause, stop_task
 
 
 async def _swallowing_request() -> None:
@@ -47,3 +50,36 @@ async def test_a_task_group_with_such_a_loop_ends_when_its_task_is_cancelled() -
     done, _ = await asyncio.wait({task}, timeout=30)
     assert task in done
     assert task.cancelled()
+
+
+async def test_a_stop_does_not_hang_on_a_task_that_will_not_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    released = False
+
+    async def stubborn() -> None:
+        while not released:  # no pause: a lost cancellation is never noticed
+            await _swallowing_request()
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0.01)
+    await stop_task(task, "test work", logging.getLogger("test"), 0.2)
+    assert not task.done()
+    assert "test work did not stop within 0.2s" in caplog.text
+    released = True
+    task.cancel()  # swallowed once more; the loop then ends on its own
+    await asyncio.wait({task}, timeout=5)
+    assert task.done()
+
+
+async def test_a_stopped_task_that_had_failed_is_named_by_type_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def failing() -> None:
+        raise ValueError("client data that must not be logged")
+
+    task = asyncio.create_task(failing())
+    await asyncio.wait({task})
+    await stop_task(task, "test work", logging.getLogger("test"), 1.0)
+    assert "test work had failed: ValueError" in caplog.text
+    assert "client data" not in caplog.text

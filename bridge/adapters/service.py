@@ -31,6 +31,7 @@ import nats.errors
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
+from .._cancel import stop_task
 from ..config import AdapterConfig, nats_tls_context
 from ..consent import Registry
 from ..crypto import Keyring
@@ -71,6 +72,7 @@ __all__ = ["Adapter"]
 log = logging.getLogger(__name__)
 
 _DEFAULT_KEEPALIVE: Final = 10.0
+_STOP_WAIT: Final = 10.0  # seconds for the background work to end once cancelled
 
 
 class Adapter:
@@ -509,20 +511,8 @@ class Adapter:
             self.inbox = None
 
     async def _stop_background(self) -> None:
-        task = self._task
-        if task is None:
-            return
-        if task.done():
-            if not task.cancelled() and task.exception() is not None:
-                log.error("adapter background work had failed: %r", task.exception())
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # we are being cancelled ourselves, not just our task
+        if self._task is not None:
+            await stop_task(self._task, "adapter background work", log, _STOP_WAIT)
 
 
 def _url_host(host: str) -> str:

@@ -25,7 +25,7 @@ import nats.errors
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from .._cancel import pause
+from .._cancel import pause, stop_task
 from ..config import nats_tls_context
 from ..errors import ConfigError
 from ..http.auth import TokenVerifier
@@ -49,7 +49,7 @@ __all__ = ["Ops"]
 
 log = logging.getLogger(__name__)
 
-_CANCEL_ROUNDS: Final = 10
+_STOP_WAIT: Final = 10.0  # seconds for the background work to end once cancelled
 
 
 class Ops:
@@ -250,29 +250,10 @@ class Ops:
             if self._runner is not None:
                 await self._runner.cleanup()
                 self._runner = None
-            task = self._task
-            if task is not None:
-                await _cancel(task)
+            if self._task is not None:
+                await stop_task(self._task, "ops background work", log, _STOP_WAIT)
         finally:
             if self._nc is not None:
                 with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
                     async with asyncio.timeout(5.0):
                         await self._nc.close()
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    """Cancel `task` and wait for it, cancelling again if a cancellation got lost.
-
-    On Python 3.11, `asyncio.wait_for` (inside nats-py's requests) swallows a cancellation
-    that arrives just as its inner future completes, and a polling loop then runs on.
-    """
-    for _ in range(_CANCEL_ROUNDS):
-        if task.done():
-            break
-        task.cancel()
-        await asyncio.wait({task}, timeout=1.0)
-    if not task.done():
-        log.error("ops background work did not stop after %d cancellations", _CANCEL_ROUNDS)
-        return
-    if not task.cancelled() and task.exception() is not None:
-        log.error("ops background work had failed: %s", type(task.exception()).__name__)
