@@ -9,7 +9,6 @@ if the genuine traffic still gets through.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import json
 import logging
@@ -29,6 +28,7 @@ from adapter_helpers import eventually as wait_for
 from consent_helpers import consent_body, signed_consent, signed_withdrawal
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from envelope_helpers import federation
+from http_helpers import SECRET_BYTES, check_malformed, raw_http
 from test_e2e import COUNSELLING, E2E, JOBCENTER, SPDI, e2e, eventually  # noqa: F401 - fixture
 
 from bridge.adapters.api import MAX_LIFETIME_SECONDS
@@ -203,61 +203,23 @@ async def test_a_receipt_cannot_backdate_the_timeline(e2e: E2E) -> None:
         assert datetime.datetime.fromisoformat(event["at"]) >= created, event
 
 
+async def test_a_receipt_cannot_postdate_the_timeline(e2e: E2E) -> None:
+    """Finding 2, the other bound: a receipt claiming a time in the future is recorded at the
+    sender adapter's clock, not at the recipient's claim."""
+    message_id = await e2e.submit(JOBCENTER, [SPDI], demo_referral())
+    await e2e.wait_states(JOBCENTER, message_id, {SPDI: "routed"})
+    future = datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC)
+    forged_id, envelope = _forged_receipt(e2e, SPDI, message_id, Delivered(), received_at=future)
+    await _submit_raw(e2e, SPDI, forged_id, envelope)
+    status = await e2e.wait_states(JOBCENTER, message_id, {SPDI: "receipted"})
+    checked = datetime.datetime.now(datetime.UTC)
+    delivered = [e for e in status["events"] if e["state"] == "delivered"]
+    assert delivered, status["events"]
+    for event in status["events"]:
+        assert datetime.datetime.fromisoformat(event["at"]) <= checked, event
+
+
 # -- malformed HTTP (findings 3, 4 and 6) ---------------------------------------------------------
-
-# Stands for personal data: whatever a caller sent must appear in no answer and no log line.
-SECRET = "Erika-Mustermann-Hauptstr-5-0176-5550123"
-_SECRET_BYTES = SECRET.encode()
-
-
-async def _raw_http(url: str, request: bytes) -> list[tuple[int, dict[str, str], bytes]]:
-    """Send `request` as it is over a socket; every response until the server closes."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(request)
-        await writer.drain()
-        async with asyncio.timeout(20):
-            data = await reader.read()  # the server closes after an error (or Connection: close)
-    finally:
-        writer.close()
-    responses = []
-    while data:
-        head, _, rest = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers.get("content-length", len(rest)))
-        responses.append((status, headers, rest[:length]))
-        data = rest[length:]
-    return responses
-
-
-def _problem(response: tuple[int, dict[str, str], bytes], status: int, code: str) -> None:
-    got_status, headers, body = response
-    assert (got_status, headers.get("content-type")) == (status, "application/problem+json"), (
-        response
-    )
-    problem = json.loads(body)
-    assert (problem["status"], problem["code"]) == (status, code), problem
-    assert "instance" not in problem
-    assert headers.get("server") == "bridge"
-
-
-def _no_echo(
-    caplog: pytest.LogCaptureFixture, *responses: tuple[int, dict[str, str], bytes]
-) -> None:
-    for _, headers, body in responses:
-        assert _SECRET_BYTES not in body
-        assert SECRET not in "".join(headers.values())
-    for record in caplog.records:
-        text = record.getMessage() + (
-            logging.Formatter().formatException(record.exc_info) if record.exc_info else ""
-        )
-        assert SECRET not in text, record.name
 
 
 def _bearer(e2e: E2E) -> bytes:
@@ -274,7 +236,7 @@ MALFORMED: dict[str, tuple[Callable[[E2E], bytes], tuple[int, str]]] = {
             + _bearer(e2e)
             + b"Content-Type: application/json\r\nContent-Length: 9\r\n\r\n"
             + b'{"body": {"name": "'
-            + _SECRET_BYTES
+            + SECRET_BYTES
             + b'"}}'
         ),
         (400, "request.malformed"),
@@ -282,7 +244,7 @@ MALFORMED: dict[str, tuple[Callable[[E2E], bytes], tuple[int, str]]] = {
     "authorization-over-8190-bytes": (
         lambda e2e: (
             b"GET /v1/messages/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-            + _SECRET_BYTES * 250
+            + SECRET_BYTES * 250
             + b"\r\nConnection: close\r\n\r\n"
         ),
         (401, "auth.token_too_large"),
@@ -290,7 +252,7 @@ MALFORMED: dict[str, tuple[Callable[[E2E], bytes], tuple[int, str]]] = {
     "authorization-over-the-parser-limit": (
         lambda e2e: (
             b"GET /v1/messages/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-            + _SECRET_BYTES * 1000
+            + SECRET_BYTES * 1000
             + b"\r\n\r\n"
         ),
         (431, "request.header_too_large"),
@@ -298,7 +260,7 @@ MALFORMED: dict[str, tuple[Callable[[E2E], bytes], tuple[int, str]]] = {
     "other-header-over-8190-bytes": (
         lambda e2e: (
             b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Note: "
-            + _SECRET_BYTES * 250
+            + SECRET_BYTES * 250
             + b"\r\nConnection: close\r\n\r\n"
         ),
         (431, "request.header_too_large"),
@@ -306,22 +268,22 @@ MALFORMED: dict[str, tuple[Callable[[E2E], bytes], tuple[int, str]]] = {
     "path-over-8-KiB": (
         lambda e2e: (
             b"GET /v1/messages/"
-            + _SECRET_BYTES * 250
+            + SECRET_BYTES * 250
             + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         ),
         (414, "request.uri_too_long"),
     ),
     "path-over-the-parser-limit": (
-        lambda e2e: b"GET /v1/messages/" + _SECRET_BYTES * 1000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        lambda e2e: b"GET /v1/messages/" + SECRET_BYTES * 1000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
         (414, "request.uri_too_long"),
     ),
     "not-a-request-line": (
-        lambda e2e: _SECRET_BYTES + b" / HTTP/1.1\r\nHost: x\r\n\r\n",
+        lambda e2e: SECRET_BYTES + b" / HTTP/1.1\r\nHost: x\r\n\r\n",
         (400, "request.malformed"),
     ),
     "control-character-in-a-header": (
         lambda e2e: (
-            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Note: " + _SECRET_BYTES + b"\x01\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Note: " + SECRET_BYTES + b"\x01\r\n\r\n"
         ),
         (400, "request.malformed"),
     ),
@@ -330,7 +292,7 @@ MALFORMED: dict[str, tuple[Callable[[E2E], bytes], tuple[int, str]]] = {
             b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n"
             + _bearer(e2e)
             + b"Idempotency-Key: "
-            + _SECRET_BYTES
+            + SECRET_BYTES
             + b"\x7f\r\nContent-Length: 0\r\n\r\n"
         ),
         (400, "idempotency.key_invalid"),
@@ -338,7 +300,7 @@ MALFORMED: dict[str, tuple[Callable[[E2E], bytes], tuple[int, str]]] = {
     "authorization-with-a-control-character": (
         lambda e2e: (
             b"GET /v1/messages/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-            + _SECRET_BYTES
+            + SECRET_BYTES
             + b"\x7f\r\n\r\n"
         ),
         (401, "auth.invalid"),
@@ -350,7 +312,7 @@ MALFORMED: dict[str, tuple[Callable[[E2E], bytes], tuple[int, str]]] = {
     "unknown-message-path": (
         lambda e2e: (
             b"GET /v1/messages/"
-            + _SECRET_BYTES
+            + SECRET_BYTES
             + b" HTTP/1.1\r\nHost: x\r\n"
             + _bearer(e2e)
             + b"Connection: close\r\n\r\n"
@@ -366,26 +328,29 @@ async def test_malformed_http_is_answered_with_problems_that_quote_nothing(
     """Findings 3, 4 and 6: raw bytes to a real adapter; the answers and the logs."""
     caplog.set_level(logging.DEBUG)
     url = e2e.stack.adapter_url(JOBCENTER)
-    for name, (build, expected) in MALFORMED.items():
-        responses = await _raw_http(url, build(e2e))
-        assert responses, name
-        for status, headers, _ in responses:
-            assert 400 <= status < 500
-            assert headers["content-type"] == "application/problem+json"
-        _problem(responses[-1], *expected)
-        _no_echo(caplog, *responses)
-        if name == "trace":
-            assert responses[0][1]["allow"] == "POST"
-    assert "refused an HTTP request" in caplog.text  # the fact is logged, nothing more
+    await check_malformed(url, caplog)  # what every bridge HTTP server gets
+    await check_malformed(
+        url, caplog, {name: (build(e2e), want) for name, (build, want) in MALFORMED.items()}
+    )
+    trace = await raw_http(url, MALFORMED["trace"][0](e2e))
+    assert trace[0][1]["allow"] == "POST"
 
 
 async def test_the_demo_sink_quotes_nothing_either(
     e2e: E2E, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    responses = await _raw_http(e2e.stack.sink_url, _SECRET_BYTES + b" / HTTP/1.1\r\n\r\n")
-    _problem(responses[0], 400, "request.malformed")
-    _no_echo(caplog, *responses)
+    await check_malformed(e2e.stack.sink_url, caplog)
+
+
+async def test_the_brokers_health_port_quotes_nothing_either(
+    e2e: E2E, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker serves no API, but its health and metrics port parses HTTP all the same."""
+    caplog.set_level(logging.DEBUG)
+    assert e2e.broker is not None
+    assert e2e.broker.health_url is not None
+    await check_malformed(e2e.broker.health_url, caplog)
 
 
 async def test_a_lifetime_one_second_too_long_is_named_so(e2e: E2E) -> None:
@@ -417,7 +382,8 @@ async def test_a_lifetime_one_second_too_long_is_named_so(e2e: E2E) -> None:
 
 
 async def test_registered_claims_of_the_wrong_json_type_are_refused(e2e: E2E) -> None:
-    """Finding 5: `"exp": "1795..."` (a numeric string) must not pass pyjwt's int()."""
+    """Finding 5: every registered claim of the wrong JSON type is refused with 401, among them
+    `"exp": "1795..."` (a numeric string), which pyjwt's own int() check accepts."""
     entry = demo_agency(JOBCENTER)
     key = load_pem_private_key(
         e2e.stack.layout.token_private_key(JOBCENTER).read_bytes(), password=None
@@ -437,9 +403,21 @@ async def test_registered_claims_of_the_wrong_json_type_are_refused(e2e: E2E) ->
         ({"exp": str(now + 600)}, 401),
         ({"iat": str(now)}, 401),
         ({"nbf": str(now)}, 401),
+        ({"exp": float(now + 600)}, 404),  # a NumericDate may have a fraction
         ({"exp": True}, 401),
+        ({"exp": None}, 401),
+        ({"iat": True}, 401),
+        ({"nbf": False}, 401),
+        ({"iss": 1}, 401),
+        ({"iss": [TOKEN_ISSUER]}, 401),
+        ({"sub": 42}, 401),
+        ({"aud": 7}, 401),
+        ({"aud": [entry.audience, 7]}, 401),
+        ({"jti": 99}, 401),
     ):
-        token = jwt.encode({**good, **changes}, key, algorithm="EdDSA")  # type: ignore[arg-type]
+        # Signed as JWS over the JSON as it stands: pyjwt's encode refuses some wrong types.
+        claims = json.dumps({**good, **changes}).encode()
+        token = jwt.PyJWS().encode(claims, key, algorithm="EdDSA")  # type: ignore[arg-type]
         async with e2e.session.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
             assert response.status == status, (changes, await response.text())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import nats
 import nats.errors
 import nats.js.errors
 import pytest
+from http_helpers import SECRET_BYTES, check_malformed
 from nats.js import api
 from ops_helpers import COUNSELLING, JOBCENTER, SPDI, eventually
 from prometheus_client.parser import text_string_to_metric_families
@@ -193,6 +195,36 @@ async def test_out_of_range_query_parameters_get_400_naming_the_field(env: Env) 
         value = query.split("=", 1)[1].split("&")[0]
         if len(value) > 3:  # a distinctive value: it must not come back
             assert value not in body
+
+
+async def test_malformed_http_to_ops_is_answered_with_problems_that_quote_nothing(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ops serves HTTP like the adapter (issue 6, findings 3, 4 and 6): raw bytes, and what
+    comes back and goes to the log. An unknown path's problem has no `instance` echoing it."""
+    caplog.set_level(logging.DEBUG)
+    await check_malformed(env.ops.url, caplog)
+    token = f"Authorization: Bearer {env.stack.ops_token()}\r\n".encode()
+    await check_malformed(
+        env.ops.url,
+        caplog,
+        {
+            "unknown-path-with-a-token": (
+                b"GET /v1/"
+                + SECRET_BYTES
+                + b" HTTP/1.1\r\nHost: x\r\n"
+                + token
+                + b"Connection: close\r\n\r\n",
+                (404, "http.not_found"),
+            ),
+            "trace-on-the-api": (
+                b"TRACE /v1/overview HTTP/1.1\r\nHost: x\r\n"
+                + token
+                + b"Connection: close\r\n\r\n",
+                (405, "http.method_not_allowed"),
+            ),
+        },
+    )
 
 
 async def test_unknown_and_latency_parameters_are_refused_without_echo(env: Env) -> None:

@@ -25,7 +25,7 @@ from ..errors import BridgeError, ConfigError, ProtocolError, TransportError
 from ..federation.directory import Directory
 from ..http.auth import AuthenticationFailed, Claims, InsufficientScope, TokenVerifier
 from ..http.guard import guard_middleware
-from ..http.problems import ApiProblem, problem_response
+from ..http.problems import ApiProblem, http_exception_problem, problem_response
 from ..ids import check_message_id
 from ..telemetry import metrics_response
 from .api import Accepted, DeletionConfirmation, Health, InboxList, UploadRequest, UploadStatus
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 _encoder: Final = msgspec.json.Encoder()
 _READ_CHUNK: Final = 64 * 1024
 _RETRY_AFTER: Final = "5"
-_HTTP_REASONS: Final = {404: "http.not_found", 405: "http.method_not_allowed"}
 
 
 @dataclass(frozen=True)
@@ -97,9 +96,7 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        reason = _HTTP_REASONS.get(exc.status, f"http.status_{exc.status}")
-        kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        return problem_response(ApiProblem(exc.status, exc.reason, reason=reason, headers=kept))
+        return problem_response(http_exception_problem(exc))
     except Exception as exc:
         # The route, not the path: a path can hold anything a caller typed.
         route = request.match_info.route.resource

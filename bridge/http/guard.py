@@ -34,7 +34,7 @@ from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from .problems import ApiProblem, problem_response
+from .problems import ApiProblem, http_exception_problem, problem_response
 
 __all__ = [
     "MAX_HEADER",
@@ -42,6 +42,7 @@ __all__ = [
     "SERVER_HEADER",
     "GuardedAppRunner",
     "guard_middleware",
+    "problem_middleware",
 ]
 
 log = logging.getLogger("bridge.http")
@@ -176,4 +177,20 @@ async def guard_middleware(request: web.Request, handler: Any) -> web.StreamResp
                 reason="request.header_too_large",
             )
     response: web.StreamResponse = await handler(request)
+    return response
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """For a server without an API of its own (a health and metrics port, the demo sink):
+    `guard_middleware`'s refusals and aiohttp's own 4xx (no such route, 405 with `Allow`) as
+    problems, like the adapter's and ops' answers. Put it before `guard_middleware`."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except ApiProblem as problem:
+        return problem_response(problem)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_response(http_exception_problem(exc))
     return response

@@ -23,6 +23,7 @@ __all__ = [
     "PROBLEM_JSON",
     "ApiProblem",
     "Problem",
+    "http_exception_problem",
     "json_path_to_pointer",
     "problem_response",
 ]
@@ -66,6 +67,7 @@ _TITLES: Final = {
 }
 
 _encoder: Final = msgspec.json.Encoder()
+_HTTP_REASONS: Final = {404: "http.not_found", 405: "http.method_not_allowed"}
 
 
 class ApiProblem(BridgeError):
@@ -93,6 +95,16 @@ class ApiProblem(BridgeError):
     @classmethod
     def from_error(cls, status: int, exc: BridgeError, *, field: str | None = None) -> ApiProblem:
         return cls(status, str(exc), reason=exc.reason, field=field)
+
+
+def http_exception_problem(exc: web.HTTPException) -> ApiProblem:
+    """aiohttp's own 4xx (no such route, a method the route lacks) as a problem.
+
+    The detail is aiohttp's reason phrase, never the request; a 405 keeps its `Allow` header.
+    """
+    reason = _HTTP_REASONS.get(exc.status, f"http.status_{exc.status}")
+    kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+    return ApiProblem(exc.status, exc.reason, reason=reason, headers=kept)
 
 
 def json_path_to_pointer(path: str) -> str | None:

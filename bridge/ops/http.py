@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from ..http.auth import AuthenticationFailed, InsufficientScope, TokenVerifier
 from ..http.guard import guard_middleware
-from ..http.problems import ApiProblem, problem_response
+from ..http.problems import ApiProblem, http_exception_problem, problem_response
 from ..ids import AGENCY_ID_PATTERN, MESSAGE_TYPES
 from ..telemetry import add_health_routes
 from .alerts import Alert, AlertBook
@@ -81,22 +81,22 @@ def _json(value: object) -> web.Response:
 
 @web.middleware
 async def _problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # No `instance`: it would echo the request path, and problems never quote a request.
     try:
         return await handler(request)
     except ApiProblem as problem:
-        return problem_response(problem, request.path)
+        return problem_response(problem)
     except AuthenticationFailed as exc:
-        return problem_response(ApiProblem.from_error(401, exc), request.path)
+        return problem_response(ApiProblem.from_error(401, exc))
     except InsufficientScope as exc:
-        return problem_response(ApiProblem.from_error(403, exc), request.path)
+        return problem_response(ApiProblem.from_error(403, exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        reason = "http.not_found" if exc.status == 404 else f"http.status_{exc.status}"
-        return problem_response(ApiProblem(exc.status, exc.reason, reason=reason), request.path)
+        return problem_response(http_exception_problem(exc))
     except Exception as exc:
         log.error("unhandled %s in %s", type(exc).__name__, request.method)
-        return problem_response(ApiProblem(500, "internal error", reason="internal"), None)
+        return problem_response(ApiProblem(500, "internal error", reason="internal"))
 
 
 @web.middleware

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import ConfigError
-from ..http.guard import GuardedAppRunner
+from ..http.guard import GuardedAppRunner, guard_middleware, problem_middleware
 
 __all__ = ["HealthServer", "add_health_routes", "metrics_response"]
 
@@ -68,7 +68,8 @@ class HealthServer:
     ) -> None:
         self._host = host
         self._port = port
-        self._app = web.Application()
+        # Answers like the adapter's API: bridge's size limits, every 4xx a problem.
+        self._app = web.Application(middlewares=[problem_middleware, guard_middleware])
         add_health_routes(self._app, ready=ready, registry=registry)
         self._runner: web.AppRunner | None = None
         self.url: str | None = None

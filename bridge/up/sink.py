@@ -27,7 +27,7 @@ from aiohttp import BodyPartReader, ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import ConfigError
-from ..http.guard import GuardedAppRunner
+from ..http.guard import GuardedAppRunner, guard_middleware, problem_middleware
 
 __all__ = ["MAX_KEPT", "Delivery", "DemoSink", "verify_webhook_signature"]
 
@@ -106,7 +106,11 @@ class DemoSink:
         return {"kept": len(self._kept), "refused": self._refused}
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=_MAX_BODY)
+        # bridge's size limits, and aiohttp's own 4xx as problems (the sink's answers to
+        # webhook calls stay what a local system would answer).
+        app = web.Application(
+            client_max_size=_MAX_BODY, middlewares=[problem_middleware, guard_middleware]
+        )
         app.router.add_post("/webhook/{agency}", self._webhook)
         app.router.add_get("/deliveries", self._list)
         app.router.add_get("/healthz", self._health)
