@@ -112,8 +112,10 @@ async def test_fuzzed_requests_get_no_5xx_only_problems_and_no_echo(
     failures, sent, calls = await asyncio.to_thread(_fuzz, document, url, token)
     assert failures == []
     assert calls >= EXAMPLES_PER_OPERATION  # the fuzzer really reached the adapter
+    formatter = logging.Formatter()  # tracebacks too: a library's exception may quote input
     logged = "\n".join(
         record.getMessage()
+        + (formatter.formatException(record.exc_info) if record.exc_info else "")
         for record in caplog.records
         if record.name.startswith(("bridge", "aiohttp"))
     )
