@@ -233,6 +233,16 @@ def test_a_feedback_rule_from_an_undeclared_role_is_refused() -> None:
     assert "declared role" in str(info.value)
 
 
+def test_a_rule_for_a_type_without_limits_is_refused_at_the_rule() -> None:
+    start = POLICY.index("[types.handover]")
+    text = POLICY[:start] + POLICY[POLICY.index("[types.feedback]") :]
+    with pytest.raises(PolicyFileError) as info:
+        parse_policy(text)
+    assert info.value.reason == "policy.file_invalid"
+    assert info.value.line == _line_of(text, 'types = ["referral", "handover"]')
+    assert "[types.handover] sets no limits" in str(info.value)
+
+
 def test_a_policy_without_flows_or_tables_is_refused() -> None:
     for text in ("", POLICY.split("[[flows]]")[0], "[policy]\nfederation = 'x'\n"):
         with pytest.raises(PolicyFileError):
@@ -288,6 +298,49 @@ def test_tampered_foreign_and_misdirected_documents_are_refused(fed: Federation)
     with pytest.raises(SignedPolicyError) as info:
         load_policy(sign_document(MAGIC, CONTEXT, body, fed.anchor), anchor)
     assert info.value.reason == "policy.malformed"
+
+
+_HEAD = 4 + 1 + 16 + 4  # magic, version, signer kid, body length
+_ED25519, _MLDSA65 = 64, 3309
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        (lambda n: 0, "policy.malformed"),  # magic
+        (lambda n: 5, "policy.signature_invalid"),  # signer kid: not the anchor
+        (lambda n: _HEAD, "policy.signature_invalid"),  # the first byte of the body
+        (lambda n: n - _MLDSA65 - _ED25519 - 1, "policy.signature_invalid"),  # its last
+        (lambda n: n - _MLDSA65 - _ED25519, "policy.signature_invalid"),  # Ed25519
+        (lambda n: n - _MLDSA65 - 1, "policy.signature_invalid"),
+        (lambda n: n - _MLDSA65, "policy.signature_invalid"),  # ML-DSA-65
+        (lambda n: n - 1, "policy.signature_invalid"),
+    ],
+    ids=["magic", "kid", "body-first", "body-last", "ed-first", "ed-last", "ml-first", "ml-last"],
+)
+def test_a_flipped_bit_anywhere_is_refused(fed: Federation, where: object, reason: str) -> None:
+    data = bytearray(signed_policy(fed)[0])
+    data[where(len(data))] ^= 1  # type: ignore[operator]
+    with pytest.raises(SignedPolicyError) as info:
+        load_policy(bytes(data), fed.anchor.public_record())
+    assert info.value.reason == reason
+
+
+def test_each_signature_algorithm_is_required_on_its_own(fed: Federation) -> None:
+    """A valid Ed25519 signature does not carry a wrong ML-DSA-65 one, nor the other way round:
+    each half is the anchor's own over another version, so only the pairing is wrong."""
+    anchor = fed.anchor.public_record()
+    one, _ = signed_policy(fed, serial=1)
+    two, _ = signed_policy(fed, serial=2)
+    assert len(one) == len(two)
+    sigs = len(one) - _ED25519 - _MLDSA65
+    body, ed, ml = one[:sigs], one[sigs : sigs + _ED25519], one[sigs + _ED25519 :]
+    other_ed, other_ml = two[sigs : sigs + _ED25519], two[sigs + _ED25519 :]
+    assert load_policy(body + ed + ml, anchor).serial == 1
+    for spliced in (body + ed + other_ml, body + other_ed + ml):
+        with pytest.raises(SignedPolicyError) as info:
+            load_policy(spliced, anchor)
+        assert info.value.reason == "policy.signature_invalid"
 
 
 def test_rollback_is_refused_against_the_serial_state(tmp_path: Path, fed: Federation) -> None:

@@ -48,16 +48,42 @@ def test_check_prints_what_the_policy_allows(
     assert "not signed" in out
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "reason"),
+    [
+        ('[[flows]]\nname = "services', '[[flows]\nname = "services', "policy.syntax"),
+        ('to = "jobcenter"', 'to = "ministry"', "policy.unknown_name"),  # an undeclared role
+        ("counselling = ", "ministry = ", "policy.unknown_name"),  # outside the vocabulary
+        ('types = ["feedback"]', 'types = ["letter"]', "policy.unknown_name"),
+        ('"case-handover"]', '"marketing"]', "policy.unknown_name"),  # a purpose code
+        ('categories = ["health",', 'categories = ["hobbies",', "policy.unknown_name"),
+        (  # a second rule for a flow the first already covers
+            'from = ["counselling", "social-psychiatric-service"]\nto = "jobcenter"\n'
+            'types = ["feedback"]',
+            'from = "jobcenter"\nto = "counselling"\ntypes = ["referral"]',
+            "policy.contradiction",
+        ),
+    ],
+    ids=["syntax", "role", "vocabulary", "type", "purpose", "category", "contradiction"],
+)
 def test_check_refuses_a_bad_file_with_the_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], old: str, new: str, reason: str
 ) -> None:
+    assert old in POLICY
     path = tmp_path / "policy.toml"
-    path.write_text(POLICY.replace('to = "jobcenter"', 'to = "ministry"'))
+    path.write_text(POLICY.replace(old, new, 1))
     assert main(["policy", "check", str(path)]) == 2
-    err = capsys.readouterr().err
-    line = next(i for i, s in enumerate(path.read_text().splitlines(), 1) if "ministry" in s)
-    assert f"line {line}: " in err
-    assert "[policy.unknown_name]" in err
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing of what it would allow
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1
+    # The line at fault: where the replacement starts, or (a rule against another) the
+    # [[flows]] that opens the second rule.
+    at = POLICY[: POLICY.index(old)].count("\n") + 1
+    if reason == "policy.contradiction":
+        at = [i for i, s in enumerate(POLICY.splitlines(), 1) if s == "[[flows]]"][1]
+    assert err.startswith(f"bridge: error: line {at}: "), err
+    assert err.endswith(f"[{reason}]")
 
 
 def test_sign_publishes_the_next_version_and_refuses_bad_ones(
@@ -174,6 +200,17 @@ def test_explain_and_check_with_the_embedded_stacks_state(
     assert "policy of federation demo-unna: serial 1" in out
     assert "ALLOWED" in out
     assert main(["policy", "check", str(stack.layout.policy_source)]) == 0
+    capsys.readouterr()
+    # docs/policy.md's example of `explain --header` is what it prints for the demo stack.
+    doc = (Path(__file__).parent.parent / "docs" / "policy.md").read_text()
+    example = doc.split("  ```json\n", 1)[1]
+    documented_header, rest = example.split("  ```\n", 1)
+    documented = rest.split("  ```\n", 1)[1].split("  ```\n", 1)[0]
+    (tmp_path / "doc-header.json").write_text(documented_header)
+    doc_args = ["policy", "explain", "--state", state, "--header"]
+    assert main([*doc_args, str(tmp_path / "doc-header.json")]) == 0
+    printed = capsys.readouterr().out.split("\n", 1)[1]  # below the version, hash and time
+    assert printed.split() == documented.split("\n", 1)[1].split()
     # Editing the text and preparing again signs it as the next serial.
     source = stack.layout.policy_source
     source.write_text(source.read_text().replace('"365d"', '"180d"'))
