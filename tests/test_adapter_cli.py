@@ -13,9 +13,11 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from adapter_helpers import JOBCENTER, agency_seed, make_agency
+from adapter_helpers import JOBCENTER, agency_seed, fed, make_agency
+from policy_helpers import legacy_fault_line, signed_legacy_policy
 
 from bridge.cli import main
+from bridge.policy import PolicySerialState
 
 
 def _toml(value: Any, prefix: str = "") -> str:
@@ -73,6 +75,37 @@ async def test_adapter_process_serves_and_stops_on_sigterm(tmp_path: Path, nats_
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_policy_text_refused_at_start_up_names_the_line(
+    tmp_path: Path, nats_env: Any
+) -> None:
+    """A signed policy whose text this version refuses (signed before `[retention]` existed)
+    stops the adapter at start-up: one line, the line at fault, exit code 2."""
+    agency = make_agency(tmp_path, nats_env.url, agency_seed(nats_env, JOBCENTER), JOBCENTER)
+    (tmp_path / JOBCENTER / "policy.bin").write_bytes(signed_legacy_policy(fed()))
+    config = msgspec.to_builtins(agency.config)
+    del config["base_dir"]
+    path = tmp_path / "adapter.toml"
+    path.write_text(_toml(config))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "adapter",
+        "-c",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert b"listening on" not in out
+    (line,) = err.decode().strip().splitlines()
+    assert f"line {legacy_fault_line()}: [types.referral] needs pull_wait" in line
+    assert line.endswith("[policy.malformed]")
+    assert PolicySerialState(Path(agency.config.policy.serial_state)).highest() == 0
 
 
 @pytest.mark.parametrize("command", ["adapter", "broker"])

@@ -7,6 +7,7 @@ runs. Every refusal is checked to publish nothing and to name the field without 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import pytest
 from adapter_helpers import (
     JOBCENTER,
     NOW,
+    SPDI,
     SUCHT,
     Agency,
     agency_seed,
@@ -36,6 +38,7 @@ from bridge.adapters.service import Adapter
 from bridge.crypto import verify
 from bridge.federation.directory import sign_directory
 from bridge.nats.subjects import HDR_MSG_ID
+from bridge.policy import PolicySerialState
 
 MARKER = "Zyxwvutsrq"  # a value that must never come back in a problem
 
@@ -420,3 +423,66 @@ async def test_a_new_directory_is_taken_and_a_rollback_kept_out(
         await eventually(refused, what="the rollback refused")
         assert adapter.directory().serial == f.directory.serial + 2
         assert adapter.ready()
+
+
+async def test_a_running_adapter_takes_a_new_policy_and_keeps_its_last_good_one(
+    tmp_path: Path, nats_env: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The adapter reloads the signed policy as the broker does: a newer serial is enforced at
+    once; a tampered file or an older serial is refused, logged, and the last good one kept."""
+    agency = make_agency(tmp_path, nats_env.url, agency_seed(nats_env, JOBCENTER), JOBCENTER)
+    c = agency.config
+    config = msgspec.structs.replace(
+        c, directory=msgspec.structs.replace(c.directory, reload_seconds=1)
+    )
+    path = Path(c.policy.file)
+    first = signed_policy(fed())[1]
+    # Serial 2 no longer lets the Jobcenter refer to the social-psychiatric service.
+    stricter_text = POLICY.replace(
+        'to = ["counselling", "social-psychiatric-service"]', 'to = ["counselling"]', 1
+    )
+    assert stricter_text != POLICY
+    stricter_data, stricter = signed_policy(fed(), stricter_text, serial=2)
+    tampered = bytearray(stricter_data)
+    tampered[100] ^= 1
+
+    def install(data: bytes) -> None:
+        new = path.with_suffix(".new")
+        new.write_bytes(data)
+        os.replace(new, path)  # a new inode, as an operator's tools would leave it
+
+    async def logged(reason: str) -> bool:
+        return any(
+            "new policy refused, keeping serial" in r.getMessage()
+            and f"[{reason}]" in r.getMessage()
+            for r in caplog.records
+        )
+
+    caplog.set_level(logging.INFO, logger="bridge.policy")
+    admin = await nats_env.admin()
+    to_spdi = referral_request(recipients=[SPDI])
+    async with Adapter(config) as adapter, aiohttp.ClientSession() as http:
+        running = Running(agency, adapter, http, admin)
+        assert adapter.policy().hash == first.hash
+        install(bytes(tampered))
+        await eventually(lambda: logged("policy.signature_invalid"), what="the tampered refused")
+        assert adapter.policy().hash == first.hash
+        status, _, body = await running.submit(to_spdi)
+        assert status == 202, body  # still under serial 1
+        install(stricter_data)
+
+        async def taken() -> bool:
+            return adapter.policy().serial == 2
+
+        await eventually(taken, what="serial 2 taken")
+        assert adapter.policy().hash == stricter.hash
+        install(signed_policy(fed(), serial=1)[0])
+        await eventually(lambda: logged("policy.rollback"), what="the rollback refused")
+        assert adapter.policy().hash == stricter.hash
+        status, _, problem = await running.submit(to_spdi)
+        assert (status, problem["code"]) == (422, "policy.route_denied")
+        status, _, body = await running.submit(referral_request())  # counselling: still allowed
+        assert status == 202, body
+        assert adapter.ready()
+    assert await submitted(admin, JOBCENTER) == 2
+    assert PolicySerialState(Path(c.policy.serial_state)).highest() == 2

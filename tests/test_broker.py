@@ -34,7 +34,7 @@ from envelope_helpers import (
     federation,
     seal_referral,
 )
-from policy_helpers import POLICY, signed_policy
+from policy_helpers import POLICY, legacy_fault_line, signed_legacy_policy, signed_policy
 
 from bridge.audit import generate_audit_key
 from bridge.broker import Broker, BrokerStatistics, parse_submission
@@ -249,18 +249,28 @@ def test_the_documented_config_loads(tmp_path: Path) -> None:
     assert config.policy.file == "../federation/policy.bin"
 
 
-def test_a_config_with_the_old_routes_is_refused_pointing_to_the_policy(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "old",
+    [
+        '[[routes]]\nfrom_role = "jobcenter"\nto_roles = ["counselling"]\ntypes = ["referral"]\n',
+        "[retention]\ninbox_ttl_seconds = 3600\n",
+    ],
+    ids=["routes", "retention"],
+)
+def test_a_config_with_the_old_routes_is_refused_pointing_to_the_policy(
+    tmp_path: Path, old: str
+) -> None:
     path = tmp_path / "broker.toml"
     path.write_text(
         '[nats]\nurl = "nats://127.0.0.1:4222"\nseed_file = "x.nk"\n'
         '[directory]\nfile = "d"\nanchor = "a"\nserial_state = "s"\n'
         '[audit]\nkey_file = "k"\n'
-        '[policy]\nfile = "p"\nserial_state = "ps"\n'
-        '[[routes]]\nfrom_role = "jobcenter"\nto_roles = ["counselling"]\ntypes = ["referral"]\n'
+        '[policy]\nfile = "p"\nserial_state = "ps"\n' + old
     )
     with pytest.raises(ConfigError) as info:
         load_broker_config(path)
-    assert "routing policy" in str(info.value)
+    assert "replaced by the signed routing policy" in str(info.value)
+    assert info.value.reason == "config.invalid"
 
 
 def test_directory_reload_refuses_bad_files_and_rollback(tmp_path: Path, fed: Federation) -> None:
@@ -729,6 +739,22 @@ async def test_cli_config_error_is_one_line(tmp_path: Path) -> None:
     assert "[config.invalid]" in lines[0]
 
 
+async def test_cli_refuses_a_policy_text_with_the_line_at_fault(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    """`bridge broker` given a signed policy whose text this version refuses (one signed before
+    `[retention]` existed) stops at start-up with one line naming the line at fault."""
+    path = write_config(tmp_path, nats_env, fed)
+    (tmp_path / "policy.bin").write_bytes(signed_legacy_policy(fed))
+    proc = await _run_cli("broker", "-c", str(path))
+    _, err = await _within(30, proc.communicate())
+    assert proc.returncode == 2
+    (line,) = err.decode().strip().splitlines()
+    assert line.startswith("bridge: error: signed policy text is refused: ")
+    assert f"line {legacy_fault_line()}: [types.referral] needs pull_wait" in line
+    assert line.endswith("[policy.malformed]")
+
+
 # -- the policy -------------------------------------------------------------------------------
 
 
@@ -787,14 +813,26 @@ async def test_a_broker_does_not_start_without_a_good_policy(
     path = write_config(tmp_path, nats_env, fed)
     policy_file = tmp_path / "policy.bin"
     other = BROKER_POLICY.replace('federation = "kreis-unna"', 'federation = "kreis-soest"', 1)
+    tampered = bytearray(signed_policy(fed, BROKER_POLICY, serial=6)[0])
+    tampered[-200] ^= 1  # inside the ML-DSA-65 signature
+    state = tmp_path / "broker" / "policy.serial"
+    state.write_text("5\n")  # this broker enforced serial 5 before it stopped
     for data, reason in (
-        (signed_policy(fed, other)[0], "policy.federation"),
+        (signed_policy(fed, other, serial=6)[0], "policy.federation"),
         (policy_file.read_bytes()[:-1], "policy.malformed"),
+        (bytes(tampered), "policy.signature_invalid"),
+        (signed_policy(fed, BROKER_POLICY, serial=4)[0], "policy.rollback"),
+        (signed_legacy_policy(fed, serial=6), "policy.malformed"),
     ):
         _install(policy_file, data)
         with pytest.raises(SignedPolicyError) as info:
             make_broker(path)
         assert info.value.reason == reason
+    # A signed text this version refuses names the line at fault in it.
+    assert f"line {legacy_fault_line()}: " in str(info.value)
+    assert state.read_text() == "5\n"  # nothing refused raised the bar
+    _install(policy_file, signed_policy(fed, BROKER_POLICY, serial=5)[0])
+    assert make_broker(path).statistics().policy_serial == 5
     policy_file.unlink()
     with pytest.raises(SignedPolicyError) as info:
         make_broker(path)

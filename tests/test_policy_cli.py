@@ -15,6 +15,7 @@ from policy_helpers import POLICY, signed_policy
 from test_broker import Agency, make_broker, referral, wait_for, write_config
 
 from bridge.cli import main
+from bridge.errors import PolicyFileError
 from bridge.federation.operator import ANCHOR_PUB, SIGNED, init_federation
 from bridge.ids import new_message_id
 from bridge.nats.identities import Identity
@@ -215,5 +216,14 @@ def test_explain_and_check_with_the_embedded_stacks_state(
     source = stack.layout.policy_source
     source.write_text(source.read_text().replace('"365d"', '"180d"'))
     prepare(tmp_path / "state")
+    assert main(["policy", "explain", "--state", state, "--header", header]) == 0
+    assert "serial 2" in capsys.readouterr().out
+    # A text `check` refuses stops the stack at start-up, naming the line; nothing is signed.
+    text = source.read_text()
+    source.write_text(text.replace('to = "jobcenter"', 'to = "ministry"', 1))
+    with pytest.raises(PolicyFileError) as info:
+        prepare(tmp_path / "state")
+    assert info.value.reason == "policy.unknown_name"
+    assert info.value.line == text[: text.index('to = "jobcenter"')].count("\n") + 1
     assert main(["policy", "explain", "--state", state, "--header", header]) == 0
     assert "serial 2" in capsys.readouterr().out
