@@ -282,6 +282,13 @@ async def test_the_broker_rejects_each_uncovered_message_with_its_reason(
     tampered[40] ^= 0x01
     await admin.put(SENDER, tampered_body.id, "record", bytes(tampered))
     await case("consent.invalid", tampered_body.id)
+    # The social-psychiatric service's genuine record, put into the Jobcenter's part.
+    misplaced = consent_body(fed, issuer=SPDI, recipients=sorted([COUNSELLING, SENDER]))
+    await admin.put(SENDER, misplaced.id, "record", signed_consent(fed, misplaced))
+    await case("consent.invalid", misplaced.id)
+    # A flow the policy does not allow (the Jobcenter gives no feedback), under a consent that
+    # would cover it: refused by the policy before any consent is looked at.
+    await case("policy.route_denied", await own(types=["feedback"]), message_type="feedback")
     assert set(REASONS) <= set(cases.values())
 
     config = write_config(tmp_path, nats_env, fed, enforce_consent=True)
@@ -330,6 +337,39 @@ async def test_while_the_registry_is_unreadable_messages_are_held_then_routed(
     assert broker.statistics().rejected_total == 0
     inbox = await (await Agency.connect(nats_env, COUNSELLING)).inbox()
     assert [m.headers[HDR_CONSENT] for m in inbox] == [body.id]
+
+
+async def test_a_running_broker_holds_while_the_registry_is_unreadable_then_delivers(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    """The same broker, without a restart: it holds the message while no read of the registry
+    gets an answer, and routes it once reads are answered again. The record stays in the
+    registry throughout, so no moment exists in which the consent would look unknown."""
+    body = consent_body(fed)
+    await _register(nats_env, fed, SENDER, signed_consent(fed, body), body.id)
+    admin = await nats_env.admin()
+    config = (await admin.js.stream_info(CONSENT_STREAM)).config
+    # Direct gets (all the broker's and the adapters' reads) now find no responder.
+    await admin.js.update_stream(dataclasses.replace(config, allow_direct=False))
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    mid = new_message_id()
+    data = seal_referral(fed, message_id=mid, consent=body.id, purpose=MESSAGE_PURPOSE)
+    await jobcenter.submit(data, mid)
+    async with make_broker(write_config(tmp_path, nats_env, fed, enforce_consent=True)) as broker:
+        await wait_for("held twice", lambda: broker.statistics().deferred >= 2)
+        assert _decided(broker) == 0
+        assert await jobcenter.statuses() == []
+        assert await (await Agency.connect(nats_env, COUNSELLING)).inbox() == []
+        await admin.js.update_stream(dataclasses.replace(config, allow_direct=True))
+        await wait_for("routed", lambda: broker.statistics().routed == 1, within=60.0)
+        assert broker.statistics().rejected_total == 0
+    routed = [e for e in await jobcenter.statuses() if e.state is DeliveryState.ROUTED]
+    assert sorted((e.message_id, e.recipient) for e in routed) == sorted(
+        (mid, r) for r in RECIPIENTS
+    )
+    for recipient in RECIPIENTS:  # routed once, to every recipient
+        inbox = await (await Agency.connect(nats_env, recipient)).inbox()
+        assert [m.headers[HDR_CONSENT] for m in inbox] == [body.id]
 
 
 async def test_a_withdrawal_removes_undelivered_copies_and_tells_the_sender(
