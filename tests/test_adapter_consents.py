@@ -27,6 +27,7 @@ from adapter_helpers import (
     referral_request,
     submitted,
 )
+from consent_helpers import consent_body, signed_consent
 
 from bridge.adapters.form import render_form
 from bridge.adapters.service import Adapter
@@ -132,6 +133,20 @@ async def test_a_registered_consent_is_signed_stored_and_names_no_client(
             "consent.validity_order",
         ),
         ({"valid_until": _at(3 * 365)}, "$.valid_until", "consent.validity_too_long"),
+        # Longer than the routing policy's 365 days, within the built-in default of two years:
+        # the limit that counts is the signed policy's.
+        ({"valid_until": _at(400)}, "$.valid_until", "consent.validity_too_long"),
+        (
+            {"valid_from": _at(200), "valid_until": _at(200 + 366)},
+            "$.valid_until",
+            "consent.validity_too_long",
+        ),
+        (
+            {"valid_from": _at(-10), "valid_until": _at(-1)},
+            "$.valid_until",
+            "consent.validity_past",
+        ),
+        ({"recipients": []}, "$.recipients", "request.invalid"),
         ({"local_ref": ""}, "$.local_ref", "request.invalid"),
     ],
 )
@@ -186,6 +201,89 @@ async def test_the_adapter_refuses_what_the_broker_would_with_the_same_code(
     assert (status, again["withdrawn_at"]) == (200, withdrawn["withdrawn_at"])
 
 
+async def test_every_consent_check_of_the_adapter_answers_422_with_the_brokers_code(
+    jobcenter: Running,
+) -> None:
+    """The checks the table above does not reach: validity in time, recipients, issuers.
+
+    Records the API would refuse to register (already expired; another agency's) are put into
+    the registry as their issuer would, signed with the test federation's real keys."""
+    federation = fed()
+    registry = Registry(jobcenter.admin.js, timeout=2.0)
+    now = int(datetime.datetime.now(datetime.UTC).timestamp())
+    only_sucht = await jobcenter.register(recipients=[SUCHT])
+    later = await jobcenter.register(valid_from=_at(1), valid_until=_at(60))
+    expired = consent_body(
+        federation,
+        issuer=JOBCENTER,
+        recipients=[SUCHT],
+        purposes=["counselling"],
+        categories=["addiction", "contact", "identity"],
+        valid_from=now - 30 * 86400,
+        valid_until=now - 86400,
+        issued_at=now - 30 * 86400,
+    )
+    await registry.put(JOBCENTER, expired.id, "record", signed_consent(federation, expired))
+    theirs = consent_body(
+        federation,
+        issuer=SUCHT,
+        recipients=[JOBCENTER, SPDI],
+        purposes=["counselling"],
+        categories=["addiction", "contact", "identity"],
+    )
+    await registry.put(SUCHT, theirs.id, "record", signed_consent(federation, theirs))
+
+    for consent_id, recipients, code in (
+        (only_sucht["consent_id"], [SUCHT, SPDI], "consent.recipient_not_covered"),
+        (later["consent_id"], [SUCHT], "consent.not_yet_valid"),
+        (expired.id, [SUCHT], "consent.expired"),
+        (theirs.id, [SPDI], "consent.issuer_not_accepted"),
+    ):
+        status, problem = await jobcenter.call(
+            "POST",
+            "/v1/messages",
+            referral_request(recipients, consent=consent_id),
+            scope="messages:send",
+        )
+        assert status == 422, (code, problem)
+        assert (problem["code"], problem["field"]) == (code, "$.consent")
+    assert await submitted(jobcenter.admin, JOBCENTER) == 0
+    for consent_id, state in ((later["consent_id"], "not-yet-valid"), (expired.id, "expired")):
+        status, view = await jobcenter.call(
+            "GET", f"/v1/consents/{consent_id}", scope="consents:read"
+        )
+        assert (status, view["state"]) == (200, state)
+    # Another agency's consent is not this agency's to show or to withdraw.
+    for method, scope in (("GET", "consents:read"), ("DELETE", "consents:write")):
+        status, problem = await jobcenter.call(method, f"/v1/consents/{theirs.id}", scope=scope)
+        assert (status, problem["code"]) == (404, "consent.unknown")
+    assert await registry.raw(SUCHT, theirs.id, "withdrawal") is None
+
+
+async def test_a_withdrawn_consent_is_found_by_its_local_reference_as_withdrawn(
+    jobcenter: Running,
+) -> None:
+    first = await jobcenter.register()
+    second = await jobcenter.register(types=["handover"])
+    status, gone = await jobcenter.call("DELETE", f"/v1/consents/{first['consent_id']}")
+    assert status == 200
+    path = f"/v1/consents?local_ref={CASE_FILE}"
+    status, found = await jobcenter.call("GET", path, scope="consents:read")
+    assert status == 200
+    states = {item["consent_id"]: item["state"] for item in found["items"]}
+    assert states == {first["consent_id"]: "withdrawn", second["consent_id"]: "active"}
+    # The record is still the one signed at registration, the withdrawal a document beside it.
+    registry = Registry(jobcenter.admin.js, timeout=2.0)
+    state = await registry.state(JOBCENTER, first["consent_id"], fed().directory)
+    assert state is not None
+    assert state.withdrawal is not None
+    assert state.withdrawal.body.at == int(
+        datetime.datetime.fromisoformat(gone["withdrawn_at"]).timestamp()
+    )
+    info = await jobcenter.admin.js.stream_info("BRIDGE_CONSENT")
+    assert info.state.messages == 3  # two records, one withdrawal
+
+
 def _handover() -> Any:
     from bridge.wire import MessageType, encode_body
     from bridge.wire.examples import BODIES
@@ -218,8 +316,20 @@ async def test_the_release_form_names_every_recipient_purpose_and_category(
         assert html.escape(form._PURPOSES[code][lang]) in page  # type: ignore[index]
     for code in view["categories"]:
         assert html.escape(form._CATEGORIES[code][lang]) in page  # type: ignore[index]
+    for code in view["types"]:
+        assert html.escape(form._TYPES[code][lang]) in page  # type: ignore[index]
+    for moment in (view["valid_from"], view["valid_until"]):  # how long, in the page's language
+        seconds = int(datetime.datetime.fromisoformat(moment).timestamp())
+        assert form._date(seconds, lang) in page  # type: ignore[arg-type]
     assert CASE_FILE not in page  # the form is handed to the client; the case file is not on it
-    assert ("widerrufen" if lang == "de" else "withdraw") in page
+    # How to withdraw, and where: at the issuing agency, named.
+    issuer = directory.agency(JOBCENTER)
+    assert issuer is not None
+    withdraw = form._TEXT[lang]["withdraw_text"].format(  # type: ignore[index]
+        issuer=f"{html.escape(issuer.name)} ({JOBCENTER})"
+    )
+    assert withdraw in page
+    assert ("jederzeit" if lang == "de" else "at any time") in withdraw
     status, problem = await jobcenter.call(
         "GET", f"/v1/consents/{view['consent_id']}/form?lang=fr", scope="consents:read"
     )
