@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import io
+import logging
 import secrets
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,7 +25,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
+import nats
+import nats.js.errors
 import pytest
+from nats.aio.msg import Msg
 
 from bridge.adapters.service import Adapter
 from bridge.broker import Broker
@@ -33,6 +39,7 @@ from bridge.federation.operator import ANCHOR_PUB
 from bridge.nats.identities import Credentials, Identity
 from bridge.nats.provision import provision_at
 from bridge.nats.server import NatsServer
+from bridge.nats.subjects import kv_bucket, kv_stream
 from bridge.policy import SIGNED_POLICY, load_policy_file
 from bridge.telemetry import HEARTBEAT_INTERVAL
 from bridge.up.layout import DEMO_AGENCIES
@@ -196,6 +203,7 @@ class E2E:
         purpose: str,
         categories: tuple[str, ...],
         kind: str,
+        local_ref: str | None = None,
     ) -> str:
         """Register the client's consent at the sender's adapter, as its case worker would."""
         request = {
@@ -204,7 +212,7 @@ class E2E:
             "categories": list(categories),
             "types": [kind],
             "valid_until": _in_days(300),
-            "local_ref": f"case-{uuid.uuid4().hex[:8]}",
+            "local_ref": local_ref or f"case-{uuid.uuid4().hex[:8]}",
         }
         async with self.session.post(
             f"{self.stack.adapter_url(issuer)}/v1/consents",
@@ -508,6 +516,15 @@ async def test_a_withdrawal_reaches_recipients_and_their_deletion_comes_back(e2e
         headers=e2e._headers(SPDI, ["inbox:ack"]),
     ) as r:
         assert (r.status, (await r.json())["code"]) == (404, "notice.unknown")
+    status, problem = await e2e.try_submit(
+        JOBCENTER,
+        recipients,
+        demo_referral(),
+        consent=consent,
+        categories=("identity", "contact", "addiction"),
+        purpose="integration-support",
+    )
+    assert (status, problem["code"], problem["field"]) == (422, "consent.withdrawn", "$.consent")
 
 
 async def test_a_withdrawal_takes_a_waiting_message_out_of_the_pull_inbox(e2e: E2E) -> None:
@@ -543,3 +560,122 @@ async def test_a_withdrawal_takes_a_waiting_message_out_of_the_pull_inbox(e2e: E
 def _in_days(days: int) -> str:
     moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_the_local_reference_never_leaves_the_adapter(
+    e2e: E2E, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing published to NATS or stored in any stream names the case file number, except
+    the issuing adapter's own bucket; no log line names it either.
+
+    Everything that happens to a consent happens here: registration (and its audit record),
+    a message under it, the client's disclosure report, the withdrawal with its purge, notices
+    and deletion confirmations. An admin subscription to every subject sees all of it as it
+    is published, and afterwards every stream is read message by message.
+    """
+    caplog.set_level(logging.DEBUG)
+    case_file = f"AZ {secrets.token_hex(4)}/26-Müller"
+    needles = [
+        case_file.encode(),
+        case_file.split("-")[0].encode(),  # the number alone, without the name
+        hashlib.sha256(case_file.encode()).hexdigest().encode(),  # the bucket's index key
+    ]
+    own_bucket = kv_stream(JOBCENTER)
+    seed = Credentials(e2e.stack.layout.nats.creds_dir).seed_file(Identity.admin())
+    admin = await nats.connect(e2e.server.url, nkeys_seed=str(seed), max_reconnect_attempts=0)
+    seen: list[tuple[str, bytes]] = []  # (subject, data and headers) of what names it
+
+    def names_it(subject: str, data: bytes, headers: dict[str, str] | None) -> bool:
+        if (headers or {}).get("Nats-Stream") == own_bucket:
+            return False  # the bucket's own entries, read back by the adapter itself
+        if subject.startswith(
+            (f"$KV.{kv_bucket(JOBCENTER)}.", f"$JS.API.DIRECT.GET.{own_bucket}.")
+        ):
+            return False  # written to, or read from, the adapter's own bucket
+        blob = subject.encode() + data + repr(sorted((headers or {}).items())).encode()
+        return any(needle in blob for needle in needles)
+
+    async def watch(msg: Msg) -> None:
+        if names_it(msg.subject, msg.data, msg.headers):
+            seen.append((msg.subject, msg.data))
+
+    sub = await admin.subscribe(">", cb=watch)
+    try:
+        recipients = [COUNSELLING, SPDI]
+        consent = await e2e.register_consent(
+            JOBCENTER,
+            recipients,
+            "integration-support",
+            ("identity", "contact", "addiction"),
+            "referral",
+            local_ref=case_file,
+        )
+        message_id = await e2e.submit(JOBCENTER, recipients, demo_referral(), consent=consent)
+        await e2e.wait_pushed(message_id)
+        await e2e.pull(SPDI, message_id)
+        await e2e.wait_states(JOBCENTER, message_id, {COUNSELLING: "receipted", SPDI: "receipted"})
+        query = urllib.parse.urlencode({"local_ref": case_file})
+        reports = f"{e2e.stack.adapter_url(JOBCENTER)}/v1/disclosures?{query}"
+        async with e2e.session.get(
+            reports, headers=e2e._headers(JOBCENTER, ["consents:read"])
+        ) as r:
+            assert r.status == 200, await r.text()
+            assert case_file not in await r.text()
+        url = f"{e2e.stack.adapter_url(JOBCENTER)}/v1/consents/{consent}"
+        headers = e2e._headers(JOBCENTER, ["consents:write"])
+        async with e2e.session.delete(url, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["local_ref"] == case_file  # shown to its own agency only
+
+        def confirmed(by: set[str]) -> Callable[[], Awaitable[bool | None]]:
+            async def check() -> bool | None:
+                reader = e2e._headers(JOBCENTER, ["consents:read"])
+                async with e2e.session.get(url, headers=reader) as r:
+                    events = (await r.json())["events"]
+                done = {e.get("recipient") for e in events if e["state"] == "deletion-confirmed"}
+                return True if by <= done else None
+
+            return check
+
+        # The webhook system answered its notice with {"deleted": true} (the demo sink does).
+        await eventually("the webhook system's deletion confirmed", confirmed({COUNSELLING}))
+        notice = next(i for i in await e2e.inbox(SPDI) if i != message_id)
+        async with e2e.session.post(
+            f"{e2e.stack.adapter_url(SPDI)}/v1/inbox/{notice}/deleted",
+            headers=e2e._headers(SPDI, ["inbox:ack"]),
+        ) as r:
+            assert r.status == 200, await r.text()
+        await eventually("both deletions confirmed", confirmed(set(recipients)))
+        await admin.flush()
+    finally:
+        await sub.unsubscribe()
+    try:
+        assert [subject for subject, _ in seen] == []
+        stored: list[str] = []
+        js = admin.jetstream(timeout=5.0)
+        for info in await js.streams_info():
+            stream = info.config.name
+            assert stream is not None
+            if stream != own_bucket:
+                async for msg in _stored(js, stream):
+                    if names_it(msg.subject or "", msg.data or b"", msg.headers):
+                        stored.append(f"{stream}#{msg.seq}")
+        assert stored == []
+        # The bucket does hold it: the check above would have found it there.
+        held = [msg.data or b"" async for msg in _stored(js, own_bucket)]
+        assert any(case_file.encode() in data for data in held)
+    finally:
+        await admin.close()
+    assert case_file.split("-")[0] not in caplog.text
+
+
+async def _stored(js: Any, stream: str) -> AsyncIterator[Any]:
+    """Every message a stream holds now, skipping the deleted ones without asking for each."""
+    seq = 1
+    while True:
+        try:
+            msg = await js.get_msg(stream, seq=seq, subject=">", next=True)
+        except nats.js.errors.NotFoundError:
+            return
+        yield msg
+        seq = msg.seq + 1
