@@ -4,8 +4,8 @@ Keys and the signed directory come from `envelope_helpers.federation`, built aro
 current time (the adapter checks validity against its clock). Each agency gets a keys directory,
 the directory file, the pinned anchor, the signed routing policy (the demo's), a token signing
 key and an `AdapterConfig` pointing at the test's own nats-server. Inbound traffic is published
-straight into BRIDGE_INBOX as admin and outbound traffic read from BRIDGE_SUBMIT as admin: no
-broker takes part.
+straight into the recipient's BRIDGE_INBOX_<id> as admin and outbound traffic read from
+BRIDGE_SUBMIT_<id> as admin: no broker takes part.
 """
 
 from __future__ import annotations

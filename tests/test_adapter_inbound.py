@@ -1,7 +1,8 @@
 """Inbound delivery against a real nats-server and a real webhook receiver.
 
-Envelopes are sealed with the test federation's keys and published straight into BRIDGE_INBOX
-as admin; receipts are read back from BRIDGE_SUBMIT and opened with the original sender's keys.
+Envelopes are sealed with the test federation's keys and published straight into the
+recipient's BRIDGE_INBOX_<id> as admin; receipts are read back from BRIDGE_SUBMIT_<id> and opened
+with the original sender's keys.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from bridge.config import DeliveryConfig
 from bridge.crypto import open_envelope
 from bridge.ids import new_message_id
 from bridge.nats.provision import ProvisionSettings
-from bridge.nats.subjects import HDR_MSG_ID, INBOX_STREAM, inbox_consumer
+from bridge.nats.subjects import HDR_MSG_ID, inbox_consumer, inbox_stream
 from bridge.wire import Delivered, Receipt, Rejected, decode_body
 
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -114,7 +115,7 @@ def pull_agency(tmp_path: Path, env: Any) -> Agency:
 
 
 async def consumer_settled(admin: Any, held: int = 0) -> bool:
-    info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(SUCHT))
+    info = await admin.js.consumer_info(inbox_stream(SUCHT), inbox_consumer(SUCHT))
     return bool(info.num_pending == 0 and info.num_ack_pending == held)
 
 
@@ -186,7 +187,7 @@ async def test_message_is_kept_alive_while_the_webhook_retries(
         await put_in_inbox(admin, SUCHT, seal_to(SUCHT, message_id=message_id), message_id)
         await eventually(lambda: submitted(admin, SUCHT), what="the receipt")
         await eventually(lambda: consumer_settled(admin), what="the inbox message to be acked")
-        info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(SUCHT))
+        info = await admin.js.consumer_info(inbox_stream(SUCHT), inbox_consumer(SUCHT))
     assert info.delivered.consumer_seq == 1  # delivered once: never redelivered
     assert len(receiver.for_message(message_id)) == 13
 
@@ -343,7 +344,7 @@ async def test_held_pull_items_are_kept_alive(tmp_path: Path, nats_env: Any) -> 
             return inbox.statistics()["keepalive_rounds"] >= start + 6
 
         await eventually(two_ack_waits, what="keep-alive rounds")
-        info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(SUCHT))
+        info = await admin.js.consumer_info(inbox_stream(SUCHT), inbox_consumer(SUCHT))
         assert info.delivered.consumer_seq == 1  # never redelivered while held
         assert await client.pending() == [message_id]
 
@@ -389,5 +390,5 @@ async def test_a_batch_waiting_behind_a_slow_webhook_is_kept_alive(
         await eventually(all_receipted, what="a receipt for every message")
         await eventually(lambda: consumer_settled(admin), what="every inbox message acked")
     assert [c["message_id"] for c in receiver.calls] == ids  # in order, each once
-    info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(SUCHT))
+    info = await admin.js.consumer_info(inbox_stream(SUCHT), inbox_consumer(SUCHT))
     assert info.delivered.consumer_seq == len(ids)  # none delivered a second time

@@ -23,7 +23,7 @@ from bridge.broker._expiry import EXPIRED_REASON
 from bridge.crypto import DEFAULT_LIMITS, verify
 from bridge.ids import new_message_id
 from bridge.nats.identities import Identity
-from bridge.nats.subjects import AUDIT_STREAM, INBOX_STREAM, inbox_consumer
+from bridge.nats.subjects import AUDIT_STREAM, inbox_consumer, inbox_stream
 from bridge.nats.transport import bind_pull, fetch
 from bridge.wire import Delivered, DeliveryState, StatusEvent
 
@@ -44,12 +44,13 @@ async def collect(
             await asyncio.sleep(0.2)
 
 
-async def gone(js: object, seq: int) -> None:
-    """Wait until the inbox no longer has message `seq` (read with the given connection)."""
+async def gone(js: object, recipient: str, seq: int) -> None:
+    """Wait until `recipient`'s inbox no longer has message `seq` (read with the given
+    connection)."""
     async with asyncio.timeout(30):
         while True:
             try:
-                await js.get_msg(INBOX_STREAM, seq=seq)  # type: ignore[attr-defined]
+                await js.get_msg(inbox_stream(recipient), seq=seq)  # type: ignore[attr-defined]
             except nats.js.errors.NotFoundError:
                 return
             await asyncio.sleep(0.1)
@@ -98,7 +99,7 @@ async def test_undelivered_is_warned_then_expires_and_the_sender_is_told(
     assert warning.at <= warning.expires_at <= expired.at
 
     # Gone from NATS, as seen by another connection.
-    assert (await admin.js.stream_info(INBOX_STREAM)).state.messages == 0
+    assert (await admin.js.stream_info(inbox_stream(SPDI))).state.messages == 0
 
     kinds = [
         (e.kind, e.recipient) for e in await audit_events(nats_env, tmp_path / "audit.pub.json")
@@ -124,7 +125,9 @@ async def test_a_delivered_message_leaves_the_transport_and_never_expires(
     sender_events: list[StatusEvent] = []
     async with make_broker(config, clock=time.time) as broker:
         # The recipient's adapter takes it, receipts it and acknowledges, in that order.
-        sub = await bind_pull(counselling.js, INBOX_STREAM, inbox_consumer(COUNSELLING))
+        sub = await bind_pull(
+            counselling.js, inbox_stream(COUNSELLING), inbox_consumer(COUNSELLING)
+        )
         async with asyncio.timeout(30):
             while not (msgs := await fetch(sub, 1, 1.0)):
                 pass
@@ -142,7 +145,7 @@ async def test_a_delivered_message_leaves_the_transport_and_never_expires(
             wait=5,
         )
         await msg.ack()
-        await gone(admin.js, seq)
+        await gone(admin.js, COUNSELLING, seq)
         await collect(jobcenter, sender_events, lambda: broker.statistics().routed == 2)
         # Outlive the copy's limit with the expiry check running: no warning, no expiry.
         await asyncio.sleep(max(0.0, now + 4 - time.time()))

@@ -52,8 +52,8 @@ from bridge.nats.server import (
 )
 from bridge.nats.subjects import (
     HUB_DOMAIN,
-    INBOX_STREAM,
     STATUS_STREAM,
+    inbox_stream,
     outbox_stream,
     report_subject,
     submit_stream,
@@ -338,7 +338,8 @@ async def test_the_hub_takes_from_a_leaf_only_what_its_agency_may_send(site: Sit
         await nc.close()
     for sender in (JOBCENTER, SUCHT):
         assert await site.held(site.hub, site.hub_creds, submit_stream(sender)) == 0
-    assert await site.held(site.hub, site.hub_creds, INBOX_STREAM) == 0
+    for recipient in (JOBCENTER, SUCHT):
+        assert await site.held(site.hub, site.hub_creds, inbox_stream(recipient)) == 0
 
 
 def test_bridge_nats_sets_up_a_hub_and_a_leaf_that_nats_server_accepts(

@@ -21,9 +21,9 @@ from bridge.errors import TransportError
 from bridge.nats.identities import Identity
 from bridge.nats.subjects import (
     BROKER_CONSUMER,
-    INBOX_STREAM,
     STATUS_STREAM,
     inbox_consumer,
+    inbox_stream,
     inbox_subject,
     kv_bucket,
     kv_stream,
@@ -129,31 +129,31 @@ async def test_agency_pulls_its_own_inbox_and_no_other(nats_env: NatsEnv) -> Non
     await _route(nats_env, B, b"for-b")
     a = await _agency(nats_env, A)
 
-    own = await bind_pull(a.js, INBOX_STREAM, inbox_consumer(A))
+    own = await bind_pull(a.js, inbox_stream(A), inbox_consumer(A))
     msgs = await fetch(own, 10, 2.0)
     assert [m.data for m in msgs] == [b"for-a"]
     await msgs[0].ack()
     assert (await own.consumer_info()).num_pending == 0
 
-    other = await bind_pull(a.js, INBOX_STREAM, inbox_consumer(B))
+    other = await bind_pull(a.js, inbox_stream(B), inbox_consumer(B))
     assert await fetch(other, 10, DENIED) == []
-    await _all_fail(a.js.consumer_info(INBOX_STREAM, inbox_consumer(B)))
+    await _all_fail(a.js.consumer_info(inbox_stream(B), inbox_consumer(B)))
     await _denied(
         a,
-        f"CONSUMER.MSG.NEXT.{INBOX_STREAM}.{inbox_consumer(B)}",
-        f"CONSUMER.INFO.{INBOX_STREAM}.{inbox_consumer(B)}",
+        f"CONSUMER.MSG.NEXT.{inbox_stream(B)}.{inbox_consumer(B)}",
+        f"CONSUMER.INFO.{inbox_stream(B)}.{inbox_consumer(B)}",
     )
 
     admin = await nats_env.admin()
-    info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(B))
+    info = await admin.js.consumer_info(inbox_stream(B), inbox_consumer(B))
     assert (info.num_pending, info.num_ack_pending, info.delivered.stream_seq) == (1, 0, 0)
 
 
 async def test_agency_cannot_ack_or_nak_another_agencys_message(nats_env: NatsEnv) -> None:
     await _route(nats_env, B, b"for-b")
     b = await _agency(nats_env, B)
-    [msg] = await fetch(await bind_pull(b.js, INBOX_STREAM, inbox_consumer(B)), 1, 2.0)
-    assert msg.reply.startswith(f"$JS.ACK.{INBOX_STREAM}.{inbox_consumer(B)}.")
+    [msg] = await fetch(await bind_pull(b.js, inbox_stream(B), inbox_consumer(B)), 1, 2.0)
+    assert msg.reply.startswith(f"$JS.ACK.{inbox_stream(B)}.{inbox_consumer(B)}.")
 
     a = await _agency(nats_env, A)
     await a.nc.publish(msg.reply, b"+ACK")
@@ -161,10 +161,53 @@ async def test_agency_cannot_ack_or_nak_another_agencys_message(nats_env: NatsEn
     await _denied(a, f'publish to "{msg.reply}"')
 
     admin = await nats_env.admin()
-    info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(B))
+    info = await admin.js.consumer_info(inbox_stream(B), inbox_consumer(B))
     assert info.num_ack_pending == 1  # still waiting for B's own acknowledgement
     await msg.ack_sync(timeout=2.0)  # and B may acknowledge it
-    assert (await admin.js.stream_info(INBOX_STREAM)).state.messages == 0
+    assert (await admin.js.stream_info(inbox_stream(B))).state.messages == 0
+
+
+async def test_agency_cannot_read_delete_from_or_consume_another_agencys_inbox_stream(
+    nats_env: NatsEnv,
+) -> None:
+    """Each recipient's inbox is a stream of its own; another agency gets nothing out of it,
+    neither by its consumer nor by the stream's message API nor by a consumer of its own."""
+    await _route(nats_env, B, b"for-b")
+    await _route(nats_env, A, b"for-a")
+    a = await _agency(nats_env, A)
+    theirs = inbox_stream(B)
+    ordered = a.js.subscribe(inbox_subject(B), stream=theirs, ordered_consumer=True)
+    await _all_fail(
+        a.js.stream_info(theirs),
+        a.js.get_msg(theirs, 1),
+        a.js.get_msg(theirs, subject=inbox_subject(B), direct=True),
+        a.js.get_msg(theirs, seq=1, direct=True),
+        a.js.delete_msg(theirs, 1),
+        a.js.purge_stream(theirs),
+        a.js.add_consumer(theirs, api.ConsumerConfig(filter_subject=inbox_subject(B))),
+        a.js.add_consumer(theirs, api.ConsumerConfig(durable_name="tap")),
+        ordered,
+    )
+    await _denied(
+        a,
+        f"STREAM.INFO.{theirs}",
+        f"STREAM.MSG.GET.{theirs}",
+        f"DIRECT.GET.{theirs}",
+        f"STREAM.MSG.DELETE.{theirs}",
+        f"STREAM.PURGE.{theirs}",
+        f"CONSUMER.CREATE.{theirs}",
+    )
+    admin = await nats_env.admin()
+    info = await admin.js.stream_info(theirs)
+    assert (info.state.messages, info.state.first_seq) == (1, 1)  # untouched
+    assert [c.name for c in await admin.js.consumers_info(theirs)] == [inbox_consumer(B)]
+    consumer = await admin.js.consumer_info(theirs, inbox_consumer(B))
+    assert (consumer.num_pending, consumer.delivered.stream_seq) == (1, 0)  # nobody took it
+    # The positive twin: A takes what is in its own inbox stream.
+    [msg] = await fetch(await bind_pull(a.js, inbox_stream(A), inbox_consumer(A)), 1, 2.0)
+    assert msg.data == b"for-a"
+    await msg.ack_sync(timeout=2.0)
+    assert (await admin.js.stream_info(inbox_stream(A))).state.messages == 0
 
 
 # -- status -----------------------------------------------------------------------------------
@@ -219,7 +262,7 @@ async def test_agency_listens_only_below_its_own_reply_prefix(nats_env: NatsEnv)
     # B works normally meanwhile; none of its replies or deliveries reach A.
     await _route(nats_env, B, b"for-b")
     b = await _agency(nats_env, B)
-    [msg] = await fetch(await bind_pull(b.js, INBOX_STREAM, inbox_consumer(B)), 1, 2.0)
+    [msg] = await fetch(await bind_pull(b.js, inbox_stream(B), inbox_consumer(B)), 1, 2.0)
     await msg.ack_sync(timeout=2.0)
     await a.nc.flush()
     assert seen == []
@@ -259,39 +302,42 @@ async def test_foreign_reply_prefix_gets_no_replies(nats_env: NatsEnv) -> None:
 async def test_agency_cannot_manage_streams_or_consumers(nats_env: NatsEnv) -> None:
     a = await _agency(nats_env, A)
     steal = api.ConsumerConfig(durable_name="evil", filter_subject=inbox_subject(B))
+    own = inbox_stream(A)
     await _all_fail(
-        a.js.add_consumer(INBOX_STREAM, steal),
-        a.js.add_consumer(INBOX_STREAM, api.ConsumerConfig(filter_subject=inbox_subject(A))),
-        a.js.delete_consumer(INBOX_STREAM, inbox_consumer(B)),
-        a.js.delete_consumer(INBOX_STREAM, inbox_consumer(A)),
+        a.js.add_consumer(inbox_stream(B), steal),
+        a.js.add_consumer(own, api.ConsumerConfig(filter_subject=inbox_subject(A))),
+        a.js.delete_consumer(inbox_stream(B), inbox_consumer(B)),
+        a.js.delete_consumer(inbox_stream(A), inbox_consumer(A)),
         a.js.add_stream(name="EVIL", subjects=["evil.>"]),
-        a.js.update_stream(api.StreamConfig(name=INBOX_STREAM, subjects=["bridge.inbox.*"])),
-        a.js.purge_stream(INBOX_STREAM),
+        a.js.update_stream(api.StreamConfig(name=own, subjects=["bridge.inbox.*"])),
+        a.js.purge_stream(own),
         a.js.delete_stream(submit_stream(B)),
-        a.js.delete_msg(INBOX_STREAM, 1),
+        a.js.delete_msg(own, 1),
         a.js.create_key_value(bucket="evil"),
         a.js.delete_key_value(kv_bucket(A)),
         a.js.account_info(),
     )
     await _denied(
         a,
-        f"CONSUMER.CREATE.{INBOX_STREAM}",
-        f"CONSUMER.DELETE.{INBOX_STREAM}.{inbox_consumer(B)}",
+        f"CONSUMER.DURABLE.CREATE.{inbox_stream(B)}.evil",
+        f"CONSUMER.CREATE.{own}",
+        f"CONSUMER.DELETE.{inbox_stream(B)}.{inbox_consumer(B)}",
         "STREAM.CREATE.EVIL",
-        f"STREAM.UPDATE.{INBOX_STREAM}",
-        f"STREAM.PURGE.{INBOX_STREAM}",
+        f"STREAM.UPDATE.{own}",
+        f"STREAM.PURGE.{own}",
         f"STREAM.DELETE.{submit_stream(B)}",
-        f"STREAM.MSG.DELETE.{INBOX_STREAM}",
+        f"STREAM.MSG.DELETE.{own}",
         f"STREAM.DELETE.{kv_stream(A)}",
     )
     admin = await nats_env.admin()
-    consumers = sorted(c.name for c in await admin.js.consumers_info(INBOX_STREAM))
-    assert consumers == sorted(inbox_consumer(x) for x in nats_env.agencies)
+    for x in nats_env.agencies:
+        consumers = [c.name for c in await admin.js.consumers_info(inbox_stream(x))]
+        assert consumers == [inbox_consumer(x)]
     names = {s.config.name for s in await admin.js.streams_info()}
     assert "EVIL" not in names
     assert {submit_stream(A), submit_stream(B), kv_stream(A)} <= names
     # The positive twin: its own consumer's info is readable.
-    assert (await a.js.consumer_info(INBOX_STREAM, inbox_consumer(A))).name == inbox_consumer(A)
+    assert (await a.js.consumer_info(inbox_stream(A), inbox_consumer(A))).name == inbox_consumer(A)
 
 
 # -- KV buckets -------------------------------------------------------------------------------
@@ -352,7 +398,7 @@ async def test_broker_routes_but_cannot_submit_or_read_inboxes(nats_env: NatsEnv
 
     with pytest.raises(TransportError):
         await publish_durable(broker.js, submit_subject(A), b"x", msg_id="f", timeout=DENIED)
-    inbox = await bind_pull(broker.js, INBOX_STREAM, inbox_consumer(B))
+    inbox = await bind_pull(broker.js, inbox_stream(B), inbox_consumer(B))
     assert await fetch(inbox, 1, DENIED) == []
     await broker.nc.subscribe(f"_INBOX.agency.{A}.>")
     await _all_fail(
@@ -363,7 +409,7 @@ async def test_broker_routes_but_cannot_submit_or_read_inboxes(nats_env: NatsEnv
     await _denied(
         broker,
         f'publish to "{submit_subject(A)}"',
-        f"CONSUMER.MSG.NEXT.{INBOX_STREAM}.{inbox_consumer(B)}",
+        f"CONSUMER.MSG.NEXT.{inbox_stream(B)}.{inbox_consumer(B)}",
         f'subscription to "_INBOX.agency.{A}.>"',
         f"STREAM.INFO.{kv_stream(A)}",
         f"CONSUMER.DURABLE.CREATE.{submit_stream(A)}.second",
@@ -401,8 +447,8 @@ async def test_ops_reads_status_and_nothing_else(nats_env: NatsEnv) -> None:
         )
     await ops.nc.subscribe("bridge.status.>")
     await _all_fail(
-        ops.js.stream_info(INBOX_STREAM),
-        ops.js.get_msg(INBOX_STREAM, 1),
+        ops.js.stream_info(inbox_stream(A)),
+        ops.js.get_msg(inbox_stream(A), 1),
         ops.js.add_consumer(STATUS_STREAM, api.ConsumerConfig()),
         ops.js.purge_stream(STATUS_STREAM),
     )
@@ -411,8 +457,8 @@ async def test_ops_reads_status_and_nothing_else(nats_env: NatsEnv) -> None:
         f"CONSUMER.MSG.NEXT.{STATUS_STREAM}.{status_consumer(A)}",
         f'publish to "{status_subject(A, MSG_B)}"',
         'subscription to "bridge.status.>"',
-        f"STREAM.INFO.{INBOX_STREAM}",
-        f"STREAM.MSG.GET.{INBOX_STREAM}",
+        f"STREAM.INFO.{inbox_stream(A)}",
+        f"STREAM.MSG.GET.{inbox_stream(A)}",
         f"CONSUMER.CREATE.{STATUS_STREAM}",
         f"STREAM.PURGE.{STATUS_STREAM}",
     )

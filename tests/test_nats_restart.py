@@ -41,7 +41,7 @@ from bridge.adapters.webhook import ATTEMPT_HEADER, MESSAGE_ID_HEADER, REPEAT_HE
 from bridge.config import DeliveryConfig
 from bridge.crypto import verify
 from bridge.ids import new_message_id
-from bridge.nats.subjects import INBOX_STREAM, inbox_consumer
+from bridge.nats.subjects import inbox_consumer, inbox_stream
 from bridge.wire import MessageType
 from bridge.wire.examples import BODIES
 
@@ -250,7 +250,7 @@ async def test_acknowledging_twice_answers_204_both_times(tmp_path: Path, nats_e
                 assert r.status == 204
         async with http.post(f"{adapter.url}/v1/inbox/{new_message_id()}/ack", headers=auth) as r:
             assert r.status == 404
-        info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(SUCHT))
+        info = await admin.js.consumer_info(inbox_stream(SUCHT), inbox_consumer(SUCHT))
         assert info.num_ack_pending == 0
 
 

@@ -16,6 +16,7 @@ import msgspec
 import nats.js.errors
 import pytest
 from envelope_helpers import federation
+from nats.js import api
 from policy_helpers import signed_policy
 
 from bridge.cli import main
@@ -26,11 +27,11 @@ from bridge.nats.server import NatsServer, ServerLayout, ServerSettings, configu
 from bridge.nats.subjects import (
     AUDIT_STREAM,
     CONSENT_STREAM,
-    INBOX_STREAM,
     PENDING_STREAM,
     STATUS_STREAM,
     attach_stream,
     inbox_consumer,
+    inbox_stream,
     inbox_subject,
     kv_bucket,
     submit_stream,
@@ -55,7 +56,8 @@ async def test_server_starts_with_jetstream(nats_env: NatsEnv) -> None:
     info = await admin.js.account_info()
     assert info.streams >= 3
     streams = {s.config.name for s in await admin.js.streams_info()}
-    assert {INBOX_STREAM, STATUS_STREAM} | {submit_stream(a) for a in nats_env.agencies} <= streams
+    per_agency = {f(a) for a in nats_env.agencies for f in (submit_stream, inbox_stream)}
+    assert {STATUS_STREAM} | per_agency <= streams
 
 
 async def test_config_has_public_keys_only_and_files_are_private(nats_env: NatsEnv) -> None:
@@ -233,10 +235,11 @@ async def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
 async def test_provisioning_is_idempotent(nats_env: NatsEnv) -> None:
     report = await nats_env.provision()
     assert not report.changed, str(report)
-    # Shared: inbox, status, pending and audit streams, the consent registry with the
-    # broker's withdrawals and registrations consumers. Per agency: its submit stream with the
-    # broker's consumer, its attachment stream, its inbox and status consumers, its bucket.
-    assert len(report.changes) == 4 + 3 + 6 * len(nats_env.agencies)
+    # Shared: status, pending and audit streams, the consent registry with the broker's
+    # withdrawals and registrations consumers. Per agency: its submit stream with the broker's
+    # consumer, its attachment stream, its inbox stream and consumer, its status consumer, its
+    # bucket.
+    assert len(report.changes) == 4 + 2 + 7 * len(nats_env.agencies)
 
 
 async def test_provisioning_retires_the_shared_submit_stream_only_when_empty(
@@ -258,6 +261,43 @@ async def test_provisioning_retires_the_shared_submit_stream_only_when_empty(
     assert (await admin.js.stream_info(submit_stream(JOBCENTER))).config.subjects == [
         submit_subject(JOBCENTER)
     ]
+
+
+async def test_provisioning_retires_the_shared_inbox_stream_only_when_empty(
+    nats_env_unprovisioned: NatsEnv,
+) -> None:
+    env = nats_env_unprovisioned
+    admin = await env.admin()
+    await admin.js.add_stream(
+        name="BRIDGE_INBOX", subjects=["bridge.inbox.*"], retention=api.RetentionPolicy.WORK_QUEUE
+    )
+    await admin.js.add_consumer(
+        "BRIDGE_INBOX",
+        api.ConsumerConfig(durable_name=inbox_consumer(JOBCENTER), filter_subject="bridge.inbox.*"),
+    )
+    await publish_durable(admin.js, inbox_subject(JOBCENTER), b"old", msg_id="m-1")
+    with pytest.raises(ConfigError) as info:
+        await env.provision()
+    assert info.value.reason == "provision.legacy_inbox"
+    assert "adapters" in str(info.value)  # what to do about it
+    assert (await admin.js.stream_info("BRIDGE_INBOX")).state.messages == 1  # nothing lost
+    with pytest.raises(nats.js.errors.NotFoundError):  # and nothing created beside it
+        await admin.js.stream_info(inbox_stream(JOBCENTER))
+
+    # The earlier adapter takes what waits for it; then provisioning goes ahead.
+    agency = await env.connect(Identity.for_agency(JOBCENTER))
+    old = await bind_pull(admin.js, "BRIDGE_INBOX", inbox_consumer(JOBCENTER))
+    [msg] = await fetch(old, 1, 5.0)
+    assert msg.data == b"old"
+    await msg.ack_sync()
+    report = await env.provision()
+    assert [str(c) for c in report.by_action(Action.REMOVED)] == [
+        str(Change("stream", "BRIDGE_INBOX", Action.REMOVED))
+    ]
+    info_ = await admin.js.stream_info(inbox_stream(JOBCENTER))
+    assert info_.config.subjects == [inbox_subject(JOBCENTER)]
+    mine = await bind_pull(agency.js, inbox_stream(JOBCENTER), inbox_consumer(JOBCENTER))
+    assert await fetch(mine, 1, 0.5) == []
 
 
 async def test_provisioning_rejects_malformed_agency_before_touching_the_server(
@@ -297,14 +337,15 @@ async def test_adding_an_agency_leaves_the_others_alone(nats_env: NatsEnv) -> No
         submit_stream(newcomer),
         attach_stream(newcomer),
         f"{submit_stream(newcomer)}/broker",
-        f"{INBOX_STREAM}/inbox-{newcomer}",
+        inbox_stream(newcomer),
+        f"{inbox_stream(newcomer)}/inbox-{newcomer}",
         f"{STATUS_STREAM}/status-{newcomer}",
         f"adapter-{newcomer}",
     }
     assert not report.by_action(Action.UPDATED)
 
     admin = await nats_env.admin()
-    info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(JOBCENTER))
+    info = await admin.js.consumer_info(inbox_stream(JOBCENTER), inbox_consumer(JOBCENTER))
     assert info.num_pending == 1
     assert (await kv.get("k")).value == b"kept"
     await (await joined.js.key_value(kv_bucket(newcomer))).put("k", b"v")
@@ -316,7 +357,7 @@ async def test_provisioning_updates_a_changed_limit(nats_env: NatsEnv) -> None:
     assert updated == {
         **{submit_stream(a): ("duplicate_window",) for a in nats_env.agencies},
         **{attach_stream(a): ("duplicate_window",) for a in nats_env.agencies},
-        INBOX_STREAM: ("duplicate_window",),
+        **{inbox_stream(a): ("duplicate_window",) for a in nats_env.agencies},
         STATUS_STREAM: ("duplicate_window",),
         AUDIT_STREAM: ("duplicate_window",),
         CONSENT_STREAM: ("duplicate_window",),
@@ -344,7 +385,7 @@ async def test_consumers_redeliver_without_limit(nats_env: NatsEnv) -> None:
     # its TTL or the stream's age limit is what ends it.
     admin = await nats_env.admin()
     for stream, consumer in (
-        (INBOX_STREAM, inbox_consumer(JOBCENTER)),
+        (inbox_stream(JOBCENTER), inbox_consumer(JOBCENTER)),
         (submit_stream(JOBCENTER), "broker"),
     ):
         info = await admin.js.consumer_info(stream, consumer)
@@ -371,14 +412,14 @@ async def test_per_message_ttl_is_enforced_by_the_store(nats_env: NatsEnv) -> No
         b"short-lived",
         msg_id="ttl-1",
         ttl=1,
-        expected_stream=INBOX_STREAM,
+        expected_stream=inbox_stream(JOBCENTER),
     )
     admin = await nats_env.admin()
-    msg = await admin.js.get_msg(INBOX_STREAM, ack.seq)
+    msg = await admin.js.get_msg(inbox_stream(JOBCENTER), ack.seq)
     assert msg.headers is not None
     assert msg.headers["Nats-TTL"] == "1"
     for _ in range(60):
-        if (await admin.js.stream_info(INBOX_STREAM)).state.messages == 0:
+        if (await admin.js.stream_info(inbox_stream(JOBCENTER))).state.messages == 0:
             return
         await asyncio.sleep(0.1)
     pytest.fail("the message outlived its TTL")
@@ -395,7 +436,9 @@ async def test_publish_errors_are_translated(nats_env: NatsEnv) -> None:
         await publish_durable(admin.js, "nobody.listens", b"x", msg_id="n", timeout=2)
     assert info.value.reason == "transport.no_stream"
     with pytest.raises(TransportError) as info:
-        await publish_durable(agency.js, subject, b"x", msg_id="w", expected_stream=INBOX_STREAM)
+        await publish_durable(
+            agency.js, subject, b"x", msg_id="w", expected_stream=inbox_stream(JOBCENTER)
+        )
     assert info.value.reason == "transport.publish_rejected"
     with pytest.raises(TransportError) as info:
         await publish_durable(agency.js, subject, b"x" * (3 * 1024 * 1024), msg_id="big")
@@ -464,7 +507,7 @@ async def test_connect_to_nothing_fails_in_bounded_time(nats_env: NatsEnv) -> No
 
 async def test_fetch_returns_empty_on_timeout_and_checks_batch(nats_env: NatsEnv) -> None:
     agency = await nats_env.connect(Identity.for_agency(JOBCENTER))
-    sub = await bind_pull(agency.js, INBOX_STREAM, inbox_consumer(JOBCENTER))
+    sub = await bind_pull(agency.js, inbox_stream(JOBCENTER), inbox_consumer(JOBCENTER))
     assert await fetch(sub, 5, 0.5) == []
     with pytest.raises(ValueError, match="batch"):
         await fetch(sub, 0, 1.0)
@@ -521,11 +564,11 @@ async def test_provisioning_lifts_an_old_redelivery_limit(nats_env: NatsEnv) -> 
     await nats_env.provision(settings=ProvisionSettings(max_deliver=20))
     admin = await nats_env.admin()
     assert (
-        await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(JOBCENTER))
+        await admin.js.consumer_info(inbox_stream(JOBCENTER), inbox_consumer(JOBCENTER))
     ).config.max_deliver == 20
     report = await nats_env.provision()
     assert report.changed
-    info = await admin.js.consumer_info(INBOX_STREAM, inbox_consumer(JOBCENTER))
+    info = await admin.js.consumer_info(inbox_stream(JOBCENTER), inbox_consumer(JOBCENTER))
     assert info.config.max_deliver == -1
 
 

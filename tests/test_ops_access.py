@@ -31,10 +31,10 @@ from bridge.nats.identities import Credentials, Identity
 from bridge.nats.provision import provision_at
 from bridge.nats.server import NatsServer
 from bridge.nats.subjects import (
-    INBOX_STREAM,
     STATUS_STREAM,
     heartbeat_subject,
     inbox_consumer,
+    inbox_stream,
     report_subject,
     status_subject,
     submit_stream,
@@ -322,7 +322,7 @@ async def test_the_ops_identity_can_read_but_never_write(env: Env) -> None:
         # What it may: read the status stream, and the consumers' backlogs.
         first = await js.get_msg(STATUS_STREAM, seq=1, subject=">", next=True, direct=True)
         assert first.seq == 1
-        info = await js.consumer_info(INBOX_STREAM, inbox_consumer(SPDI))
+        info = await js.consumer_info(inbox_stream(SPDI), inbox_consumer(SPDI))
         assert info.num_pending == 0
         # What it may not: publish anything, change, delete or consume.
         attempts = [
@@ -332,10 +332,10 @@ async def test_the_ops_identity_can_read_but_never_write(env: Env) -> None:
             js.delete_msg(STATUS_STREAM, 1),
             js.purge_stream(STATUS_STREAM),
             js.delete_stream(STATUS_STREAM),
-            js.delete_consumer(INBOX_STREAM, inbox_consumer(SPDI)),
+            js.delete_consumer(inbox_stream(SPDI), inbox_consumer(SPDI)),
             js.add_consumer(STATUS_STREAM, api.ConsumerConfig(durable_name="ops-tap")),
             js.stream_info(submit_stream(JOBCENTER)),
-            js.get_msg(INBOX_STREAM, 1),
+            js.get_msg(inbox_stream(SPDI), 1),
         ]
         results = await asyncio.gather(
             *(asyncio.wait_for(a, 3.0) for a in attempts), return_exceptions=True

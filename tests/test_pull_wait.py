@@ -43,9 +43,9 @@ from bridge.ids import new_message_id
 from bridge.nats.provision import ProvisionSettings
 from bridge.nats.retention import check_retention
 from bridge.nats.subjects import (
-    INBOX_STREAM,
     STATUS_STREAM,
     inbox_consumer,
+    inbox_stream,
     kv_bucket,
     status_consumer,
 )
@@ -134,7 +134,7 @@ async def test_an_item_waiting_past_its_limit_is_removed_and_the_sender_told(
         await eventually(lambda: expired_receipt(admin, late, clock, 2), what="the expiry receipt")
         # Gone from the transport (seen by another connection), the record closed.
         await eventually(lambda: consumer_settled(admin), what="the copy acknowledged")
-        assert (await admin.js.stream_info(INBOX_STREAM)).state.messages == 0
+        assert (await admin.js.stream_info(inbox_stream(SUCHT))).state.messages == 0
         assert inbox.statistics()["expired"] == 1
         assert not await inbox.ack(late)
         closed = await pull_record(admin, late)
@@ -270,7 +270,7 @@ async def test_the_sender_sees_expired_with_the_reason(sender: Sender) -> None:
 
     async def both_folded() -> bool:
         for stream, consumer in (
-            (INBOX_STREAM, inbox_consumer(JOBCENTER)),
+            (inbox_stream(JOBCENTER), inbox_consumer(JOBCENTER)),
             (STATUS_STREAM, status_consumer(JOBCENTER)),
         ):
             info = await sender.admin.js.consumer_info(stream, consumer)

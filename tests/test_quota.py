@@ -29,6 +29,7 @@ from adapter_helpers import (
     make_agency,
     referral_request,
 )
+from nats.js import api
 from policy_helpers import POLICY, signed_policy
 
 from bridge.adapters.service import Adapter
@@ -39,7 +40,7 @@ from bridge.config import (
 from bridge.errors import TransportError
 from bridge.nats.identities import Identity
 from bridge.nats.provision import Action, ProvisionSettings
-from bridge.nats.subjects import INBOX_STREAM, inbox_subject, submit_stream, submit_subject
+from bridge.nats.subjects import inbox_stream, inbox_subject, submit_stream, submit_subject
 from bridge.nats.transport import publish_durable
 
 QUOTA = 3
@@ -162,7 +163,7 @@ async def test_a_flooding_agency_hears_429_and_the_others_keep_flowing(
         return broker.statistics().routed == QUOTA + 1
 
     await eventually(first_round_routed, what="the first submissions routed")
-    assert await site.waiting(INBOX_STREAM, inbox_subject(SUCHT)) == QUOTA
+    assert await site.waiting(inbox_stream(SUCHT), inbox_subject(SUCHT)) == QUOTA
 
     # The recipient's inbox is at its quota: more from the flooder waits in the flooder's own
     # stream (the broker says why), until that is full too and the flooder hears 429 again.
@@ -180,7 +181,7 @@ async def test_a_flooding_agency_hears_429_and_the_others_keep_flowing(
         return "quota.recipient_full" in caplog.text
 
     await eventually(broker_says_why, what="the broker's reason code")
-    assert await site.waiting(INBOX_STREAM, inbox_subject(SUCHT)) == QUOTA
+    assert await site.waiting(inbox_stream(SUCHT), inbox_subject(SUCHT)) == QUOTA
     assert await site.waiting(submit_stream(JOBCENTER), f"bridge.submit.{JOBCENTER}") == QUOTA
 
     # Meanwhile everybody else's traffic flows.
@@ -192,21 +193,25 @@ async def test_a_flooding_agency_hears_429_and_the_others_keep_flowing(
         return broker.statistics().routed == routed + 1
 
     await eventually(other_routed, what="the other agency's message routed")
-    assert await site.waiting(INBOX_STREAM, inbox_subject(JOBCENTER)) == 2
-    assert await site.waiting(INBOX_STREAM, inbox_subject(SUCHT)) == QUOTA
+    assert await site.waiting(inbox_stream(JOBCENTER), inbox_subject(JOBCENTER)) == 2
+    assert await site.waiting(inbox_stream(SUCHT), inbox_subject(SUCHT)) == QUOTA
 
 
 async def test_quotas_of_a_running_store_are_changed_in_place(nats_env: Any) -> None:
-    report = await nats_env.provision(
-        settings=ProvisionSettings(submit_max_msgs=7, inbox_max_msgs_per_recipient=9)
+    settings = ProvisionSettings(
+        submit_max_msgs=7,
+        inbox_max_msgs_per_recipient=9,
+        inbox_max_bytes_per_recipient=4 * ProvisionSettings().max_msg_size,
     )
+    report = await nats_env.provision(settings=settings)
     updated = {change.name: change.fields for change in report.by_action(Action.UPDATED)}
     assert "max_msgs" in updated[submit_stream(JOBCENTER)]
-    assert "max_msgs_per_subject" in updated[INBOX_STREAM]
+    assert {"max_msgs", "max_bytes"} <= set(updated[inbox_stream(SUCHT)])
     admin = await nats_env.admin()
-    inbox = (await admin.js.stream_info(INBOX_STREAM)).config
-    assert inbox.max_msgs_per_subject == 9
-    assert inbox.discard_new_per_subject
+    for recipient in (JOBCENTER, SPDI, SUCHT):  # each recipient's own quota
+        inbox = (await admin.js.stream_info(inbox_stream(recipient))).config
+        assert (inbox.max_msgs, inbox.max_bytes) == (9, settings.inbox_max_bytes_per_recipient)
+        assert inbox.discard == api.DiscardPolicy.NEW
     assert (await admin.js.stream_info(submit_stream(SPDI))).config.max_msgs == 7
 
 

@@ -37,11 +37,11 @@ from bridge.nats.retention import check_retention
 from bridge.nats.subjects import (
     AUDIT_STREAM,
     CONSENT_STREAM,
-    INBOX_STREAM,
     PENDING_STREAM,
     STATUS_STREAM,
     audit_subject,
     consent_subject,
+    inbox_stream,
     inbox_subject,
     kv_bucket,
     status_subject,
@@ -91,7 +91,7 @@ async def test_a_healthy_store_lists_nothing(nats_env: NatsEnv, tmp_path: Path) 
         admin.js, now=time.time, limits=store_limits(parse_policy(POLICY))
     )
     assert report.healthy, report.lines()
-    assert report.streams[INBOX_STREAM] == 1
+    assert report.streams[inbox_stream("spdi-unna")] == 1
     assert report.streams["KV_adapter-spdi-unna"] == 1
     done = await run_check(nats_env, tmp_path)
     out = done.stdout
@@ -111,7 +111,9 @@ async def test_whatever_outlives_its_limit_is_named(nats_env: NatsEnv) -> None:
     # Two hours on, the inbox copy (TTL one hour) would be overdue if the store had not removed
     # it; 31 days on, so would the status event (stream max_age 30 days).
     later = await check_retention(admin.js, now=lambda: time.time() + 2 * 3600)
-    assert [(o.stream, o.kind, o.limit) for o in later.overdue] == [(INBOX_STREAM, "ttl", 3600)]
+    assert [(o.stream, o.kind, o.limit) for o in later.overdue] == [
+        (inbox_stream("spdi-unna"), "ttl", 3600)
+    ]
     assert later.overdue[0].subject == inbox_subject("spdi-unna")
     much_later = await check_retention(admin.js, now=lambda: time.time() + 31 * DAY)
     assert (STATUS_STREAM, "max_age") in {(o.stream, o.kind) for o in much_later.overdue}
@@ -220,7 +222,7 @@ def test_the_store_limits_follow_the_policy() -> None:
     expected = {
         "BRIDGE_SUBMIT_jobcenter-unna": ("[types.*] max_lifetime", 30 * DAY),
         "BRIDGE_ATTACH_jobcenter-unna": ("[types.*] max_lifetime", 30 * DAY),
-        INBOX_STREAM: ("[types.*] inbox_ttl", 30 * DAY),
+        "BRIDGE_INBOX_spdi-unna": ("[types.*] inbox_ttl", 30 * DAY),
         PENDING_STREAM: ("plus a day", 31 * DAY),
         STATUS_STREAM: ("[retention] status", 40 * DAY),
         CONSENT_STREAM: ("[retention] consent", 400 * DAY),
@@ -251,7 +253,7 @@ async def test_provisioning_sets_the_policy_limits(nats_env: NatsEnv) -> None:
         STATUS_STREAM,
         CONSENT_STREAM,
         AUDIT_STREAM,
-        INBOX_STREAM,
+        inbox_stream("spdi-unna"),
         PENDING_STREAM,
         "BRIDGE_SUBMIT_spdi-unna",
         "BRIDGE_ATTACH_spdi-unna",

@@ -13,6 +13,7 @@ ID = "3f2b8c1e-9a4d-4e6f-8b2a-1c3d5e7f9a0b"
 AGENCY_BUILDERS: dict[str, Callable[[str], object]] = {
     "submit": S.submit_subject,
     "submit_stream": S.submit_stream,
+    "inbox_stream": S.inbox_stream,
     "inbox": S.inbox_subject,
     "status": lambda a: S.status_subject(a, ID),
     "status_filter": S.status_filter,
@@ -37,12 +38,19 @@ def test_built_subjects() -> None:
     assert S.submit_subject("spdi-unna") == "bridge.submit.spdi-unna"
     assert S.submit_stream("spdi-unna") == "BRIDGE_SUBMIT_spdi-unna"
     assert S.inbox_subject("spdi-unna") == "bridge.inbox.spdi-unna"
+    assert S.inbox_stream("spdi-unna") == "BRIDGE_INBOX_spdi-unna"
     assert S.status_subject("spdi-unna", ID) == f"bridge.status.spdi-unna.{ID}"
     assert S.kv_stream("spdi-unna") == "KV_adapter-spdi-unna"
-    assert S.pull_consumer_api_subjects(S.INBOX_STREAM, S.inbox_consumer("spdi-unna")) == (
-        "$JS.API.CONSUMER.MSG.NEXT.BRIDGE_INBOX.inbox-spdi-unna",
-        "$JS.API.CONSUMER.INFO.BRIDGE_INBOX.inbox-spdi-unna",
-        "$JS.ACK.BRIDGE_INBOX.inbox-spdi-unna.>",
+    inbox = S.inbox_stream("spdi-unna")
+    assert S.pull_consumer_api_subjects(inbox, S.inbox_consumer("spdi-unna")) == (
+        "$JS.API.CONSUMER.MSG.NEXT.BRIDGE_INBOX_spdi-unna.inbox-spdi-unna",
+        "$JS.API.CONSUMER.INFO.BRIDGE_INBOX_spdi-unna.inbox-spdi-unna",
+        "$JS.ACK.BRIDGE_INBOX_spdi-unna.inbox-spdi-unna.>",
+    )
+    # The broker reads and deletes in the inboxes of the federation's agencies only.
+    assert S.inbox_edit_subjects(["spdi-unna"]) == (
+        "$JS.API.STREAM.MSG.GET.BRIDGE_INBOX_spdi-unna",
+        "$JS.API.STREAM.MSG.DELETE.BRIDGE_INBOX_spdi-unna",
     )
     with pytest.raises(ProtocolError):
         S.status_subject("spdi-unna", "not-a-uuid")
@@ -53,7 +61,7 @@ def test_api_subjects_refuse_bad_stream_or_consumer_names(name: str) -> None:
     with pytest.raises(ValueError, match="name"):
         S.pull_consumer_api_subjects(name, "broker")
     with pytest.raises(ValueError, match="name"):
-        S.pull_consumer_api_subjects(S.INBOX_STREAM, name)
+        S.pull_consumer_api_subjects(S.STATUS_STREAM, name)
 
 
 def test_service_reply_prefixes_are_fixed() -> None:

@@ -41,10 +41,10 @@ from ..federation.holder import DirectoryHolder
 from ..http.auth import TokenVerifier
 from ..http.guard import GuardedAppRunner
 from ..nats.subjects import (
-    INBOX_STREAM,
     STATUS_STREAM,
     agency_inbox_prefix,
     inbox_consumer,
+    inbox_stream,
     status_consumer,
 )
 from ..nats.transport import bind_pull, connect
@@ -245,7 +245,7 @@ class Adapter:
             log.warning(
                 "adapter %s: consent enforcement is OFF ([consent] enforce = false)", c.agency
             )
-        inbox_sub = await bind_pull(hub, INBOX_STREAM, inbox_consumer(c.agency))
+        inbox_sub = await bind_pull(hub, inbox_stream(c.agency), inbox_consumer(c.agency))
         status_sub = await bind_pull(hub, STATUS_STREAM, status_consumer(c.agency))
         keepalive = await self._keepalive_interval(hub, timeout)
         revocations = Revocations(
@@ -409,7 +409,7 @@ class Adapter:
         try:
             async with asyncio.timeout(wait):
                 info = await js.consumer_info(  # type: ignore[attr-defined]
-                    INBOX_STREAM, inbox_consumer(self.config.agency)
+                    inbox_stream(self.config.agency), inbox_consumer(self.config.agency)
                 )
             ack_wait = float(info.config.ack_wait or 30.0)
         except (TimeoutError, nats.errors.Error, OSError):

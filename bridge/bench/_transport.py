@@ -43,8 +43,8 @@ from ..nats.provision import provision
 from ..nats.server import NatsServer, ServerLayout, ServerSettings, configure
 from ..nats.subjects import (
     BROKER_CONSUMER,
-    INBOX_STREAM,
     inbox_consumer,
+    inbox_stream,
     inbox_subject,
     submit_stream,
     submit_subject,
@@ -135,7 +135,7 @@ class TransportServer:
         for agency in self._agencies:
             js = (await connected(Identity.for_agency(agency))).jetstream(timeout=_TIMEOUT)
             self._js[agency] = js
-            self._subs[agency] = await bind_pull(js, INBOX_STREAM, inbox_consumer(agency))
+            self._subs[agency] = await bind_pull(js, inbox_stream(agency), inbox_consumer(agency))
         assert server.pid is not None
         self.processes = [Watched("nats-server", server.pid), Watched("bench", pid_of_self)]
 

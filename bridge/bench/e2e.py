@@ -1014,7 +1014,13 @@ def _attachment_lines(result: E2EBench) -> list[str]:
 
 def _stream(name: str) -> str:
     """BRIDGE_SUBMIT_x -> submit x, KV_adapter-x -> kv x: a table row fits a terminal."""
-    for prefix, label in (("BRIDGE_SUBMIT_", "submit "), ("KV_adapter-", "kv "), ("BRIDGE_", "")):
+    labels = (
+        ("BRIDGE_SUBMIT_", "submit "),
+        ("BRIDGE_INBOX_", "inbox "),
+        ("KV_adapter-", "kv "),
+        ("BRIDGE_", ""),
+    )
+    for prefix, label in labels:
         if name.startswith(prefix):
             return label + name[len(prefix) :].lower()
     return name

@@ -2,9 +2,9 @@
 
 The inbox's per-message TTL removes an undelivered copy; the store enforces that. What the
 store does not do is tell anyone. So for every copy it routes, the broker keeps a note in
-`BRIDGE_PENDING` (one message per sender, message and recipient, with the copy's inbox sequence
-and expiry, and a TTL of its own). Every `check_seconds` it reads its notes and looks the copy up
-by sequence in the inbox:
+`BRIDGE_PENDING` (one message per sender, message and recipient, with the copy's stream and
+sequence and its expiry, and a TTL of its own). Every `check_seconds` it reads its notes and
+looks the copy up by sequence in the recipient's inbox stream:
 
 - still there, and past the warning point (`warn_fraction` of its time in the inbox): an
   `expiring` status event to the recipient's status subject and an `expiry-warned` audit record;
@@ -35,7 +35,7 @@ from .._cancel import pause
 from ..audit import AuditEvent, AuditKind, audit_msg_id
 from ..errors import TransportError
 from ..nats.provision import PENDING_GRACE
-from ..nats.subjects import INBOX_STREAM, PENDING_STREAM, pending_subject, status_subject
+from ..nats.subjects import PENDING_STREAM, inbox_stream, pending_subject, status_subject
 from ..nats.transport import publish_durable
 from ..wire import Component, DeliveryState, MessageType, StatusEvent, encode_status_event
 from ._nats import status_msg_id
@@ -57,11 +57,15 @@ class PendingNote(msgspec.Struct, frozen=True, kw_only=True):
     recipient: str
     message_type: str
     consent: str
-    seq: int  # the copy's sequence in BRIDGE_INBOX
+    seq: int  # the copy's sequence in `stream`
     routed_at: int
     expires_at: int
     warn_at: int
     state: Literal["waiting", "warned", "done"] = "waiting"
+    # The recipient's inbox stream. Empty in notes written while all recipients shared one
+    # stream, BRIDGE_INBOX: provisioning retires it only once it is empty, so their copies are
+    # gone (taken, or removed at their expiry).
+    stream: str = ""
 
 
 _decoder: Final = msgspec.json.Decoder(PendingNote)
@@ -118,6 +122,7 @@ class ExpiryWatch:
             message_type=message_type,
             consent=consent,
             seq=seq,
+            stream=inbox_stream(recipient),
             routed_at=now,
             expires_at=now + ttl,
             warn_at=now + max(0, int(ttl * self._warn_fraction)),
@@ -168,7 +173,7 @@ class ExpiryWatch:
         broker holds no more than `_WINDOW` notes."""
         async for note in self._notes():
             now = int(self._clock())
-            present = await self._in_inbox(note.seq)
+            present = await self._in_inbox(note)
             if present:
                 if note.state == "waiting" and now >= note.warn_at:
                     await self._warn(note, now)
@@ -210,10 +215,12 @@ class ExpiryWatch:
             return None
         return None if note.state == "done" else note
 
-    async def _in_inbox(self, seq: int) -> bool:
+    async def _in_inbox(self, note: PendingNote) -> bool:
+        if not note.stream:
+            return False  # in the retired shared inbox, so gone
         try:
             async with asyncio.timeout(self._timeout):
-                await self._js.get_msg(INBOX_STREAM, seq=seq)
+                await self._js.get_msg(note.stream, seq=note.seq)
         except nats.js.errors.NotFoundError:
             return False
         except (TimeoutError, nats.errors.Error, OSError) as exc:

@@ -46,13 +46,13 @@ from ..nats.subjects import (
     HDR_CONSENT,
     HDR_NOTICE,
     HDR_SENDER,
-    INBOX_STREAM,
     PENDING_STREAM,
     REGISTRATION_CONSUMER,
     STATUS_STREAM,
     WITHDRAWAL_CONSUMER,
     attach_stream,
     disclosure_subjects_all,
+    inbox_stream,
     inbox_subject,
     status_subject,
     submit_stream,
@@ -268,13 +268,13 @@ class Broker:
             js,
             store_limits(policy.rules),
             [
-                INBOX_STREAM,
                 PENDING_STREAM,
                 STATUS_STREAM,
                 CONSENT_STREAM,
                 AUDIT_STREAM,
                 *(submit_stream(a.id) for a in self._directory.current.agencies()),
                 *(attach_stream(a.id) for a in self._directory.current.agencies()),
+                *(inbox_stream(a.id) for a in self._directory.current.agencies()),
             ],
             wait=self._config.nats.request_timeout_seconds,
         )
@@ -736,8 +736,9 @@ class Broker:
         timeout = self._config.publish_timeout_seconds
         message_id = submission.message_id
         header = verdict.header
-        acks = await _quota_named(
-            publish_all(
+        acks = await publish_all(
+            _quota_named(
+                recipient,
                 publish_durable(
                     js,
                     inbox_subject(recipient),
@@ -746,9 +747,12 @@ class Broker:
                     headers={HDR_CONSENT: verdict.header.consent, HDR_SENDER: submission.sender},
                     ttl=verdict.ttl,
                     timeout=timeout,
-                )
-                for recipient in verdict.recipients
+                    # Never into a stream that is not the recipient's own (the shared inbox of
+                    # earlier versions, until provisioning retires it): held until it is.
+                    expected_stream=inbox_stream(recipient),
+                ),
             )
+            for recipient in verdict.recipients
         )
         routed = DeliveryState.ROUTED
         # Undelivered, the message ends at its own expiry or when the inbox TTL removes it.
@@ -931,14 +935,21 @@ class Broker:
         )
 
 
-async def _quota_named(publishes: Awaitable[_T]) -> _T:
-    """Name a full inbox as the quota it is; the submission waits and is retried."""
+async def _quota_named(recipient: str, publish: Awaitable[_T]) -> _T:
+    """Name a full inbox as the quota it is; the submission waits and is retried.
+
+    Each recipient's inbox is a stream of its own whose limits are its quota (messages and
+    bytes, from all senders together), so a full one means that recipient's quota is reached.
+    The copies already stored for other recipients are stored again under the same ids when
+    the submission comes back, which their streams drop as duplicates.
+    """
     try:
-        return await publishes
+        return await publish
     except TransportError as exc:
         if exc.reason != "transport.stream_full":
             raise
-        reason = "quota.recipient_full" if "per subject" in str(exc) else "quota.inbox_full"
+        which = "bytes" if "bytes" in str(exc) else "messages"
         raise TransportError(
-            "a recipient's inbox is at its quota; the submission waits", reason=reason
+            f"the inbox of {recipient} is at its quota of {which}; the submission waits",
+            reason="quota.recipient_full",
         ) from exc

@@ -29,7 +29,7 @@ from ..consent import Registry
 from ..errors import BridgeError, TransportError
 from ..federation.directory import Directory
 from ..ids import check_agency_id, check_consent_ref, check_message_id
-from ..nats.subjects import HDR_CONSENT, HDR_MSG_ID, HDR_SENDER, INBOX_STREAM, inbox_subject
+from ..nats.subjects import HDR_CONSENT, HDR_MSG_ID, HDR_SENDER, inbox_stream, inbox_subject
 
 __all__ = ["Purged", "WithdrawalHandler", "purge_inbox"]
 
@@ -52,13 +52,13 @@ async def purge_inbox(
     js: JetStreamContext, recipient: str, consent_id: str, wait: float
 ) -> list[Purged]:
     """Delete every copy in `recipient`'s inbox that names `consent_id`; return them."""
-    subject = inbox_subject(recipient)
+    stream, subject = inbox_stream(recipient), inbox_subject(recipient)
     purged: list[Purged] = []
     seq = 1
     for _ in range(_MAX_SCAN):
         try:
             async with asyncio.timeout(wait):
-                msg = await js.get_msg(INBOX_STREAM, seq=seq, subject=subject, next=True)
+                msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
         except nats.js.errors.NotFoundError:
             return purged
         except (TimeoutError, nats.errors.Error, OSError) as exc:
@@ -73,7 +73,7 @@ async def purge_inbox(
             continue
         try:
             async with asyncio.timeout(wait):
-                await js.delete_msg(INBOX_STREAM, msg.seq)
+                await js.delete_msg(stream, msg.seq)
         except nats.js.errors.NotFoundError:
             continue  # taken meanwhile: delivered, not withdrawn
         except (TimeoutError, nats.errors.Error, OSError) as exc:
@@ -129,7 +129,13 @@ class WithdrawalHandler:
         if state is None or not state.withdrawn:
             raise BridgeError("a withdrawal without its record", reason="consent.invalid")
         recipients = state.consent.body.recipients
+        directory = self._directory()
         for recipient in recipients:
+            if not directory.has_agency(recipient):
+                # The broker routes nothing to an agency outside its directory, and it may read
+                # only the inbox streams of the agencies in it.
+                log.info("withdrawal of %s: a recipient is not in the directory", consent_id)
+                continue
             for purged in await purge_inbox(self._js, recipient, consent_id, self._timeout):
                 await self._report(purged)
                 self.purged += 1

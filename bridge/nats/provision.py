@@ -3,11 +3,12 @@
 Run it after every change to the federation: what exists with the wanted settings is left
 alone (its messages too), what is missing is created, and what differs is updated in place.
 Nothing is ever deleted here: an agency that left the federation keeps its consumer and bucket
-until an operator removes them, so no message disappears by accident.
+until an operator removes them, so no message disappears by accident. (The one exception: a
+stream all agencies shared in earlier versions, removed once it is empty; see `_LEGACY`.)
 
 Limits are part of the topology, so the store enforces them: every stream is bounded in bytes
 and message size; work-queue streams refuse new messages when full rather than drop
-undelivered ones; the inbox allows per-message TTLs and has an age backstop.
+undelivered ones; the inboxes allow per-message TTLs and have an age backstop.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from .subjects import (
     AUDIT_STREAM,
     BROKER_CONSUMER,
     CONSENT_STREAM,
-    INBOX_STREAM,
     PENDING_STREAM,
     REGISTRATION_CONSUMER,
     STATUS_STREAM,
@@ -44,8 +44,8 @@ from .subjects import (
     audit_subject,
     consent_subjects_all,
     inbox_consumer,
+    inbox_stream,
     inbox_subject,
-    inbox_subjects_all,
     js_api_prefix,
     kv_bucket,
     kv_stream,
@@ -104,13 +104,14 @@ class ProvisionSettings:
     max_msg_size: int = ENVELOPE_MAX_BYTES + _HEADER_ROOM
     replicas: int = 1
     # Quotas: each sender's submit stream holds at most this many messages and bytes (its
-    # adapter answers 429 beyond), each recipient's inbox at most this many messages (the
-    # broker holds what is over, in the sender's stream). See docs/nats.md.
+    # adapter answers 429 beyond), each recipient's inbox stream at most this many messages and
+    # bytes from all senders together (the broker holds what is over, in the sender's stream).
+    # See docs/nats.md.
     submit_max_msgs: int = 100_000
     inbox_max_msgs_per_recipient: int = 250_000
     submit_max_bytes: int = 1 * _GiB
     submit_max_age: float = 30 * _DAY
-    inbox_max_bytes: int = 1 * _GiB
+    inbox_max_bytes_per_recipient: int = 1 * _GiB
     inbox_max_age: float = 30 * _DAY
     status_max_bytes: int = 256 * _MiB
     status_max_age: float = 30 * _DAY
@@ -173,7 +174,10 @@ class ProvisionSettings:
             raise bad(f"max_msg_size must be at least {ENVELOPE_MAX_BYTES} (one envelope)")
         sizes = {
             "submit_max_bytes": (self.submit_max_bytes, self.max_msg_size),
-            "inbox_max_bytes": (self.inbox_max_bytes, self.max_msg_size),
+            "inbox_max_bytes_per_recipient": (
+                self.inbox_max_bytes_per_recipient,
+                self.max_msg_size,
+            ),
             "status_max_bytes": (self.status_max_bytes, self.status_max_msg_size),
             "audit_max_bytes": (self.audit_max_bytes, self.status_max_msg_size),
             "consent_max_bytes": (self.consent_max_bytes, self.consent_max_msg_size),
@@ -199,11 +203,13 @@ class Action(enum.StrEnum):
     CREATED = "created"
     UPDATED = "updated"
     UNCHANGED = "unchanged"
-    REMOVED = "removed"  # only the empty legacy stream `BRIDGE_SUBMIT`
+    REMOVED = "removed"  # only the empty legacy streams `BRIDGE_SUBMIT` and `BRIDGE_INBOX`
 
 
 _LEGACY_SUBMIT_STREAM = "BRIDGE_SUBMIT"
 """The one submit stream all agencies shared before each got its own; its subjects overlap."""
+_LEGACY_INBOX_STREAM = "BRIDGE_INBOX"
+"""The one inbox stream all recipients shared before each got its own; its subjects overlap."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,27 +307,32 @@ def _attach_stream(s: ProvisionSettings, agency: str) -> api.StreamConfig:
     )
 
 
+def _inbox_stream(s: ProvisionSettings, agency: str) -> api.StreamConfig:
+    # One per recipient: NATS bounds messages per subject but bytes only per stream, so each
+    # recipient's quota is its own stream's limits. Whatever all senders together route to it
+    # stops there; the broker holds the rest in the senders' streams.
+    return api.StreamConfig(
+        name=inbox_stream(agency),
+        description=f"bridge: envelopes routed to {agency}, under its inbox quota",
+        subjects=[inbox_subject(agency)],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        discard=api.DiscardPolicy.NEW,
+        max_msgs=s.inbox_max_msgs_per_recipient,
+        max_bytes=s.inbox_max_bytes_per_recipient,
+        max_age=s.inbox_max_age,
+        max_msg_size=s.max_msg_size,
+        duplicate_window=s.duplicate_window,
+        allow_msg_ttl=True,
+        storage=api.StorageType.FILE,
+        num_replicas=s.replicas,
+    )
+
+
 def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamConfig]:
     return [
         *(_submit_stream(s, agency) for agency in agencies),
         *(_attach_stream(s, agency) for agency in agencies),
-        api.StreamConfig(
-            name=INBOX_STREAM,
-            description="bridge: routed envelopes, one consumer per recipient agency",
-            subjects=[inbox_subjects_all()],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            discard=api.DiscardPolicy.NEW,
-            # Per recipient: a sender cannot fill another agency's inbox beyond its quota.
-            max_msgs_per_subject=s.inbox_max_msgs_per_recipient,
-            discard_new_per_subject=True,
-            max_bytes=s.inbox_max_bytes,
-            max_age=s.inbox_max_age,
-            max_msg_size=s.max_msg_size,
-            duplicate_window=s.duplicate_window,
-            allow_msg_ttl=True,
-            storage=api.StorageType.FILE,
-            num_replicas=s.replicas,
-        ),
+        *(_inbox_stream(s, agency) for agency in agencies),
         api.StreamConfig(
             name=STATUS_STREAM,
             description="bridge: status events for senders and operations",
@@ -441,7 +452,9 @@ def _consumers(
         wanted.append(
             (submit_stream(agency), _consumer(s, BROKER_CONSUMER, submit_subject(agency)))
         )
-        wanted.append((INBOX_STREAM, _consumer(s, inbox_consumer(agency), inbox_subject(agency))))
+        wanted.append(
+            (inbox_stream(agency), _consumer(s, inbox_consumer(agency), inbox_subject(agency)))
+        )
         wanted.append((STATUS_STREAM, _consumer(s, status_consumer(agency), status_filter(agency))))
     return wanted
 
@@ -598,14 +611,12 @@ async def _ensure_kv(js: JetStreamContext, s: ProvisionSettings, agency: str) ->
         return Change("kv", bucket, Action.UPDATED, fields)
 
 
-async def _retire_legacy_submit(js: JetStreamContext) -> Change | None:
-    """Remove the shared submit stream of earlier versions if it is empty; refuse otherwise.
+async def _retire_legacy(js: JetStreamContext, name: str, held: str, reason: str) -> Change | None:
+    """Remove a stream all agencies shared in earlier versions if it is empty; refuse otherwise.
 
-    Its subjects (`bridge.submit.*`) overlap every per-agency submit stream, so they cannot
-    be created beside it. A submission still in it must be routed first (run the broker of
-    the earlier version until the stream is empty), never dropped.
+    Its subjects overlap the per-agency streams that replace it, so those cannot be created
+    beside it. What it still holds must be taken by the earlier version first, never dropped.
     """
-    name = _LEGACY_SUBMIT_STREAM
     with _translated(f"stream {name}"):
         try:
             info = await js.stream_info(name)
@@ -614,11 +625,26 @@ async def _retire_legacy_submit(js: JetStreamContext) -> Change | None:
         if info.state.messages:
             raise ConfigError(
                 f"stream {name} (shared by all agencies in earlier versions) still holds "
-                f"{info.state.messages} submissions; let the earlier broker route them first",
-                reason="provision.legacy_submit",
+                f"{info.state.messages} {held} first",
+                reason=reason,
             )
         await js.delete_stream(name)
         return Change("stream", name, Action.REMOVED)
+
+
+_LEGACY = (
+    (
+        _LEGACY_SUBMIT_STREAM,
+        "submissions; let the earlier broker route them",
+        "provision.legacy_submit",
+    ),
+    (
+        _LEGACY_INBOX_STREAM,
+        "routed messages; stop the brokers and let the agencies' adapters of the earlier "
+        "version take them",
+        "provision.legacy_inbox",
+    ),
+)
 
 
 async def provision(
@@ -638,7 +664,16 @@ async def provision(
     federation = check_federation(agencies)
     s = settings or ProvisionSettings()
     check_leaf_agencies(s.leaf_agencies, federation)
-    retired = await _patiently(functools.partial(_retire_legacy_submit, js), unavailable_wait)
+    retired = [
+        change
+        for name, held, reason in _LEGACY
+        if (
+            change := await _patiently(
+                functools.partial(_retire_legacy, js, name, held, reason), unavailable_wait
+            )
+        )
+        is not None
+    ]
     steps: list[Callable[[], Awaitable[Change]]] = [
         functools.partial(_ensure_stream, js, stream) for stream in _streams(s, federation)
     ]
@@ -648,7 +683,7 @@ async def provision(
     ]
     steps += [functools.partial(_ensure_kv, js, s, agency) for agency in federation]
     changes = [await _patiently(step, unavailable_wait) for step in steps]
-    return ProvisionReport(tuple(([retired] if retired else []) + changes))
+    return ProvisionReport(tuple(retired + changes))
 
 
 async def provision_leaf(

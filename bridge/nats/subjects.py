@@ -10,9 +10,13 @@ Topology (one JetStream account, created by `bridge.nats.provision`):
   each (several brokers share them). JetStream deduplicates by `Nats-Msg-Id` per stream,
   whoever published, so a stream shared by several agencies would let one of them pre-empt
   another's id; with one stream per sender, only the sender itself can.
-- stream `BRIDGE_INBOX`, subjects `bridge.inbox.<recipient>`: routed envelopes; work queue
-  with per-message TTL (the retention limit of the message type); one durable consumer
-  `inbox-<recipient>` per agency, filtered on its own subject. Only the broker publishes here.
+- one stream `BRIDGE_INBOX_<recipient>` per agency, subject `bridge.inbox.<recipient>`: the
+  envelopes routed to that agency; work queue with per-message TTL (the retention limit of the
+  message type); one durable consumer `inbox-<recipient>`. Only the broker publishes there. One
+  stream per recipient because NATS bounds bytes per stream, not per subject: each stream's
+  `max_msgs` and `max_bytes` are that recipient's quota, so nobody can fill its inbox beyond
+  them. (Earlier versions kept every inbox in one stream `BRIDGE_INBOX`; provisioning retires
+  it once it is empty.)
 - stream `BRIDGE_STATUS`, subjects `bridge.status.<sender>.<message-id>`: status events the
   broker reports back to senders; one durable consumer `status-<sender>` per agency. Only the
   broker publishes there. The same stream keeps `bridge.report.<agency>.<message-id>`: what an
@@ -66,7 +70,7 @@ __all__ = [
     "HDR_SENDER",
     "HDR_TTL",
     "HUB_DOMAIN",
-    "INBOX_STREAM",
+    "INBOX_STREAM_PREFIX",
     "OUTBOX_STREAM_PREFIX",
     "PENDING_STREAM",
     "REGISTRATION_CONSUMER",
@@ -99,6 +103,7 @@ __all__ = [
     "in_domain",
     "inbox_consumer",
     "inbox_edit_subjects",
+    "inbox_stream",
     "inbox_subject",
     "inbox_subjects_all",
     "js_api_prefix",
@@ -133,7 +138,7 @@ __all__ = [
 
 SUBMIT_STREAM_PREFIX = "BRIDGE_SUBMIT_"
 ATTACH_STREAM_PREFIX = "BRIDGE_ATTACH_"
-INBOX_STREAM = "BRIDGE_INBOX"
+INBOX_STREAM_PREFIX = "BRIDGE_INBOX_"
 OUTBOX_STREAM_PREFIX = "BRIDGE_OUTBOX_"
 HUB_DOMAIN = "hub"
 """The JetStream domain of the hub (the embedded server with leaf nodes, or the cluster): its
@@ -222,6 +227,11 @@ def leaf_deliver_prefix(agency: str) -> str:
 
 def inbox_subject(recipient: str) -> str:
     return f"{_PREFIX}.inbox.{check_agency_id(recipient)}"
+
+
+def inbox_stream(recipient: str) -> str:
+    """The stream of what is routed to `recipient`: its inbox, under its own quota."""
+    return f"{INBOX_STREAM_PREFIX}{check_agency_id(recipient)}"
 
 
 def inbox_subjects_all() -> str:
@@ -407,11 +417,13 @@ def consent_read_subjects() -> tuple[str, ...]:
     return (f"{_JS_API}.DIRECT.GET.{CONSENT_STREAM}.{_PREFIX}.consent.>",)
 
 
-def inbox_edit_subjects() -> tuple[str, ...]:
-    """Read single inbox messages and delete them by sequence (the broker, on withdrawal)."""
-    return (
-        f"{_JS_API}.STREAM.MSG.GET.{INBOX_STREAM}",
-        f"{_JS_API}.STREAM.MSG.DELETE.{INBOX_STREAM}",
+def inbox_edit_subjects(federation: Sequence[str]) -> tuple[str, ...]:
+    """Read single inbox messages (expiry, withdrawal) and delete them by sequence (withdrawal),
+    in the inbox stream of each agency of the federation (the broker)."""
+    return tuple(
+        f"{_JS_API}.STREAM.MSG.{verb}.{inbox_stream(agency)}"
+        for agency in federation
+        for verb in ("GET", "DELETE")
     )
 
 
@@ -422,7 +434,7 @@ def ops_read_api_subjects(federation: Sequence[str]) -> tuple[str, ...]:
     return (
         *status_stream_read_subjects(),
         *(f"{_JS_API}.CONSUMER.INFO.{submit_stream(a)}.{BROKER_CONSUMER}" for a in federation),
-        f"{_JS_API}.CONSUMER.INFO.{INBOX_STREAM}.*",
+        *(f"{_JS_API}.CONSUMER.INFO.{inbox_stream(a)}.{inbox_consumer(a)}" for a in federation),
     )
 
 
@@ -493,7 +505,7 @@ def stream_settings_subjects(federation: Sequence[str]) -> tuple[str, ...]:
     streams = (
         *(submit_stream(agency) for agency in federation),
         *(attach_stream(agency) for agency in federation),
-        INBOX_STREAM,
+        *(inbox_stream(agency) for agency in federation),
         STATUS_STREAM,
         CONSENT_STREAM,
     )
@@ -501,12 +513,12 @@ def stream_settings_subjects(federation: Sequence[str]) -> tuple[str, ...]:
 
 
 def pending_write_subjects() -> tuple[str, ...]:
-    """The broker's own pending-delivery notes, and a look into the inbox by sequence."""
+    """The broker's own pending-delivery notes (it looks into the inboxes by sequence with
+    `inbox_edit_subjects`)."""
     return (
         pending_subjects_all(),
         f"{_JS_API}.STREAM.INFO.{PENDING_STREAM}",
         f"{_JS_API}.DIRECT.GET.{PENDING_STREAM}",
-        f"{_JS_API}.STREAM.MSG.GET.{INBOX_STREAM}",
     )
 
 

@@ -28,10 +28,10 @@ from .._cancel import pause, raise_if_cancelling
 from ..nats.backoff import Backoff
 from ..nats.subjects import (
     BROKER_CONSUMER,
-    INBOX_STREAM,
     STATUS_STREAM,
     heartbeat_subjects_all,
     inbox_consumer,
+    inbox_stream,
     report_subjects_all,
     status_subjects_all,
     submit_stream,
@@ -203,7 +203,7 @@ class Follower:
     async def poll_backlogs(self) -> None:
         while True:
             for agency in self._state.agencies:
-                backlog = await self._backlog(INBOX_STREAM, inbox_consumer(agency))
+                backlog = await self._backlog(inbox_stream(agency), inbox_consumer(agency))
                 if backlog is None:
                     self._state.inboxes.pop(agency, None)
                 else:

@@ -23,7 +23,7 @@ from ..nats.subjects import (
     ATTACH_STREAM_PREFIX,
     AUDIT_STREAM,
     CONSENT_STREAM,
-    INBOX_STREAM,
+    INBOX_STREAM_PREFIX,
     PENDING_STREAM,
     STATUS_STREAM,
     SUBMIT_STREAM_PREFIX,
@@ -44,7 +44,7 @@ def store_limits(rules: PolicyRules) -> tuple[StoreLimit, ...]:
         StoreLimit(SUBMIT_STREAM_PREFIX, f"{_LONGEST} max_lifetime", lifetime),
         # Attachment chunks live as long as their message at most (each has its TTL too).
         StoreLimit(ATTACH_STREAM_PREFIX, f"{_LONGEST} max_lifetime", lifetime),
-        StoreLimit(INBOX_STREAM, f"{_LONGEST} inbox_ttl", inbox),
+        StoreLimit(INBOX_STREAM_PREFIX, f"{_LONGEST} inbox_ttl", inbox),
         StoreLimit(PENDING_STREAM, f"{_LONGEST} inbox_ttl, plus a day", inbox + PENDING_GRACE),
         StoreLimit(STATUS_STREAM, "[retention] status", rules.retention.status),
         StoreLimit(CONSENT_STREAM, "[retention] consent", rules.retention.consent),
