@@ -22,17 +22,34 @@ from adapter_helpers import (
     SUCHT,
     Agency,
     agency_seed,
+    eventually,
     fed,
+    keyring,
     make_agency,
+    put_in_inbox,
     referral_request,
+    seal_to,
     submitted,
 )
+from aiohttp import web
 from consent_helpers import consent_body, signed_consent
+from envelope_helpers import CONSENT
 
 from bridge.adapters.form import render_form
 from bridge.adapters.service import Adapter
+from bridge.config import DeliveryConfig
 from bridge.consent import Registry
-from bridge.wire import DataCategory, Purpose
+from bridge.crypto import open_envelope
+from bridge.ids import new_message_id
+from bridge.nats.subjects import submit_stream
+from bridge.wire import (
+    ConsentRevoked,
+    DataCategory,
+    DeletionConfirmed,
+    Purpose,
+    decode_body,
+    encode_body,
+)
 
 CASE_FILE = "AZ 4711/26-Müller"  # the local reference: personal data, must stay in the adapter
 
@@ -343,3 +360,119 @@ def test_the_form_escapes_what_it_shows() -> None:
     body = consent_body(federation(), purposes=["x-<script>"])
     page = render_form(body, federation().directory, "en")
     assert "<script>" not in page
+
+
+async def test_a_webhook_system_confirms_a_deletion_by_its_answer_or_by_a_call(
+    tmp_path: Path, nats_env: Any
+) -> None:
+    """The recipient's side of a withdrawal, in webhook mode: the notice is pushed; an answer
+    `{"deleted": true}` sends the signed confirmation at once, any other answer does not, and a
+    later `POST /v1/inbox/{id}/deleted` does. Each confirmation names its notice and messages
+    and is signed by the recipient for the issuer."""
+    answers: dict[str, web.Response] = {}
+    pushed: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        payload = json.loads(await request.read())
+        pushed.append(payload["message_id"])
+        return answers.get(payload["message_id"], web.Response(status=204))
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    secret = tmp_path / "webhook.secret"
+    secret.write_bytes(b"0123456789abcdef0123456789abcdef\n")
+    agency = make_agency(
+        tmp_path,
+        nats_env.url,
+        agency_seed(nats_env, SUCHT),
+        SUCHT,
+        delivery=DeliveryConfig(
+            mode="webhook",
+            webhook_url=f"http://{host}:{port}/hook",
+            webhook_secret_file=str(secret),
+            backoff_initial_seconds=0.05,
+            backoff_max_seconds=0.2,
+        ),
+    )
+    admin = await nats_env.admin()
+    said_deleted, said_nothing = new_message_id(), new_message_id()
+    answers[said_deleted] = web.json_response({"received": True, "deleted": True})
+    answers[said_nothing] = web.json_response({"received": True, "deleted": "yes"})
+    # In inbox order: the notice answered without `deleted` first, so that by the time the
+    # second one's confirmation is there, a wrong confirmation of the first would be too.
+    received = {said_nothing: [new_message_id()], said_deleted: [new_message_id()]}
+    try:
+        async with Adapter(agency.config) as adapter, aiohttp.ClientSession() as http:
+            for notice, messages in received.items():
+                body = ConsentRevoked(
+                    consent=CONSENT,
+                    withdrawn_at=datetime.datetime.now(datetime.UTC),
+                    messages=tuple(messages),
+                )
+                envelope = seal_to(
+                    SUCHT,
+                    plaintext=encode_body(body),
+                    message_type="consent-revoked",
+                    message_id=notice,
+                    purpose="delivery-confirmation",
+                    categories=("delivery-metadata",),
+                )
+                await put_in_inbox(admin, SUCHT, envelope, notice)
+
+            async def confirmations() -> dict[str, tuple[str, DeletionConfirmed]] | None:
+                found = await _confirmations(admin)
+                return found if said_deleted in found else None
+
+            first = await eventually(confirmations, what="the answer's confirmation")
+            await eventually(
+                lambda: _true(set(received) <= set(pushed)), what="both notices pushed"
+            )
+            assert said_nothing not in await _confirmations(admin)
+            url = f"{adapter.url}/v1/inbox/{said_nothing}/deleted"
+            async with http.post(url, headers=agency.auth("inbox:ack")) as r:
+                assert r.status == 200, await r.text()
+                called = (await r.json())["message_id"]
+            async with http.post(url, headers=agency.auth("inbox:ack")) as r:  # a retry
+                assert (r.status, (await r.json())["message_id"]) == (200, called)
+            unknown = f"{adapter.url}/v1/inbox/{new_message_id()}/deleted"
+            async with http.post(unknown, headers=agency.auth("inbox:ack")) as r:
+                assert (r.status, (await r.json())["code"]) == (404, "notice.unknown")
+    finally:
+        await runner.cleanup()
+    found = await _confirmations(admin)
+    assert set(found) == set(received)
+    assert found[said_deleted][0] == first[said_deleted][0]
+    assert found[said_nothing][0] == called
+    for notice, (_, confirmation) in found.items():
+        assert confirmation.in_reply_to == notice
+        assert confirmation.consent == CONSENT
+        assert list(confirmation.messages) == received[notice]
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _confirmations(admin: Any) -> dict[str, tuple[str, DeletionConfirmed]]:
+    """Notice id -> (message id, body) of each deletion confirmation the counselling service
+    submitted, opened as the Jobcenter (signature checked against the directory)."""
+    found: dict[str, tuple[str, DeletionConfirmed]] = {}
+    info = await admin.js.stream_info(submit_stream(SUCHT))
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        if not info.state.messages:
+            break
+        msg = await admin.js.get_msg(submit_stream(SUCHT), seq)
+        opened = open_envelope(msg.data, keyring(JOBCENTER), fed().directory)
+        if opened.header.type != "deletion-confirmed":
+            continue
+        body = decode_body("deletion-confirmed", opened.plaintext)
+        assert isinstance(body, DeletionConfirmed)
+        assert opened.header.sender == SUCHT
+        assert opened.header.reply_to == body.in_reply_to
+        found[body.in_reply_to] = (opened.header.id, body)
+    return found
