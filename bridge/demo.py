@@ -251,17 +251,21 @@ class _Journey:
             f"form: /v1/consents/{self.consent_id}/form)"
         )
 
-    async def submit(self) -> None:
-        referral = demo_referral()
-        consent = self.consent_id
+    def referral_request(self, referral: Referral, recipients: tuple[str, ...]) -> bytes:
+        """`POST /v1/messages` of a referral under the demo's consent."""
         request = {
             "type": "referral",
-            "recipients": list(RECIPIENTS),
-            "consent": consent,
+            "recipients": list(recipients),
+            "consent": self.consent_id,
             "purpose": Purpose.INTEGRATION_SUPPORT.value,
             "categories": list(_CATEGORIES),
             "body": referral,
         }
+        return msgspec.json.encode(request)
+
+    async def submit(self) -> None:
+        referral = demo_referral()
+        consent = self.consent_id
         client = referral.client
         self._say(f"Referral from {SENDER} to {WEBHOOK_RECIPIENT} and {PULL_RECIPIENT}")
         self._say(
@@ -270,7 +274,7 @@ class _Journey:
         _, accepted = await self._sender.call(
             "POST",
             "/v1/messages",
-            body=msgspec.json.encode(request),
+            body=self.referral_request(referral, RECIPIENTS),
             headers={"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())},
             ok=(202,),
         )
@@ -342,39 +346,81 @@ class _Journey:
 
 
 class _Withdrawal:
-    """`bridge demo --withdraw`: the client withdraws the consent; watch what follows."""
+    """`bridge demo --withdraw`: the client withdraws the consent; watch what follows.
+
+    The times shown are how long after the `DELETE` the demo saw each effect; it looks every
+    0.2 s, so each is an upper bound.
+    """
 
     def __init__(self, journey: _Journey) -> None:
         self._j = journey
+        self._waiting = ""  # a second referral, left waiting in the pull inbox
+        self._since = 0.0  # when the withdrawal was sent (monotonic)
+
+    def _after(self) -> str:
+        return f"seen {time.monotonic() - self._since:.2f} s after the withdrawal"
+
+    async def _pull_inbox(self) -> list[Any]:
+        _, listing = await self._j._puller.call("GET", "/v1/inbox")
+        return list(listing.get("items", []))
+
+    async def waiting(self) -> None:
+        j = self._j
+        _, accepted = await j._sender.call(
+            "POST",
+            "/v1/messages",
+            body=j.referral_request(demo_referral(), (PULL_RECIPIENT,)),
+            headers={"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())},
+            ok=(202,),
+        )
+        self._waiting = str(accepted["message_id"])
+
+        async def listed() -> bool | None:
+            ids = [i.get("message_id") for i in await self._pull_inbox()]
+            return True if self._waiting in ids else None
+
+        await j._until(f"the second referral in {PULL_RECIPIENT}'s inbox", listed)
+        j._say(
+            f"6. waiting     a second referral under it ({self._waiting}) waits in "
+            f"{PULL_RECIPIENT}'s inbox; its local system has not taken it"
+        )
 
     async def withdraw(self) -> None:
         j = self._j
+        self._since = time.monotonic()
         _, view = await j._sender.call("DELETE", f"/v1/consents/{j.consent_id}")
         j._say(
-            f"6. withdrawn   the client withdrew consent {j.consent_id}: {SENDER}'s adapter "
+            f"7. withdrawn   the client withdrew consent {j.consent_id}: {SENDER}'s adapter "
             f"stored a signed withdrawal ({view.get('withdrawn_at')}); nothing is overwritten"
         )
 
     async def refused(self) -> None:
         j = self._j
-        request = {
-            "type": "referral",
-            "recipients": list(RECIPIENTS),
-            "consent": j.consent_id,
-            "purpose": Purpose.INTEGRATION_SUPPORT.value,
-            "categories": list(_CATEGORIES),
-            "body": demo_referral(),
-        }
         _, problem = await j._sender.call(
             "POST",
             "/v1/messages",
-            body=msgspec.json.encode(request),
+            body=j.referral_request(demo_referral(), RECIPIENTS),
             headers={"Content-Type": "application/json"},
             ok=(422,),
         )
         j._say(
-            f"7. refused     a new referral under it: 422 [{problem.get('code')}] at the "
+            f"8. refused     a new referral under it: 422 [{problem.get('code')}] at the "
             "adapter; the broker would refuse it the same way"
+        )
+
+    async def removed(self) -> None:
+        j = self._j
+
+        async def gone() -> bool | None:
+            if self._waiting in [i.get("message_id") for i in await self._pull_inbox()]:
+                return None
+            _, status = await j._sender.call("GET", f"/v1/messages/{self._waiting}")
+            return True if "withdrawn" in _states(status, PULL_RECIPIENT) else None
+
+        await j._until(f"the waiting referral removed from {PULL_RECIPIENT}'s inbox", gone)
+        j._say(
+            f"9. removed     the waiting referral left {PULL_RECIPIENT}'s inbox undelivered; "
+            f"{SENDER}'s timeline shows it withdrawn [consent.withdrawn] ({self._after()})"
         )
 
     async def notices(self) -> tuple[str, str]:
@@ -400,24 +446,27 @@ class _Withdrawal:
             return None
 
         webhook = await j._until(f"the notice to {WEBHOOK_RECIPIENT}", pushed)
+        j._say(
+            f"10. notified   {WEBHOOK_RECIPIENT}'s local system got a signed consent-revoked "
+            f"notice naming {', '.join(webhook['body']['messages'])} ({self._after()})"
+        )
         pull = await j._until(f"the notice in {PULL_RECIPIENT}'s inbox", pulled)
-        for agency, notice in ((WEBHOOK_RECIPIENT, webhook), (PULL_RECIPIENT, pull)):
-            j._say(
-                f"8. notified    {agency}'s local system got a signed consent-revoked notice "
-                f"naming {', '.join(notice['body']['messages'])}"
-            )
+        j._say(
+            f"10. notified   {PULL_RECIPIENT}'s local system got a signed consent-revoked "
+            f"notice naming {', '.join(pull['body']['messages'])} ({self._after()})"
+        )
         return str(webhook["message_id"]), str(pull["message_id"])
 
     async def deleted(self, webhook_notice: str, pull_notice: str) -> None:
         j = self._j
         j._say(
-            f"9. deleted     {WEBHOOK_RECIPIENT}'s local system (the demo sink) answered the "
+            f"11. deleted    {WEBHOOK_RECIPIENT}'s local system (the demo sink) answered the "
             'notice\'s webhook call with {"deleted": true}; its adapter sent a signed deletion '
             "confirmation back"
         )
         await j._puller.call("POST", f"/v1/inbox/{pull_notice}/deleted")
         j._say(
-            f"9. deleted     {PULL_RECIPIENT}'s local system deleted the data and confirmed with "
+            f"11. deleted    {PULL_RECIPIENT}'s local system deleted the data and confirmed with "
             "POST /v1/inbox/{id}/deleted; its adapter sent a signed deletion confirmation back"
         )
 
@@ -434,7 +483,7 @@ class _Withdrawal:
             return view if done >= set(RECIPIENTS) else None
 
         view = await j._until("both deletion confirmations at the Jobcenter", check)
-        j._say(f"10. consent    {j.consent_id} as {SENDER} sees it: {view.get('state')}")
+        j._say(f"12. consent    {j.consent_id} as {SENDER} sees it: {view.get('state')}")
         for event in view.get("events", []):
             who = event.get("recipient") or "(all)"
             j._say(f"     {event.get('at', '?'):<32} {event.get('state', '?'):<18} {who}")
@@ -445,8 +494,9 @@ async def run_demo(
 ) -> str:
     """Run the demo against a running stack; return the message id. Raises `DemoFailed`.
 
-    With `withdraw`, the client then withdraws the consent and the demo shows, step by step,
-    the refusal of new messages, the notices, the local deletions and their confirmations.
+    With `withdraw`, a second referral is left waiting in the pull inbox, the client withdraws
+    the consent, and the demo shows, step by step, the refusal of new messages, the waiting
+    referral removed undelivered, the notices, the local deletions and their confirmations.
     """
 
     def say(text: str) -> None:
@@ -463,8 +513,10 @@ async def run_demo(
         await journey.receipted()
         if withdraw:
             steps = _Withdrawal(journey)
+            await steps.waiting()
             await steps.withdraw()
             await steps.refused()
+            await steps.removed()
             notices = await steps.notices()
             await steps.deleted(*notices)
             await steps.confirmed()

@@ -366,9 +366,21 @@ async def test_the_demo_shows_a_withdrawal_step_by_step(e2e: E2E) -> None:
     out = io.StringIO()
     await run_demo(e2e.stack, out, patience=DEADLINE, withdraw=True)
     text = out.getvalue()
-    for step in ("6. withdrawn", "7. refused", "8. notified", "9. deleted", "10. consent"):
-        assert step in text, text
-    assert "[consent.withdrawn]" in text
+    steps = (
+        "6. waiting",
+        "7. withdrawn",
+        "8. refused",
+        "9. removed",
+        "10. notified",
+        "11. deleted",
+        "12. consent",
+    )
+    at = [text.find(step) for step in steps]
+    assert -1 not in at, text
+    assert at == sorted(at), text
+    assert "422 [consent.withdrawn]" in text
+    assert "shows it withdrawn [consent.withdrawn]" in text
+    assert text.count("s after the withdrawal") == 3  # removed, and both notices
     assert text.count("deletion-confirmed") == 2
     assert (
         "Done: consent withdrawn, deletion confirmed by suchtberatung-unna and spdi-unna." in text
