@@ -2,8 +2,9 @@
 quota, the broker says why it waits, and the other agencies keep flowing.
 
 Quotas are limits of the store itself (ProvisionSettings): each sender's submit stream holds at
-most `submit_max_msgs` messages and `submit_max_bytes` bytes, and each recipient's inbox at most
-`inbox_max_msgs_per_recipient` messages. Small quotas here make the flood short.
+most `submit_max_msgs` messages and `submit_max_bytes` bytes, and each recipient's inbox stream at
+most `inbox_max_msgs_per_recipient` messages and `inbox_max_bytes_per_recipient` bytes. Small
+quotas here make the flood short.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from adapter_helpers import (
     fed,
     make_agency,
     referral_request,
+    seal_to,
 )
 from nats.js import api
 from policy_helpers import POLICY, signed_policy
@@ -38,10 +40,17 @@ from bridge.config import (
     NatsClientConfig,
 )
 from bridge.errors import TransportError
+from bridge.ids import new_message_id
 from bridge.nats.identities import Identity
 from bridge.nats.provision import Action, ProvisionSettings
-from bridge.nats.subjects import inbox_stream, inbox_subject, submit_stream, submit_subject
-from bridge.nats.transport import publish_durable
+from bridge.nats.subjects import (
+    inbox_consumer,
+    inbox_stream,
+    inbox_subject,
+    submit_stream,
+    submit_subject,
+)
+from bridge.nats.transport import bind_pull, fetch, publish_durable
 
 QUOTA = 3
 # The demo policy, and for this test only: the social-psychiatric service may refer back.
@@ -238,3 +247,88 @@ async def test_a_sender_at_its_byte_quota_is_refused_as_full_and_the_others_are_
     other = await nats_env_unprovisioned.connect(Identity.for_agency(SPDI))
     ack = await publish_durable(other.js, submit_subject(SPDI), payload, msg_id=str(uuid.uuid4()))
     assert ack.stream == submit_stream(SPDI)
+
+
+async def test_a_recipients_byte_quota_holds_the_excess_until_it_drains(
+    nats_env_unprovisioned: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One sender floods a recipient with large messages: the recipient's inbox stream stays
+    within its bytes while far below its message quota, the rest waits in the sender's stream
+    (the broker says why), another recipient still gets its message, and once the recipient
+    takes what it holds, everything arrives, each message once."""
+    env = nats_env_unprovisioned
+    quota = ProvisionSettings().max_msg_size  # the smallest byte quota allowed: one largest message
+    await env.provision(
+        settings=ProvisionSettings(
+            inbox_max_bytes_per_recipient=quota, inbox_max_msgs_per_recipient=50
+        )
+    )
+    flooder = await env.connect(Identity.for_agency(JOBCENTER))
+    flood: list[str] = []
+    for _ in range(5):  # each envelope ~40% of the quota: two fit, five do not
+        message_id = new_message_id()
+        envelope = seal_to(SUCHT, plaintext=b"\0" * (quota * 4 // 10), message_id=message_id)
+        await publish_durable(flooder.js, submit_subject(JOBCENTER), envelope, msg_id=message_id)
+        flood.append(message_id)
+
+    caplog.set_level(logging.WARNING, logger="bridge.broker")
+    site = Site(env, tmp_path, aiohttp.ClientSession())
+    try:
+        broker = await site.start_broker()
+
+        async def inbox_full() -> bool:
+            return "the inbox of suchtberatung-unna is at its quota of bytes" in caplog.text
+
+        await eventually(
+            inbox_full, what="the broker holding the flood at the byte quota", within=60.0
+        )
+        assert "quota.recipient_full" in caplog.text
+        admin = await env.admin()
+        state = (await admin.js.stream_info(inbox_stream(SUCHT))).state
+        assert state.messages == 2  # far below the message quota of 50
+        assert state.bytes <= quota
+        # The excess waits in the sender's own stream: nothing lost, nothing rejected.
+        assert await site.waiting(submit_stream(JOBCENTER), submit_subject(JOBCENTER)) == 3
+        assert broker.statistics().rejected == {}
+
+        # Another recipient's traffic flows meanwhile, even from the flooder.
+        other = new_message_id()
+        await publish_durable(
+            flooder.js,
+            submit_subject(JOBCENTER),
+            seal_to(SPDI, message_id=other),
+            msg_id=other,
+        )
+
+        async def other_routed() -> bool:
+            info = await admin.js.stream_info(inbox_stream(SPDI))
+            return int(info.state.messages) == 1
+
+        await eventually(other_routed, what="the other recipient's message routed", within=60.0)
+        assert (await admin.js.stream_info(inbox_stream(SUCHT))).state.messages == 2
+
+        # The recipient takes what it holds; the rest follows, never beyond the quota.
+        recipient = await env.connect(Identity.for_agency(SUCHT))
+        sub = await bind_pull(recipient.js, inbox_stream(SUCHT), inbox_consumer(SUCHT))
+        taken: list[str] = []
+
+        async def all_taken() -> bool:
+            stored = (await admin.js.stream_info(inbox_stream(SUCHT))).state.bytes
+            assert stored <= quota
+            for msg in await fetch(sub, 4, 1.0):
+                taken.append(msg.headers["Nats-Msg-Id"])
+                await msg.ack_sync()
+            return len(taken) >= len(flood)
+
+        await eventually(all_taken, what="the whole flood delivered", within=120.0)
+        assert sorted(taken) == sorted(f"{JOBCENTER}.{m}.{SUCHT}" for m in flood)  # each once
+
+        async def settled() -> bool:
+            return broker.statistics().routed == len(flood) + 1
+
+        await eventually(settled, what="every submission routed", within=60.0)
+        assert await site.waiting(submit_stream(JOBCENTER), submit_subject(JOBCENTER)) == 0
+        assert (await admin.js.stream_info(inbox_stream(SUCHT))).state.messages == 0
+        assert await fetch(sub, 4, 1.0) == []  # and no second copy of any
+    finally:
+        await site.close()
