@@ -106,6 +106,14 @@ class ConsentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     enforce: bool = True
 
 
+class QuotaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How many rejections one sender may cause at this broker (docs/broker.md, "Quotas"):
+    `rejection_burst` at once, then `rejections_per_minute`; beyond that its submissions wait."""
+
+    rejections_per_minute: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 60
+    rejection_burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 600
+
+
 class ExpiryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """How the broker watches undelivered inbox copies (docs/broker.md, "Expiry").
 
@@ -132,6 +140,7 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     policy: PolicyConfig
     expiry: ExpiryConfig = msgspec.field(default_factory=ExpiryConfig)
     consent: ConsentConfig = msgspec.field(default_factory=ConsentConfig)
+    quota: QuotaConfig = msgspec.field(default_factory=QuotaConfig)
     limits: Limits = msgspec.field(default_factory=Limits)
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=256)] = 32
     publish_timeout_seconds: _Seconds = 10

@@ -35,6 +35,7 @@ from envelope_helpers import (
     seal_referral,
 )
 from policy_helpers import POLICY, legacy_fault_line, signed_legacy_policy, signed_policy
+from prometheus_client import generate_latest
 
 from bridge.audit import generate_audit_key
 from bridge.broker import Broker, BrokerStatistics, parse_submission
@@ -840,3 +841,32 @@ async def test_a_broker_does_not_start_without_a_good_policy(
     with pytest.raises(SignedPolicyError) as info:
         make_broker(path)
     assert info.value.reason == "policy.missing"
+
+
+async def test_a_sender_over_its_rejection_budget_waits_while_the_others_are_routed(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    """Each rejection writes a status event and an audit record, and the audit trail is shared:
+    a sender may cause only so many, then its submissions wait in its own stream."""
+    flooder = await Agency.connect(nats_env, COUNSELLING)
+    for _ in range(6):
+        await flooder.submit(b"certainly not an envelope", new_message_id())
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    good = new_message_id()
+    await jobcenter.submit(referral(fed, good), good)
+    budget = "\n[quota]\nrejections_per_minute = 1\nrejection_burst = 2\n"
+    async with make_broker(write_config(tmp_path, nats_env, fed, extra=budget)) as broker:
+
+        def held() -> bool:
+            stats = broker.statistics()
+            return stats.routed == 1 and stats.over_budget >= 4
+
+        await wait_for("the good one routed and the flood held", held)
+        stats = broker.statistics()
+        metrics = generate_latest(broker.metrics.registry).decode()
+    assert stats.rejected == {"envelope.malformed": 2}
+    assert f'bridge_broker_over_rejection_budget_total{{sender="{COUNSELLING}"}}' in metrics
+    assert len(await flooder.statuses()) == 2  # told of the two it was rejected for
+    admin = await nats_env.admin()
+    waiting = await admin.js.stream_info(submit_stream(COUNSELLING))
+    assert waiting.state.messages == 4  # nothing lost: they wait for its budget to refill

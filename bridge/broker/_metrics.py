@@ -38,6 +38,12 @@ class BrokerMetrics:
             "Submissions handed back for a retry after a transport error",
             registry=r,
         )
+        self.over_budget = Counter(
+            "bridge_broker_over_rejection_budget",
+            "Submissions handed back because their sender has caused its rejections for now",
+            ("sender",),
+            registry=r,
+        )
         self.route_latency = Histogram(
             "bridge_broker_route_latency_seconds",
             "From the envelope's issue time to routed into every inbox",

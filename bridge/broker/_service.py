@@ -79,6 +79,7 @@ from ._audit import (
     routing_events,
     withdrawn_events,
 )
+from ._budget import RejectionBudget
 from ._consent import check_consent
 from ._disclosure import DisclosureDesk
 from ._expiry import ExpiryWatch
@@ -155,6 +156,10 @@ class Broker:
             max_lifetime=config.limits.max_lifetime,
         )
         self._counters = Counters()
+        self._budget = RejectionBudget(
+            config.quota.rejections_per_minute, config.quota.rejection_burst
+        )
+        self._over_budget_logged: dict[str, float] = {}  # sender -> when it was last logged
         self._heartbeat_interval = heartbeat_interval
         self.metrics = BrokerMetrics()
         self._nc: NATS | None = None
@@ -513,6 +518,7 @@ class Broker:
             policy_serial=self._policy.current.serial,
             policy_hash=self._policy.current.hash,
             withdrawn=c.withdrawn,
+            over_budget=c.over_budget,
         )
 
     def __repr__(self) -> str:
@@ -634,6 +640,9 @@ class Broker:
             )
             await settle(msg.term())
             return
+        if wait := self._budget.wait(submission.sender):
+            await self._hold_over_budget(msg, submission.sender, wait)
+            return
         try:
             await self._process(js, msg, submission, directory)
         except TransportError as exc:
@@ -661,6 +670,21 @@ class Broker:
                 await settle(msg.nak(delay=self._retry_delay))
             else:
                 await self._give_up(js, msg, submission)
+
+    async def _hold_over_budget(self, msg: Msg, sender: str, wait: float) -> None:
+        """The sender has caused as many rejections as it may for now: its submission waits in
+        its own stream (docs/broker.md, "Quotas")."""
+        self._counters.over_budget += 1
+        self.metrics.over_budget.labels(sender).inc()
+        now = time.monotonic()
+        if now - self._over_budget_logged.get(sender, -_RETRY_MAX) >= _RETRY_MAX:
+            self._over_budget_logged[sender] = now
+            log.warning(
+                "sender=%s has caused its rejections for now; its submissions wait "
+                "[quota.sender_rejections]",
+                sender,
+            )
+        await settle(msg.nak(delay=min(wait, _RETRY_MAX)))
 
     async def _process(
         self, js: JetStreamContext, msg: Msg, submission: Submission, directory: Directory
@@ -698,6 +722,7 @@ class Broker:
         except TransportError:
             raise  # the registry cannot be read: held and retried, never rejected for it
         except BridgeError as exc:  # crypto, protocol or policy: the envelope's own fault
+            self._budget.spend(submission.sender)
             await self._reject(js, msg, submission, exc.reason, header, policy)
             return
         await self._route(js, msg, submission, verdict, policy, now)

@@ -19,6 +19,7 @@ class BrokerStatistics:
     `terminated`: submissions without a valid message id (they cannot be reported).
     `internal_errors`: unexpected failures while handling a submission.
     `withdrawn`: inbox copies removed because their consent was withdrawn.
+    `over_budget`: submissions handed back because their sender's rejection budget was spent.
     `directory_serial`, `policy_serial`, `policy_hash`: the versions in use now.
     """
 
@@ -32,6 +33,7 @@ class BrokerStatistics:
     policy_serial: int
     policy_hash: str
     withdrawn: int = 0
+    over_budget: int = 0
 
     @property
     def rejected_total(self) -> int:
@@ -47,3 +49,4 @@ class Counters:
     terminated: int = 0
     internal_errors: int = 0
     withdrawn: int = 0
+    over_budget: int = 0
