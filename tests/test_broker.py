@@ -37,7 +37,8 @@ from envelope_helpers import (
 from policy_helpers import POLICY, legacy_fault_line, signed_legacy_policy, signed_policy
 from prometheus_client import generate_latest
 
-from bridge.audit import generate_audit_key
+from bridge.audit import AuditKind, decode_record, generate_audit_key
+from bridge.audit.reader import stream_records
 from bridge.broker import Broker, BrokerStatistics, parse_submission
 from bridge.config import load_broker_config
 from bridge.crypto import seal
@@ -809,6 +810,54 @@ async def test_a_running_broker_keeps_its_last_good_policy(
         copies = await (await Agency.connect(nats_env, recipient)).inbox()
         assert ids(copies) == [f"{SENDER}.{kept}.{recipient}"]
     assert (tmp_path / "broker" / "policy.serial").read_text().strip() == "2"
+
+
+async def test_a_broker_behind_the_senders_policy_looks_again_before_refusing(
+    nats_env: NatsEnv, tmp_path: Path, fed: Federation
+) -> None:
+    """A sender's adapter may enforce a newer policy than a broker between its reloads: the
+    broker looks at the file again before a `policy.*` refusal, and the audit trail names the
+    version that decided on each decision itself (the `policy-changed` record of the new
+    version comes only after it)."""
+    path = write_config(tmp_path, nats_env, fed, reload_seconds=3600)
+    # Serial 1 does not let the Jobcenter refer to the social-psychiatric service; serial 2 does.
+    stricter = BROKER_POLICY.replace(
+        'to = ["counselling", "social-psychiatric-service"]', 'to = ["counselling"]', 1
+    )
+    _install(tmp_path / "policy.bin", signed_policy(fed, stricter)[0])
+    first = signed_policy(fed, stricter)[1]
+    newer_data, newer = signed_policy(fed, BROKER_POLICY, serial=2)
+    jobcenter = await Agency.connect(nats_env, SENDER)
+    async with make_broker(path) as broker:
+        assert broker.statistics().policy_hash == first.hash
+        denied = new_message_id()
+        await jobcenter.submit(referral(fed, denied, purpose="delivery-confirmation"), denied)
+        await wait_for("refused", lambda: broker.statistics().rejected_total == 1)
+        _install(tmp_path / "policy.bin", newer_data)
+        mid = new_message_id()
+        await jobcenter.submit(referral(fed, mid, recipients=[SPDI]), mid)
+        await wait_for("routed", lambda: broker.statistics().routed == 1)
+        assert broker.statistics().policy_serial == 2
+    events = {(e.message_id, e.state): e for e in await jobcenter.statuses()}
+    assert events[(mid, DeliveryState.ROUTED)].policy == newer.hash
+    assert events[(denied, DeliveryState.REJECTED)].policy == first.hash
+    assert ids(await (await Agency.connect(nats_env, SPDI)).inbox()) == [f"{SENDER}.{mid}.{SPDI}"]
+    ops = await nats_env.connect(Identity.ops())
+    trail = [e async for _, data in stream_records(ops.js) for e in decode_record(data).all_events]
+    decided = {
+        (e.kind, e.message_id, e.recipient): e.version
+        for e in trail
+        if e.kind in (AuditKind.SUBMITTED, AuditKind.ACCEPTED, AuditKind.ROUTED, AuditKind.REJECTED)
+    }
+    assert decided == {
+        (AuditKind.SUBMITTED, denied, None): None,  # not a decision
+        (AuditKind.REJECTED, denied, None): first.hash,
+        (AuditKind.SUBMITTED, mid, None): None,
+        (AuditKind.ACCEPTED, mid, None): newer.hash,
+        (AuditKind.ROUTED, mid, SPDI): newer.hash,
+    }
+    changed = [e.version for e in trail if e.kind is AuditKind.POLICY_CHANGED]
+    assert changed == [first.hash, newer.hash]
 
 
 async def test_a_broker_does_not_start_without_a_good_policy(

@@ -66,14 +66,17 @@ def _about(header: Header, kind: AuditKind, at: datetime.datetime) -> AuditEvent
 
 
 def routing_events(
-    verdict: Verdict, headers: Mapping[str, str] | None, now: int
+    verdict: Verdict, headers: Mapping[str, str] | None, now: int, policy: str
 ) -> list[AuditItem]:
+    """`submitted`, then the decision (`accepted`, a `routed` per recipient) naming the hash of
+    the `policy` version that made it, and what a routed receipt or confirmation says."""
     header = verdict.header
     at = _utc(now)
     mid, sender = header.id, header.sender
-    accepted = _about(header, AuditKind.ACCEPTED, at)
+    submitted = _about(header, AuditKind.SUBMITTED, at)
+    accepted = replace(submitted, kind=AuditKind.ACCEPTED, version=policy)
     items: list[AuditItem] = [
-        (audit_msg_id("submitted", sender, mid), replace(accepted, kind=AuditKind.SUBMITTED)),
+        (audit_msg_id("submitted", sender, mid), submitted),
         (audit_msg_id("accepted", sender, mid), accepted),
     ]
     expires = _utc(now + verdict.ttl)
@@ -135,8 +138,10 @@ def pull_expired(headers: Mapping[str, str] | None) -> bool:
 
 
 def rejection_events(
-    submission: Submission, header: Header | None, reason: str, now: int
+    submission: Submission, header: Header | None, reason: str, now: int, policy: str
 ) -> list[AuditItem]:
+    """`submitted` and `rejected` with its reason, naming the hash of the `policy` version of
+    the broker that refused it."""
     at = _utc(now)
     mid = submission.message_id
     if header is not None:
@@ -145,7 +150,7 @@ def rejection_events(
         submitted = AuditEvent(
             kind=AuditKind.SUBMITTED, at=at, message_id=mid, sender=submission.sender
         )
-    rejected = replace(submitted, kind=AuditKind.REJECTED, reason=reason)
+    rejected = replace(submitted, kind=AuditKind.REJECTED, reason=reason, version=policy)
     sender = submission.sender
     return [
         (audit_msg_id("submitted", sender, mid), submitted),

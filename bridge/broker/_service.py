@@ -830,7 +830,7 @@ class Broker:
                 ),
                 *(watch.put(note) for note in notes),
                 *closes,
-                self._record(routing_events(verdict, msg.headers, now)),
+                self._record(routing_events(verdict, msg.headers, now, policy.hash)),
             ]
         )
         await settle(msg.ack())
@@ -868,7 +868,7 @@ class Broker:
             message_type=header.type if header else None,
             policy=policy.hash,
         )
-        await self._record(rejection_events(submission, header, reason, now))
+        await self._record(rejection_events(submission, header, reason, now, policy.hash))
         await settle(msg.ack())  # handled for good: the sender has been told
         self._counters.rejected[reason] += 1
         self.metrics.rejections.labels(reason).inc()

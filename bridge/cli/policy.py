@@ -160,8 +160,9 @@ def _explain_header(path: Path, rules: Any, directory: Any, version: str) -> int
 async def _explain_message(
     args: argparse.Namespace, rules: Any, directory: Any, version: str, digest: str | None
 ) -> int:
-    """What the audit trail says the broker decided on a message, under which policy version,
-    and which rule of the given policy the routed flows follow."""
+    """What the audit trail says the broker decided on a message, under which policy version
+    (the hash each decision names), and which rule of the given policy the routed flows
+    follow."""
     from ..audit import AuditKind, decode_record
     from ..audit.reader import stream_records
     from ..errors import ConfigError
@@ -197,7 +198,9 @@ async def _explain_message(
                     AuditKind.REJECTED,
                     AuditKind.ACCEPTED,
                 ):
-                    decided.append((in_force or "unknown", event))
+                    # A decision names its policy version; on records written before it did,
+                    # the version last recorded as changed is the best guess.
+                    decided.append((event.version or in_force or "unknown", event))
     finally:
         await nc.close()
     if not decided:
