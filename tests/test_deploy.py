@@ -185,6 +185,32 @@ def test_bridge_init_refuses_an_existing_directory_and_a_bad_spec(tmp_path: Path
         load_spec(bad)
 
 
+def test_bridge_init_refuses_a_bad_policy_with_the_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = (DEPLOY / "policy.example.toml").read_text()
+    spec = tmp_path / "federation.toml"
+    spec.write_text(SPEC.read_text())
+    assert 'policy = "policy.example.toml"' in spec.read_text()
+    federation = load_spec(spec).federation
+    out = tmp_path / "out"
+    for text, reason in (
+        (policy.replace("[[flows]]", "[[flows]", 1), "policy.syntax"),
+        (policy.replace('from = "jobcenter"', 'from = "ministry"', 1), "policy.unknown_name"),
+        (policy.replace(f'"{federation}"', '"kreis-soest"', 1), "policy.federation"),
+    ):
+        assert text != policy
+        (tmp_path / "policy.example.toml").write_text(text)
+        assert main(["init", "--spec", str(spec), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.strip().endswith(f"[{reason}]")
+        if reason != "policy.federation":
+            pairs = zip(policy.splitlines(), text.splitlines(), strict=True)
+            changed = next(i for i, (a, b) in enumerate(pairs, 1) if a != b)
+            assert f"policy.example.toml: line {changed}: " in err
+        assert not out.exists()  # nothing half-written to trip over the next attempt
+
+
 async def test_ops_starts_with_the_config_and_identity_bridge_init_writes(tmp_path: Path) -> None:
     """ops reads a real server with init's accounts, with only the cluster's address replaced
     (one local server without TLS instead of the three nodes), and serves an init ops token."""

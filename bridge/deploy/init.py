@@ -45,7 +45,7 @@ from ..config import (
     load_broker_config,
     load_provision_config,
 )
-from ..errors import ConfigError
+from ..errors import ConfigError, PolicyFileError
 from ..federation import operator as fed
 from ..federation.directory import Role
 from ..http.auth import generate_signing_key
@@ -54,7 +54,7 @@ from ..nats.cluster import ClusterNode, ClusterSettings, TlsFiles, render_node
 from ..nats.identities import Credentials, Identity, render_accounts
 from ..nats.subjects import HUB_DOMAIN
 from ..ops.config import load_ops_config
-from ..policy import SIGNED_POLICY, sign_policy_file
+from ..policy import SIGNED_POLICY, parse_policy, sign_policy_file
 from ..up import _toml
 from ..up.layout import OPS_AUDIENCE
 
@@ -214,6 +214,7 @@ def init_deployment(
     cluster = spec.cluster()
     agencies = sorted(spec.agencies, key=lambda a: a.id)
     ids = [a.id for a in agencies]
+    policy_text = _checked_policy(Path(spec.policy), spec.federation)  # before anything is written
     root = _mkdir(out)
     operator = _mkdir(root / "operator")
     federation_dir = operator / "federation"
@@ -234,7 +235,7 @@ def init_deployment(
         fed.add_agency(federation_dir, agency.id, agency.name, agency.role, fed.load_bundle(bundle))
     _, signed = fed.sign_draft(federation_dir, now=now)
     policy_source = federation_dir / "policy.toml"
-    write_file(policy_source, _read_policy(Path(spec.policy)), mode=0o644)
+    write_file(policy_source, policy_text, mode=0o644)
     _, signed_policy = sign_policy_file(federation_dir, policy_source, now=now)
 
     # The hub's nodes.
@@ -400,6 +401,25 @@ def _read_policy(path: Path) -> bytes:
         raise ConfigError(
             f"cannot read the routing policy {path}: {exc.strerror}", reason="init.spec"
         ) from exc
+
+
+def _checked_policy(path: Path, federation: str) -> bytes:
+    """The policy's text, refused as `bridge policy check` refuses it (with the line at
+    fault), or when it is for another federation than the description's."""
+    text = _read_policy(path)
+    try:
+        rules = parse_policy(text)
+    except PolicyFileError as exc:
+        refused = PolicyFileError(f"the routing policy {path}: {exc}", reason=exc.reason)
+        refused.line = exc.line
+        raise refused from exc
+    if rules.federation != federation:
+        raise ConfigError(
+            f"the routing policy {path} is for federation {rules.federation}, the description "
+            f"for {federation}",
+            reason="policy.federation",
+        )
+    return text
 
 
 def _copy_public_files(
