@@ -87,10 +87,10 @@ def test_system_notices_follow_allowed_flows_both_ways_without_consent(fed: Fede
     assert rules.flow(COUNSELLING, SPDI, "receipt", fed.directory) is None
 
 
-def test_issuers_may_name_the_recipient_and_roles(fed: Federation) -> None:
+def test_issuers_may_name_roles(fed: Federation) -> None:
     text = POLICY.replace(
         'consent_issuers = ["sender"]    # the service',
-        'consent_issuers = ["sender", "recipient", "social-psychiatric-service"]  # the service',
+        'consent_issuers = ["sender", "jobcenter", "social-psychiatric-service"]  # the service',
     )
     flow = parse_policy(text).flow(COUNSELLING, SENDER, "feedback", fed.directory)
     assert flow is not None
@@ -185,6 +185,18 @@ def _line_of(text: str, needle: str) -> int:
             "# the service",
         ),
         ('inbox_ttl = "7d"', 'inbox_ttl = "15d"', "policy.contradiction", '"15d"'),
+        (  # the recipient's own consent could never name the recipient
+            'consent_issuers = ["sender"]    # the service',
+            'consent_issuers = ["sender", "recipient"]    # the service',
+            "policy.contradiction",
+            '"recipient"]',
+        ),
+        (
+            'consent_issuers = ["sender"]    # the service',
+            'consent_issuers = ["doctor"]    # the service',
+            "policy.unknown_name",
+            '["doctor"]',
+        ),
         ('max_lifetime = "14d"', 'max_lifetime = "14 weeks"', "policy.file_invalid", "14 weeks"),
         ("max_bytes = 65536", "max_bytes = 12", "policy.file_invalid", "max_bytes = 12"),
         (

@@ -95,7 +95,8 @@ class RecordRetention:
 class Rule:
     """One `[[flows]]` entry: agencies of `senders` roles may send `types` to `recipients` roles.
 
-    `consent_issuers` holds `"sender"`, `"recipient"` or role names: whose consents count.
+    `consent_issuers` holds `"sender"` or role names: whose consents count. (`"recipient"` is
+    refused when the file is read: a consent never names its issuer as a recipient.)
     """
 
     name: str
@@ -254,7 +255,7 @@ class PolicyRules:
             message_type=message_type,
             system=False,
             consent_required=rule.consent_required,
-            consent_issuers=frozenset(_issuers(rule.consent_issuers, sender, recipient, directory)),
+            consent_issuers=frozenset(_issuers(rule.consent_issuers, sender, directory)),
             purposes=rule.purposes,
             categories=rule.categories,
             limits=limits,
@@ -331,13 +332,9 @@ def _role(agency: str, directory: RoleLookup) -> str:
     return f"a {entry.role}" if entry is not None else "an agency outside the directory"
 
 
-def _issuers(
-    spec: Iterable[str], sender: str, recipient: str, directory: RoleLookup
-) -> Iterable[str]:
+def _issuers(spec: Iterable[str], sender: str, directory: RoleLookup) -> Iterable[str]:
     for item in spec:
         if item == SENDER:
             yield sender
-        elif item == RECIPIENT:
-            yield recipient
         else:
             yield from (a.id for a in directory.agencies() if a.role == item)

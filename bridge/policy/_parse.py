@@ -360,13 +360,22 @@ def _rule(
                 r.lines.key(where, "consent_issuers", i),
                 "policy.contradiction",
             )
+        if isinstance(raw["consent_issuers"], list) and RECIPIENT in raw["consent_issuers"]:
+            # A consent names who may receive; its issuer is never among them, so a recipient's
+            # own consent could never cover a message to it: no message of the flow would pass.
+            r.fail(
+                'consent_issuers names "recipient", but a consent never names its issuer as a '
+                "recipient: no message could pass",
+                r.lines.key(where, "consent_issuers", i),
+                "policy.contradiction",
+            )
         issuers = r.names(
             raw["consent_issuers"],
             where,
             "consent_issuers",
             i,
-            (SENDER, RECIPIENT, *declared),
-            "consent issuer (sender, recipient or a declared role)",
+            (SENDER, *declared),
+            "consent issuer (sender or a declared role)",
         )
     elif consent:
         issuers = (SENDER,)
