@@ -174,7 +174,7 @@ async def test_a_bad_consent_request_gets_422_naming_the_field(
     assert status == 422, problem
     assert (problem["field"], problem["code"]) == (field, code)
     assert CASE_FILE not in json.dumps(problem)
-    info = await jobcenter.admin.js.stream_info("BRIDGE_CONSENT")
+    info = await jobcenter.admin.js.stream_info("BRIDGE_CONSENT_jobcenter-unna")
     assert info.state.messages == 0  # nothing was stored
 
 
@@ -297,8 +297,9 @@ async def test_a_withdrawn_consent_is_found_by_its_local_reference_as_withdrawn(
     assert state.withdrawal.body.at == int(
         datetime.datetime.fromisoformat(gone["withdrawn_at"]).timestamp()
     )
-    info = await jobcenter.admin.js.stream_info("BRIDGE_CONSENT")
-    assert info.state.messages == 3  # two records, one withdrawal
+    records = await jobcenter.admin.js.stream_info(f"BRIDGE_CONSENT_{JOBCENTER}")
+    withdrawals = await jobcenter.admin.js.stream_info(f"BRIDGE_WITHDRAWAL_{JOBCENTER}")
+    assert (records.state.messages, withdrawals.state.messages) == (2, 1)
 
 
 def _handover() -> Any:

@@ -37,7 +37,7 @@ from bridge.federation.directory import Directory
 from bridge.ids import NO_CONSENT, new_message_id
 from bridge.nats.identities import Identity
 from bridge.nats.provision import provision
-from bridge.nats.subjects import CONSENT_STREAM, HDR_CONSENT, consent_subject
+from bridge.nats.subjects import HDR_CONSENT, consent_stream, consent_subject
 from bridge.policy import parse_policy
 from bridge.wire import DeliveryState
 
@@ -195,13 +195,14 @@ async def test_nothing_in_the_registry_is_replaced_or_removed(
     with pytest.raises(nats.errors.Error):
         await jobcenter.js.publish(consent_subject(SENDER, body.id, "record"), original)
     admin = await nats_env.admin()
-    info = await admin.js.stream_info(CONSENT_STREAM)
-    assert info.state.messages == 2
-    for seq in (1, 2):  # not even the admin can delete a record
+    for kind in ("record", "withdrawal"):
+        stream = consent_stream(SENDER, kind)
+        info = await admin.js.stream_info(stream)
+        assert info.state.messages == 1
+        with pytest.raises(nats.errors.Error):  # not even the admin can delete a record
+            await admin.js.delete_msg(stream, 1)
         with pytest.raises(nats.errors.Error):
-            await admin.js.delete_msg(CONSENT_STREAM, seq)
-    with pytest.raises(nats.errors.Error):
-        await admin.js.purge_stream(CONSENT_STREAM)
+            await admin.js.purge_stream(stream)
     state = await Registry(admin.js, timeout=2.0).state(SENDER, body.id, fed.directory)
     assert state is not None
     assert state.withdrawn
@@ -316,7 +317,8 @@ async def test_while_the_registry_is_unreadable_messages_are_held_then_routed(
     record = signed_consent(fed, body)
     await _register(nats_env, fed, SENDER, record, body.id)
     admin = await nats_env.admin()
-    await admin.js.delete_stream(CONSENT_STREAM)  # the registry is gone: nobody can read it
+    # The issuer's registry is gone: nobody can read it.
+    await admin.js.delete_stream(consent_stream(SENDER, "record"))
     jobcenter = await Agency.connect(nats_env, SENDER)
     mid = new_message_id()
     data = seal_referral(fed, message_id=mid, consent=body.id, purpose=MESSAGE_PURPOSE)
@@ -348,7 +350,7 @@ async def test_a_running_broker_holds_while_the_registry_is_unreadable_then_deli
     body = consent_body(fed)
     await _register(nats_env, fed, SENDER, signed_consent(fed, body), body.id)
     admin = await nats_env.admin()
-    config = (await admin.js.stream_info(CONSENT_STREAM)).config
+    config = (await admin.js.stream_info(consent_stream(SENDER, "record"))).config
     # Direct gets (all the broker's and the adapters' reads) now find no responder.
     await admin.js.update_stream(dataclasses.replace(config, allow_direct=False))
     jobcenter = await Agency.connect(nats_env, SENDER)

@@ -26,10 +26,11 @@ from bridge.nats.provision import Action, Change, ProvisionSettings
 from bridge.nats.server import NatsServer, ServerLayout, ServerSettings, configure, load_settings
 from bridge.nats.subjects import (
     AUDIT_STREAM,
-    CONSENT_STREAM,
     PENDING_STREAM,
     STATUS_STREAM,
     attach_stream,
+    consent_stream,
+    consent_streams,
     inbox_consumer,
     inbox_stream,
     inbox_subject,
@@ -235,11 +236,11 @@ async def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
 async def test_provisioning_is_idempotent(nats_env: NatsEnv) -> None:
     report = await nats_env.provision()
     assert not report.changed, str(report)
-    # Shared: status, pending and audit streams, the consent registry with the broker's
-    # withdrawals and registrations consumers. Per agency: its submit stream with the broker's
-    # consumer, its attachment stream, its inbox stream and consumer, its status consumer, its
-    # bucket.
-    assert len(report.changes) == 4 + 2 + 7 * len(nats_env.agencies)
+    # Shared: status, pending and audit streams. Per agency: its submit stream with the
+    # broker's consumer, its attachment stream, its inbox stream and consumer, its status
+    # consumer, its bucket, its record and withdrawal streams with the broker's registrations
+    # and withdrawals consumers.
+    assert len(report.changes) == 3 + 11 * len(nats_env.agencies)
 
 
 async def test_provisioning_retires_the_shared_submit_stream_only_when_empty(
@@ -336,6 +337,9 @@ async def test_adding_an_agency_leaves_the_others_alone(nats_env: NatsEnv) -> No
     assert created == {
         submit_stream(newcomer),
         attach_stream(newcomer),
+        *consent_streams(newcomer),
+        f"{consent_stream(newcomer, 'record')}/broker-registrations",
+        f"{consent_stream(newcomer, 'withdrawal')}/broker-withdrawals",
         f"{submit_stream(newcomer)}/broker",
         inbox_stream(newcomer),
         f"{inbox_stream(newcomer)}/inbox-{newcomer}",
@@ -360,7 +364,7 @@ async def test_provisioning_updates_a_changed_limit(nats_env: NatsEnv) -> None:
         **{inbox_stream(a): ("duplicate_window",) for a in nats_env.agencies},
         STATUS_STREAM: ("duplicate_window",),
         AUDIT_STREAM: ("duplicate_window",),
-        CONSENT_STREAM: ("duplicate_window",),
+        **{s: ("duplicate_window",) for a in nats_env.agencies for s in consent_streams(a)},
         PENDING_STREAM: ("duplicate_window",),
     }
     again = await nats_env.provision(settings=ProvisionSettings(duplicate_window=3600.0))

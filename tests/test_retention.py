@@ -36,7 +36,6 @@ from bridge.nats.provision import ProvisionSettings
 from bridge.nats.retention import check_retention
 from bridge.nats.subjects import (
     AUDIT_STREAM,
-    CONSENT_STREAM,
     PENDING_STREAM,
     STATUS_STREAM,
     audit_subject,
@@ -59,6 +58,7 @@ from bridge.policy import (
 if TYPE_CHECKING:
     from conftest import NatsEnv
 
+CONSENT = "BRIDGE_CONSENT_jobcenter-unna"
 DAY = 86400
 
 
@@ -225,7 +225,8 @@ def test_the_store_limits_follow_the_policy() -> None:
         "BRIDGE_INBOX_spdi-unna": ("[types.*] inbox_ttl", 30 * DAY),
         PENDING_STREAM: ("plus a day", 31 * DAY),
         STATUS_STREAM: ("[retention] status", 40 * DAY),
-        CONSENT_STREAM: ("[retention] consent", 400 * DAY),
+        "BRIDGE_CONSENT_jobcenter-unna": ("[retention] consent", 400 * DAY),
+        "BRIDGE_WITHDRAWAL_jobcenter-unna": ("[retention] consent", 400 * DAY),
         AUDIT_STREAM: ("[retention] audit", 800 * DAY),
     }
     for stream, (setting, seconds) in expected.items():
@@ -251,7 +252,8 @@ async def test_provisioning_sets_the_policy_limits(nats_env: NatsEnv) -> None:
     admin = await nats_env.admin()
     for stream in (
         STATUS_STREAM,
-        CONSENT_STREAM,
+        "BRIDGE_CONSENT_spdi-unna",
+        "BRIDGE_WITHDRAWAL_spdi-unna",
         AUDIT_STREAM,
         inbox_stream("spdi-unna"),
         PENDING_STREAM,
@@ -339,13 +341,13 @@ async def test_the_check_finds_records_kept_past_the_policy(
     assert (await check_retention(admin.js, now=time.time, limits=limits)).healthy
 
     await _misconfigure(nats_env, STATUS_STREAM, 60 * DAY)
-    await _misconfigure(nats_env, CONSENT_STREAM, 3000 * DAY)
+    await _misconfigure(nats_env, CONSENT, 3000 * DAY)
     await _misconfigure(nats_env, AUDIT_STREAM, 1000 * DAY)
     now = await check_retention(admin.js, now=time.time, limits=limits)
     assert not now.overdue
     assert {(p.stream, p.reason) for p in now.ages} == {
         (STATUS_STREAM, "retention.too_long"),
-        (CONSENT_STREAM, "retention.too_long"),
+        (CONSENT, "retention.too_long"),
         (AUDIT_STREAM, "retention.too_long"),
     }
     assert not now.healthy
@@ -357,7 +359,7 @@ async def test_the_check_finds_records_kept_past_the_policy(
     for days, stream, setting, subject in (
         (31, STATUS_STREAM, "[retention] status", status_subject("jobcenter-unna", mid)),
         (731, AUDIT_STREAM, "[retention] audit", audit_subject()),
-        (2191, CONSENT_STREAM, "[retention] consent", consent),
+        (2191, CONSENT, "[retention] consent", consent),
     ):
         later = await check_retention(admin.js, now=in_days(days), limits=limits)
         found = [(o.kind, o.subject) for o in later.overdue if o.stream == stream]

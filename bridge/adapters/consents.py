@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 _decoder: Final = msgspec.json.Decoder(ConsentRequest)
 _MAX_CONSENT_REQUEST: Final = 16 * 1024
 _RETRY_AFTER: Final = "5"
+_QUOTA_RETRY_AFTER: Final = "60"
 
 Withdrawn = Callable[[ConsentState, ConsentLocal | None], Awaitable[None]]
 
@@ -55,6 +56,15 @@ def _invalid(detail: str, reason: str, field: str) -> ApiProblem:
 
 
 def _unavailable(exc: TransportError) -> ApiProblem:
+    if exc.reason == "transport.stream_full":
+        # This agency's own part of the registry is at its quota (docs/nats.md, Quotas);
+        # withdrawals have room of their own, so this is a registration.
+        return ApiProblem(
+            429,
+            "this agency's consent registry is at its quota; retry later or ask the operator",
+            reason="quota.registry_full",
+            headers={"Retry-After": _QUOTA_RETRY_AFTER},
+        )
     return ApiProblem(
         503,
         "the consent registry cannot be reached right now; retry later",
@@ -182,8 +192,9 @@ class Consents:
             await self._registry.put(self._agency, body.id, "record", document)
             state = await self._registry.state(self._agency, body.id, self._directory())
         except TransportError as exc:
-            log.warning("consent not registered: NATS unavailable [%s]", exc.reason)
-            raise _unavailable(exc) from exc
+            problem = _unavailable(exc)
+            log.warning("consent not registered [%s]", problem.reason)
+            raise problem from exc
         assert state is not None
         log.info("consent %s registered (%d recipients)", body.id, len(body.recipients))
         return consent_view(state, local, now)

@@ -42,7 +42,6 @@ from ..nats.retention import check_stream_ages
 from ..nats.subjects import (
     AUDIT_STREAM,
     BROKER_CONSUMER,
-    CONSENT_STREAM,
     HDR_CONSENT,
     HDR_NOTICE,
     HDR_SENDER,
@@ -51,6 +50,8 @@ from ..nats.subjects import (
     STATUS_STREAM,
     WITHDRAWAL_CONSUMER,
     attach_stream,
+    consent_stream,
+    consent_streams,
     disclosure_subjects_all,
     inbox_stream,
     inbox_subject,
@@ -275,11 +276,11 @@ class Broker:
             [
                 PENDING_STREAM,
                 STATUS_STREAM,
-                CONSENT_STREAM,
                 AUDIT_STREAM,
                 *(submit_stream(a.id) for a in self._directory.current.agencies()),
                 *(attach_stream(a.id) for a in self._directory.current.agencies()),
                 *(inbox_stream(a.id) for a in self._directory.current.agencies()),
+                *(s for a in self._directory.current.agencies() for s in consent_streams(a.id)),
             ],
             wait=self._config.nats.request_timeout_seconds,
         )
@@ -299,8 +300,6 @@ class Broker:
                 signer = tg.create_task(self._audit.run_checkpoints())
                 assert self._expiry is not None
                 expiry = tg.create_task(self._expiry.run())
-                withdrawals = tg.create_task(self._withdrawals(js, subs), name="withdrawals")
-                registrations = tg.create_task(self._registrations(js, subs), name="registrations")
                 disclosure = await self._open_disclosure_desk(nc, js)
                 beating = tg.create_task(
                     beat_forever(
@@ -312,8 +311,10 @@ class Broker:
                     )
                 )
                 backlog = tg.create_task(self._watch_backlog(js))
-                # One consumer per sender's submit stream, for every agency in the directory;
-                # agencies a reloaded directory adds are picked up at the next look.
+                # One consumer per sender's submit stream and per issuer's registry streams,
+                # for every agency in the directory; agencies a reloaded directory adds are
+                # picked up at the next look.
+                registry: list[asyncio.Task[None]] = []
                 while not self._stop.is_set():
                     for agency in self._directory.current.agencies():
                         if agency.id not in consumers:
@@ -324,6 +325,16 @@ class Broker:
                                 pending_msgs_limit=4 * self._config.batch_size,
                             )
                             subs.append(sub)
+                            registry += [
+                                tg.create_task(
+                                    self._withdrawals(js, subs, agency.id),
+                                    name=f"withdrawals {agency.id}",
+                                ),
+                                tg.create_task(
+                                    self._registrations(js, subs, agency.id),
+                                    name=f"registrations {agency.id}",
+                                ),
+                            ]
                             consumers[agency.id] = tg.create_task(
                                 self._consume(nc, js, sub), name=f"consume {agency.id}"
                             )
@@ -344,8 +355,8 @@ class Broker:
                     watcher.cancel()
                 signer.cancel()
                 expiry.cancel()
-                withdrawals.cancel()
-                registrations.cancel()
+                for task in registry:
+                    task.cancel()
                 await disclosure.unsubscribe()
                 beating.cancel()
                 backlog.cancel()
@@ -361,11 +372,11 @@ class Broker:
             raise
 
     async def _withdrawals(
-        self, js: JetStreamContext, subs: list[JetStreamContext.PullSubscription]
+        self, js: JetStreamContext, subs: list[JetStreamContext.PullSubscription], issuer: str
     ) -> None:
-        """Consume the registry's withdrawals and purge what they stop (`_withdrawals.py`)."""
+        """Consume an issuer's withdrawals and purge what they stop (`_withdrawals.py`)."""
         assert self._registry is not None
-        sub = await bind_pull(js, CONSENT_STREAM, WITHDRAWAL_CONSUMER)
+        sub = await bind_pull(js, consent_stream(issuer, "withdrawal"), WITHDRAWAL_CONSUMER)
         subs.append(sub)
 
         async def report(purged: Purged) -> None:
@@ -415,7 +426,7 @@ class Broker:
             report,
             timeout=self._config.publish_timeout_seconds,
         )
-        fetcher = self._fetcher(sub, "withdrawals")
+        fetcher = self._fetcher(sub, f"withdrawals of {issuer}")
         while not self._stop.is_set():
             for msg in await fetcher.fetch(16):
                 try:
@@ -437,12 +448,12 @@ class Broker:
                 await settle(msg.ack())
 
     async def _registrations(
-        self, js: JetStreamContext, subs: list[JetStreamContext.PullSubscription]
+        self, js: JetStreamContext, subs: list[JetStreamContext.PullSubscription], issuer: str
     ) -> None:
-        """Record each consent registered in the registry in the audit trail, once verified."""
-        sub = await bind_pull(js, CONSENT_STREAM, REGISTRATION_CONSUMER)
+        """Record each consent an issuer registered in the audit trail, once verified."""
+        sub = await bind_pull(js, consent_stream(issuer, "record"), REGISTRATION_CONSUMER)
         subs.append(sub)
-        fetcher = self._fetcher(sub, "registrations")
+        fetcher = self._fetcher(sub, f"registrations of {issuer}")
         while not self._stop.is_set():
             for msg in await fetcher.fetch(16):
                 try:

@@ -1,11 +1,14 @@
 """The consent registry on NATS: one write-once subject per record and per withdrawal.
 
-Records live in the stream `BRIDGE_CONSENT` under `bridge.consent.<issuer>.<id>.record`, their
-withdrawals under `....withdrawal`. The stream keeps at most one message per subject and refuses
-a second one, deletes and purges (`bridge.nats.provision`), and NATS permissions let an agency
-write only below its own `<issuer>` token (`bridge.nats.identities`). So nothing in the registry
-is ever overwritten: a withdrawal is added beside its record, and a replayed or altered copy of a
-record, or of an old version, is refused by the server.
+Records live in the issuer's stream `BRIDGE_CONSENT_<issuer>` under
+`bridge.consent.<issuer>.<id>.record`, their withdrawals in `BRIDGE_WITHDRAWAL_<issuer>` under
+`....withdrawal`. Each stream keeps at most one message per subject and refuses a second one,
+deletes and purges (`bridge.nats.provision`), and NATS permissions let an agency write only
+below its own `<issuer>` token (`bridge.nats.identities`). So nothing in the registry is ever
+overwritten: a withdrawal is added beside its record, and a replayed or altered copy of a
+record, or of an old version, is refused by the server. Each issuer's streams are its quota: a
+full one refuses with `TransportError` `transport.stream_full` (its adapter answers 429), and
+its withdrawals have room of their own.
 
 Reads are direct gets of the one message on a subject. A verified record is cached (it cannot
 change; its signing key is checked against the current directory's revocations on every use);
@@ -26,8 +29,8 @@ from nats.js.client import JetStreamContext
 
 from ..crypto import KeyLookup
 from ..errors import ConsentInvalid, PolicyError, TransportError
-from ..nats.subjects import CONSENT_STREAM, consent_subject
-from ..nats.transport import publish_durable
+from ..nats.subjects import consent_stream, consent_subject
+from ..nats.transport import publish_durable, subject_taken
 from .record import VerifiedConsent, VerifiedWithdrawal, verify_consent, verify_withdrawal
 
 __all__ = ["ConsentState", "Registry"]
@@ -76,12 +79,13 @@ class Registry:
         A retry of the very same write (its first acknowledgement was lost) succeeds: the
         subject holds exactly this document already.
 
-        The stream is shared by all issuers and JetStream deduplicates by `Nats-Msg-Id` per
-        stream, whoever published: with a predictable id another agency (any recipient knows a
-        consent id) could publish under our future withdrawal's id first and make the stream
-        drop it. So the id is fresh for every attempt and never relied on; what makes a write
-        happen once is the stream itself (one message per subject, never replaced) and that
-        only the issuer may publish below its own subjects.
+        The id is fresh for every attempt and never relied on (JetStream deduplicates by
+        `Nats-Msg-Id` per stream, whoever published; when the registry was one stream for all
+        issuers, a predictable id let another agency pre-empt our withdrawal). What makes a
+        write happen once is the stream itself (one message per subject, never replaced) and
+        that only the issuer may publish below its own subjects.
+
+        `TransportError` `transport.stream_full`: the issuer's stream is at its quota.
         """
         try:
             ack = await publish_durable(
@@ -90,9 +94,11 @@ class Registry:
                 document,
                 msg_id=f"{issuer}.{consent_id}.{kind}.{uuid.uuid4().hex}",
                 timeout=self._timeout,
-                expected_stream=CONSENT_STREAM,
+                expected_stream=consent_stream(issuer, kind),
             )
         except TransportError as exc:
+            if exc.reason == "transport.stream_full" and not subject_taken(exc):
+                raise  # the issuer's quota, not this subject
             cause = exc.__cause__
             if isinstance(cause, nats.js.errors.APIError) and (
                 cause.err_code in _MAX_DOCUMENT_CODES
@@ -112,7 +118,9 @@ class Registry:
         subject = consent_subject(issuer, consent_id, kind)
         try:
             async with asyncio.timeout(self._timeout):
-                msg = await self._js.get_msg(CONSENT_STREAM, subject=subject, direct=True)
+                msg = await self._js.get_msg(
+                    consent_stream(issuer, kind), subject=subject, direct=True
+                )
         except nats.js.errors.NotFoundError:
             return None
         except (TimeoutError, nats.errors.Error, OSError) as exc:

@@ -31,7 +31,6 @@ from ..errors import ConfigError, ProtocolError
 from ..ids import check_agency_id
 from .subjects import (
     BROKER_CONSUMER,
-    CONSENT_STREAM,
     HUB_DOMAIN,
     REGISTRATION_CONSUMER,
     STATUS_STREAM,
@@ -45,6 +44,7 @@ from .subjects import (
     audit_stream_admin_subjects,
     audit_write_subjects,
     consent_read_subjects,
+    consent_stream,
     disclosure_subject,
     disclosure_subjects_all,
     heartbeat_filter,
@@ -225,8 +225,15 @@ def permissions_for(identity: Identity, federation: Sequence[str]) -> Permission
                 status_subjects_all(),
                 *audit_write_subjects(),
                 *consent_read_subjects(),
-                *pull_consumer_api_subjects(CONSENT_STREAM, WITHDRAWAL_CONSUMER),
-                *pull_consumer_api_subjects(CONSENT_STREAM, REGISTRATION_CONSUMER),
+                *(
+                    subject
+                    for agency in check_federation(federation)
+                    for stream, consumer in (
+                        (consent_stream(agency, "record"), REGISTRATION_CONSUMER),
+                        (consent_stream(agency, "withdrawal"), WITHDRAWAL_CONSUMER),
+                    )
+                    for subject in pull_consumer_api_subjects(stream, consumer)
+                ),
                 *inbox_edit_subjects(check_federation(federation)),
                 *pending_write_subjects(),
                 *stream_settings_subjects(check_federation(federation)),

@@ -4,7 +4,8 @@ Run it after every change to the federation: what exists with the wanted setting
 alone (its messages too), what is missing is created, and what differs is updated in place.
 Nothing is ever deleted here: an agency that left the federation keeps its consumer and bucket
 until an operator removes them, so no message disappears by accident. (The one exception: a
-stream all agencies shared in earlier versions, removed once it is empty; see `_LEGACY`.)
+stream all agencies shared in earlier versions, removed once it is empty, see `_LEGACY`, or,
+the consent registry, once its documents are copied, see `_migrate_legacy_consent`.)
 
 Limits are part of the topology, so the store enforces them: every stream is bounded in bytes
 and message size; work-queue streams refuse new messages when full rather than drop
@@ -14,6 +15,7 @@ undelivered ones; the inboxes allow per-message TTLs and have an age backstop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import functools
@@ -27,14 +29,17 @@ from typing import TypeVar
 import nats.errors
 import nats.js.errors
 from nats.js import api
+from nats.js.api import RawStreamMsg
 from nats.js.client import JetStreamContext
 
-from ..errors import ConfigError, TransportError
+from ..errors import ConfigError, ProtocolError, TransportError
+from ..ids import check_agency_id, check_consent_ref
 from .identities import Identity, check_federation, check_leaf_agencies
 from .subjects import (
     AUDIT_STREAM,
     BROKER_CONSUMER,
-    CONSENT_STREAM,
+    CONSENT_KINDS,
+    LEGACY_CONSENT_PARKED,
     PENDING_STREAM,
     REGISTRATION_CONSUMER,
     STATUS_STREAM,
@@ -42,7 +47,8 @@ from .subjects import (
     attach_stream,
     attach_subjects,
     audit_subject,
-    consent_subjects_all,
+    consent_stream,
+    consent_subjects,
     inbox_consumer,
     inbox_stream,
     inbox_subject,
@@ -53,16 +59,14 @@ from .subjects import (
     leaf_domain,
     outbox_stream,
     pending_subjects_all,
-    record_subjects_all,
     report_subjects_all,
     status_consumer,
     status_filter,
     status_subjects_all,
     submit_stream,
     submit_subject,
-    withdrawal_subjects_all,
 )
-from .transport import connect
+from .transport import connect, publish_durable, subject_taken
 
 __all__ = [
     "ENVELOPE_MAX_BYTES",
@@ -122,7 +126,11 @@ class ProvisionSettings:
     audit_max_age: float = 730 * _DAY
     # Consent records hold no personal data and must outlive every consent's validity and the
     # messages sent under it; bridge.consent caps a consent's validity well below this.
-    consent_max_bytes: int = 256 * _MiB
+    # Quota: each issuer's record stream holds at most this many records and bytes (its adapter
+    # answers 429 beyond); its withdrawal stream twice that, so that every record stored in
+    # the last two age limits can be withdrawn (a withdrawal is smaller than its record).
+    consent_max_msgs_per_issuer: int = 500_000
+    consent_max_bytes_per_issuer: int = 256 * _MiB
     consent_max_age: float = 6 * 365 * _DAY
     consent_max_msg_size: int = 32 * 1024
     ack_wait: float = 30.0
@@ -165,7 +173,8 @@ class ProvisionSettings:
         for name in ("max_ack_pending", "max_waiting"):
             if not 1 <= getattr(self, name) <= 100_000:
                 raise bad(f"{name} must be between 1 and 100000")
-        for name in ("submit_max_msgs", "inbox_max_msgs_per_recipient"):
+        quotas = ("submit_max_msgs", "inbox_max_msgs_per_recipient", "consent_max_msgs_per_issuer")
+        for name in quotas:
             if not 1 <= getattr(self, name) <= 100_000_000:
                 raise bad(f"{name} must be between 1 and 100000000")
         if not 1 <= self.kv_history <= 64:
@@ -180,7 +189,10 @@ class ProvisionSettings:
             ),
             "status_max_bytes": (self.status_max_bytes, self.status_max_msg_size),
             "audit_max_bytes": (self.audit_max_bytes, self.status_max_msg_size),
-            "consent_max_bytes": (self.consent_max_bytes, self.consent_max_msg_size),
+            "consent_max_bytes_per_issuer": (
+                self.consent_max_bytes_per_issuer,
+                self.consent_max_msg_size,
+            ),
             "kv_max_bytes": (self.kv_max_bytes, self.kv_max_value_size),
         }
         for name, (total, one) in sizes.items():
@@ -203,13 +215,15 @@ class Action(enum.StrEnum):
     CREATED = "created"
     UPDATED = "updated"
     UNCHANGED = "unchanged"
-    REMOVED = "removed"  # only the empty legacy streams `BRIDGE_SUBMIT` and `BRIDGE_INBOX`
+    REMOVED = "removed"  # only streams of earlier versions, once nothing in them is lost
 
 
 _LEGACY_SUBMIT_STREAM = "BRIDGE_SUBMIT"
 """The one submit stream all agencies shared before each got its own; its subjects overlap."""
 _LEGACY_INBOX_STREAM = "BRIDGE_INBOX"
 """The one inbox stream all recipients shared before each got its own; its subjects overlap."""
+_LEGACY_CONSENT_STREAM = "BRIDGE_CONSENT"
+"""The one consent registry all issuers shared before each got its own streams."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,27 +395,35 @@ def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamCo
             storage=api.StorageType.FILE,
             num_replicas=s.replicas,
         ),
-        api.StreamConfig(
-            name=CONSENT_STREAM,
-            description="bridge: consent registry, one write-once subject per record",
-            subjects=consent_subjects_all(),
-            retention=api.RetentionPolicy.LIMITS,
-            # Write once, never replaced or removed: the server refuses a second message on a
-            # subject (a replayed or altered record, a withdrawn withdrawal) and every delete.
-            discard=api.DiscardPolicy.NEW,
-            max_msgs_per_subject=1,
-            discard_new_per_subject=True,
-            deny_delete=True,
-            deny_purge=True,
-            max_bytes=s.consent_max_bytes,
-            max_age=s.consent_max_age,
-            max_msg_size=s.consent_max_msg_size,
-            duplicate_window=s.duplicate_window,
-            allow_direct=True,
-            storage=api.StorageType.FILE,
-            num_replicas=s.replicas,
-        ),
+        *(_consent_stream(s, agency, kind) for agency in agencies for kind in CONSENT_KINDS),
     ]
+
+
+def _consent_stream(s: ProvisionSettings, issuer: str, kind: str) -> api.StreamConfig:
+    # One pair per issuer: the registry's limits are each issuer's quota, so one agency
+    # registering without end fills only its own, never another's nor its own withdrawals.
+    room = 1 if kind == "record" else 2
+    return api.StreamConfig(
+        name=consent_stream(issuer, kind),
+        description=f"bridge: consent {kind}s of {issuer}, one write-once subject each",
+        subjects=[consent_subjects(issuer, kind)],
+        retention=api.RetentionPolicy.LIMITS,
+        # Write once, never replaced or removed: the server refuses a second message on a
+        # subject (a replayed or altered record, a withdrawn withdrawal) and every delete.
+        discard=api.DiscardPolicy.NEW,
+        max_msgs_per_subject=1,
+        discard_new_per_subject=True,
+        deny_delete=True,
+        deny_purge=True,
+        max_msgs=room * s.consent_max_msgs_per_issuer,
+        max_bytes=room * s.consent_max_bytes_per_issuer,
+        max_age=s.consent_max_age,
+        max_msg_size=s.consent_max_msg_size,
+        duplicate_window=s.duplicate_window,
+        allow_direct=True,
+        storage=api.StorageType.FILE,
+        num_replicas=s.replicas,
+    )
 
 
 _STREAM_FIELDS = (
@@ -441,14 +463,18 @@ def _consumer(s: ProvisionSettings, name: str, filter_subject: str) -> api.Consu
     )
 
 
+_CONSENT_CONSUMERS = {"record": REGISTRATION_CONSUMER, "withdrawal": WITHDRAWAL_CONSUMER}
+
+
 def _consumers(
     s: ProvisionSettings, agencies: Sequence[str]
 ) -> list[tuple[str, api.ConsumerConfig]]:
-    wanted = [
-        (CONSENT_STREAM, _consumer(s, WITHDRAWAL_CONSUMER, withdrawal_subjects_all())),
-        (CONSENT_STREAM, _consumer(s, REGISTRATION_CONSUMER, record_subjects_all())),
-    ]
+    wanted = []
     for agency in agencies:
+        for kind, name in _CONSENT_CONSUMERS.items():
+            wanted.append(
+                (consent_stream(agency, kind), _consumer(s, name, consent_subjects(agency, kind)))
+            )
         wanted.append(
             (submit_stream(agency), _consumer(s, BROKER_CONSUMER, submit_subject(agency)))
         )
@@ -589,6 +615,13 @@ async def _ensure_consumer(js: JetStreamContext, stream: str, wanted: api.Consum
             await js.add_consumer(stream, wanted)
             return Change("consumer", name, Action.CREATED)
         fields = _differences(wanted, info.config, _CONSUMER_FIELDS)
+        if info.config.deliver_policy == api.DeliverPolicy.BY_START_SEQUENCE:
+            # Started after the copies of a migrated registry (`_migrate_legacy_consent`);
+            # where a consumer starts cannot be changed, and need not be.
+            fields = tuple(field for field in fields if field != "deliver_policy")
+            wanted = wanted.evolve(
+                deliver_policy=info.config.deliver_policy, opt_start_seq=info.config.opt_start_seq
+            )
         if not fields:
             return Change("consumer", name, Action.UNCHANGED)
         await js.add_consumer(stream, wanted)  # create-or-update by name
@@ -647,6 +680,127 @@ _LEGACY = (
 )
 
 
+async def _migrate_legacy_consent(js: JetStreamContext, s: ProvisionSettings) -> list[Change]:
+    """Copy the consent registry of earlier versions (one stream for every issuer) into each
+    issuer's streams, then remove it; refuse while its broker has not processed all of it.
+
+    Its records and withdrawals are evidence and never dropped: each is copied byte for byte
+    (its signature still holds), once (each subject takes one message; a copy already there
+    must be the very same bytes). The old stream's subjects overlap the new streams', so it is
+    first moved out of the way, onto a subject nobody publishes to; a run cut short resumes
+    from there. The earlier broker has audited and applied every document already, so the new
+    consumers start after the copies (from the beginning if something else was stored among
+    them meanwhile: then the audit trail records the copies again rather than miss a new one).
+    """
+    name = _LEGACY_CONSENT_STREAM
+    with _translated(f"stream {name}"):
+        try:
+            info = await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            return []
+        if info.config.subjects != [LEGACY_CONSENT_PARKED]:
+            await _check_legacy_consent_processed(js, name)
+            await js.update_stream(info.config.evolve(subjects=[LEGACY_CONSENT_PARKED]))
+        changes: list[Change] = []
+        copies: collections.Counter[tuple[str, str]] = collections.Counter()
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            try:
+                msg = await js.get_msg(name, seq=seq)
+            except nats.js.errors.NotFoundError:
+                continue  # aged out
+            owner = _legacy_consent_owner(msg.subject or "")
+            if owner not in copies:
+                changes.append(await _ensure_stream(js, _consent_stream(s, *owner)))
+            await _copy_consent_document(js, consent_stream(*owner), msg.subject or "", msg, seq)
+            copies[owner] += 1
+        for (issuer, kind), count in sorted(copies.items()):
+            change = await _start_after_copies(js, s, issuer, kind, count)
+            if change is not None:
+                changes.append(change)
+        await js.delete_stream(name)
+        changes.append(Change("stream", name, Action.REMOVED))
+        return changes
+
+
+def _legacy_refusal(detail: str) -> ConfigError:
+    return ConfigError(
+        f"stream {_LEGACY_CONSENT_STREAM} (the consent registry of earlier versions): {detail}",
+        reason="provision.legacy_consent",
+    )
+
+
+async def _check_legacy_consent_processed(js: JetStreamContext, name: str) -> None:
+    for consumer in (REGISTRATION_CONSUMER, WITHDRAWAL_CONSUMER):
+        try:
+            info = await js.consumer_info(name, consumer)
+        except nats.js.errors.NotFoundError:
+            raise _legacy_refusal(
+                f"its consumer {consumer} is missing, so nothing tells whether the earlier "
+                "broker applied every document; recreate it and let that broker run"
+            ) from None
+        waiting = info.num_pending + info.num_ack_pending
+        if waiting:
+            raise _legacy_refusal(
+                f"{waiting} documents the earlier broker has not processed yet ({consumer}); "
+                "let it run until they are, then provision again"
+            )
+
+
+def _legacy_consent_owner(subject: str) -> tuple[str, str]:
+    """(issuer, kind) of a document in the old registry, from its subject."""
+    tokens = subject.split(".")
+    if len(tokens) == 5 and tokens[:2] == ["bridge", "consent"] and tokens[4] in CONSENT_KINDS:
+        with contextlib.suppress(ValueError, ProtocolError):
+            check_consent_ref(tokens[3])
+            return check_agency_id(tokens[2]), tokens[4]
+    raise _legacy_refusal("it holds a message that is no consent document; remove it by hand")
+
+
+async def _copy_consent_document(
+    js: JetStreamContext, stream: str, subject: str, msg: RawStreamMsg, seq: int
+) -> None:
+    data = bytes(msg.data or b"")
+    try:
+        await publish_durable(
+            js, subject, data, msg_id=f"migrated.{seq}", expected_stream=stream, timeout=10.0
+        )
+    except TransportError as exc:
+        if subject_taken(exc):
+            stored = await js.get_msg(stream, subject=subject)
+            if bytes(stored.data or b"") == data:
+                return  # copied by an earlier run
+            raise _legacy_refusal(
+                f"its message {seq} differs from what {stream} holds on the same subject"
+            ) from exc
+        if exc.reason == "transport.stream_full":
+            raise _legacy_refusal(
+                f"{stream} is too small for its documents; raise consent_max_msgs_per_issuer "
+                "and consent_max_bytes_per_issuer"
+            ) from exc
+        raise
+
+
+async def _start_after_copies(
+    js: JetStreamContext, s: ProvisionSettings, issuer: str, kind: str, copies: int
+) -> Change | None:
+    stream = consent_stream(issuer, kind)
+    wanted = _consumer(s, _CONSENT_CONSUMERS[kind], consent_subjects(issuer, kind))
+    assert wanted.name is not None
+    try:
+        await js.consumer_info(stream, wanted.name)
+        return None  # created by an earlier run
+    except nats.js.errors.NotFoundError:
+        pass
+    info = await js.stream_info(stream)
+    if info.state.messages == copies:
+        wanted = wanted.evolve(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=info.state.last_seq + 1,
+        )
+    await js.add_consumer(stream, wanted)
+    return Change("consumer", f"{stream}/{wanted.name}", Action.CREATED)
+
+
 async def provision(
     js: JetStreamContext,
     agencies: Sequence[str],
@@ -674,6 +828,7 @@ async def provision(
         )
         is not None
     ]
+    migrated = await _patiently(functools.partial(_migrate_legacy_consent, js, s), unavailable_wait)
     steps: list[Callable[[], Awaitable[Change]]] = [
         functools.partial(_ensure_stream, js, stream) for stream in _streams(s, federation)
     ]
@@ -683,7 +838,7 @@ async def provision(
     ]
     steps += [functools.partial(_ensure_kv, js, s, agency) for agency in federation]
     changes = [await _patiently(step, unavailable_wait) for step in steps]
-    return ProvisionReport(tuple(retired + changes))
+    return ProvisionReport(tuple(retired + migrated + changes))
 
 
 async def provision_leaf(

@@ -41,10 +41,15 @@ Topology (one JetStream account, created by `bridge.nats.provision`):
   JetStream (domain `leaf-<agency>`) keeps the adapter's submissions in `BRIDGE_OUTBOX_<agency>`
   (subject `bridge.submit.<agency>`), and the hub's `BRIDGE_SUBMIT_<agency>` sources it,
   delivered below `bridge.leaf.<agency>.`.
-- stream `BRIDGE_CONSENT`, subjects `bridge.consent.<issuer>.<consent-id>.record` and
-  `....withdrawal`: the consent registry. Each subject holds at most one message, which can be
-  neither replaced nor deleted; an agency may write only below its own `<issuer>` token. The
-  broker reads it and consumes withdrawals with its durable consumer `broker-withdrawals`.
+- the consent registry, two streams per issuing agency: `BRIDGE_CONSENT_<issuer>`, subjects
+  `bridge.consent.<issuer>.<consent-id>.record`, and `BRIDGE_WITHDRAWAL_<issuer>`, subjects
+  `....withdrawal`. Each subject holds at most one message, which can be neither replaced nor
+  deleted; an agency may write only below its own `<issuer>` token. Each issuer's streams are
+  its quota: one agency registering without end fills only its own, and its withdrawals have
+  room of their own, so a full record stream never stops a withdrawal. The broker reads them
+  and consumes each with its durable consumers `broker-registrations` and `broker-withdrawals`.
+  (Earlier versions kept the whole registry in one stream `BRIDGE_CONSENT`; provisioning copies
+  it into these and then removes it.)
 
 Each NATS identity uses its own reply-inbox prefix (`_INBOX.<role>...`), so that it may subscribe
 only to its own replies and never see another identity's pulled messages or acks.
@@ -61,7 +66,7 @@ __all__ = [
     "AUDIT_STREAM",
     "BROKER_CONSUMER",
     "CONSENT_KINDS",
-    "CONSENT_STREAM",
+    "CONSENT_STREAM_PREFIX",
     "HDR_CONSENT",
     "HDR_DISPOSITION",
     "HDR_EXPECTED_LAST_SEQ",
@@ -71,12 +76,14 @@ __all__ = [
     "HDR_TTL",
     "HUB_DOMAIN",
     "INBOX_STREAM_PREFIX",
+    "LEGACY_CONSENT_PARKED",
     "OUTBOX_STREAM_PREFIX",
     "PENDING_STREAM",
     "REGISTRATION_CONSUMER",
     "STATUS_STREAM",
     "SUBMIT_STREAM_PREFIX",
     "WITHDRAWAL_CONSUMER",
+    "WITHDRAWAL_STREAM_PREFIX",
     "agency_consent_publish_subjects",
     "agency_inbox_prefix",
     "attach_filter",
@@ -93,8 +100,10 @@ __all__ = [
     "audit_subject",
     "audit_write_subjects",
     "consent_read_subjects",
+    "consent_stream",
+    "consent_streams",
     "consent_subject",
-    "consent_subjects_all",
+    "consent_subjects",
     "disclosure_subject",
     "disclosure_subjects_all",
     "heartbeat_filter",
@@ -120,7 +129,6 @@ __all__ = [
     "pending_subjects_all",
     "pending_write_subjects",
     "pull_consumer_api_subjects",
-    "record_subjects_all",
     "report_filter",
     "report_subject",
     "report_subjects_all",
@@ -133,7 +141,6 @@ __all__ = [
     "stream_settings_subjects",
     "submit_stream",
     "submit_subject",
-    "withdrawal_subjects_all",
 ]
 
 SUBMIT_STREAM_PREFIX = "BRIDGE_SUBMIT_"
@@ -147,7 +154,10 @@ STATUS_STREAM = "BRIDGE_STATUS"
 AUDIT_STREAM = "BRIDGE_AUDIT"
 PENDING_STREAM = "BRIDGE_PENDING"
 BROKER_CONSUMER = "broker"
-CONSENT_STREAM = "BRIDGE_CONSENT"
+CONSENT_STREAM_PREFIX = "BRIDGE_CONSENT_"
+WITHDRAWAL_STREAM_PREFIX = "BRIDGE_WITHDRAWAL_"
+LEGACY_CONSENT_PARKED = "bridge.legacy.consent"
+"""Where provisioning moves the registry of earlier versions while it copies it (no publisher)."""
 WITHDRAWAL_CONSUMER = "broker-withdrawals"
 REGISTRATION_CONSUMER = "broker-registrations"  # consent records, for the audit trail
 CONSENT_KINDS = ("record", "withdrawal")
@@ -281,16 +291,24 @@ def consent_subject(issuer: str, consent_id: str, kind: str) -> str:
     return f"{_PREFIX}.consent.{check_agency_id(issuer)}.{check_consent_ref(consent_id)}.{kind}"
 
 
-def consent_subjects_all() -> list[str]:
-    return [f"{_PREFIX}.consent.*.*.{kind}" for kind in CONSENT_KINDS]
+def consent_stream(issuer: str, kind: str) -> str:
+    """The stream of `issuer`'s consent records (`record`) or of its withdrawals (`withdrawal`)."""
+    if kind not in CONSENT_KINDS:
+        raise ValueError(f"unknown consent document kind {kind!r}")
+    prefix = CONSENT_STREAM_PREFIX if kind == "record" else WITHDRAWAL_STREAM_PREFIX
+    return f"{prefix}{check_agency_id(issuer)}"
 
 
-def record_subjects_all() -> str:
-    return f"{_PREFIX}.consent.*.*.record"
+def consent_streams(issuer: str) -> tuple[str, ...]:
+    """Both registry streams of one issuer."""
+    return tuple(consent_stream(issuer, kind) for kind in CONSENT_KINDS)
 
 
-def withdrawal_subjects_all() -> str:
-    return f"{_PREFIX}.consent.*.*.withdrawal"
+def consent_subjects(issuer: str, kind: str) -> str:
+    """Every record (or withdrawal) of one issuer: its stream's subjects."""
+    if kind not in CONSENT_KINDS:
+        raise ValueError(f"unknown consent document kind {kind!r}")
+    return f"{_PREFIX}.consent.{check_agency_id(issuer)}.*.{kind}"
 
 
 def report_subject(agency: str, message_id: str) -> str:
@@ -409,12 +427,15 @@ def agency_consent_publish_subjects(agency: str) -> tuple[str, ...]:
 
 
 def consent_read_subjects() -> tuple[str, ...]:
-    """Direct gets of the one message on a named registry subject (whoever knows the id).
+    """Direct gets of the one message on a named registry subject (whoever knows the id), in
+    any issuer's streams.
 
-    Only the by-subject form: the bare `$JS.API.DIRECT.GET.BRIDGE_CONSENT`, which takes a
-    sequence number and so could walk the whole registry, is not included.
+    Only the by-subject form: the bare `$JS.API.DIRECT.GET.<stream>`, which takes a sequence
+    number and so could walk an issuer's registry, is not included. The stream token is a
+    wildcard (an adapter behind its own leaf node cannot know the federation): only the
+    registry streams hold `bridge.consent.` subjects, so no other stream answers with anything.
     """
-    return (f"{_JS_API}.DIRECT.GET.{CONSENT_STREAM}.{_PREFIX}.consent.>",)
+    return (f"{_JS_API}.DIRECT.GET.*.{_PREFIX}.consent.>",)
 
 
 def inbox_edit_subjects(federation: Sequence[str]) -> tuple[str, ...]:
@@ -505,9 +526,9 @@ def stream_settings_subjects(federation: Sequence[str]) -> tuple[str, ...]:
     streams = (
         *(submit_stream(agency) for agency in federation),
         *(attach_stream(agency) for agency in federation),
+        *(stream for agency in federation for stream in consent_streams(agency)),
         *(inbox_stream(agency) for agency in federation),
         STATUS_STREAM,
-        CONSENT_STREAM,
     )
     return tuple(f"{_JS_API}.STREAM.INFO.{stream}" for stream in streams)
 

@@ -49,6 +49,7 @@ __all__ = [
     "fetch",
     "hand_back",
     "publish_durable",
+    "subject_taken",
     "take_queued",
 ]
 
@@ -371,6 +372,17 @@ async def publish_durable(
             f"publishing to {subject} failed: {_describe(exc)}", reason="transport.error"
         ) from exc
     return PubAck(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+
+
+def subject_taken(exc: TransportError) -> bool:
+    """Whether a publish was refused because its subject holds all the messages it may (a
+    write-once subject that is taken), rather than because the whole stream is full."""
+    cause = exc.__cause__
+    return (
+        isinstance(cause, nats.js.errors.APIError)
+        and cause.err_code == _STORE_FAILED
+        and "per subject" in str(cause.description or "")
+    )
 
 
 async def bind_pull(

@@ -22,11 +22,12 @@ from ..nats.retention import StoreLimit
 from ..nats.subjects import (
     ATTACH_STREAM_PREFIX,
     AUDIT_STREAM,
-    CONSENT_STREAM,
+    CONSENT_STREAM_PREFIX,
     INBOX_STREAM_PREFIX,
     PENDING_STREAM,
     STATUS_STREAM,
     SUBMIT_STREAM_PREFIX,
+    WITHDRAWAL_STREAM_PREFIX,
 )
 from ._model import PolicyRules
 
@@ -47,7 +48,8 @@ def store_limits(rules: PolicyRules) -> tuple[StoreLimit, ...]:
         StoreLimit(INBOX_STREAM_PREFIX, f"{_LONGEST} inbox_ttl", inbox),
         StoreLimit(PENDING_STREAM, f"{_LONGEST} inbox_ttl, plus a day", inbox + PENDING_GRACE),
         StoreLimit(STATUS_STREAM, "[retention] status", rules.retention.status),
-        StoreLimit(CONSENT_STREAM, "[retention] consent", rules.retention.consent),
+        StoreLimit(CONSENT_STREAM_PREFIX, "[retention] consent", rules.retention.consent),
+        StoreLimit(WITHDRAWAL_STREAM_PREFIX, "[retention] consent", rules.retention.consent),
         StoreLimit(AUDIT_STREAM, "[retention] audit", rules.retention.audit),
     )
 
