@@ -200,6 +200,7 @@ def seal_to(
     reply_to: str | None = None,
     categories: tuple[str, ...] = ("identity", "contact", "addiction"),
     purpose: str = "counselling",
+    consent: str = CONSENT,
 ) -> bytes:
     return seal(
         encode_body(BODIES[MessageType.REFERRAL]) if plaintext is None else plaintext,
@@ -207,7 +208,7 @@ def seal_to(
         sender=keyring(sender),
         recipients=[recipient],
         directory=fed().directory,
-        consent=CONSENT,
+        consent=consent,
         purpose=purpose,
         categories=list(categories),
         lifetime=86400,

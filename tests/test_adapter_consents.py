@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import html
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from consent_helpers import consent_body, signed_consent
 from envelope_helpers import CONSENT
 
 from bridge.adapters.form import render_form
+from bridge.adapters.revocation import derived_id
 from bridge.adapters.service import Adapter
 from bridge.config import DeliveryConfig
 from bridge.consent import Registry
@@ -46,7 +48,9 @@ from bridge.wire import (
     ConsentRevoked,
     DataCategory,
     DeletionConfirmed,
+    Delivered,
     Purpose,
+    Receipt,
     decode_body,
     encode_body,
 )
@@ -477,3 +481,65 @@ async def _confirmations(admin: Any) -> dict[str, tuple[str, DeletionConfirmed]]
         assert opened.header.reply_to == body.in_reply_to
         found[body.in_reply_to] = (opened.header.id, body)
     return found
+
+
+async def test_only_an_answer_to_a_notice_sent_to_that_recipient_confirms_a_deletion(
+    jobcenter: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The issuer folds a deletion confirmation only if it answers a notice it sends that very
+    agency: another recipient's, or one answering no notice at all, could make the consent
+    look deleted where nothing was. A receipt for a notice is expected, not a warning."""
+    caplog.set_level(logging.INFO, logger="bridge.adapters")
+    view = await jobcenter.register()
+    consent_id = view["consent_id"]
+    status, _ = await jobcenter.call("DELETE", f"/v1/consents/{consent_id}")
+    assert status == 200
+    to_sucht = derived_id(b"bridge/consent-revoked/v1", consent_id, SUCHT)
+    now = datetime.datetime.now(datetime.UTC)
+
+    async def answer(sender: str, notice: str, body: Any, kind: str) -> None:
+        message_id = new_message_id()
+        envelope = seal_to(
+            JOBCENTER,
+            sender=sender,
+            plaintext=encode_body(body),
+            message_type=kind,
+            message_id=message_id,
+            reply_to=notice,
+            purpose="delivery-confirmation",
+            categories=("delivery-metadata",),
+            consent=consent_id,
+        )
+        await put_in_inbox(jobcenter.admin, JOBCENTER, envelope, message_id)
+
+    def confirmation(notice: str) -> DeletionConfirmed:
+        return DeletionConfirmed(
+            in_reply_to=notice, consent=consent_id, deleted_at=now, messages=(new_message_id(),)
+        )
+
+    # The social-psychiatric service answers the notice meant for the counselling service, and
+    # a notice id nobody was sent; then the counselling service answers its own.
+    await answer(SPDI, to_sucht, confirmation(to_sucht), "deletion-confirmed")
+    stray = new_message_id()
+    await answer(SPDI, stray, confirmation(stray), "deletion-confirmed")
+    await answer(
+        SUCHT,
+        to_sucht,
+        Receipt(in_reply_to=to_sucht, received_at=now, disposition=Delivered()),
+        "receipt",
+    )
+    await answer(SUCHT, to_sucht, confirmation(to_sucht), "deletion-confirmed")
+
+    async def confirmed() -> set[str] | None:
+        _, view = await jobcenter.call("GET", f"/v1/consents/{consent_id}", scope="consents:read")
+        done = {e["recipient"] for e in view["events"] if e["state"] == "deletion-confirmed"}
+        return done or None
+
+    assert await eventually(confirmed, what="the counselling service's confirmation") == {SUCHT}
+    await eventually(
+        lambda: _true(caplog.text.count("answers no notice of ours") == 2),
+        what="both stray confirmations refused",
+    )
+    assert f"receipt from {SUCHT} for consent notice {to_sucht}" in caplog.text
+    assert "is for no message sent to its sender" not in caplog.text
+    assert await confirmed() == {SUCHT}

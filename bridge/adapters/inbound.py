@@ -33,6 +33,7 @@ from .._cancel import pause, raise_if_cancelling
 from ..crypto import Header, Keyring, Limits, OpenedAttachment, open_envelope, verify
 from ..errors import AttachmentInvalid, BridgeError, TransportError, reasons_of
 from ..federation.directory import Directory
+from ..ids import NO_CONSENT
 from ..nats.transport import Fetcher
 from ..wire import (
     PULL_EXPIRED_REASON,
@@ -415,6 +416,11 @@ class Inbound:
             log.warning("receipt %s names two different messages; ignored", header.id)
             return
         found = await self._store.get_message_revision(original)
+        if found is None and await self._is_notice_receipt(header, original):
+            # A recipient's system took our consent-revoked notice; its answer that counts is
+            # the deletion confirmation, which the consent shows.
+            log.info("receipt from %s for consent notice %s", header.sender, original)
+            return
         if found is None or header.sender not in found[0].recipients:
             log.warning("receipt %s is for no message sent to its sender; ignored", header.id)
             return
@@ -459,6 +465,11 @@ class Inbound:
             )
         if self._reporter is not None and not isinstance(disposition, Rejected):
             await self._reporter.receipted(original, header.sender, record.type)
+
+    async def _is_notice_receipt(self, header: Header, original: str) -> bool:
+        if self._revocations is None or header.consent == NO_CONSENT:
+            return False
+        return await self._revocations.is_notice_to(header.consent, header.sender, original)
 
 
 def _delivered(attachments: tuple[OpenedAttachment, ...]) -> Delivered:

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 NOTICE_LIFETIME_SECONDS: Final = 30 * 86400
 _DELIVERED: Final = frozenset({"delivered", "receipted"})
+_NOTICE: Final = b"bridge/consent-revoked/v1"
 
 
 def derived_id(namespace: bytes, *parts: str) -> str:
@@ -144,7 +145,7 @@ class Revocations:
         withdrawn_at = state.withdrawal.body.at
         now = int(self._clock())
         for recipient, messages in sorted((await self.received_under(local)).items()):
-            notice_id = derived_id(b"bridge/consent-revoked/v1", consent, recipient)
+            notice_id = derived_id(_NOTICE, consent, recipient)
             await self._send_notice(consent, withdrawn_at, messages, recipient, notice_id, now)
 
     async def _send_notice(
@@ -187,14 +188,37 @@ class Revocations:
         withdrawn = [e.at for e in local.events if e.state == "withdrawn"]
         if not withdrawn:
             return
-        notice_id = derived_id(b"bridge/consent-revoked/v1", consent, recipient, message_id)
+        notice_id = derived_id(_NOTICE, consent, recipient, message_id)
         log.info("consent %s: a copy of %s was taken as it was withdrawn", consent, message_id)
         await self._send_notice(
             consent, min(withdrawn), [message_id], recipient, notice_id, int(self._clock())
         )
 
+    async def is_notice_to(self, consent: str, recipient: str, notice_id: str) -> bool:
+        """Whether `notice_id` is a notice this agency sends `recipient` about its `consent`.
+
+        Notice ids are derived, so this needs no record of the sending: the withdrawal's notice
+        for the recipient, or a late receipt's for one of the messages sent under the consent.
+        """
+        local = await self._store.get_consent(consent)
+        if local is None:
+            return False
+        if notice_id == derived_id(_NOTICE, consent, recipient):
+            return True
+        return any(notice_id == derived_id(_NOTICE, consent, recipient, m) for m in local.messages)
+
     async def fold_confirmation(self, sender: str, body: DeletionConfirmed, now: int) -> None:
-        """A recipient confirmed the deletion: show it on the consent."""
+        """A recipient confirmed the deletion: show it on the consent.
+
+        Only an answer to a notice this agency sends that very recipient counts: an agency that
+        never received data under the consent cannot appear to have deleted it.
+        """
+        if not await self.is_notice_to(body.consent, sender, body.in_reply_to):
+            log.warning(
+                "deletion confirmation from %s answers no notice of ours; ignored [notice.unknown]",
+                sender,
+            )
+            return
         at = int(body.deleted_at.timestamp())
         event = Event(state="deletion-confirmed", at=at, recipient=sender)
         if not await self._store.update_consent(body.consent, now=now, events=[event]):
