@@ -338,13 +338,26 @@ async def test_referral_reaches_webhook_and_pull_and_is_receipted(e2e: E2E) -> N
 
 
 async def test_feedback_travels_back_to_the_jobcenter(e2e: E2E) -> None:
-    referral_id = await e2e.submit(JOBCENTER, [SPDI], demo_referral())
+    referral_consent = await e2e.register_consent(
+        JOBCENTER, [SPDI], "integration-support", ("identity", "contact", "addiction"), "referral"
+    )
+    referral_id = await e2e.submit(JOBCENTER, [SPDI], demo_referral(), consent=referral_consent)
     await e2e.pull(SPDI, referral_id)
     feedback = Feedback(
         in_reply_to=referral_id,
         outcome=MeasureStarted(),
         occurred_on=datetime.date.today(),
     )
+    # The feedback needs the service's own consent: the Jobcenter's does not count for it.
+    status, problem = await e2e.try_submit(
+        SPDI,
+        [JOBCENTER],
+        feedback,
+        consent=referral_consent,
+        categories=("health",),
+        purpose="integration-support",
+    )
+    assert (status, problem["code"]) == (422, "consent.issuer_not_accepted"), problem
     feedback_id = await e2e.submit(
         SPDI, [JOBCENTER], feedback, categories=("health",), purpose="integration-support"
     )
