@@ -52,9 +52,9 @@ from bridge.nats.server import (
 )
 from bridge.nats.subjects import (
     HUB_DOMAIN,
-    STATUS_STREAM,
     inbox_stream,
     outbox_stream,
+    report_stream,
     report_subject,
     submit_stream,
     submit_subject,
@@ -333,7 +333,7 @@ async def test_the_hub_takes_from_a_leaf_only_what_its_agency_may_send(site: Sit
                 await js.publish(subject, b"forged", headers={"Nats-Msg-Id": str(uuid.uuid4())})
         # The agency's own report does reach the hub: the check above can fail.
         ack = await js.publish(report_subject(JOBCENTER, str(uuid.uuid4())), b"{}")
-        assert ack.stream == STATUS_STREAM
+        assert ack.stream == report_stream(JOBCENTER)
     finally:
         await nc.close()
     for sender in (JOBCENTER, SUCHT):

@@ -35,6 +35,7 @@ from bridge.nats.subjects import (
     inbox_stream,
     inbox_subject,
     kv_bucket,
+    report_stream,
     submit_stream,
     submit_subject,
 )
@@ -238,9 +239,9 @@ async def test_provisioning_is_idempotent(nats_env: NatsEnv) -> None:
     assert not report.changed, str(report)
     # Shared: status, pending and audit streams. Per agency: its submit stream with the
     # broker's consumer, its attachment stream, its inbox stream and consumer, its status
-    # consumer, its bucket, its record and withdrawal streams with the broker's registrations
-    # and withdrawals consumers.
-    assert len(report.changes) == 3 + 11 * len(nats_env.agencies)
+    # consumer, its report stream, its bucket, its record and withdrawal streams with the
+    # broker's registrations and withdrawals consumers.
+    assert len(report.changes) == 3 + 12 * len(nats_env.agencies)
 
 
 async def test_provisioning_retires_the_shared_submit_stream_only_when_empty(
@@ -344,6 +345,7 @@ async def test_adding_an_agency_leaves_the_others_alone(nats_env: NatsEnv) -> No
         inbox_stream(newcomer),
         f"{inbox_stream(newcomer)}/inbox-{newcomer}",
         f"{STATUS_STREAM}/status-{newcomer}",
+        report_stream(newcomer),
         f"adapter-{newcomer}",
     }
     assert not report.by_action(Action.UPDATED)
@@ -363,6 +365,7 @@ async def test_provisioning_updates_a_changed_limit(nats_env: NatsEnv) -> None:
         **{attach_stream(a): ("duplicate_window",) for a in nats_env.agencies},
         **{inbox_stream(a): ("duplicate_window",) for a in nats_env.agencies},
         STATUS_STREAM: ("duplicate_window",),
+        **{report_stream(a): ("duplicate_window",) for a in nats_env.agencies},
         AUDIT_STREAM: ("duplicate_window",),
         **{s: ("duplicate_window",) for a in nats_env.agencies for s in consent_streams(a)},
         PENDING_STREAM: ("duplicate_window",),

@@ -35,6 +35,7 @@ from bridge.nats.subjects import (
     heartbeat_subject,
     inbox_consumer,
     inbox_stream,
+    report_stream,
     report_subject,
     status_subject,
     submit_stream,
@@ -304,6 +305,12 @@ async def test_the_ops_identity_can_read_but_never_write(env: Env) -> None:
         status_subject(JOBCENTER, str(uuid.uuid4())),
         encode_status_event(_event(DeliveryState.ROUTED, JOBCENTER, SPDI, Component.BROKER)),
     )
+    accepted = _event(DeliveryState.ACCEPTED, JOBCENTER, SPDI, Component.ADAPTER)
+    await env.publish_as(
+        Identity.for_agency(JOBCENTER),
+        report_subject(JOBCENTER, accepted.message_id),
+        encode_status_event(accepted),
+    )
     errors: list[Exception] = []
 
     async def on_error(exc: Exception) -> None:
@@ -322,6 +329,11 @@ async def test_the_ops_identity_can_read_but_never_write(env: Env) -> None:
         # What it may: read the status stream, and the consumers' backlogs.
         first = await js.get_msg(STATUS_STREAM, seq=1, subject=">", next=True, direct=True)
         assert first.seq == 1
+        # And each agency's report stream.
+        reports = report_stream(JOBCENTER)
+        assert (await js.stream_info(reports)).state.messages == 1
+        report = await js.get_msg(reports, seq=1, subject=">", next=True, direct=True)
+        assert report.subject == report_subject(JOBCENTER, accepted.message_id)
         info = await js.consumer_info(inbox_stream(SPDI), inbox_consumer(SPDI))
         assert info.num_pending == 0
         # What it may not: publish anything, change, delete or consume.
@@ -332,6 +344,8 @@ async def test_the_ops_identity_can_read_but_never_write(env: Env) -> None:
             js.delete_msg(STATUS_STREAM, 1),
             js.purge_stream(STATUS_STREAM),
             js.delete_stream(STATUS_STREAM),
+            js.purge_stream(reports),
+            js.delete_msg(reports, 1),
             js.delete_consumer(inbox_stream(SPDI), inbox_consumer(SPDI)),
             js.add_consumer(STATUS_STREAM, api.ConsumerConfig(durable_name="ops-tap")),
             js.stream_info(submit_stream(JOBCENTER)),
@@ -356,7 +370,8 @@ async def test_the_ops_identity_can_read_but_never_write(env: Env) -> None:
     admin = Identity.admin()
     nc = await connect(env.server.url, env.creds.seed_file(admin), admin.inbox_prefix, "t")
     try:
-        info = await nc.jetstream().stream_info(STATUS_STREAM)
-        assert info.state.messages == 1  # nothing deleted, nothing added
+        for stream in (STATUS_STREAM, reports):
+            info = await nc.jetstream().stream_info(stream)
+            assert info.state.messages == 1  # nothing deleted, nothing added
     finally:
         await nc.close()

@@ -55,6 +55,7 @@ from ..nats.subjects import (
     disclosure_subjects_all,
     inbox_stream,
     inbox_subject,
+    report_stream,
     status_subject,
     submit_stream,
 )
@@ -281,6 +282,7 @@ class Broker:
                 *(attach_stream(a.id) for a in self._directory.current.agencies()),
                 *(inbox_stream(a.id) for a in self._directory.current.agencies()),
                 *(s for a in self._directory.current.agencies() for s in consent_streams(a.id)),
+                *(report_stream(a.id) for a in self._directory.current.agencies()),
             ],
             wait=self._config.nats.request_timeout_seconds,
         )

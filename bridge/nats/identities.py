@@ -243,7 +243,7 @@ def permissions_for(identity: Identity, federation: Sequence[str]) -> Permission
             allow_responses=True,
         )
     if identity.role is Role.OPS:
-        # Read-only: the status and audit streams' state and single messages through the
+        # Read-only: the status, report and audit streams' state and single messages through the
         # direct-get API, the state of the submit and inbox consumers (backlogs), and listening
         # to status events, reports and heartbeats as they pass. No consumer, so ops can neither
         # take events from an agency's status consumer nor leave server-side state behind.

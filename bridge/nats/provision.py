@@ -59,7 +59,8 @@ from .subjects import (
     leaf_domain,
     outbox_stream,
     pending_subjects_all,
-    report_subjects_all,
+    report_filter,
+    report_stream,
     status_consumer,
     status_filter,
     status_subjects_all,
@@ -120,6 +121,10 @@ class ProvisionSettings:
     status_max_bytes: int = 256 * _MiB
     status_max_age: float = 30 * _DAY
     status_max_msg_size: int = 64 * 1024
+    # Quota: each agency's reports for operations, in a stream of its own that drops its oldest
+    # when full (reports are telemetry, kept for status_max_age like the status events).
+    report_max_msgs_per_agency: int = 1_000_000
+    report_max_bytes_per_agency: int = 256 * _MiB
     # The audit trail outlives what it records: long enough to answer a client's request for
     # information (GDPR Art. 15) about every message whose records still exist.
     audit_max_bytes: int = 1 * _GiB
@@ -173,7 +178,12 @@ class ProvisionSettings:
         for name in ("max_ack_pending", "max_waiting"):
             if not 1 <= getattr(self, name) <= 100_000:
                 raise bad(f"{name} must be between 1 and 100000")
-        quotas = ("submit_max_msgs", "inbox_max_msgs_per_recipient", "consent_max_msgs_per_issuer")
+        quotas = (
+            "submit_max_msgs",
+            "inbox_max_msgs_per_recipient",
+            "consent_max_msgs_per_issuer",
+            "report_max_msgs_per_agency",
+        )
         for name in quotas:
             if not 1 <= getattr(self, name) <= 100_000_000:
                 raise bad(f"{name} must be between 1 and 100000000")
@@ -188,6 +198,10 @@ class ProvisionSettings:
                 self.max_msg_size,
             ),
             "status_max_bytes": (self.status_max_bytes, self.status_max_msg_size),
+            "report_max_bytes_per_agency": (
+                self.report_max_bytes_per_agency,
+                self.status_max_msg_size,
+            ),
             "audit_max_bytes": (self.audit_max_bytes, self.status_max_msg_size),
             "consent_max_bytes_per_issuer": (
                 self.consent_max_bytes_per_issuer,
@@ -349,8 +363,8 @@ def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamCo
         *(_inbox_stream(s, agency) for agency in agencies),
         api.StreamConfig(
             name=STATUS_STREAM,
-            description="bridge: status events for senders and operations",
-            subjects=[status_subjects_all(), report_subjects_all()],
+            description="bridge: the broker's status events for senders and operations",
+            subjects=[status_subjects_all()],
             retention=api.RetentionPolicy.LIMITS,
             discard=api.DiscardPolicy.OLD,
             max_bytes=s.status_max_bytes,
@@ -361,6 +375,9 @@ def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamCo
             storage=api.StorageType.FILE,
             num_replicas=s.replicas,
         ),
+        # After the status stream: in earlier versions it held the reports too, and its
+        # update gives their subjects up before these streams take them.
+        *(_report_stream(s, agency) for agency in agencies),
         api.StreamConfig(
             name=PENDING_STREAM,
             description="bridge: the broker's notes of undelivered inbox copies (expiry)",
@@ -397,6 +414,27 @@ def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamCo
         ),
         *(_consent_stream(s, agency, kind) for agency in agencies for kind in CONSENT_KINDS),
     ]
+
+
+def _report_stream(s: ProvisionSettings, agency: str) -> api.StreamConfig:
+    # One per agency, so its reports fill only its own quota. Full, it drops its oldest
+    # reports: an agency reporting without end loses only its own telemetry, and a report is
+    # never refused (reports are best effort; the steps they tell of do not wait for them).
+    return api.StreamConfig(
+        name=report_stream(agency),
+        description=f"bridge: reports of {agency}'s adapter for operations",
+        subjects=[report_filter(agency)],
+        retention=api.RetentionPolicy.LIMITS,
+        discard=api.DiscardPolicy.OLD,
+        max_msgs=s.report_max_msgs_per_agency,
+        max_bytes=s.report_max_bytes_per_agency,
+        max_age=s.status_max_age,
+        max_msg_size=s.status_max_msg_size,
+        duplicate_window=s.duplicate_window,
+        allow_direct=True,
+        storage=api.StorageType.FILE,
+        num_replicas=s.replicas,
+    )
 
 
 def _consent_stream(s: ProvisionSettings, issuer: str, kind: str) -> api.StreamConfig:

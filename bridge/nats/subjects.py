@@ -19,10 +19,14 @@ Topology (one JetStream account, created by `bridge.nats.provision`):
   it once it is empty.)
 - stream `BRIDGE_STATUS`, subjects `bridge.status.<sender>.<message-id>`: status events the
   broker reports back to senders; one durable consumer `status-<sender>` per agency. Only the
-  broker publishes there. The same stream keeps `bridge.report.<agency>.<message-id>`: what an
-  adapter reports about a message for operations (accepted, delivered, receipted,
-  redelivered); the reporting agency is the subject's token, which NATS permissions make
-  unforgeable. No agency consumer sees reports.
+  broker publishes there.
+- one stream `BRIDGE_REPORT_<agency>` per agency, subjects `bridge.report.<agency>.<message-id>`:
+  what that agency's adapter reports about a message for operations (accepted, delivered,
+  receipted, redelivered); the reporting agency is the subject's token, which NATS permissions
+  make unforgeable. Ops reads them; no agency consumer sees reports. One stream per agency, each
+  its quota, dropping its oldest when full: an agency reporting without end evicts only its own
+  reports, never another agency's nor a status event a sender has not yet taken. (Earlier
+  versions kept reports in `BRIDGE_STATUS`; those age out there.)
 - core subjects `bridge.heartbeat.<component>.<name>`: liveness beats of adapters and brokers,
   not stored; ops listens.
 - KV bucket `adapter-<agency>`: the adapter's own records (idempotency keys, message timelines).
@@ -80,6 +84,7 @@ __all__ = [
     "OUTBOX_STREAM_PREFIX",
     "PENDING_STREAM",
     "REGISTRATION_CONSUMER",
+    "REPORT_STREAM_PREFIX",
     "STATUS_STREAM",
     "SUBMIT_STREAM_PREFIX",
     "WITHDRAWAL_CONSUMER",
@@ -130,6 +135,7 @@ __all__ = [
     "pending_write_subjects",
     "pull_consumer_api_subjects",
     "report_filter",
+    "report_stream",
     "report_subject",
     "report_subjects_all",
     "role_inbox_prefix",
@@ -147,6 +153,7 @@ SUBMIT_STREAM_PREFIX = "BRIDGE_SUBMIT_"
 ATTACH_STREAM_PREFIX = "BRIDGE_ATTACH_"
 INBOX_STREAM_PREFIX = "BRIDGE_INBOX_"
 OUTBOX_STREAM_PREFIX = "BRIDGE_OUTBOX_"
+REPORT_STREAM_PREFIX = "BRIDGE_REPORT_"
 HUB_DOMAIN = "hub"
 """The JetStream domain of the hub (the embedded server with leaf nodes, or the cluster): its
 API answers on `$JS.hub.API` too, which is how clients behind a leaf node reach it."""
@@ -321,6 +328,11 @@ def report_filter(agency: str) -> str:
     return f"{_PREFIX}.report.{check_agency_id(agency)}.*"
 
 
+def report_stream(agency: str) -> str:
+    """The stream of `agency`'s reports for operations; only `agency` writes to it."""
+    return f"{REPORT_STREAM_PREFIX}{check_agency_id(agency)}"
+
+
 def report_subjects_all() -> str:
     return f"{_PREFIX}.report.*.*"
 
@@ -411,13 +423,15 @@ def kv_bucket_api_subjects(agency: str) -> tuple[str, ...]:
     )
 
 
-def status_stream_read_subjects() -> tuple[str, ...]:
-    """Read-only access to the status stream: its state and direct gets (ops)."""
-    return (
-        f"{_JS_API}.STREAM.INFO.{STATUS_STREAM}",
-        f"{_JS_API}.DIRECT.GET.{STATUS_STREAM}",
-        f"{_JS_API}.DIRECT.GET.{STATUS_STREAM}.>",
-    )
+def status_stream_read_subjects(federation: Sequence[str]) -> tuple[str, ...]:
+    """Read-only access to the status stream and each agency's report stream: their state and
+    direct gets (ops)."""
+    streams = (STATUS_STREAM, *(report_stream(agency) for agency in federation))
+    return tuple(
+        f"{_JS_API}.{request}.{stream}"
+        for stream in streams
+        for request in ("STREAM.INFO", "DIRECT.GET")
+    ) + tuple(f"{_JS_API}.DIRECT.GET.{stream}.>" for stream in streams)
 
 
 def agency_consent_publish_subjects(agency: str) -> tuple[str, ...]:
@@ -449,11 +463,11 @@ def inbox_edit_subjects(federation: Sequence[str]) -> tuple[str, ...]:
 
 
 def ops_read_api_subjects(federation: Sequence[str]) -> tuple[str, ...]:
-    """What ops asks JetStream: the status stream's state and direct gets of it, and the state
-    of the broker's consumer on each agency's submit stream and of the inbox consumers
-    (backlogs). All read-only requests."""
+    """What ops asks JetStream: the state of the status and report streams and direct gets of
+    them, and the state of the broker's consumer on each agency's submit stream and of the inbox
+    consumers (backlogs). All read-only requests."""
     return (
-        *status_stream_read_subjects(),
+        *status_stream_read_subjects(federation),
         *(f"{_JS_API}.CONSUMER.INFO.{submit_stream(a)}.{BROKER_CONSUMER}" for a in federation),
         *(f"{_JS_API}.CONSUMER.INFO.{inbox_stream(a)}.{inbox_consumer(a)}" for a in federation),
     )
@@ -528,6 +542,7 @@ def stream_settings_subjects(federation: Sequence[str]) -> tuple[str, ...]:
         *(attach_stream(agency) for agency in federation),
         *(stream for agency in federation for stream in consent_streams(agency)),
         *(inbox_stream(agency) for agency in federation),
+        *(report_stream(agency) for agency in federation),
         STATUS_STREAM,
     )
     return tuple(f"{_JS_API}.STREAM.INFO.{stream}" for stream in streams)

@@ -1,12 +1,14 @@
-"""Reading NATS for ops: the status stream by direct get, heartbeats, consumer backlogs.
+"""Reading NATS for ops: the status and report streams by direct get, heartbeats, backlogs.
 
-The status stream (broker events on `bridge.status.<sender>.<id>`, adapter reports on
-`bridge.report.<agency>.<id>`) is read from its first sequence on with stateless direct gets,
-so a restarted ops rebuilds everything the stream still holds, and then followed: a plain
-subscription on the same subjects only wakes the reader, which fetches by sequence, so nothing
-is missed while disconnected and nothing is folded twice by accident (folding is idempotent
-anyway). Every event is checked against the subject it came on: NATS permissions make the
-subject's agency token unforgeable, so a report must come from the party it speaks for.
+The status stream (broker events on `bridge.status.<sender>.<id>`) and each agency's report
+stream (its adapter's reports on `bridge.report.<agency>.<id>`) are read from their first
+sequence on with stateless direct gets, each with a sequence of its own, so a restarted ops
+rebuilds everything the streams still hold, and then followed: a plain subscription on the same
+subjects only wakes the reader, which fetches by sequence, so nothing is missed while
+disconnected and nothing is folded twice by accident (folding is idempotent and order-free
+anyway, so which stream is read first does not matter). Every event is checked against the
+subject it came on: NATS permissions make the subject's agency token unforgeable, so a report
+must come from the party it speaks for.
 Malformed events and events from unknown sources are counted and skipped, never fatal.
 """
 
@@ -32,6 +34,7 @@ from ..nats.subjects import (
     heartbeat_subjects_all,
     inbox_consumer,
     inbox_stream,
+    report_stream,
     report_subjects_all,
     status_subjects_all,
     submit_stream,
@@ -47,7 +50,7 @@ __all__ = ["Follower"]
 log = logging.getLogger(__name__)
 
 _WAKE_EVERY: Final = 2.0  # read the stream at least this often even without a wake-up
-_STREAM_FILTER: Final = ">"  # every subject of the status stream: events and reports
+_STREAM_FILTER: Final = ">"  # every subject of the stream
 # Who may report which state about a message: the sender or the recipient named in the event.
 _REPORTED_BY: Final = {
     "accepted": "sender",
@@ -78,7 +81,10 @@ class Follower:
         self._backlog_every = backlog_every
         self._on_transition = on_transition
         self._wake = asyncio.Event()
-        self.next_seq = 1
+        # The next sequence to read of the status stream and of each agency's report stream.
+        self.next_seq = dict.fromkeys(
+            (STATUS_STREAM, *(report_stream(agency) for agency in sorted(state.agencies))), 1
+        )
 
     def __repr__(self) -> str:
         return f"Follower(next_seq={self.next_seq}, rebuilt={self._state.rebuilt})"
@@ -113,7 +119,7 @@ class Follower:
         book[beat.name] = Beat(last_seen=self._clock(), interval=beat.interval_seconds)
         self._metrics.events.labels("heartbeat").inc()
 
-    # -- the status stream --------------------------------------------------------------------
+    # -- the status and report streams --------------------------------------------------------
 
     async def follow(self) -> None:
         backoff = Backoff()  # while NATS is away: growing pauses, not one read a second
@@ -121,18 +127,20 @@ class Follower:
             raise_if_cancelling()
             self._wake.clear()
             try:
-                await self._drain()
+                for stream in self.next_seq:
+                    await self._drain(stream)
             except (TimeoutError, nats.errors.Error, OSError) as exc:
-                log.warning("status stream not readable right now (%s)", type(exc).__name__)
+                log.warning("status streams not readable right now (%s)", type(exc).__name__)
                 await pause(backoff.next())
                 continue
             backoff.reset()
             if not self._state.rebuilt:
                 self._state.rebuilt = True
                 log.info(
-                    "ops state rebuilt from the status stream: %d messages, next sequence %d",
+                    "ops state rebuilt from the status and report streams: %d messages, "
+                    "%d events read",
                     len(self._state.tracker),
-                    self.next_seq,
+                    sum(self.next_seq.values()) - len(self.next_seq),
                 )
             try:
                 async with asyncio.timeout(_WAKE_EVERY):
@@ -140,22 +148,26 @@ class Follower:
             except TimeoutError:
                 pass
 
-    async def _drain(self) -> None:
+    async def _drain(self, stream: str) -> None:
         while True:
             try:
                 raw = await self._js.get_msg(
-                    STATUS_STREAM,
-                    seq=self.next_seq,
+                    stream,
+                    seq=self.next_seq[stream],
                     subject=_STREAM_FILTER,
                     next=True,
                     direct=True,
                 )
             except nats.js.errors.NotFoundError:
                 return
+            except nats.errors.NoRespondersError:
+                if stream == STATUS_STREAM:
+                    raise
+                return  # an agency's report stream not provisioned (yet): nothing to read
             raise_if_cancelling()
-            if raw.seq is None or raw.seq < self.next_seq:
+            if raw.seq is None or raw.seq < self.next_seq[stream]:
                 raise nats.errors.Error("direct get answered out of order")
-            self.next_seq = raw.seq + 1
+            self.next_seq[stream] = raw.seq + 1
             self.fold(raw.subject or "", raw.data or b"")
 
     def fold(self, subject: str, data: bytes) -> None:
