@@ -6,6 +6,7 @@ reason codes the broker gives. Records are read back from the registry as the br
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import html
 import json
@@ -43,7 +44,7 @@ from bridge.config import DeliveryConfig
 from bridge.consent import Registry
 from bridge.crypto import open_envelope
 from bridge.ids import new_message_id
-from bridge.nats.subjects import submit_stream
+from bridge.nats.subjects import consent_stream, submit_stream
 from bridge.wire import (
     ConsentRevoked,
     DataCategory,
@@ -543,3 +544,41 @@ async def test_only_an_answer_to_a_notice_sent_to_that_recipient_confirms_a_dele
     assert f"receipt from {SUCHT} for consent notice {to_sucht}" in caplog.text
     assert "is for no message sent to its sender" not in caplog.text
     assert await confirmed() == {SUCHT}
+
+
+async def test_while_the_registry_cannot_be_read_the_adapter_answers_503_and_sends_nothing(
+    jobcenter: Running,
+) -> None:
+    """Reads of the registry fail (direct gets find no responder), writes still work: a
+    consent is registered (201, not a 503 whose retry would register it twice); showing it and
+    sending under it answer 503 with Retry-After and nothing is submitted; both work again
+    once reads are answered."""
+    admin = jobcenter.admin
+    config = (await admin.js.stream_info(consent_stream(JOBCENTER, "record"))).config
+    await admin.js.update_stream(dataclasses.replace(config, allow_direct=False))
+    try:
+        view = await jobcenter.register()
+        consent_id = view["consent_id"]
+        assert view["state"] == "active"
+        headers = {"Content-Type": "application/json", **jobcenter.agency.auth()}
+        for method, path, body in (
+            ("GET", f"/v1/consents/{consent_id}", None),
+            ("POST", "/v1/messages", referral_request(consent=consent_id)),
+        ):
+            data = None if body is None else json.dumps(body).encode()
+            async with jobcenter.http.request(
+                method, f"{jobcenter.adapter.url}{path}", data=data, headers=headers
+            ) as r:
+                problem = await r.json()
+                assert (r.status, problem["code"]) == (503, "consent.registry_unavailable")
+                assert int(r.headers["Retry-After"]) > 0
+        assert await submitted(admin, JOBCENTER) == 0
+    finally:
+        await admin.js.update_stream(dataclasses.replace(config, allow_direct=True))
+    status, again = await jobcenter.call("GET", f"/v1/consents/{consent_id}", scope="consents:read")
+    assert (status, again["consent_id"]) == (200, consent_id)
+    status, accepted = await jobcenter.call(
+        "POST", "/v1/messages", referral_request(consent=consent_id), scope="messages:send"
+    )
+    assert status == 202, accepted
+    assert await submitted(admin, JOBCENTER) == 1

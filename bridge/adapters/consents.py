@@ -25,6 +25,7 @@ from ..consent import (
     new_consent_id,
     sign_consent,
     sign_withdrawal,
+    verify_consent,
 )
 from ..crypto import Keyring
 from ..errors import BridgeError, ConsentInvalid, PolicyError, TransportError
@@ -190,12 +191,16 @@ class Consents:
             # to its client could never be found by local reference nor withdrawn by it.
             await self._store.create_consent(local, now)
             await self._registry.put(self._agency, body.id, "record", document)
-            state = await self._registry.state(self._agency, body.id, self._directory())
         except TransportError as exc:
             problem = _unavailable(exc)
             log.warning("consent not registered [%s]", problem.reason)
             raise problem from exc
-        assert state is not None
+        # Stored: shown as verified here, not read back. A registry that takes writes but
+        # cannot answer reads must not turn a stored consent into a 503, whose retry by the
+        # local system would register the client's consent a second time.
+        state = ConsentState(
+            consent=verify_consent(document, self._directory(), self._agency), withdrawal=None
+        )
         log.info("consent %s registered (%d recipients)", body.id, len(body.recipients))
         return consent_view(state, local, now)
 
