@@ -228,8 +228,9 @@ async def test_every_consent_check_of_the_adapter_answers_422_with_the_brokers_c
 ) -> None:
     """The checks the table above does not reach: validity in time, recipients, issuers.
 
-    Records the API would refuse to register (already expired; another agency's) are put into
-    the registry as their issuer would, signed with the test federation's real keys."""
+    Records the API would refuse to register (already expired; another agency's; one signed
+    with another agency's key) are put into the registry by the admin, signed with the test
+    federation's real keys."""
     federation = fed()
     registry = Registry(jobcenter.admin.js, timeout=2.0)
     now = int(datetime.datetime.now(datetime.UTC).timestamp())
@@ -254,12 +255,23 @@ async def test_every_consent_check_of_the_adapter_answers_422_with_the_brokers_c
         categories=["addiction", "contact", "identity"],
     )
     await registry.put(SUCHT, theirs.id, "record", signed_consent(federation, theirs))
+    forged = consent_body(
+        federation,
+        issuer=JOBCENTER,
+        recipients=[SUCHT],
+        purposes=["counselling"],
+        categories=["addiction", "contact", "identity"],
+    )  # signed with the counselling service's key, stored in the Jobcenter's part
+    await registry.put(
+        JOBCENTER, forged.id, "record", signed_consent(federation, forged, f"{SUCHT}/sign")
+    )
 
     for consent_id, recipients, code in (
         (only_sucht["consent_id"], [SUCHT, SPDI], "consent.recipient_not_covered"),
         (later["consent_id"], [SUCHT], "consent.not_yet_valid"),
         (expired.id, [SUCHT], "consent.expired"),
         (theirs.id, [SPDI], "consent.issuer_not_accepted"),
+        (forged.id, [SUCHT], "consent.invalid"),
     ):
         status, problem = await jobcenter.call(
             "POST",
