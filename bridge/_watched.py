@@ -4,7 +4,8 @@ Shared by the key directory and the policy, with the serial state that refuses a
 change is noticed by the file's stamp (mtime, size, inode) without reading it. A new file that
 the subclass's `_load` refuses (bad signature, rollback, wrong federation, a serial state that
 cannot be written) is logged with its reason and the last good version kept, and the same
-refused file is not tried again until it changes: an operator's mistake must not stop a
+refused file is not tried again until it changes; a file that disappears is logged once and
+the last good version kept too: an operator's mistake must not stop a
 component, and whoever can write the file can at most keep it on a version it already trusted.
 """
 
@@ -64,7 +65,14 @@ class WatchedFile(Generic[T]):
     def reload_if_changed(self) -> bool:
         """Reload if the file changed since the last look; return whether a new one is in use."""
         stamp = _stamp(self._path)
-        if stamp is None or stamp == self._stamp or stamp == self._refused:
+        if stamp is None:
+            if self._stamp is not None:  # it was there: say so once, keep the last good one
+                self._stamp = None
+                self.log.error(
+                    "%s file is gone, keeping %s", self.what, self._version(self._current)
+                )
+            return False
+        if stamp == self._stamp or stamp == self._refused:
             return False
         try:
             loaded = self._load()

@@ -788,6 +788,7 @@ async def test_a_running_broker_keeps_its_last_good_policy(
     async with make_broker(path) as broker:
         _install(policy_file, bytes(tampered))
         await wait_for("refusal", lambda: "[policy.signature_invalid]" in caplog.text)
+        assert f"new policy refused, keeping serial 1 ({first.hash})" in caplog.text
         kept = new_message_id()
         await jobcenter.submit(referral(fed, kept), kept)
         await wait_for("routed", lambda: broker.statistics().routed == 1)
@@ -797,6 +798,7 @@ async def test_a_running_broker_keeps_its_last_good_policy(
         await wait_for("serial 2", lambda: broker.statistics().policy_serial == 2)
         _install(policy_file, signed_policy(fed, BROKER_POLICY, serial=1)[0])
         await wait_for("rollback refused", lambda: "[policy.rollback]" in caplog.text)
+        assert f"new policy refused, keeping serial 2 ({stricter.hash})" in caplog.text
         denied = new_message_id()
         await jobcenter.submit(referral(fed, denied), denied)
         await wait_for("rejected", lambda: broker.statistics().rejected_total == 1)

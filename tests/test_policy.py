@@ -397,7 +397,8 @@ def test_holder_keeps_its_last_good_policy(
         _replace(path, bad)
         with caplog.at_level(logging.ERROR, logger="bridge.policy"):
             assert not holder.reload_if_changed()
-        assert f"[{reason}]" in caplog.text
+        assert f"new policy refused, keeping serial 2 ({good.hash}): " in caplog.text
+        assert caplog.text.rstrip().endswith(f"[{reason}]")
         assert holder.current is good
         caplog.clear()
     assert state.highest() == 2  # a refused policy never raised the bar
@@ -408,6 +409,18 @@ def test_holder_keeps_its_last_good_policy(
     assert holder.current.max_consent_validity == 180 * DAY
     assert state.highest() == 3
     assert not holder.reload_if_changed()  # unchanged file: nothing to do
+    # A file that disappears: said once, the last good policy kept, taken again when back.
+    path.unlink()
+    with caplog.at_level(logging.ERROR, logger="bridge.policy"):
+        assert not holder.reload_if_changed()
+        assert not holder.reload_if_changed()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"policy file is gone, keeping serial 3 ({newer[1].hash})"
+    ]
+    assert holder.current.hash == newer[1].hash
+    _replace(path, newer[0])
+    assert holder.reload_if_changed()
+    assert holder.current.hash == newer[1].hash
 
 
 def _replace(path: Path, data: bytes) -> None:

@@ -44,9 +44,23 @@ def test_check_prints_what_the_policy_allows(
     path.write_text(POLICY)
     assert main(["policy", "check", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "everything else is denied" in out
-    assert "jobcenter-refers  jobcenter" in out
     assert "not signed" in out
+    assert "everything else is denied" in out
+    rows = [line.split() for line in out.splitlines()]
+    # Every (rule, sender role, recipient role) is one row of the flows table, with its types
+    # and consent rule; every type one row of the limits table.
+    for rule, sender, recipient, types in (
+        ("jobcenter-refers", "jobcenter", "counselling", "referral, handover"),
+        ("jobcenter-refers", "jobcenter", "social-psychiatric-service", "referral, handover"),
+        ("services-answer", "counselling", "jobcenter", "feedback"),
+        ("services-answer", "social-psychiatric-service", "jobcenter", "feedback"),
+    ):
+        assert [rule, sender, recipient, *types.split(), "required,", "from", "sender"] in rows
+    assert ["referral", "1048576", "bytes", "30d", "14d", "7d"] in rows
+    assert ["feedback", "262144", "bytes", "30d", "14d", "7d"] in rows
+    assert ["receipt", "65536", "bytes", "14d", "7d", "7d"] in rows
+    assert ["audit", "730d"] in rows
+    assert ["purposes:", "counselling,", "integration-support,", "treatment-coordination"] in rows
 
 
 @pytest.mark.parametrize(
