@@ -118,9 +118,9 @@ async def test_an_agency_cannot_write_into_another_issuers_registry(
 LEGACY = "BRIDGE_CONSENT"
 
 
-async def _legacy_registry(admin: Any) -> list[tuple[str, bytes]]:
+async def _legacy_registry(admin: Any, *, empty: bool = False) -> list[tuple[str, bytes]]:
     """The one registry stream of earlier versions with its broker's consumers, and in it two
-    issuers' records and one withdrawal."""
+    issuers' records and one withdrawal (unless `empty`)."""
     await admin.js.add_stream(
         api.StreamConfig(
             name=LEGACY,
@@ -148,6 +148,8 @@ async def _legacy_registry(admin: Any) -> list[tuple[str, bytes]]:
         (consent_subject(SPDI, second, "record"), b"record of the service"),
         (consent_subject(JOBCENTER, first, "withdrawal"), b"withdrawal of the jobcenter"),
     ]
+    if empty:
+        return []
     for subject, data in documents:
         await admin.js.publish(subject, data)
     return documents
@@ -225,3 +227,18 @@ async def test_a_move_cut_short_resumes_and_copies_each_document_once(
         assert await registry.raw(issuer, consent_id, kind) == data
     with pytest.raises(nats.js.errors.NotFoundError):
         await admin.js.stream_info(LEGACY)
+
+
+async def test_an_empty_shared_registry_is_simply_removed(nats_env_unprovisioned: Any) -> None:
+    env = nats_env_unprovisioned
+    admin = await env.admin()
+    await _legacy_registry(admin, empty=True)
+    report = await env.provision()
+    assert LEGACY in {c.name for c in report.by_action(Action.REMOVED)}
+    for issuer in env.agencies:
+        for kind, consumer in (
+            ("record", "broker-registrations"),
+            ("withdrawal", "broker-withdrawals"),
+        ):
+            info = await admin.js.consumer_info(consent_stream(issuer, kind), consumer)
+            assert info.config.deliver_policy == api.DeliverPolicy.ALL

@@ -741,7 +741,7 @@ async def _migrate_legacy_consent(js: JetStreamContext, s: ProvisionSettings) ->
             await js.update_stream(info.config.evolve(subjects=[LEGACY_CONSENT_PARKED]))
         changes: list[Change] = []
         copies: collections.Counter[tuple[str, str]] = collections.Counter()
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        for seq in range(max(info.state.first_seq, 1), info.state.last_seq + 1):
             try:
                 msg = await js.get_msg(name, seq=seq)
             except nats.js.errors.NotFoundError:
