@@ -68,6 +68,8 @@ def _problems(*statuses: int) -> dict[str, Any]:
         415: "Not application/json (or multipart/form-data with attachments)",
         416: "Not one satisfiable range of bytes",
         422: "A field is invalid; `field` and `pointer` name it",
+        429: "This agency is at its quota (`quota.sender_full`, `quota.registry_full`); "
+        "retry after `Retry-After` seconds",
         503: "NATS unavailable; retry after `Retry-After` seconds",
     }
     return {str(s): {"description": text[s], "content": _PROBLEM} for s in statuses}
@@ -118,7 +120,7 @@ def openapi_document(agency: str, version: str = "1") -> dict[str, Any]:
                         },
                         "content": _json("Accepted"),
                     },
-                    **_problems(400, 413, 415, 422, 503),
+                    **_problems(400, 413, 415, 422, 429, 503),
                     **auth,
                 },
                 requestBody={
@@ -308,7 +310,7 @@ def openapi_document(agency: str, version: str = "1") -> dict[str, Any]:
                         "headers": {"Location": {"schema": {"type": "string"}}},
                         "content": _json("ConsentView"),
                     },
-                    **_problems(400, 413, 415, 422, 503),
+                    **_problems(400, 413, 415, 422, 429, 503),
                     **auth,
                 },
                 requestBody={"required": True, "content": _json("ConsentRequest")},
