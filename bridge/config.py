@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -34,6 +34,7 @@ __all__ = [
     "ProbeConfig",
     "ProvisionConfig",
     "ProvisionPolicyConfig",
+    "StoreQuotaConfig",
     "load_adapter_config",
     "load_broker_config",
     "load_provision_config",
@@ -290,10 +291,33 @@ class ProvisionPolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=T
     anchor: str
 
 
+_Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class StoreQuotaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Per-agency quotas the store enforces (docs/nats.md, "Quotas"); one left out keeps its
+    default (`bridge.nats.provision.ProvisionSettings`). Sizes in bytes."""
+
+    submit_max_msgs: _Positive | None = None  # per sender, in its submit stream
+    submit_max_bytes: _Positive | None = None
+    inbox_max_msgs_per_recipient: _Positive | None = None  # per recipient, from all senders
+    inbox_max_bytes_per_recipient: _Positive | None = None
+    consent_max_msgs_per_issuer: _Positive | None = None  # withdrawals: twice these
+    consent_max_bytes_per_issuer: _Positive | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The quotas set here, as `ProvisionSettings` fields."""
+        return {
+            name: value
+            for name in self.__struct_fields__
+            if (value := getattr(self, name)) is not None
+        }
+
+
 class ProvisionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """What `bridge nats provision --config` needs for a deployment: where NATS is, the admin
-    identity's seed, the agencies, how many copies JetStream keeps (1, 3 or 5), and the signed
-    policy every age limit comes from (required: nothing else may set them)."""
+    identity's seed, the agencies, how many copies JetStream keeps (1, 3 or 5), the signed
+    policy every age limit comes from (required: nothing else may set them), and the quotas."""
 
     nats: NatsClientConfig
     policy: ProvisionPolicyConfig
@@ -302,6 +326,7 @@ class ProvisionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     # Agencies behind leaf nodes of their own: their submit streams source the leaves'
     # outboxes (docs/nats.md, "Agencies behind leaf nodes").
     leaf_agencies: list[_Agency] = msgspec.field(default_factory=list)
+    quotas: StoreQuotaConfig = msgspec.field(default_factory=StoreQuotaConfig)
     base_dir: str = ""
 
     def path(self, value: str) -> Path:
@@ -309,8 +334,14 @@ class ProvisionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 
 
 def load_provision_config(path: Path) -> ProvisionConfig:
+    from .nats.provision import ProvisionSettings  # the NATS client only where it is needed
+
     config = _decode(path, ProvisionConfig)
     _check_nats(path, config.nats)
+    try:
+        ProvisionSettings(**config.quotas.settings())  # out of range, or smaller than a message
+    except ConfigError as exc:
+        raise ConfigError(f"config {path}: [quotas] {exc}", reason="config.invalid") from exc
     return config
 
 

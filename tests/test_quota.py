@@ -9,6 +9,8 @@ quotas here make the flood short.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -36,14 +38,17 @@ from policy_helpers import POLICY, signed_policy
 
 from bridge.adapters.service import Adapter
 from bridge.broker import Broker
+from bridge.cli import main
 from bridge.config import (
     NatsClientConfig,
+    load_provision_config,
 )
-from bridge.errors import TransportError
+from bridge.errors import ConfigError, TransportError
 from bridge.ids import new_message_id
 from bridge.nats.identities import Identity
 from bridge.nats.provision import Action, ProvisionSettings
 from bridge.nats.subjects import (
+    consent_stream,
     inbox_consumer,
     inbox_stream,
     inbox_subject,
@@ -332,3 +337,45 @@ async def test_a_recipients_byte_quota_holds_the_excess_until_it_drains(
         assert await fetch(sub, 4, 1.0) == []  # and no second copy of any
     finally:
         await site.close()
+
+
+async def test_quotas_in_the_provisioning_config_reach_the_store(
+    nats_env_unprovisioned: Any, tmp_path: Path
+) -> None:
+    env = nats_env_unprovisioned
+    f = fed()
+    (tmp_path / "policy.bin").write_bytes(signed_policy(f, QUOTA_POLICY)[0])
+    (tmp_path / "anchor.json").write_bytes(msgspec.json.encode(f.anchor.public_record()))
+    one = ProvisionSettings().max_msg_size
+
+    def config(quotas: str) -> Path:
+        path = tmp_path / "provision.toml"
+        path.write_text(
+            f"agencies = {json.dumps(list(env.agencies))}\n"
+            "replicas = 1\n"
+            f'[nats]\nurl = "{env.url}"\nseed_file = "{env.seed_file(Identity.admin())}"\n'
+            '[policy]\nfile = "policy.bin"\nanchor = "anchor.json"\n'
+            f"[quotas]\n{quotas}\n"
+        )
+        return path
+
+    # A recipient quota too small for one message is refused before the server is asked.
+    with pytest.raises(ConfigError) as info:
+        load_provision_config(config("inbox_max_bytes_per_recipient = 1000"))
+    assert "[quotas] inbox_max_bytes_per_recipient" in str(info.value)
+    with pytest.raises(ConfigError):
+        load_provision_config(config("inbox_max_bytes = 1000000000"))  # no such quota
+
+    path = config(
+        f"inbox_max_bytes_per_recipient = {2 * one}\ninbox_max_msgs_per_recipient = 40\n"
+        "consent_max_msgs_per_issuer = 1000"
+    )
+    assert await asyncio.to_thread(main, ["nats", "provision", "--config", str(path)]) == 0
+    admin = await env.admin()
+    for agency in env.agencies:
+        inbox = (await admin.js.stream_info(inbox_stream(agency))).config
+        assert (inbox.max_msgs, inbox.max_bytes) == (40, 2 * one)
+        submit = (await admin.js.stream_info(submit_stream(agency))).config
+        assert submit.max_bytes == ProvisionSettings().submit_max_bytes  # left out: the default
+        records = await admin.js.stream_info(consent_stream(agency, "record"))
+        assert records.config.max_msgs == 1000

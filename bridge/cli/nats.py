@@ -306,6 +306,7 @@ def _provision_deployment(args: argparse.Namespace, changes: dict[str, Any]) -> 
     )
     changes["replicas"] = args.replicas or config.replicas
     changes["leaf_agencies"] = tuple(config.leaf_agencies)
+    changes.update(config.quotas.settings())
     if args.duplicate_window is not None:
         changes["duplicate_window"] = args.duplicate_window
     report = asyncio.run(

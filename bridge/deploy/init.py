@@ -52,6 +52,7 @@ from ..http.auth import generate_signing_key
 from ..ids import AGENCY_ID_PATTERN
 from ..nats.cluster import ClusterNode, ClusterSettings, TlsFiles, render_node
 from ..nats.identities import Credentials, Identity, render_accounts
+from ..nats.provision import ProvisionSettings
 from ..nats.subjects import HUB_DOMAIN
 from ..ops.config import load_ops_config
 from ..policy import SIGNED_POLICY, parse_policy, sign_policy_file
@@ -179,6 +180,21 @@ def _copy_public(source: Path, target: Path) -> None:
     write_file(target, source.read_bytes(), mode=0o644)
 
 
+def _default_quotas() -> dict[str, object]:
+    defaults = ProvisionSettings()
+    return {
+        name: getattr(defaults, name)
+        for name in (
+            "submit_max_msgs",
+            "submit_max_bytes",
+            "inbox_max_msgs_per_recipient",
+            "inbox_max_bytes_per_recipient",
+            "consent_max_msgs_per_issuer",
+            "consent_max_bytes_per_issuer",
+        )
+    }
+
+
 def _nats_client(spec: DeploymentSpec, seed: str) -> dict[str, object]:
     return {
         "url": spec.cluster().client_urls(),
@@ -278,6 +294,8 @@ def init_deployment(
                 "file": f"federation/{SIGNED_POLICY}",
                 "anchor": f"federation/{fed.ANCHOR_PUB}",
             },
+            # The defaults, written out so that an operator sees and can change them.
+            "quotas": _default_quotas(),
         },
     )
     load_provision_config(provision_config)
