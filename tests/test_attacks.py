@@ -34,15 +34,24 @@ from test_e2e import COUNSELLING, E2E, JOBCENTER, SPDI, e2e, eventually  # noqa:
 from bridge.adapters.api import MAX_LIFETIME_SECONDS
 from bridge.adapters.receipts import receipt_categories, receipt_message_id
 from bridge.adapters.service import Adapter
+from bridge.broker._nats import status_msg_id
 from bridge.consent import Registry
 from bridge.crypto import Keyring, seal
 from bridge.demo import demo_referral
 from bridge.federation.directory import Directory, load_anchor
 from bridge.ids import new_message_id
 from bridge.nats.identities import Credentials, Identity
-from bridge.nats.subjects import HDR_MSG_ID, consent_subject, submit_subject
+from bridge.nats.subjects import HDR_MSG_ID, consent_subject, report_subject, submit_subject
 from bridge.up.layout import TOKEN_ISSUER, demo_agency
-from bridge.wire import Delivered, Disposition, Purpose, Receipt, Rejected, encode_body
+from bridge.wire import (
+    Delivered,
+    DeliveryState,
+    Disposition,
+    Purpose,
+    Receipt,
+    Rejected,
+    encode_body,
+)
 
 
 async def _raw_connection(e2e: E2E, agency: str) -> nats.NATS:
@@ -552,3 +561,38 @@ async def test_a_receipt_that_arrives_after_the_withdrawal_still_brings_a_notice
     ) as r:
         item = await r.json()
     assert item["body"]["messages"] == [message_id]
+
+
+async def test_a_co_recipient_cannot_suppress_the_brokers_status_event(e2e: E2E) -> None:
+    """Finding 1 for the status stream: every agency reports there too (`bridge.report.<own>`),
+    so garbage under a status event's id the broker will use must not make it drop the event."""
+    consent = await e2e.register_consent(
+        JOBCENTER,
+        [COUNSELLING, SPDI],
+        "integration-support",
+        ("identity", "contact", "addiction"),
+        "referral",
+    )
+    message_id = await e2e.submit(JOBCENTER, [COUNSELLING, SPDI], demo_referral(), consent=consent)
+    await e2e.wait_pushed(message_id)  # the co-recipient has the message id now
+    await e2e.wait_states(JOBCENTER, message_id, {COUNSELLING: "receipted", SPDI: "routed"})
+
+    attacker = await _raw_connection(e2e, COUNSELLING)
+    try:
+        for suffix in ("", ".r"):  # the sender's event, and the recipient's
+            ack = await attacker.jetstream().publish(
+                report_subject(COUNSELLING, message_id),
+                b"\x00\x01\x02\x03",
+                headers={
+                    HDR_MSG_ID: status_msg_id(JOBCENTER, message_id, DeliveryState.WITHDRAWN, SPDI)
+                    + suffix
+                },
+            )
+            assert not ack.duplicate
+    finally:
+        await attacker.close()
+
+    url = f"{e2e.stack.adapter_url(JOBCENTER)}/v1/consents/{consent}"
+    async with e2e.session.delete(url, headers=e2e._headers(JOBCENTER, ["consents:write"])) as r:
+        assert r.status == 200, await r.text()
+    await e2e.wait_states(JOBCENTER, message_id, {COUNSELLING: "receipted", SPDI: "withdrawn"})

@@ -27,6 +27,8 @@ from bridge.nats.subjects import (
     inbox_subject,
     kv_bucket,
     kv_stream,
+    report_stream,
+    report_subject,
     status_consumer,
     status_subject,
     status_subjects_all,
@@ -233,6 +235,40 @@ async def test_status_events_reach_their_sender_only(nats_env: NatsEnv) -> None:
 
 
 # -- reply inboxes ----------------------------------------------------------------------------
+
+
+async def test_no_agency_can_pre_empt_a_status_event_or_another_agencys_report(
+    nats_env: NatsEnv,
+) -> None:
+    """Issue 6, finding 1, for the status stream: JetStream deduplicates per stream, whoever
+    published, and every agency publishes reports. B publishes its own reports under the ids
+    the broker's status event and A's report will carry; both are stored all the same."""
+    event_id = f"{A}.{MSG_A}.withdrawn.{B}"  # the broker's id scheme (sender first)
+    report_id = "report.0123456789abcdef0123456789abcdef01234567"
+    b = await _agency(nats_env, B)
+    for msg_id in (event_id, report_id):
+        ack = await publish_durable(b.js, report_subject(B, MSG_A), b"garbage", msg_id=msg_id)
+        assert (ack.stream, ack.duplicate) == (report_stream(B), False)
+
+    broker = await nats_env.connect(Identity.broker())
+    ack = await publish_durable(broker.js, status_subject(A, MSG_A), b"event", msg_id=event_id)
+    assert (ack.stream, ack.duplicate) == (STATUS_STREAM, False)
+    a = await _agency(nats_env, A)
+    ack = await publish_durable(a.js, report_subject(A, MSG_A), b"report", msg_id=report_id)
+    assert (ack.stream, ack.duplicate) == (report_stream(A), False)
+    # The positive twin: the same publisher's own id again is a duplicate (dedup still works).
+    again = await publish_durable(a.js, report_subject(A, MSG_A), b"report", msg_id=report_id)
+    assert again.duplicate
+
+    # And no agency publishes into another's report stream or the broker's status stream.
+    await b.nc.publish(report_subject(A, MSG_B), b"forged")
+    await b.nc.publish(status_subject(A, MSG_B), b"forged")
+    await _denied(
+        b, f'publish to "{report_subject(A, MSG_B)}"', f'publish to "{status_subject(A, MSG_B)}"'
+    )
+    admin = await nats_env.admin()
+    assert (await admin.js.stream_info(report_stream(A))).state.messages == 1
+    assert (await admin.js.stream_info(STATUS_STREAM)).state.messages == 1
 
 
 async def test_agency_listens_only_below_its_own_reply_prefix(nats_env: NatsEnv) -> None:
