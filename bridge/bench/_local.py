@@ -34,6 +34,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ..errors import TransportError
+from ..http.guard import GuardedAppRunner
 from ..nats.subjects import kv_key_prefix
 from ..up.sink import verify_webhook_signature
 from ..wire import Handover, Measure, encode_body
@@ -296,7 +297,8 @@ class WebhookReceiver:
     async def start(self, host: str, port: int) -> None:
         app = web.Application(client_max_size=2 * 1024 * 1024)
         app.router.add_post("/webhook/{agency}", self._webhook)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Guarded like every bridge HTTP server: a malformed request is not quoted or logged.
+        self._runner = GuardedAppRunner(app, handle_signals=False)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port, reuse_address=True).start()
 
