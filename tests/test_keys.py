@@ -445,3 +445,37 @@ def test_sender_signs_with_the_newest_key_the_directory_publishes(tmp_path: Path
     stranger = Keyring("jc-mitte", [generate_key("jc-mitte", "sign", T0, T0 + 9 * DAY)])
     with pytest.raises(UnknownKey):
         stranger.current_published("sign", at, directory)
+
+
+def test_equal_not_before_is_decided_by_the_greatest_kid() -> None:
+    """docs/keys.md and docs/envelope.md (Sealing): among keys of one use valid at once with the
+    same `not_before`, the current one has the greatest kid, as 16 bytes (= lowercase hex);
+    the keyring, seal's choice of signing key and the directory agree."""
+    anchor = generate_key("test", "sign", T0 - DAY, T0 + 1000 * DAY)
+    signs = [generate_key("jc-mitte", "sign", T0, T0 + 9 * DAY) for _ in range(4)]
+    encs = [generate_key("sucht-nord", "enc", T0, T0 + 9 * DAY) for _ in range(4)]
+    sender = Keyring("jc-mitte", signs)
+    recipient = Keyring("sucht-nord", [*encs, generate_key("sucht-nord", "sign", T0, T0 + DAY)])
+    directory = _directory(anchor, [sender, recipient], T0)
+    greatest_sign = max(signs, key=lambda k: k.kid)
+    greatest_enc = max(encs, key=lambda k: k.kid)
+    assert greatest_sign.kid.hex() == max(k.kid.hex() for k in signs)  # the same order as hex
+    assert sender.current("sign", T0) is greatest_sign
+    assert sender.current_published("sign", T0, directory) is greatest_sign
+    assert directory.current_key("sucht-nord", "enc", T0).kid == greatest_enc.kid.hex()
+    envelope = seal(
+        b"body",
+        message_type="referral",
+        sender=sender,
+        recipients=["sucht-nord"],
+        directory=directory,
+        consent=CONSENT,
+        purpose="referral",
+        categories=["contact"],
+        lifetime=DAY,
+        now=T0,
+    )
+    assert envelope[6:22] == greatest_sign.kid
+    # A later not_before wins over any kid.
+    later = generate_key("jc-mitte", "sign", T0 + 1, T0 + 9 * DAY)
+    assert Keyring("jc-mitte", [*signs, later]).current("sign", T0 + 1) is later

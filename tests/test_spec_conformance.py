@@ -599,3 +599,26 @@ def test_attachment_vectors_open_by_the_specification(
         with pytest.raises(Reject) as caught:
             read_attachment(entry, chunk_key, digest, chunks)
         assert caught.value.reason == negative["reason"], negative["name"]
+
+
+def _json_keys(value: Any) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | {k for item in value.values() for k in _json_keys(item)}
+    if isinstance(value, list):
+        return {k for item in value for k in _json_keys(item)}
+    return set()
+
+
+def test_every_vector_field_name_is_documented() -> None:
+    """An implementer reads the vector files' field names (`seed_hex`, `public_base64`, the
+    negative entries' fields, ...) from docs/envelope.md, "Test vectors"; none may be missing."""
+    doc = (Path(__file__).parents[1] / "docs" / "envelope.md").read_text()
+    section = doc[doc.index("## Test vectors") :]
+    named = set(re.findall(r"[`{,(]\s*([a-z][a-z0-9_]*)", section))
+    headers = {"header", "frame", "key_schedule", "recipients"}  # their content: the header table
+    for path in sorted(VECTORS.glob("*.json")):
+        data = json.loads(path.read_text())
+        keys = _json_keys({k: v for k, v in data.items() if k not in headers}) | set(data)
+        # Agency ids are keys of `recipients` maps, not field names.
+        missing = sorted(k for k in keys - named if not k.endswith("-unna"))
+        assert missing == [], (path.name, missing)
