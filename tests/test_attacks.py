@@ -365,7 +365,7 @@ async def test_the_brokers_health_port_quotes_nothing_either(
 async def test_a_lifetime_one_second_too_long_is_named_so(e2e: E2E) -> None:
     """Finding 6: one second over the maximum is `request.lifetime_too_long`; at the maximum
     the lifetime passes (the made-up consent is what is refused next)."""
-    answers = {}
+    answers: dict[int, Any] = {}
     for lifetime in (MAX_LIFETIME_SECONDS + 1, MAX_LIFETIME_SECONDS):
         request = {
             "type": "referral",
@@ -387,11 +387,10 @@ async def test_a_lifetime_one_second_too_long_is_named_so(e2e: E2E) -> None:
             problem = await response.json(content_type=None)
             assert response.status == 422, problem
             assert response.headers["Server"] == "bridge"
-        answers[lifetime] = (problem["code"], problem["field"])
-    assert answers == {
-        MAX_LIFETIME_SECONDS + 1: ("request.lifetime_too_long", "$.lifetime_seconds"),
-        MAX_LIFETIME_SECONDS: ("consent.missing", "$.consent"),
-    }
+        answers[lifetime] = problem
+    over = answers[MAX_LIFETIME_SECONDS + 1]
+    assert (over["code"], over["field"]) == ("request.lifetime_too_long", "$.lifetime_seconds")
+    assert answers[MAX_LIFETIME_SECONDS]["field"] == "$.consent"  # the lifetime itself passed
 
 
 async def test_registered_claims_of_the_wrong_json_type_are_refused(e2e: E2E) -> None:
