@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 import msgspec
 import pytest
 from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -622,3 +624,49 @@ def test_every_vector_field_name_is_documented() -> None:
         # Agency ids are keys of `recipients` maps, not field names.
         missing = sorted(k for k in keys - named if not k.endswith("-unna"))
         assert missing == [], (path.name, missing)
+
+
+def xwing_encaps(public: bytes) -> tuple[bytes, bytes]:
+    """X-Wing encapsulation as docs/envelope.md gives it: (shared secret, enc)."""
+    pk_m, pk_x = public[:1184], public[1184:]
+    eseed = os.urandom(64)
+    # ML-KEM-768.Encaps with a fresh m: cryptography draws m itself (eseed[0:32] stays unused).
+    ss_m, ct_m = mlkem.MLKEM768PublicKey.from_public_bytes(pk_m).encapsulate()
+    ek_x = x25519.X25519PrivateKey.from_private_bytes(eseed[32:64])
+    ct_x = ek_x.public_key().public_bytes_raw()
+    ss_x = ek_x.exchange(x25519.X25519PublicKey.from_public_bytes(pk_x))
+    return hashlib.sha3_256(ss_m + ss_x + ct_x + pk_x + b"\\.//^\\").digest(), ct_m + ct_x
+
+
+def test_a_wrap_sealed_by_the_documented_encapsulation_opens_with_x_wing_hpke(
+    keys: tuple[KeyDirectory, dict[bytes, Key]],
+) -> None:
+    """The other direction of interoperation: a wrap built from the documented X-Wing
+    encapsulation and HPKE key schedule opens with cryptography's X-Wing HPKE (what bridge
+    uses, MLKEM768X25519) and with the documented decapsulation."""
+    _, every = keys
+    key = next(k for k in every.values() if k.use == "enc")
+    shared, enc = xwing_encaps(key.public)
+    info = b"bridge/v1 wrap" + bytes(32) + bytes(16)
+    context = (
+        b"\x00"
+        + labeled_extract(b"", b"psk_id_hash", b"")
+        + labeled_extract(b"", b"info_hash", info)
+    )
+    secret = labeled_extract(shared, b"secret", b"")
+    content_key = bytes(range(32))
+    sealed = AESGCM(labeled_expand(secret, b"key", context, 32)).encrypt(
+        labeled_expand(secret, b"base_nonce", context, 12), content_key, b""
+    )
+    wrapped = enc + sealed
+    assert len(wrapped) == ENC_LEN + 48
+    expanded = hashlib.shake_256(key.seed).digest(96)
+    private = hpke.MLKEM768X25519PrivateKey(
+        mlkem.MLKEM768PrivateKey.from_seed_bytes(expanded[:64]),
+        x25519.X25519PrivateKey.from_private_bytes(expanded[64:]),
+    )
+    suite = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+    assert suite.decrypt(wrapped, private, info=info) == content_key
+    assert hpke_open(key.seed, key.public, wrapped, info) == content_key
+    with pytest.raises(InvalidTag):  # the positive result is not a matter of course
+        suite.decrypt(wrapped, private, info=info[:-1] + b"\x01")
