@@ -70,7 +70,12 @@ def _fuzz(document: dict[str, Any], url: str, token: str) -> tuple[list[str], se
         parts = (case.path_parameters, case.query, case.headers, case.body)
         values = {s for s in _strings(parts) if len(s) >= _MIN_ECHO and s not in known}
         answer = response.text + "".join(v for vs in response.headers.values() for v in vs)
-        failures.extend(f"{where}: a request value echoed" for v in values if v in answer)
+        # Fuzzer data, not real personal data: named in the failure so that it can be reproduced.
+        failures.extend(
+            f"{where}: {response.status_code} echoes the request value {v!r}"
+            for v in values
+            if v in answer
+        )
         sent.update(values)
 
     for result in schema.get_all_operations():
