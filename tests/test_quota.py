@@ -35,6 +35,7 @@ from adapter_helpers import (
 )
 from nats.js import api
 from policy_helpers import POLICY, signed_policy
+from prometheus_client import generate_latest
 
 from bridge.adapters.service import Adapter
 from bridge.broker import Broker
@@ -288,6 +289,10 @@ async def test_a_recipients_byte_quota_holds_the_excess_until_it_drains(
             inbox_full, what="the broker holding the flood at the byte quota", within=60.0
         )
         assert "quota.recipient_full" in caplog.text
+        metrics = generate_latest(broker.metrics.registry).decode()
+        full = 'bridge_broker_recipient_full_total{quota="bytes",recipient="suchtberatung-unna"}'
+        assert full in metrics
+        assert 'quota="messages"' not in metrics
         admin = await env.admin()
         state = (await admin.js.stream_info(inbox_stream(SUCHT))).state
         assert state.messages == 2  # far below the message quota of 50

@@ -44,6 +44,13 @@ class BrokerMetrics:
             ("sender",),
             registry=r,
         )
+        self.recipient_full = Counter(
+            "bridge_broker_recipient_full",
+            "Inbox copies refused because the recipient's inbox is at its quota (messages or "
+            "bytes); the submission waits in its sender's stream",
+            ("recipient", "quota"),
+            registry=r,
+        )
         self.route_latency = Histogram(
             "bridge_broker_route_latency_seconds",
             "From the envelope's issue time to routed into every inbox",

@@ -775,7 +775,7 @@ class Broker:
         message_id = submission.message_id
         header = verdict.header
         acks = await publish_all(
-            _quota_named(
+            self._quota_named(
                 recipient,
                 publish_durable(
                     js,
@@ -861,6 +861,27 @@ class Broker:
             ",".join(dict.fromkeys(f.rule.name for f in verdict.flows)),
             policy.hash,
         )
+
+    async def _quota_named(self, recipient: str, publish: Awaitable[_T]) -> _T:
+        """Name a full inbox as the quota it is; the submission waits and is retried.
+
+        Each recipient's inbox is a stream of its own whose limits are its quota (messages and
+        bytes, from all senders together), so a full one means that recipient's quota is
+        reached. The copies already stored for other recipients are stored again under the same
+        ids when the submission comes back, which their streams acknowledge as duplicates (even
+        when full).
+        """
+        try:
+            return await publish
+        except TransportError as exc:
+            if exc.reason != "transport.stream_full":
+                raise
+            which = "bytes" if "bytes" in str(exc) else "messages"
+            self.metrics.recipient_full.labels(recipient, which).inc()
+            raise TransportError(
+                f"the inbox of {recipient} is at its quota of {which}; the submission waits",
+                reason="quota.recipient_full",
+            ) from exc
 
     async def _reject(
         self,
@@ -971,23 +992,3 @@ class Broker:
             msg_id=status_msg_id(submission.sender, submission.message_id, state, recipient),
             timeout=self._config.publish_timeout_seconds,
         )
-
-
-async def _quota_named(recipient: str, publish: Awaitable[_T]) -> _T:
-    """Name a full inbox as the quota it is; the submission waits and is retried.
-
-    Each recipient's inbox is a stream of its own whose limits are its quota (messages and
-    bytes, from all senders together), so a full one means that recipient's quota is reached.
-    The copies already stored for other recipients are stored again under the same ids when
-    the submission comes back, which their streams drop as duplicates.
-    """
-    try:
-        return await publish
-    except TransportError as exc:
-        if exc.reason != "transport.stream_full":
-            raise
-        which = "bytes" if "bytes" in str(exc) else "messages"
-        raise TransportError(
-            f"the inbox of {recipient} is at its quota of {which}; the submission waits",
-            reason="quota.recipient_full",
-        ) from exc
