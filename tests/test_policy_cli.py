@@ -197,7 +197,12 @@ async def test_explain_a_message_from_the_audit_trail(
     # The broker ran a stricter test policy than the demo one `_fed_dir` shows.
     assert "another policy version" in out
     assert await asyncio.to_thread(main, [*args, bad]) == 0
-    assert "[policy.purpose_denied]" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[policy.purpose_denied]" in out
+    # The rule it was measured against, with the purposes that rule allows.
+    line = next(i for i, s in enumerate(POLICY.splitlines(), 1) if s == "[[flows]]")
+    assert f"measured against rule 'jobcenter-refers' (line {line}), to counselling, " in out
+    assert "purposes case-handover, counselling, integration-support" in out
     assert await asyncio.to_thread(main, [*args, new_message_id()]) == 1
     assert "not on the audit trail" in capsys.readouterr().out
 

@@ -229,6 +229,26 @@ async def _explain_message(
                 if rule
                 else "  rule: none in this policy version (it no longer allows this flow)"
             )
+        elif event.kind is AuditKind.REJECTED and (event.reason or "").startswith("policy."):
+            print(_sender_rules(rules, directory, event))
     if any(hash_in_force != digest for hash_in_force, _ in decided):
         print("note: decided under another policy version than the one shown; its rules may differ")
     return 0
+
+
+def _sender_rules(rules: Any, directory: Any, event: Any) -> str:
+    """The rules a message the policy refused was measured against. The audit trail does not
+    name the recipients of a refused message, so: every rule letting the sender's role send
+    its type, with what each lets pass."""
+    entry = directory.agency(event.sender) if event.sender else None
+    kind = str(event.message_type)
+    if entry is None:
+        return "  rule: none (the sender is not in the key directory)"
+    found = [r for r in rules.rules if entry.role in r.senders and kind in r.types]
+    if not found:
+        return f"  rule: none in this policy version lets a {entry.role} send a {kind}"
+    return "\n".join(
+        f"  measured against rule {r.name!r} (line {r.line}), to {', '.join(r.recipients)}: "
+        f"purposes {', '.join(sorted(r.purposes))}; categories {', '.join(sorted(r.categories))}"
+        for r in found
+    )
