@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 import nats.js.errors
 from envelope_helpers import RECIPIENTS, SENDER, federation, seal_referral
 from test_broker import Agency, make_broker, write_config
@@ -19,12 +20,19 @@ from test_broker import Agency, make_broker, write_config
 from bridge.adapters.receipts import send_receipt
 from bridge.audit import AuditKind, ChainVerifier, load_audit_public_key
 from bridge.audit.reader import stream_records
-from bridge.broker._expiry import EXPIRED_REASON
+from bridge.broker._expiry import EXPIRED_REASON, ExpiryWatch, PendingNote
 from bridge.crypto import DEFAULT_LIMITS, verify
 from bridge.ids import new_message_id
 from bridge.nats.identities import Identity
-from bridge.nats.subjects import AUDIT_STREAM, inbox_consumer, inbox_stream
-from bridge.nats.transport import bind_pull, fetch
+from bridge.nats.subjects import (
+    AUDIT_STREAM,
+    PENDING_STREAM,
+    inbox_consumer,
+    inbox_stream,
+    inbox_subject,
+    pending_subject,
+)
+from bridge.nats.transport import bind_pull, fetch, publish_durable
 from bridge.wire import Delivered, DeliveryState, StatusEvent
 
 if TYPE_CHECKING:
@@ -189,3 +197,72 @@ def test_a_stored_expired_event_is_the_recipients_state_and_shown_once() -> None
     assert sorted(expired, key=str) == sorted(
         [(SPDI, EXPIRED_REASON), (COUNSELLING, None)], key=str
     )
+
+
+async def test_a_note_from_the_shared_inbox_counts_its_copy_as_gone(nats_env: NatsEnv) -> None:
+    """Notes written while all recipients shared BRIDGE_INBOX name no stream. That stream is
+    retired only once empty, so their copy is gone, even if the recipient's own stream holds
+    another message at the same sequence: no warning for it, the note is closed. A note naming
+    the stream, for the very same sequence, is warned (the twin that shows the check looks)."""
+    broker = await nats_env.connect(Identity.broker())
+    recorded: list[object] = []
+
+    async def record(items: list[tuple[str, object]]) -> None:
+        recorded.extend(items)
+
+    watch = ExpiryWatch(
+        broker.js,
+        record,  # type: ignore[arg-type]
+        check_seconds=60,
+        warn_fraction=0.5,
+        timeout=5,
+        clock=time.time,
+    )
+    now = int(time.time())
+    ack = await publish_durable(
+        broker.js, inbox_subject(SPDI), b"another message", msg_id="other", ttl=3600
+    )
+    old, new = new_message_id(), new_message_id()
+    fields = {
+        "sender": SENDER,
+        "recipient": SPDI,
+        "message_type": "referral",
+        "consent": "c" * 34,
+        "seq": ack.seq,
+        "routed_at": now - 100,
+        "expires_at": now + 3600,
+        "warn_at": now - 10,  # past its warning point
+    }
+    await publish_durable(
+        broker.js,
+        pending_subject(SENDER, old, SPDI),
+        msgspec.json.encode({**fields, "message_id": old}),  # as written before: no stream
+        msg_id="legacy-note",
+        ttl=7200,
+        expected_stream=PENDING_STREAM,
+    )
+    await watch.put(
+        PendingNote(**{**fields, "message_id": new, "stream": inbox_stream(SPDI)})  # type: ignore[arg-type]
+    )
+    await watch.check()
+
+    assert watch.warned == 1
+    assert watch.expired == 0
+    warned = {note.message_id for note in await _open_notes(nats_env) if note.state == "warned"}
+    assert warned == {new}
+    assert old not in {note.message_id for note in await _open_notes(nats_env)}  # closed
+
+
+async def _open_notes(env: NatsEnv) -> list[PendingNote]:
+    admin = await env.admin()
+    out = []
+    for message_id_subject in await _pending_subjects(admin):
+        msg = await admin.js.get_msg(PENDING_STREAM, subject=message_id_subject, direct=True)
+        if msg.data not in (None, b"", b"{}"):
+            out.append(msgspec.json.decode(msg.data, type=PendingNote))
+    return out
+
+
+async def _pending_subjects(admin: object) -> list[str]:
+    info = await admin.js.stream_info(PENDING_STREAM, subjects_filter=">")  # type: ignore[attr-defined]
+    return sorted(info.state.subjects or {})
