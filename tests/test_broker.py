@@ -57,11 +57,11 @@ from bridge.nats.subjects import (
     BROKER_CONSUMER,
     HDR_MSG_ID,
     HDR_TTL,
-    STATUS_STREAM,
     inbox_consumer,
     inbox_stream,
     inbox_subject,
     status_consumer,
+    status_stream,
     submit_stream,
     submit_subject,
 )
@@ -211,7 +211,7 @@ class Agency:
         return await self._drain(inbox_stream(self.agency), inbox_consumer(self.agency))
 
     async def statuses(self) -> list[StatusEvent]:
-        msgs = await self._drain(STATUS_STREAM, status_consumer(self.agency))
+        msgs = await self._drain(status_stream(self.agency), status_consumer(self.agency))
         return [decode_status_event(m.data) for m in msgs]
 
 

@@ -9,6 +9,7 @@ renders for deploy/federation.example.toml, so the examples cannot drift from th
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import stat
 import subprocess
@@ -83,10 +84,18 @@ def test_every_bridge_config_in_deploy_loads() -> None:
     assert modes == {"webhook", "pull"}
 
 
+def _without_keys(accounts: str) -> str:
+    return re.sub(r'nkey: "U[A-Z2-7]{55}"', 'nkey: "<public key>"', accounts)
+
+
 def test_deploy_nats_configs_are_what_bridge_init_renders(tmp_path: Path) -> None:
     result = init_deployment(load_spec(SPEC), tmp_path / "out")
     for rendered in result.nats_configs:
         assert rendered.read_text() == (DEPLOY / "nats" / rendered.name).read_text()
+    # The permissions too; only the users' public keys differ from one init to the next.
+    accounts = (tmp_path / "out" / "nats" / "accounts.conf").read_text()
+    assert _without_keys(accounts) == _without_keys((DEPLOY / "nats" / "accounts.conf").read_text())
+    assert _without_keys(accounts) != accounts
     for rendered in (result.broker_config, result.ops_config):
         assert rendered.read_text() == (DEPLOY / "config" / rendered.name).read_text()
 

@@ -21,7 +21,6 @@ from bridge.errors import TransportError
 from bridge.nats.identities import Identity
 from bridge.nats.subjects import (
     BROKER_CONSUMER,
-    STATUS_STREAM,
     inbox_consumer,
     inbox_stream,
     inbox_subject,
@@ -30,6 +29,7 @@ from bridge.nats.subjects import (
     report_stream,
     report_subject,
     status_consumer,
+    status_stream,
     status_subject,
     status_subjects_all,
     submit_stream,
@@ -221,17 +221,17 @@ async def test_status_events_reach_their_sender_only(nats_env: NatsEnv) -> None:
     await publish_durable(broker.js, status_subject(B, MSG_B), b"st-b", msg_id="st-b")
     a = await _agency(nats_env, A)
 
-    own = await bind_pull(a.js, STATUS_STREAM, status_consumer(A))
+    own = await bind_pull(a.js, status_stream(A), status_consumer(A))
     msgs = await fetch(own, 10, 2.0)
     assert [m.data for m in msgs] == [b"st-a"]
     await msgs[0].ack()
 
-    other = await bind_pull(a.js, STATUS_STREAM, status_consumer(B))
+    other = await bind_pull(a.js, status_stream(B), status_consumer(B))
     assert await fetch(other, 10, DENIED) == []
-    await _all_fail(a.js.stream_info(STATUS_STREAM))
-    await _denied(a, f"CONSUMER.MSG.NEXT.{STATUS_STREAM}.{status_consumer(B)}")
+    await _all_fail(a.js.stream_info(status_stream(A)), a.js.stream_info(status_stream(B)))
+    await _denied(a, f"CONSUMER.MSG.NEXT.{status_stream(B)}.{status_consumer(B)}")
     admin = await nats_env.admin()
-    assert (await admin.js.consumer_info(STATUS_STREAM, status_consumer(B))).num_pending == 1
+    assert (await admin.js.consumer_info(status_stream(B), status_consumer(B))).num_pending == 1
 
 
 # -- reply inboxes ----------------------------------------------------------------------------
@@ -252,7 +252,7 @@ async def test_no_agency_can_pre_empt_a_status_event_or_another_agencys_report(
 
     broker = await nats_env.connect(Identity.broker())
     ack = await publish_durable(broker.js, status_subject(A, MSG_A), b"event", msg_id=event_id)
-    assert (ack.stream, ack.duplicate) == (STATUS_STREAM, False)
+    assert (ack.stream, ack.duplicate) == (status_stream(A), False)
     a = await _agency(nats_env, A)
     ack = await publish_durable(a.js, report_subject(A, MSG_A), b"report", msg_id=report_id)
     assert (ack.stream, ack.duplicate) == (report_stream(A), False)
@@ -268,7 +268,7 @@ async def test_no_agency_can_pre_empt_a_status_event_or_another_agencys_report(
     )
     admin = await nats_env.admin()
     assert (await admin.js.stream_info(report_stream(A))).state.messages == 1
-    assert (await admin.js.stream_info(STATUS_STREAM)).state.messages == 1
+    assert (await admin.js.stream_info(status_stream(A))).state.messages == 1
 
 
 async def test_agency_listens_only_below_its_own_reply_prefix(nats_env: NatsEnv) -> None:
@@ -459,23 +459,23 @@ async def test_ops_reads_status_and_nothing_else(nats_env: NatsEnv) -> None:
     await publish_durable(broker.js, inbox_subject(A), b"content", msg_id="r-1")
     ops = await nats_env.connect(Identity.ops(), api_timeout=DENIED)
 
-    info = await ops.js.stream_info(STATUS_STREAM)
+    info = await ops.js.stream_info(status_stream(A))
     assert info.state.messages == 1
-    last = await ops.js.get_msg(STATUS_STREAM, subject=status_subject(A, MSG_A), direct=True)
+    last = await ops.js.get_msg(status_stream(A), subject=status_subject(A, MSG_A), direct=True)
     assert last.data == b"delivered"
-    first = await ops.js.get_msg(STATUS_STREAM, seq=1, direct=True)
+    first = await ops.js.get_msg(status_stream(A), seq=1, direct=True)
     assert first.data == b"delivered"
     # Following the stream: the next event at or after a sequence, by direct get.
     following = await ops.js.get_msg(
-        STATUS_STREAM, seq=1, subject=status_subjects_all(), next=True, direct=True
+        status_stream(A), seq=1, subject=status_subjects_all(), next=True, direct=True
     )
     assert following.seq == 1
     with pytest.raises(nats.js.errors.NotFoundError):
         await ops.js.get_msg(
-            STATUS_STREAM, seq=2, subject=status_subjects_all(), next=True, direct=True
+            status_stream(A), seq=2, subject=status_subjects_all(), next=True, direct=True
         )
 
-    status_sub = await bind_pull(ops.js, STATUS_STREAM, status_consumer(A))
+    status_sub = await bind_pull(ops.js, status_stream(A), status_consumer(A))
     assert await fetch(status_sub, 1, DENIED) == []
     with pytest.raises(TransportError):
         await publish_durable(
@@ -485,18 +485,18 @@ async def test_ops_reads_status_and_nothing_else(nats_env: NatsEnv) -> None:
     await _all_fail(
         ops.js.stream_info(inbox_stream(A)),
         ops.js.get_msg(inbox_stream(A), 1),
-        ops.js.add_consumer(STATUS_STREAM, api.ConsumerConfig()),
-        ops.js.purge_stream(STATUS_STREAM),
+        ops.js.add_consumer(status_stream(A), api.ConsumerConfig()),
+        ops.js.purge_stream(status_stream(A)),
     )
     await _denied(
         ops,
-        f"CONSUMER.MSG.NEXT.{STATUS_STREAM}.{status_consumer(A)}",
+        f"CONSUMER.MSG.NEXT.{status_stream(A)}.{status_consumer(A)}",
         f'publish to "{status_subject(A, MSG_B)}"',
         'subscription to "bridge.status.>"',
         f"STREAM.INFO.{inbox_stream(A)}",
         f"STREAM.MSG.GET.{inbox_stream(A)}",
-        f"CONSUMER.CREATE.{STATUS_STREAM}",
-        f"STREAM.PURGE.{STATUS_STREAM}",
+        f"CONSUMER.CREATE.{status_stream(A)}",
+        f"STREAM.PURGE.{status_stream(A)}",
     )
     admin = await nats_env.admin()
-    assert (await admin.js.consumer_info(STATUS_STREAM, status_consumer(A))).num_pending == 1
+    assert (await admin.js.consumer_info(status_stream(A), status_consumer(A))).num_pending == 1

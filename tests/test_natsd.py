@@ -27,7 +27,6 @@ from bridge.nats.server import NatsServer, ServerLayout, ServerSettings, configu
 from bridge.nats.subjects import (
     AUDIT_STREAM,
     PENDING_STREAM,
-    STATUS_STREAM,
     attach_stream,
     consent_stream,
     consent_streams,
@@ -36,6 +35,7 @@ from bridge.nats.subjects import (
     inbox_subject,
     kv_bucket,
     report_stream,
+    status_stream,
     submit_stream,
     submit_subject,
 )
@@ -59,7 +59,7 @@ async def test_server_starts_with_jetstream(nats_env: NatsEnv) -> None:
     assert info.streams >= 3
     streams = {s.config.name for s in await admin.js.streams_info()}
     per_agency = {f(a) for a in nats_env.agencies for f in (submit_stream, inbox_stream)}
-    assert {STATUS_STREAM} | per_agency <= streams
+    assert {status_stream(a) for a in nats_env.agencies} | per_agency <= streams
 
 
 async def test_config_has_public_keys_only_and_files_are_private(nats_env: NatsEnv) -> None:
@@ -237,11 +237,11 @@ async def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
 async def test_provisioning_is_idempotent(nats_env: NatsEnv) -> None:
     report = await nats_env.provision()
     assert not report.changed, str(report)
-    # Shared: status, pending and audit streams. Per agency: its submit stream with the
-    # broker's consumer, its attachment stream, its inbox stream and consumer, its status
+    # Shared: pending and audit streams. Per agency: its submit stream with the broker's
+    # consumer, its attachment stream, its inbox stream and consumer, its status stream and
     # consumer, its report stream, its bucket, its record and withdrawal streams with the
     # broker's registrations and withdrawals consumers.
-    assert len(report.changes) == 3 + 12 * len(nats_env.agencies)
+    assert len(report.changes) == 2 + 13 * len(nats_env.agencies)
 
 
 async def test_provisioning_retires_the_shared_submit_stream_only_when_empty(
@@ -344,7 +344,8 @@ async def test_adding_an_agency_leaves_the_others_alone(nats_env: NatsEnv) -> No
         f"{submit_stream(newcomer)}/broker",
         inbox_stream(newcomer),
         f"{inbox_stream(newcomer)}/inbox-{newcomer}",
-        f"{STATUS_STREAM}/status-{newcomer}",
+        status_stream(newcomer),
+        f"{status_stream(newcomer)}/status-{newcomer}",
         report_stream(newcomer),
         f"adapter-{newcomer}",
     }
@@ -364,7 +365,7 @@ async def test_provisioning_updates_a_changed_limit(nats_env: NatsEnv) -> None:
         **{submit_stream(a): ("duplicate_window",) for a in nats_env.agencies},
         **{attach_stream(a): ("duplicate_window",) for a in nats_env.agencies},
         **{inbox_stream(a): ("duplicate_window",) for a in nats_env.agencies},
-        STATUS_STREAM: ("duplicate_window",),
+        **{status_stream(a): ("duplicate_window",) for a in nats_env.agencies},
         **{report_stream(a): ("duplicate_window",) for a in nats_env.agencies},
         AUDIT_STREAM: ("duplicate_window",),
         **{s: ("duplicate_window",) for a in nats_env.agencies for s in consent_streams(a)},

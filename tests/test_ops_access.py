@@ -31,12 +31,12 @@ from bridge.nats.identities import Credentials, Identity
 from bridge.nats.provision import provision_at
 from bridge.nats.server import NatsServer
 from bridge.nats.subjects import (
-    STATUS_STREAM,
     heartbeat_subject,
     inbox_consumer,
     inbox_stream,
     report_stream,
     report_subject,
+    status_stream,
     status_subject,
     submit_stream,
     submit_subject,
@@ -327,7 +327,9 @@ async def test_the_ops_identity_can_read_but_never_write(env: Env) -> None:
     js = nc.jetstream(timeout=1.0)
     try:
         # What it may: read the status stream, and the consumers' backlogs.
-        first = await js.get_msg(STATUS_STREAM, seq=1, subject=">", next=True, direct=True)
+        first = await js.get_msg(
+            status_stream(JOBCENTER), seq=1, subject=">", next=True, direct=True
+        )
         assert first.seq == 1
         # And each agency's report stream.
         reports = report_stream(JOBCENTER)
@@ -341,13 +343,13 @@ async def test_the_ops_identity_can_read_but_never_write(env: Env) -> None:
             js.publish(submit_subject(JOBCENTER), b"x"),
             js.publish(report_subject(SPDI, str(uuid.uuid4())), b"x"),
             js.publish(status_subject(JOBCENTER, str(uuid.uuid4())), b"x"),
-            js.delete_msg(STATUS_STREAM, 1),
-            js.purge_stream(STATUS_STREAM),
-            js.delete_stream(STATUS_STREAM),
+            js.delete_msg(status_stream(JOBCENTER), 1),
+            js.purge_stream(status_stream(JOBCENTER)),
+            js.delete_stream(status_stream(JOBCENTER)),
             js.purge_stream(reports),
             js.delete_msg(reports, 1),
             js.delete_consumer(inbox_stream(SPDI), inbox_consumer(SPDI)),
-            js.add_consumer(STATUS_STREAM, api.ConsumerConfig(durable_name="ops-tap")),
+            js.add_consumer(status_stream(JOBCENTER), api.ConsumerConfig(durable_name="ops-tap")),
             js.stream_info(submit_stream(JOBCENTER)),
             js.get_msg(inbox_stream(SPDI), 1),
         ]
@@ -370,7 +372,7 @@ async def test_the_ops_identity_can_read_but_never_write(env: Env) -> None:
     admin = Identity.admin()
     nc = await connect(env.server.url, env.creds.seed_file(admin), admin.inbox_prefix, "t")
     try:
-        for stream in (STATUS_STREAM, reports):
+        for stream in (status_stream(JOBCENTER), reports):
             info = await nc.jetstream().stream_info(stream)
             assert info.state.messages == 1  # nothing deleted, nothing added
     finally:

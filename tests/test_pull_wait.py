@@ -43,11 +43,11 @@ from bridge.ids import new_message_id
 from bridge.nats.provision import ProvisionSettings
 from bridge.nats.retention import check_retention
 from bridge.nats.subjects import (
-    STATUS_STREAM,
     inbox_consumer,
     inbox_stream,
     kv_bucket,
     status_consumer,
+    status_stream,
 )
 from bridge.wire import (
     PULL_EXPIRED_REASON,
@@ -271,7 +271,7 @@ async def test_the_sender_sees_expired_with_the_reason(sender: Sender) -> None:
     async def both_folded() -> bool:
         for stream, consumer in (
             (inbox_stream(JOBCENTER), inbox_consumer(JOBCENTER)),
-            (STATUS_STREAM, status_consumer(JOBCENTER)),
+            (status_stream(JOBCENTER), status_consumer(JOBCENTER)),
         ):
             info = await sender.admin.js.consumer_info(stream, consumer)
             if info.num_pending or info.num_ack_pending:

@@ -37,12 +37,12 @@ from bridge.nats.retention import check_retention
 from bridge.nats.subjects import (
     AUDIT_STREAM,
     PENDING_STREAM,
-    STATUS_STREAM,
     audit_subject,
     consent_subject,
     inbox_stream,
     inbox_subject,
     kv_bucket,
+    status_stream,
     status_subject,
 )
 from bridge.nats.transport import publish_durable
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 CONSENT = "BRIDGE_CONSENT_jobcenter-unna"
 DAY = 86400
+STATUS = status_stream("jobcenter-unna")  # one agency's status events
 
 
 async def run_check(env: NatsEnv, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -116,7 +117,7 @@ async def test_whatever_outlives_its_limit_is_named(nats_env: NatsEnv) -> None:
     ]
     assert later.overdue[0].subject == inbox_subject("spdi-unna")
     much_later = await check_retention(admin.js, now=lambda: time.time() + 31 * DAY)
-    assert (STATUS_STREAM, "max_age") in {(o.stream, o.kind) for o in much_later.overdue}
+    assert (STATUS, "max_age") in {(o.stream, o.kind) for o in much_later.overdue}
     assert not much_later.healthy
 
     # A stream with no limit at all is reported too.
@@ -224,7 +225,7 @@ def test_the_store_limits_follow_the_policy() -> None:
         "BRIDGE_ATTACH_jobcenter-unna": ("[types.*] max_lifetime", 30 * DAY),
         "BRIDGE_INBOX_spdi-unna": ("[types.*] inbox_ttl", 30 * DAY),
         PENDING_STREAM: ("plus a day", 31 * DAY),
-        STATUS_STREAM: ("[retention] status", 40 * DAY),
+        STATUS: ("[retention] status", 40 * DAY),
         "BRIDGE_CONSENT_jobcenter-unna": ("[retention] consent", 400 * DAY),
         "BRIDGE_WITHDRAWAL_jobcenter-unna": ("[retention] consent", 400 * DAY),
         AUDIT_STREAM: ("[retention] audit", 800 * DAY),
@@ -251,7 +252,7 @@ async def test_provisioning_sets_the_policy_limits(nats_env: NatsEnv) -> None:
     await nats_env.provision(settings=provision_settings(rules))
     admin = await nats_env.admin()
     for stream in (
-        STATUS_STREAM,
+        STATUS,
         "BRIDGE_CONSENT_spdi-unna",
         "BRIDGE_WITHDRAWAL_spdi-unna",
         AUDIT_STREAM,
@@ -279,11 +280,11 @@ async def test_the_broker_refuses_to_start_on_streams_that_keep_too_long(
 ) -> None:
     fed = federation()
     config = write_config(tmp_path, nats_env, fed)
-    await _misconfigure(nats_env, STATUS_STREAM, 60 * DAY)
+    await _misconfigure(nats_env, STATUS, 60 * DAY)
     with pytest.raises(ConfigError) as info:
         await make_broker(config).run()
     assert info.value.reason == "retention.too_long"
-    assert "BRIDGE_STATUS keeps 5184000s" in str(info.value)
+    assert f"{STATUS} keeps 5184000s" in str(info.value)
     assert "[retention] status allows 2592000s" in str(info.value)
 
     await _misconfigure(nats_env, AUDIT_STREAM, 0.0)  # zero: JetStream keeps for ever
@@ -318,7 +319,7 @@ async def test_a_reloaded_policy_that_shortens_a_limit_is_logged(
         await wait_for("the error about the streams", logged, within=60)
         assert broker.statistics().policy_serial == 2
     (record,) = [r for r in caplog.records if "new policy" in r.message]
-    assert "BRIDGE_STATUS keeps 2592000s" in record.message
+    assert f"{STATUS} keeps 2592000s" in record.message
     assert "[retention] status allows 1728000s" in record.message
 
 
@@ -340,24 +341,24 @@ async def test_the_check_finds_records_kept_past_the_policy(
     admin = await nats_env.admin()
     assert (await check_retention(admin.js, now=time.time, limits=limits)).healthy
 
-    await _misconfigure(nats_env, STATUS_STREAM, 60 * DAY)
+    await _misconfigure(nats_env, STATUS, 60 * DAY)
     await _misconfigure(nats_env, CONSENT, 3000 * DAY)
     await _misconfigure(nats_env, AUDIT_STREAM, 1000 * DAY)
     now = await check_retention(admin.js, now=time.time, limits=limits)
     assert not now.overdue
     assert {(p.stream, p.reason) for p in now.ages} == {
-        (STATUS_STREAM, "retention.too_long"),
+        (STATUS, "retention.too_long"),
         (CONSENT, "retention.too_long"),
         (AUDIT_STREAM, "retention.too_long"),
     }
     assert not now.healthy
     done = await run_check(nats_env, tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert f"LIMIT TOO LONG {STATUS_STREAM} keeps 5184000s" in done.stdout
+    assert f"LIMIT TOO LONG {STATUS} keeps 5184000s" in done.stdout
 
     # Later than each record's limit in the policy, though within the streams' own.
     for days, stream, setting, subject in (
-        (31, STATUS_STREAM, "[retention] status", status_subject("jobcenter-unna", mid)),
+        (31, STATUS, "[retention] status", status_subject("jobcenter-unna", mid)),
         (731, AUDIT_STREAM, "[retention] audit", audit_subject()),
         (2191, CONSENT, "[retention] consent", consent),
     ):

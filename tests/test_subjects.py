@@ -61,7 +61,7 @@ def test_api_subjects_refuse_bad_stream_or_consumer_names(name: str) -> None:
     with pytest.raises(ValueError, match="name"):
         S.pull_consumer_api_subjects(name, "broker")
     with pytest.raises(ValueError, match="name"):
-        S.pull_consumer_api_subjects(S.STATUS_STREAM, name)
+        S.pull_consumer_api_subjects(S.status_stream("spdi-unna"), name)
 
 
 def test_service_reply_prefixes_are_fixed() -> None:

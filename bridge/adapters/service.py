@@ -41,11 +41,11 @@ from ..federation.holder import DirectoryHolder
 from ..http.auth import TokenVerifier
 from ..http.guard import GuardedAppRunner
 from ..nats.subjects import (
-    STATUS_STREAM,
     agency_inbox_prefix,
     inbox_consumer,
     inbox_stream,
     status_consumer,
+    status_stream,
 )
 from ..nats.transport import bind_pull, connect
 from ..policy import SYSTEM_DEFAULT_LIMITS, Policy, PolicyHolder, PolicySerialState
@@ -246,7 +246,7 @@ class Adapter:
                 "adapter %s: consent enforcement is OFF ([consent] enforce = false)", c.agency
             )
         inbox_sub = await bind_pull(hub, inbox_stream(c.agency), inbox_consumer(c.agency))
-        status_sub = await bind_pull(hub, STATUS_STREAM, status_consumer(c.agency))
+        status_sub = await bind_pull(hub, status_stream(c.agency), status_consumer(c.agency))
         keepalive = await self._keepalive_interval(hub, timeout)
         revocations = Revocations(
             keyring=keyring,

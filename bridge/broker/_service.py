@@ -47,7 +47,6 @@ from ..nats.subjects import (
     HDR_SENDER,
     PENDING_STREAM,
     REGISTRATION_CONSUMER,
-    STATUS_STREAM,
     WITHDRAWAL_CONSUMER,
     attach_stream,
     consent_stream,
@@ -56,6 +55,7 @@ from ..nats.subjects import (
     inbox_stream,
     inbox_subject,
     report_stream,
+    status_stream,
     status_subject,
     submit_stream,
 )
@@ -276,7 +276,7 @@ class Broker:
             store_limits(policy.rules),
             [
                 PENDING_STREAM,
-                STATUS_STREAM,
+                *(status_stream(a.id) for a in self._directory.current.agencies()),
                 AUDIT_STREAM,
                 *(submit_stream(a.id) for a in self._directory.current.agencies()),
                 *(attach_stream(a.id) for a in self._directory.current.agencies()),

@@ -4,8 +4,9 @@ Run it after every change to the federation: what exists with the wanted setting
 alone (its messages too), what is missing is created, and what differs is updated in place.
 Nothing is ever deleted here: an agency that left the federation keeps its consumer and bucket
 until an operator removes them, so no message disappears by accident. (The one exception: a
-stream all agencies shared in earlier versions, removed once it is empty, see `_LEGACY`, or,
-the consent registry, once its documents are copied, see `_migrate_legacy_consent`.)
+stream all agencies shared in earlier versions, removed once it is empty, see `_LEGACY`; the
+status stream, once every agency has taken its events, see `_retire_legacy_status`; or the
+consent registry, once its documents are copied, see `_migrate_legacy_consent`.)
 
 Limits are part of the topology, so the store enforces them: every stream is bounded in bytes
 and message size; work-queue streams refuse new messages when full rather than drop
@@ -42,7 +43,6 @@ from .subjects import (
     LEGACY_CONSENT_PARKED,
     PENDING_STREAM,
     REGISTRATION_CONSUMER,
-    STATUS_STREAM,
     WITHDRAWAL_CONSUMER,
     attach_stream,
     attach_subjects,
@@ -63,7 +63,7 @@ from .subjects import (
     report_stream,
     status_consumer,
     status_filter,
-    status_subjects_all,
+    status_stream,
     submit_stream,
     submit_subject,
 )
@@ -238,6 +238,8 @@ _LEGACY_INBOX_STREAM = "BRIDGE_INBOX"
 """The one inbox stream all recipients shared before each got its own; its subjects overlap."""
 _LEGACY_CONSENT_STREAM = "BRIDGE_CONSENT"
 """The one consent registry all issuers shared before each got its own streams."""
+_LEGACY_STATUS_STREAM = "BRIDGE_STATUS"
+"""The one status stream all agencies shared before each got its own; its subjects overlap."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,27 +358,33 @@ def _inbox_stream(s: ProvisionSettings, agency: str) -> api.StreamConfig:
     )
 
 
+def _status_stream(s: ProvisionSettings, agency: str) -> api.StreamConfig:
+    # Only the broker's events. One per agency, each with its own size limit and the oldest
+    # dropped first (a history, not a queue): what one agency's traffic makes the broker report,
+    # a routed event per copy or a rejected one per refused submission, pushes out only that
+    # agency's own older events, never another agency's before it has read them.
+    return api.StreamConfig(
+        name=status_stream(agency),
+        description=f"bridge: the broker's status events to {agency}",
+        subjects=[status_filter(agency)],
+        retention=api.RetentionPolicy.LIMITS,
+        discard=api.DiscardPolicy.OLD,
+        max_bytes=s.status_max_bytes,
+        max_age=s.status_max_age,
+        max_msg_size=s.status_max_msg_size,
+        duplicate_window=s.duplicate_window,
+        allow_direct=True,
+        storage=api.StorageType.FILE,
+        num_replicas=s.replicas,
+    )
+
+
 def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamConfig]:
     return [
         *(_submit_stream(s, agency) for agency in agencies),
         *(_attach_stream(s, agency) for agency in agencies),
         *(_inbox_stream(s, agency) for agency in agencies),
-        api.StreamConfig(
-            name=STATUS_STREAM,
-            description="bridge: the broker's status events for senders and operations",
-            subjects=[status_subjects_all()],
-            retention=api.RetentionPolicy.LIMITS,
-            discard=api.DiscardPolicy.OLD,
-            max_bytes=s.status_max_bytes,
-            max_age=s.status_max_age,
-            max_msg_size=s.status_max_msg_size,
-            duplicate_window=s.duplicate_window,
-            allow_direct=True,
-            storage=api.StorageType.FILE,
-            num_replicas=s.replicas,
-        ),
-        # After the status stream: in earlier versions it held the reports too, and its
-        # update gives their subjects up before these streams take them.
+        *(_status_stream(s, agency) for agency in agencies),
         *(_report_stream(s, agency) for agency in agencies),
         api.StreamConfig(
             name=PENDING_STREAM,
@@ -519,7 +527,9 @@ def _consumers(
         wanted.append(
             (inbox_stream(agency), _consumer(s, inbox_consumer(agency), inbox_subject(agency)))
         )
-        wanted.append((STATUS_STREAM, _consumer(s, status_consumer(agency), status_filter(agency))))
+        wanted.append(
+            (status_stream(agency), _consumer(s, status_consumer(agency), status_filter(agency)))
+        )
     return wanted
 
 
@@ -839,6 +849,37 @@ async def _start_after_copies(
     return Change("consumer", f"{stream}/{wanted.name}", Action.CREATED)
 
 
+async def _retire_legacy_status(js: JetStreamContext) -> Change | None:
+    """Remove the status stream all agencies shared in earlier versions once every agency has
+    taken its events from it; refuse while one still has events to take.
+
+    Its subjects overlap the per-agency status (and, in older versions, report) streams. A
+    limits stream is never empty, so what counts is its consumers: an event an adapter has not
+    taken yet would be lost with it. The history ops read from it goes; ops starts afresh from
+    the new streams.
+    """
+    name = _LEGACY_STATUS_STREAM
+    with _translated(f"stream {name}"):
+        try:
+            await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            return None
+        unread = sorted(
+            str(info.name)
+            for info in await js.consumers_info(name)
+            if (info.num_pending or 0) + (info.num_ack_pending or 0) > 0
+        )
+        if unread:
+            raise ConfigError(
+                f"stream {name} (shared by all agencies in earlier versions) still holds status "
+                f"events not yet taken by {', '.join(unread)}; run those adapters of the "
+                "earlier version until they have taken them first",
+                reason="provision.legacy_status",
+            )
+        await js.delete_stream(name)
+        return Change("stream", name, Action.REMOVED)
+
+
 async def provision(
     js: JetStreamContext,
     agencies: Sequence[str],
@@ -866,6 +907,8 @@ async def provision(
         )
         is not None
     ]
+    if status := await _patiently(functools.partial(_retire_legacy_status, js), unavailable_wait):
+        retired.append(status)
     migrated = await _patiently(functools.partial(_migrate_legacy_consent, js, s), unavailable_wait)
     steps: list[Callable[[], Awaitable[Change]]] = [
         functools.partial(_ensure_stream, js, stream) for stream in _streams(s, federation)

@@ -17,16 +17,20 @@ Topology (one JetStream account, created by `bridge.nats.provision`):
   `max_msgs` and `max_bytes` are that recipient's quota, so nobody can fill its inbox beyond
   them. (Earlier versions kept every inbox in one stream `BRIDGE_INBOX`; provisioning retires
   it once it is empty.)
-- stream `BRIDGE_STATUS`, subjects `bridge.status.<sender>.<message-id>`: status events the
-  broker reports back to senders; one durable consumer `status-<sender>` per agency. Only the
-  broker publishes there.
+- one stream `BRIDGE_STATUS_<agency>` per agency, subjects `bridge.status.<agency>.<message-id>`:
+  the status events the broker reports to that agency (about its messages, or as a recipient:
+  `expiring`, `withdrawn`); its durable consumer `status-<agency>`. Only the broker publishes
+  there. One stream per agency, each with its own size limit (oldest dropped first), so that
+  what one agency's traffic makes the broker report never pushes out another agency's events
+  before it has read them. (Earlier versions kept every agency's events in one stream
+  `BRIDGE_STATUS`; provisioning retires it once every agency has taken its events.)
 - one stream `BRIDGE_REPORT_<agency>` per agency, subjects `bridge.report.<agency>.<message-id>`:
   what that agency's adapter reports about a message for operations (accepted, delivered,
   receipted, redelivered); the reporting agency is the subject's token, which NATS permissions
   make unforgeable. Ops reads them; no agency consumer sees reports. One stream per agency, each
   its quota, dropping its oldest when full: an agency reporting without end evicts only its own
   reports, never another agency's nor a status event a sender has not yet taken. (Earlier
-  versions kept reports in `BRIDGE_STATUS`; those age out there.)
+  versions kept reports in `BRIDGE_STATUS`.)
 - core subjects `bridge.heartbeat.<component>.<name>`: liveness beats of adapters and brokers,
   not stored; ops listens.
 - KV bucket `adapter-<agency>`: the adapter's own records (idempotency keys, message timelines).
@@ -85,7 +89,7 @@ __all__ = [
     "PENDING_STREAM",
     "REGISTRATION_CONSUMER",
     "REPORT_STREAM_PREFIX",
-    "STATUS_STREAM",
+    "STATUS_STREAM_PREFIX",
     "SUBMIT_STREAM_PREFIX",
     "WITHDRAWAL_CONSUMER",
     "WITHDRAWAL_STREAM_PREFIX",
@@ -141,6 +145,7 @@ __all__ = [
     "role_inbox_prefix",
     "status_consumer",
     "status_filter",
+    "status_stream",
     "status_stream_read_subjects",
     "status_subject",
     "status_subjects_all",
@@ -157,7 +162,7 @@ REPORT_STREAM_PREFIX = "BRIDGE_REPORT_"
 HUB_DOMAIN = "hub"
 """The JetStream domain of the hub (the embedded server with leaf nodes, or the cluster): its
 API answers on `$JS.hub.API` too, which is how clients behind a leaf node reach it."""
-STATUS_STREAM = "BRIDGE_STATUS"
+STATUS_STREAM_PREFIX = "BRIDGE_STATUS_"
 AUDIT_STREAM = "BRIDGE_AUDIT"
 PENDING_STREAM = "BRIDGE_PENDING"
 BROKER_CONSUMER = "broker"
@@ -328,6 +333,11 @@ def report_filter(agency: str) -> str:
     return f"{_PREFIX}.report.{check_agency_id(agency)}.*"
 
 
+def status_stream(agency: str) -> str:
+    """The stream of the broker's status events to `agency`; only the broker publishes there."""
+    return f"{STATUS_STREAM_PREFIX}{check_agency_id(agency)}"
+
+
 def report_stream(agency: str) -> str:
     """The stream of `agency`'s reports for operations; only `agency` writes to it."""
     return f"{REPORT_STREAM_PREFIX}{check_agency_id(agency)}"
@@ -424,9 +434,9 @@ def kv_bucket_api_subjects(agency: str) -> tuple[str, ...]:
 
 
 def status_stream_read_subjects(federation: Sequence[str]) -> tuple[str, ...]:
-    """Read-only access to the status stream and each agency's report stream: their state and
-    direct gets (ops)."""
-    streams = (STATUS_STREAM, *(report_stream(agency) for agency in federation))
+    """Read-only access to each agency's status and report streams: their state and direct
+    gets (ops)."""
+    streams = tuple(f(agency) for agency in federation for f in (status_stream, report_stream))
     return tuple(
         f"{_JS_API}.{request}.{stream}"
         for stream in streams
@@ -543,7 +553,7 @@ def stream_settings_subjects(federation: Sequence[str]) -> tuple[str, ...]:
         *(stream for agency in federation for stream in consent_streams(agency)),
         *(inbox_stream(agency) for agency in federation),
         *(report_stream(agency) for agency in federation),
-        STATUS_STREAM,
+        *(status_stream(agency) for agency in federation),
     )
     return tuple(f"{_JS_API}.STREAM.INFO.{stream}" for stream in streams)
 

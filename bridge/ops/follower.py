@@ -1,7 +1,7 @@
 """Reading NATS for ops: the status and report streams by direct get, heartbeats, backlogs.
 
-The status stream (broker events on `bridge.status.<sender>.<id>`) and each agency's report
-stream (its adapter's reports on `bridge.report.<agency>.<id>`) are read from their first
+Each agency's status stream (the broker's events to it on `bridge.status.<agency>.<id>`) and
+report stream (its adapter's reports on `bridge.report.<agency>.<id>`) are read from their first
 sequence on with stateless direct gets, each with a sequence of its own, so a restarted ops
 rebuilds everything the streams still hold, and then followed: a plain subscription on the same
 subjects only wakes the reader, which fetches by sequence, so nothing is missed while
@@ -30,12 +30,12 @@ from .._cancel import pause, raise_if_cancelling
 from ..nats.backoff import Backoff
 from ..nats.subjects import (
     BROKER_CONSUMER,
-    STATUS_STREAM,
     heartbeat_subjects_all,
     inbox_consumer,
     inbox_stream,
     report_stream,
     report_subjects_all,
+    status_stream,
     status_subjects_all,
     submit_stream,
 )
@@ -81,9 +81,14 @@ class Follower:
         self._backlog_every = backlog_every
         self._on_transition = on_transition
         self._wake = asyncio.Event()
-        # The next sequence to read of the status stream and of each agency's report stream.
+        # The next sequence to read of each agency's status and report streams.
         self.next_seq = dict.fromkeys(
-            (STATUS_STREAM, *(report_stream(agency) for agency in sorted(state.agencies))), 1
+            (
+                f(agency)
+                for agency in sorted(state.agencies)
+                for f in (status_stream, report_stream)
+            ),
+            1,
         )
 
     def __repr__(self) -> str:
@@ -161,9 +166,7 @@ class Follower:
             except nats.js.errors.NotFoundError:
                 return
             except nats.errors.NoRespondersError:
-                if stream == STATUS_STREAM:
-                    raise
-                return  # an agency's report stream not provisioned (yet): nothing to read
+                return  # an agency's stream not provisioned (yet): nothing to read
             raise_if_cancelling()
             if raw.seq is None or raw.seq < self.next_seq[stream]:
                 raise nats.errors.Error("direct get answered out of order")

@@ -26,7 +26,7 @@ from ..nats.subjects import (
     INBOX_STREAM_PREFIX,
     PENDING_STREAM,
     REPORT_STREAM_PREFIX,
-    STATUS_STREAM,
+    STATUS_STREAM_PREFIX,
     SUBMIT_STREAM_PREFIX,
     WITHDRAWAL_STREAM_PREFIX,
 )
@@ -48,7 +48,7 @@ def store_limits(rules: PolicyRules) -> tuple[StoreLimit, ...]:
         StoreLimit(ATTACH_STREAM_PREFIX, f"{_LONGEST} max_lifetime", lifetime),
         StoreLimit(INBOX_STREAM_PREFIX, f"{_LONGEST} inbox_ttl", inbox),
         StoreLimit(PENDING_STREAM, f"{_LONGEST} inbox_ttl, plus a day", inbox + PENDING_GRACE),
-        StoreLimit(STATUS_STREAM, "[retention] status", rules.retention.status),
+        StoreLimit(STATUS_STREAM_PREFIX, "[retention] status", rules.retention.status),
         StoreLimit(REPORT_STREAM_PREFIX, "[retention] status", rules.retention.status),
         StoreLimit(CONSENT_STREAM_PREFIX, "[retention] consent", rules.retention.consent),
         StoreLimit(WITHDRAWAL_STREAM_PREFIX, "[retention] consent", rules.retention.consent),
