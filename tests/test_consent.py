@@ -37,7 +37,7 @@ from bridge.federation.directory import Directory
 from bridge.ids import NO_CONSENT, new_message_id
 from bridge.nats.identities import Identity
 from bridge.nats.provision import provision
-from bridge.nats.subjects import HDR_CONSENT, consent_stream, consent_subject
+from bridge.nats.subjects import HDR_CONSENT, HDR_MSG_ID, consent_stream, consent_subject
 from bridge.policy import parse_policy
 from bridge.wire import DeliveryState
 
@@ -391,9 +391,24 @@ async def test_a_withdrawal_removes_undelivered_copies_and_tells_the_sender(
     await jobcenter.submit(
         seal_referral(fed, message_id=kept, consent=other.id, purpose=MESSAGE_PURPOSE), kept
     )
+    # The notice about this very withdrawal, already routed when the broker purges (the issuing
+    # adapter sends it as it stores the withdrawal): it names the consent and must stay.
+    notice = new_message_id()
+    await jobcenter.submit(
+        seal_referral(
+            fed,
+            recipients=[SPDI],
+            message_id=notice,
+            consent=body.id,
+            message_type="consent-revoked",
+            purpose="delivery-confirmation",
+            categories=["delivery-metadata"],
+        ),
+        notice,
+    )
     config = write_config(tmp_path, nats_env, fed, enforce_consent=True)
     async with make_broker(config) as broker:
-        await wait_for("routed", lambda: broker.statistics().routed == 3)
+        await wait_for("routed", lambda: broker.statistics().routed == 4)
         delivered = await (await Agency.connect(nats_env, COUNSELLING)).inbox()  # taken
         assert len(delivered) == 3
         sender_side = await nats_env.connect(Identity.for_agency(SENDER))
@@ -406,7 +421,9 @@ async def test_a_withdrawal_removes_undelivered_copies_and_tells_the_sender(
         )
         await wait_for("late one decided", lambda: broker.statistics().rejected_total == 1)
     spdi_inbox = await (await Agency.connect(nats_env, SPDI)).inbox()
-    assert [m.headers[HDR_CONSENT] for m in spdi_inbox] == [other.id]
+    assert sorted(m.headers[HDR_MSG_ID] for m in spdi_inbox) == sorted(
+        f"{SENDER}.{mid}.{SPDI}" for mid in (kept, notice)
+    )
     events = await jobcenter.statuses()
     withdrawn = {
         (e.message_id, e.recipient, e.reason) for e in events if e.state is DeliveryState.WITHDRAWN

@@ -69,7 +69,7 @@ from ..nats.transport import (
 )
 from ..policy import Policy, PolicyHolder, PolicySerialState, store_limits
 from ..telemetry import HEARTBEAT_INTERVAL, HealthServer, beat_forever
-from ..wire import PULL_EXPIRED_REASON, DeliveryState, encode_status_event
+from ..wire import PULL_EXPIRED_REASON, DeliveryState, MessageType, encode_status_event
 from ._audit import (
     consent_registered_events,
     consent_withdrawn_events,
@@ -782,7 +782,7 @@ class Broker:
                     inbox_subject(recipient),
                     msg.data,
                     msg_id=inbox_msg_id(submission.sender, message_id, recipient),
-                    headers={HDR_CONSENT: verdict.header.consent, HDR_SENDER: submission.sender},
+                    headers=_copy_headers(header.type, header.consent, submission.sender),
                     ttl=verdict.ttl,
                     timeout=timeout,
                     # Never into a stream that is not the recipient's own (the shared inbox of
@@ -992,3 +992,21 @@ class Broker:
             msg_id=status_msg_id(submission.sender, submission.message_id, state, recipient),
             timeout=self._config.publish_timeout_seconds,
         )
+
+
+_FOR_REFERENCE: Final = frozenset(
+    {
+        MessageType.RECEIPT.value,
+        MessageType.CONSENT_REVOKED.value,
+        MessageType.DELETION_CONFIRMED.value,
+    }
+)
+"""Types whose header names a consent for reference only: a withdrawal does not remove them
+(a `consent-revoked` notice routed before the purge is the very message that must arrive)."""
+
+
+def _copy_headers(message_type: str, consent: str, sender: str) -> dict[str, str]:
+    """The inbox copy's headers: the sender, and the consent a withdrawal removes it under."""
+    if message_type in _FOR_REFERENCE:
+        return {HDR_SENDER: sender}
+    return {HDR_CONSENT: consent, HDR_SENDER: sender}
