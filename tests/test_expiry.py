@@ -24,6 +24,7 @@ from bridge.broker._expiry import EXPIRED_REASON, ExpiryWatch, PendingNote
 from bridge.crypto import DEFAULT_LIMITS, verify
 from bridge.ids import new_message_id
 from bridge.nats.identities import Identity
+from bridge.nats.provision import PENDING_CLOSED_TTL
 from bridge.nats.subjects import (
     AUDIT_STREAM,
     PENDING_STREAM,
@@ -169,6 +170,14 @@ async def test_a_delivered_message_leaves_the_transport_and_never_expires(
     assert (AuditKind.DELIVERED, mid, COUNSELLING) in kinds
     assert (AuditKind.RECEIPTED, mid, COUNSELLING) in kinds
     assert not any(k[0] in (AuditKind.EXPIRED, AuditKind.EXPIRY_WARNED) for k in kinds)
+    # The note is closed, and what is left of it goes soon: closed notes do not pile up in the
+    # shared stream, where they would stop all routing once it is full.
+    marker = await admin.js.get_msg(
+        PENDING_STREAM, subject=pending_subject(SENDER, mid, COUNSELLING), direct=True
+    )
+    assert marker.data == b"{}"
+    assert marker.headers is not None
+    assert marker.headers["Nats-TTL"] == str(PENDING_CLOSED_TTL)
 
 
 def test_a_stored_expired_event_is_the_recipients_state_and_shown_once() -> None:

@@ -349,7 +349,9 @@ async def test_adding_an_agency_leaves_the_others_alone(nats_env: NatsEnv) -> No
         report_stream(newcomer),
         f"adapter-{newcomer}",
     }
-    assert not report.by_action(Action.UPDATED)
+    # Only the pending notes grow, with room for the newcomer's inbox quota.
+    updated = {c.name: c.fields for c in report.by_action(Action.UPDATED)}
+    assert updated == {PENDING_STREAM: ("max_bytes",)}
 
     admin = await nats_env.admin()
     info = await admin.js.consumer_info(inbox_stream(JOBCENTER), inbox_consumer(JOBCENTER))

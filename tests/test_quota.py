@@ -47,8 +47,9 @@ from bridge.config import (
 from bridge.errors import ConfigError, TransportError
 from bridge.ids import new_message_id
 from bridge.nats.identities import Identity
-from bridge.nats.provision import Action, ProvisionSettings
+from bridge.nats.provision import PENDING_NOTE_BYTES, Action, ProvisionSettings
 from bridge.nats.subjects import (
+    PENDING_STREAM,
     consent_stream,
     inbox_consumer,
     inbox_stream,
@@ -384,3 +385,17 @@ async def test_quotas_in_the_provisioning_config_reach_the_store(
         assert submit.max_bytes == ProvisionSettings().submit_max_bytes  # left out: the default
         records = await admin.js.stream_info(consent_stream(agency, "record"))
         assert records.config.max_msgs == 1000
+
+
+async def test_the_pending_notes_have_room_for_every_copy_the_inboxes_may_hold(
+    nats_env: Any,
+) -> None:
+    """The broker notes every routed copy in the one BRIDGE_PENDING; full, it would refuse the
+    next note and the broker would hold every agency's submissions. So it is sized from the
+    inbox quotas, whatever they are set to."""
+    quota = 2_000_000  # with three agencies, far beyond the status streams' default size
+    await nats_env.provision(settings=ProvisionSettings(inbox_max_msgs_per_recipient=quota))
+    admin = await nats_env.admin()
+    pending = (await admin.js.stream_info(PENDING_STREAM)).config
+    assert pending.max_bytes >= len(nats_env.agencies) * quota * PENDING_NOTE_BYTES
+    assert pending.discard == api.DiscardPolicy.NEW

@@ -34,7 +34,7 @@ from nats.js.client import JetStreamContext
 from .._cancel import pause
 from ..audit import AuditEvent, AuditKind, audit_msg_id
 from ..errors import TransportError
-from ..nats.provision import PENDING_GRACE
+from ..nats.provision import PENDING_CLOSED_TTL, PENDING_GRACE
 from ..nats.subjects import PENDING_STREAM, inbox_stream, pending_subject, status_subject
 from ..nats.transport import publish_durable
 from ..wire import Component, DeliveryState, MessageType, StatusEvent, encode_status_event
@@ -142,14 +142,18 @@ class ExpiryWatch:
         )
 
     async def close(self, sender: str, message_id: str, recipient: str) -> None:
-        """The recipient answered: no warning or expiry for this copy any more."""
+        """The recipient answered: no warning or expiry for this copy any more.
+
+        The note is replaced by an empty marker that goes after `PENDING_CLOSED_TTL`: closed
+        notes must not pile up in the shared stream (a day of them at a dozen messages a second
+        would fill it and stop all routing)."""
         subject = pending_subject(sender, message_id, recipient)
         await publish_durable(
             self._js,
             subject,
             b"{}",
             msg_id=_note_id(sender, message_id, recipient, "done"),
-            ttl=_NOTE_GRACE,
+            ttl=PENDING_CLOSED_TTL,
             timeout=self._timeout,
             expected_stream=PENDING_STREAM,
         )

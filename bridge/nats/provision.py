@@ -71,7 +71,9 @@ from .transport import connect, publish_durable, subject_taken
 
 __all__ = [
     "ENVELOPE_MAX_BYTES",
+    "PENDING_CLOSED_TTL",
     "PENDING_GRACE",
+    "PENDING_NOTE_BYTES",
     "Action",
     "Change",
     "ProvisionReport",
@@ -87,6 +89,11 @@ ENVELOPE_MAX_BYTES = 1024 * 1024
 
 PENDING_GRACE = 86400
 """How much longer than the longest inbox wait the broker's pending notes may be kept."""
+PENDING_CLOSED_TTL = 600
+"""How long the marker of a closed pending note stays (the copy was answered or reported)."""
+PENDING_NOTE_BYTES = 1024
+"""Room per pending note in `BRIDGE_PENDING` (subject, headers and a note of a few hundred
+bytes), from which the stream is sized to hold a note for every copy all inboxes may hold."""
 
 _T = TypeVar("_T")
 _HEADER_ROOM = 16 * 1024
@@ -393,9 +400,15 @@ def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamCo
             retention=api.RetentionPolicy.LIMITS,
             discard=api.DiscardPolicy.NEW,
             max_msgs_per_subject=1,  # a note's newer state replaces the older
-            max_bytes=s.status_max_bytes,
+            # Full, it refuses new notes and the broker holds every submission, so it has room
+            # for a note for every copy all inboxes together may hold (their quotas); a closed
+            # note leaves only a marker for `PENDING_CLOSED_TTL`.
+            max_bytes=max(
+                s.status_max_bytes,
+                len(agencies) * s.inbox_max_msgs_per_recipient * PENDING_NOTE_BYTES,
+            ),
             max_age=s.inbox_max_age + PENDING_GRACE,  # each note's own TTL ends it sooner
-            max_msg_size=s.status_max_msg_size,
+            max_msg_size=2 * PENDING_NOTE_BYTES,  # a note is a few hundred bytes
             duplicate_window=s.duplicate_window,
             allow_msg_ttl=True,
             allow_direct=True,
