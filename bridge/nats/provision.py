@@ -365,24 +365,38 @@ def _inbox_stream(s: ProvisionSettings, agency: str) -> api.StreamConfig:
     )
 
 
-def _status_stream(s: ProvisionSettings, agency: str) -> api.StreamConfig:
-    # Only the broker's events. One per agency, each with its own size limit and the oldest
-    # dropped first (a history, not a queue): what one agency's traffic makes the broker report,
-    # a routed event per copy or a rejected one per refused submission, pushes out only that
-    # agency's own older events, never another agency's before it has read them.
+def _history_stream(
+    s: ProvisionSettings, name: str, description: str, subject: str, max_bytes: int, max_msgs: int
+) -> api.StreamConfig:
+    # A per-agency history, kept for [retention] status: when full, its oldest go (discard old),
+    # so whatever one agency's traffic puts there pushes out only that agency's own.
     return api.StreamConfig(
-        name=status_stream(agency),
-        description=f"bridge: the broker's status events to {agency}",
-        subjects=[status_filter(agency)],
+        name=name,
+        description=description,
+        subjects=[subject],
         retention=api.RetentionPolicy.LIMITS,
         discard=api.DiscardPolicy.OLD,
-        max_bytes=s.status_max_bytes,
+        max_msgs=max_msgs,
+        max_bytes=max_bytes,
         max_age=s.status_max_age,
         max_msg_size=s.status_max_msg_size,
         duplicate_window=s.duplicate_window,
         allow_direct=True,
         storage=api.StorageType.FILE,
         num_replicas=s.replicas,
+    )
+
+
+def _status_stream(s: ProvisionSettings, agency: str) -> api.StreamConfig:
+    # Only the broker's events to the agency: a routed event per copy, a rejected one per
+    # refused submission, never another agency's before it has read them.
+    return _history_stream(
+        s,
+        status_stream(agency),
+        f"bridge: the broker's status events to {agency}",
+        status_filter(agency),
+        max_bytes=s.status_max_bytes,
+        max_msgs=-1,
     )
 
 
@@ -438,23 +452,16 @@ def _streams(s: ProvisionSettings, agencies: Sequence[str]) -> list[api.StreamCo
 
 
 def _report_stream(s: ProvisionSettings, agency: str) -> api.StreamConfig:
-    # One per agency, so its reports fill only its own quota. Full, it drops its oldest
-    # reports: an agency reporting without end loses only its own telemetry, and a report is
-    # never refused (reports are best effort; the steps they tell of do not wait for them).
-    return api.StreamConfig(
-        name=report_stream(agency),
-        description=f"bridge: reports of {agency}'s adapter for operations",
-        subjects=[report_filter(agency)],
-        retention=api.RetentionPolicy.LIMITS,
-        discard=api.DiscardPolicy.OLD,
-        max_msgs=s.report_max_msgs_per_agency,
+    # Its reports fill only its own quota: an agency reporting without end loses only its own
+    # telemetry, and a report is never refused (reports are best effort; the steps they tell
+    # of do not wait for them).
+    return _history_stream(
+        s,
+        report_stream(agency),
+        f"bridge: reports of {agency}'s adapter for operations",
+        report_filter(agency),
         max_bytes=s.report_max_bytes_per_agency,
-        max_age=s.status_max_age,
-        max_msg_size=s.status_max_msg_size,
-        duplicate_window=s.duplicate_window,
-        allow_direct=True,
-        storage=api.StorageType.FILE,
-        num_replicas=s.replicas,
+        max_msgs=s.report_max_msgs_per_agency,
     )
 
 
