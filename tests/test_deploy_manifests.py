@@ -121,3 +121,13 @@ def test_every_nats_image_is_new_enough_for_bridge() -> None:
         version = re.fullmatch(r"nats:(\d+)\.(\d+)(?:\.\d+)?(?:-alpine)?", image)
         assert version, image
         assert (int(version[1]), int(version[2])) >= NATS_MINIMUM, image
+
+
+def test_the_adapter_service_keeps_a_client_on_one_instance() -> None:
+    """Uploads in parts and pulled items live with the instance that took them (the spool is
+    local): with two replicas, the Service must not spread one client's calls over both."""
+    docs = manifests()["adapter.yaml"]
+    (service,) = [doc for doc in docs if doc["kind"] == "Service"]
+    assert service["spec"]["sessionAffinity"] == "ClientIP"
+    (deployment,) = [doc for doc in docs if doc["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] > 1  # the reason it matters

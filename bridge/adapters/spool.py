@@ -64,7 +64,11 @@ _meta_decoder: Final = msgspec.json.Decoder(UploadMeta)
 
 
 def _unknown() -> ApiProblem:
-    return ApiProblem(404, "no such upload", reason="upload.unknown")
+    return ApiProblem(
+        404,
+        "no such upload here (an upload stays with the adapter instance that created it)",
+        reason="upload.unknown",
+    )
 
 
 class Spool:
