@@ -229,8 +229,8 @@ async def test_every_consent_check_of_the_adapter_answers_422_with_the_brokers_c
     """The checks the table above does not reach: validity in time, recipients, issuers.
 
     Records the API would refuse to register (already expired; another agency's; one signed
-    with another agency's key) are put into the registry by the admin, signed with the test
-    federation's real keys."""
+    with another agency's key; one longer than the policy allows) are put into the registry by
+    the admin, signed with the test federation's real keys."""
     federation = fed()
     registry = Registry(jobcenter.admin.js, timeout=2.0)
     now = int(datetime.datetime.now(datetime.UTC).timestamp())
@@ -265,6 +265,15 @@ async def test_every_consent_check_of_the_adapter_answers_422_with_the_brokers_c
     await registry.put(
         JOBCENTER, forged.id, "record", signed_consent(federation, forged, f"{SUCHT}/sign")
     )
+    too_long = consent_body(
+        federation,
+        issuer=JOBCENTER,
+        recipients=[SUCHT],
+        purposes=["counselling"],
+        categories=["addiction", "contact", "identity"],
+        valid_until=now + 400 * 86400,
+    )  # longer than the policy's 365 days, which the API would refuse to register
+    await registry.put(JOBCENTER, too_long.id, "record", signed_consent(federation, too_long))
 
     for consent_id, recipients, code in (
         (only_sucht["consent_id"], [SUCHT, SPDI], "consent.recipient_not_covered"),
@@ -272,6 +281,7 @@ async def test_every_consent_check_of_the_adapter_answers_422_with_the_brokers_c
         (expired.id, [SUCHT], "consent.expired"),
         (theirs.id, [SPDI], "consent.issuer_not_accepted"),
         (forged.id, [SUCHT], "consent.invalid"),
+        (too_long.id, [SUCHT], "consent.validity_too_long"),
     ):
         status, problem = await jobcenter.call(
             "POST",

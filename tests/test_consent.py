@@ -119,15 +119,18 @@ def test_evaluate_gives_each_reason_in_order(fed: Federation) -> None:
         "consent.withdrawn": (True, good, NOW),
         "consent.not_yet_valid": (False, good, body.valid_from - 1),
         "consent.expired": (False, good, body.valid_until),
+        "consent.validity_too_long": (False, good, NOW),  # with a limit of 30 days less 1 s
         "consent.type_not_covered": (False, _facts(good, type="handover"), NOW),
         "consent.recipient_not_covered": (False, _facts(good, recipients=("x",)), NOW),
         "consent.purpose_not_covered": (False, _facts(good, purpose="case-handover"), NOW),
         "consent.category_not_covered": (False, _facts(good, categories=("identity",)), NOW),
         "consent.outlived": (False, _facts(good, expires_at=body.valid_until + 1), NOW),
     }
+    evaluate(body, False, good, NOW, max_validity=body.valid_until - body.valid_from)
     for reason, (withdrawn, facts, now) in cases.items():
+        limit = body.valid_until - body.valid_from - (reason == "consent.validity_too_long")
         with pytest.raises(ConsentDenied) as info:
-            evaluate(body, withdrawn, facts, now)
+            evaluate(body, withdrawn, facts, now, max_validity=limit)
         assert info.value.reason == reason
 
 
@@ -265,6 +268,8 @@ async def test_the_broker_rejects_each_uncovered_message_with_its_reason(
     await case("consent.withdrawn", withdrawn.id)
     await case("consent.not_yet_valid", await own(valid_from=NOW + DAY))
     await case("consent.expired", await own(valid_from=NOW - 9 * DAY, valid_until=NOW - DAY))
+    # Longer than the policy's 365 days: refused at the adapter, so written around it.
+    await case("consent.validity_too_long", await own(valid_until=NOW + 365 * DAY))
     await case("consent.type_not_covered", await own(types=["handover"]))
     await case("consent.recipient_not_covered", await own(recipients=[COUNSELLING]))
     await case("consent.purpose_not_covered", await own(purposes=["case-handover"]))

@@ -227,6 +227,7 @@ class Outbound:
             expires_at=now + submission.lifetime,
         )
         agencies = [entry.id for entry in directory.agencies()]
+        policy = self._policy()
         try:
             await check_message(
                 facts,
@@ -234,7 +235,8 @@ class Outbound:
                 directory,
                 agencies,
                 now,
-                rule=policy_rule(self._policy(), directory),
+                rule=policy_rule(policy, directory),
+                max_validity=policy.max_consent_validity,
             )
         except (ConsentDenied, ConsentInvalid) as exc:
             raise ApiProblem(422, str(exc), reason=exc.reason, field="$.consent") from None

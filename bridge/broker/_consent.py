@@ -34,8 +34,11 @@ async def check_consent(
     now: int,
     *,
     rule: Rule = consent_rule,
+    max_validity: int | None = None,
 ) -> ConsentState | None:
     """`rule` says which flows need a consent and whose count; with the signed routing policy,
-    pass `bridge.consent.policy_rule(policy, directory)`."""
+    pass `bridge.consent.policy_rule(policy, directory)` and its `max_consent_validity`."""
     agencies = [entry.id for entry in directory.agencies()]
-    return await check_message(facts_of(header), registry, directory, agencies, now, rule=rule)
+    return await check_message(
+        facts_of(header), registry, directory, agencies, now, rule=rule, max_validity=max_validity
+    )

@@ -731,7 +731,14 @@ class Broker:
             if self._config.consent.enforce:
                 assert self._registry is not None
                 rule = policy_rule(policy, directory)
-                await check_consent(header, self._registry, directory, now, rule=rule)
+                await check_consent(
+                    header,
+                    self._registry,
+                    directory,
+                    now,
+                    rule=rule,
+                    max_validity=policy.max_consent_validity,
+                )
         except TransportError:
             raise  # the registry cannot be read: held and retried, never rejected for it
         except BridgeError as exc:  # crypto, protocol or policy: the envelope's own fault

@@ -27,6 +27,7 @@ REASONS = (
     "consent.withdrawn",
     "consent.not_yet_valid",
     "consent.expired",
+    "consent.validity_too_long",
     "consent.type_not_covered",
     "consent.recipient_not_covered",
     "consent.purpose_not_covered",
@@ -54,14 +55,29 @@ def _deny(reason: str, detail: str) -> ConsentDenied:
     return ConsentDenied(detail, reason=reason)
 
 
-def evaluate(body: ConsentBody, withdrawn: bool, facts: MessageFacts, now: int) -> None:
-    """Raise `ConsentDenied` unless `body` covers the message now; return None if it does."""
+def evaluate(
+    body: ConsentBody,
+    withdrawn: bool,
+    facts: MessageFacts,
+    now: int,
+    *,
+    max_validity: int | None = None,
+) -> None:
+    """Raise `ConsentDenied` unless `body` covers the message now; return None if it does.
+
+    `max_validity` is the routing policy's `max_consent_validity`: the issuing adapter refuses
+    to register a longer consent, and this refuses one written into the registry around it.
+    """
     if withdrawn:
         raise _deny("consent.withdrawn", "the consent has been withdrawn")
     if now < body.valid_from:
         raise _deny("consent.not_yet_valid", "the consent is not valid yet")
     if now >= body.valid_until:
         raise _deny("consent.expired", "the consent has expired")
+    if max_validity is not None and body.valid_until - body.valid_from > max_validity:
+        raise _deny(
+            "consent.validity_too_long", "the consent runs longer than the routing policy allows"
+        )
     if facts.type not in body.types:
         raise _deny("consent.type_not_covered", "the consent does not cover this message type")
     if not set(facts.recipients) <= set(body.recipients):
@@ -87,11 +103,13 @@ async def check_message(
     now: int,
     *,
     rule: Rule = consent_rule,
+    max_validity: int | None = None,
 ) -> ConsentState | None:
     """The consent state that covers `facts`, or None when no flow of it needs one.
 
     Raises `ConsentDenied` (reason per check), `ConsentInvalid` (a record that does not verify)
     or `TransportError` (the registry cannot be read: the caller holds the message and retries).
+    `max_validity`: the policy's `max_consent_validity` (see `evaluate`).
     `agencies` are the federation's agency ids, searched only to tell a consent of an agency
     the policy does not accept from an unknown one.
     """
@@ -121,5 +139,5 @@ async def check_message(
             "consent.issuer_not_accepted",
             "the consent's issuer is not accepted for every recipient",
         )
-    evaluate(found.consent.body, found.withdrawn, facts, now)
+    evaluate(found.consent.body, found.withdrawn, facts, now, max_validity=max_validity)
     return found
