@@ -13,7 +13,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from test_e2e import COUNSELLING, E2E, JOBCENTER, SPDI, eventually, start_stack
+from test_e2e import (
+    COUNSELLING,
+    E2E,
+    JOBCENTER,
+    SPDI,
+    eventually,
+    start_broker_and_adapters,
+    start_stack,
+)
 
 from bridge.bench._attachment import file_blocks
 from bridge.nats.identities import Credentials, Identity
@@ -28,10 +36,8 @@ PURPOSE = "integration-support"
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[E2E]:
-    env = await start_stack(tmp_path, E2E)
+    env = await start_stack(tmp_path, E2E, then=start_broker_and_adapters)
     try:
-        await env.start_broker()
-        await env.start_adapters()
         yield env
     finally:
         await env.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import errno
 import hashlib
 import io
 import logging
@@ -34,6 +35,7 @@ from bridge.adapters.service import Adapter
 from bridge.broker import Broker
 from bridge.config import BrokerConfig, load_adapter_config, load_broker_config
 from bridge.demo import demo_referral, run_demo
+from bridge.errors import BridgeError
 from bridge.federation.directory import load_anchor
 from bridge.federation.operator import ANCHOR_PUB
 from bridge.nats.identities import Credentials, Identity
@@ -288,28 +290,92 @@ class E2E:
 _E = TypeVar("_E", bound=E2E)
 
 
-async def start_stack(tmp_path: Path, kind: type[_E], **fields: Any) -> _E:
+_START_TRIES = 3
+
+
+def _port_taken(exc: BaseException) -> bool:
+    """Whether a start failed because a port chosen as free was bound by another process before
+    the part that was to listen on it bound it (nats-server cannot report a port 0)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        error = todo.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+            return True
+        if isinstance(error, BridgeError) and (
+            error.reason in ("natsd.port_in_use", "up.port_in_use")
+            or "address already in use" in str(error).lower()  # nats-server's log tail
+        ):
+            return True
+        if isinstance(error, BaseExceptionGroup):
+            todo.extend(error.exceptions)
+        todo.extend(e for e in (error.__cause__, error.__context__) if e is not None)
+    return False
+
+
+async def start_stack(
+    tmp_path: Path,
+    kind: type[_E],
+    *,
+    then: Callable[[_E], Awaitable[None]] | None = None,
+    **fields: Any,
+) -> _E:
     """The state `bridge up` prepares, a provisioned nats-server, the demo sink standing in for
-    the counselling service and an HTTP session; no broker or adapters yet."""
-    stack = prepare(tmp_path / "state", port_base=0)
+    the counselling service and an HTTP session; then `then` (starting more of the stack).
+
+    The ports are chosen free and bound later, so another process may take one in between: then
+    everything started is stopped and all of it starts again in a fresh state on fresh ports.
+    """
+    for attempt in range(1, _START_TRIES + 1):
+        state = tmp_path / ("state" if attempt == 1 else f"state-{attempt}")
+        try:
+            return await _start_stack_once(state, kind, then, **fields)
+        except Exception as exc:
+            if attempt == _START_TRIES or not _port_taken(exc):
+                raise
+            print("start-up: a port was taken meanwhile; starting again on fresh ports", flush=True)
+    raise AssertionError("not reached")
+
+
+async def _start_stack_once(
+    state: Path, kind: type[_E], then: Callable[[_E], Awaitable[None]] | None, **fields: Any
+) -> _E:
+    stack = prepare(state, port_base=0)
     layout = stack.layout
     server = NatsServer.from_layout(layout.nats)
     await server.start()
-    admin = Credentials(layout.nats.creds_dir).seed_file(Identity.admin())
-    await provision_at(server.url, admin, [a.id for a in DEMO_AGENCIES])
-    secret = layout.webhook_secret(COUNSELLING).read_bytes().strip()
-    sink = DemoSink({COUNSELLING: secret}, stack.sink_access_token())
-    await sink.start(stack.ports.host, stack.ports.sink)
+    try:
+        admin = Credentials(layout.nats.creds_dir).seed_file(Identity.admin())
+        await provision_at(server.url, admin, [a.id for a in DEMO_AGENCIES])
+        secret = layout.webhook_secret(COUNSELLING).read_bytes().strip()
+        sink = DemoSink({COUNSELLING: secret}, stack.sink_access_token())
+        await sink.start(stack.ports.host, stack.ports.sink)
+    except BaseException:
+        await server.stop()
+        raise
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-    return kind(stack=stack, server=server, sink=sink, session=session, **fields)
+    env = kind(stack=stack, server=server, sink=sink, session=session, **fields)
+    if then is not None:
+        try:
+            await then(env)
+        except BaseException:
+            await env.stop()
+            raise
+    return env
+
+
+async def start_broker_and_adapters(env: E2E) -> None:
+    await env.start_broker()
+    await env.start_adapters()
 
 
 @pytest.fixture
 async def e2e(tmp_path: Path) -> AsyncIterator[E2E]:
-    env = await start_stack(tmp_path, E2E)
+    env = await start_stack(tmp_path, E2E, then=start_broker_and_adapters)
     try:
-        await env.start_broker()
-        await env.start_adapters()
         yield env
     finally:
         await env.stop()
