@@ -210,6 +210,9 @@ class AdapterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     default_lifetime_seconds: _Seconds = 14 * 86400
     idempotency_ttl_seconds: _Seconds = 86400
     consent: ConsentConfig = msgspec.field(default_factory=ConsentConfig)
+    # Seals the local references of this agency's consents in its KV bucket (localref.py);
+    # created if missing, the same file for every instance of the adapter.
+    local_ref_key_file: str = "local-ref.key"
     limits: Limits = msgspec.field(default_factory=Limits)
     # Plaintext bytes per encrypted attachment chunk: a power of two (docs/envelope.md).
     attachment_chunk_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 256 * 1024

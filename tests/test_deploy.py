@@ -143,6 +143,7 @@ def test_bridge_init_writes_a_deployment_every_part_accepts(tmp_path: Path) -> N
         for name in (
             "nats.nk",
             "token-signing.key",
+            "local-ref.key",
             "directory.bin",
             "policy.bin",
             "anchor.pub.json",
@@ -165,6 +166,7 @@ def test_bridge_init_writes_a_deployment_every_part_accepts(tmp_path: Path) -> N
         *(out / "agencies").glob("*/nats.nk"),
         *(out / "agencies").glob("*/keys/*.key"),
         *(out / "agencies").glob("*/webhook.secret"),
+        *(out / "agencies").glob("*/local-ref.key"),
     ]
     for path in secrets:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

@@ -74,7 +74,9 @@ def _unavailable(exc: TransportError) -> ApiProblem:
     )
 
 
-def consent_view(state: ConsentState, local: ConsentLocal | None, now: int) -> ConsentView:
+def consent_view(
+    state: ConsentState, local: ConsentLocal | None, local_ref: str | None, now: int
+) -> ConsentView:
     body = state.consent.body
     if state.withdrawal is not None:
         status = "withdrawn"
@@ -101,7 +103,7 @@ def consent_view(state: ConsentState, local: ConsentLocal | None, now: int) -> C
         issued_at=_utc(body.issued_at),
         state=status,  # type: ignore[arg-type]
         withdrawn_at=_utc(state.withdrawal.body.at) if state.withdrawal else None,
-        local_ref=local.local_ref if local else None,
+        local_ref=local_ref,
         events=sorted(events, key=lambda e: e.at),
     )
 
@@ -183,13 +185,12 @@ class Consents:
         body = self._body(request, now)
         key = self._keyring.current_published("sign", now, self._directory())
         document = sign_consent(body, key)
-        local = ConsentLocal(
-            consent_id=body.id, local_ref=request.local_ref, valid_until=body.valid_until
-        )
         try:
             # Local record first: a record in the registry that this adapter cannot map back
             # to its client could never be found by local reference nor withdrawn by it.
-            await self._store.create_consent(local, now)
+            local = await self._store.create_consent(
+                body.id, request.local_ref, body.valid_until, now
+            )
             await self._registry.put(self._agency, body.id, "record", document)
         except TransportError as exc:
             problem = _unavailable(exc)
@@ -202,7 +203,10 @@ class Consents:
             consent=verify_consent(document, self._directory(), self._agency), withdrawal=None
         )
         log.info("consent %s registered (%d recipients)", body.id, len(body.recipients))
-        return consent_view(state, local, now)
+        return consent_view(state, local, self._local_ref(local), now)
+
+    def _local_ref(self, local: ConsentLocal | None) -> str | None:
+        return None if local is None else self._store.local_ref_of(local)
 
     # -- read -------------------------------------------------------------------------------
 
@@ -230,7 +234,7 @@ class Consents:
 
     async def view(self, consent_id: str) -> ConsentView:
         state, local = await self._own(consent_id)
-        return consent_view(state, local, int(self._clock()))
+        return consent_view(state, local, self._local_ref(local), int(self._clock()))
 
     async def for_local_ref(self, local_ref: str) -> ConsentList:
         if not local_ref or len(local_ref) > 200:
@@ -285,4 +289,4 @@ class Consents:
             except TransportError as exc:
                 raise _unavailable(exc) from exc
         state, local = await self._own(consent_id)
-        return consent_view(state, local, now)
+        return consent_view(state, local, self._local_ref(local), now)

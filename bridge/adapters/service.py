@@ -55,6 +55,7 @@ from .consents import Consents
 from .disclosures import Disclosures
 from .http import ApiContext, build_app
 from .inbound import Inbound
+from .localref import LocalRefKey
 from .metrics import AdapterMetrics
 from .openapi import openapi_document
 from .outbound import Outbound
@@ -187,6 +188,9 @@ class Adapter:
         secret = None
         if c.delivery.mode == "webhook":
             secret = load_webhook_secrets(c.delivery, c.path)
+        local_refs = await asyncio.to_thread(
+            LocalRefKey.load_or_create, c.path(c.local_ref_key_file)
+        )
         self._directory = await asyncio.to_thread(
             DirectoryHolder.open,
             c.path(c.directory.file),
@@ -211,7 +215,7 @@ class Adapter:
                 reason="retention.too_long",
             )
         try:
-            await self._start(verifier, keyring, secret)
+            await self._start(verifier, keyring, secret, local_refs)
         except BaseException:
             await self._close()
             raise
@@ -219,7 +223,11 @@ class Adapter:
         return self.url
 
     async def _start(
-        self, verifier: TokenVerifier, keyring: Keyring, secret: tuple[bytes, ...] | None
+        self,
+        verifier: TokenVerifier,
+        keyring: Keyring,
+        secret: tuple[bytes, ...] | None,
+        local_refs: LocalRefKey,
     ) -> None:
         c = self.config
         timeout = float(c.nats.request_timeout_seconds)
@@ -238,7 +246,11 @@ class Adapter:
         behind_leaf = c.nats.hub_domain is not None
         hub = self._nc.jetstream(timeout=timeout, domain=c.nats.hub_domain) if behind_leaf else js
         store = await Store.open(
-            js, c.agency, timeout, status_keep=lambda: self.policy().retention.status
+            js,
+            c.agency,
+            timeout,
+            status_keep=lambda: self.policy().retention.status,
+            local_ref_key=local_refs,
         )
         registry = Registry(hub, timeout=timeout)
         if not c.consent.enforce:

@@ -15,10 +15,14 @@ Keys (all values JSON):
   waits for the local system, until when at the latest, and when it left (taken or expired).
   It keeps the wait limit across restarts, and lets `bridge retention check` find an item held
   past its limit (`pull_deadline`).
-- `cst.<consent id>` -> `ConsentLocal`: a consent this agency registered: its local reference
-  (which never leaves this bucket), the messages sent under it, and what followed a withdrawal.
-- `ref.<sha256(local reference)>` -> `RefIndex`: the consent ids registered for one local
-  reference (`consents_for_local_ref`).
+- `cst.<consent id>` -> `ConsentLocal`: a consent this agency registered: its local reference,
+  sealed under the agency's local reference key (`localref.py`), the messages sent under it,
+  and what followed a withdrawal.
+- `ref.<HMAC(local reference)>` -> `RefIndex`: the consent ids registered for one local
+  reference (`consents_for_local_ref`). Earlier versions kept the reference in clear and
+  indexed it by its plain SHA-256: such a record still shows its reference by consent id
+  until it expires, but is no longer found by reference (looking its key up would put the
+  plain hash into a NATS subject).
 
 Several adapter instances may share a bucket, so every change is a compare-and-set on the key's
 revision, retried a bounded number of times. Every write carries a per-message TTL so the bucket
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hashlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final, TypeVar
 
@@ -43,6 +46,7 @@ from nats.js.kv import KeyValue
 from ..errors import ProtocolError, TransportError
 from ..ids import check_agency_id, check_consent_ref, check_message_id
 from ..nats.subjects import kv_bucket, kv_key_prefix
+from .localref import LocalRefKey
 
 __all__ = [
     "MAX_CONSENT_MESSAGES",
@@ -157,10 +161,13 @@ class DeliveredRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ConsentLocal(msgspec.Struct, frozen=True, kw_only=True):
-    """This adapter's own notes on a consent it registered; `events` as on message records."""
+    """This adapter's own notes on a consent it registered; `events` as on message records.
+    `sealed_ref` is the local reference sealed (`LocalRefKey`); `local_ref` only in records of
+    earlier versions, which kept it in clear."""
 
     consent_id: str
-    local_ref: str
+    sealed_ref: str | None = None
+    local_ref: str | None = None
     valid_until: int
     messages: list[str] = msgspec.field(default_factory=list)
     events: list[Event] = msgspec.field(default_factory=list)
@@ -217,9 +224,11 @@ class Store:
         timeout: float,
         *,
         status_keep: Callable[[], int] | None = None,
+        local_ref_key: LocalRefKey | None = None,
     ) -> None:
         """`status_keep()` is how long a sent message's timeline outlives the message (the
         signed policy's `[retention] status`, in seconds; `RECORD_GRACE_SECONDS` without)."""
+        self._local_ref_key = local_ref_key
         self._js = js
         self._kv = kv
         self._prefix = kv_key_prefix(agency)
@@ -234,9 +243,10 @@ class Store:
         wait: float,
         *,
         status_keep: Callable[[], int] | None = None,
+        local_ref_key: LocalRefKey | None = None,
     ) -> Store:
         kv = await _translated(js.key_value(kv_bucket(agency)), wait, "open the KV bucket")
-        return cls(js, kv, agency, wait, status_keep=status_keep)
+        return cls(js, kv, agency, wait, status_keep=status_keep, local_ref_key=local_ref_key)
 
     def _ttl(self, record: MessageRecord, now: int) -> int:
         """A timeline is kept until the message ends, and then for the status retention."""
@@ -399,12 +409,25 @@ class Store:
 
     # -- consents ------------------------------------------------------------------------
 
-    async def create_consent(self, record: ConsentLocal, now: int) -> None:
-        """Store a new consent's local record and index it under its local reference."""
+    def _local_refs(self) -> LocalRefKey:
+        if self._local_ref_key is None:
+            raise RuntimeError("this store was opened without the local reference key")
+        return self._local_ref_key
+
+    async def create_consent(
+        self, consent_id: str, local_ref: str, valid_until: int, now: int
+    ) -> ConsentLocal:
+        """Store a new consent's local record, its reference sealed, and index it."""
+        keys = self._local_refs()
+        record = ConsentLocal(
+            consent_id=consent_id,
+            sealed_ref=keys.seal(consent_id, local_ref),
+            valid_until=valid_until,
+        )
         ttl = _consent_ttl(record.valid_until, now)
         if not await self._write(_cst_key(record.consent_id), record, last=0, ttl=ttl):
             raise TransportError("consent record exists already", reason="store.conflict")
-        key = _ref_key(record.local_ref)
+        key = "ref." + keys.index(local_ref)
         for _ in range(_MAX_CAS_ATTEMPTS):
             found = await self._get(key, RefIndex)
             ids = [] if found is None else found[0].consent_ids
@@ -416,8 +439,14 @@ class Store:
                 last=found[1] if found else 0,
                 ttl=max(ttl, RECORD_GRACE_SECONDS * 12),
             ):
-                return
+                return record
         raise TransportError("consent index keeps changing", reason="store.conflict")
+
+    def local_ref_of(self, record: ConsentLocal) -> str | None:
+        """The record's local reference (None if sealed under another key than this one)."""
+        if record.sealed_ref is not None:
+            return self._local_refs().open(record.consent_id, record.sealed_ref)
+        return record.local_ref
 
     async def get_consent(self, consent_id: str) -> ConsentLocal | None:
         found = await self._get(_cst_key(consent_id), ConsentLocal)
@@ -425,7 +454,9 @@ class Store:
 
     async def consents_for_local_ref(self, local_ref: str) -> list[str]:
         """The ids of the consents this agency registered for `local_ref`, oldest first."""
-        found = await self._get(_ref_key(local_ref), RefIndex)
+        # Only under the keyed index: asking for the plain-hash key of earlier versions would
+        # put a guessable hash of the reference into a NATS subject.
+        found = await self._get("ref." + self._local_refs().index(local_ref), RefIndex)
         return [] if found is None else list(found[0].consent_ids)
 
     async def update_consent(
@@ -543,10 +574,6 @@ def _rvk_key(notice_id: str) -> str:
 
 def _cst_key(consent_id: str) -> str:
     return f"cst.{check_consent_ref(consent_id)}"
-
-
-def _ref_key(local_ref: str) -> str:
-    return "ref." + hashlib.sha256(local_ref.encode()).hexdigest()
 
 
 def _consent_ttl(valid_until: int, now: int) -> int:

@@ -39,6 +39,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 from .._files import write_file, write_private_file
+from ..adapters.localref import LocalRefKey
 from ..audit import generate_audit_key
 from ..config import (
     load_adapter_config,
@@ -351,6 +352,8 @@ def init_deployment(
             _move_seed(credentials, Identity.for_agency(agency.id), home / "nats.nk")
         _copy_public_files(home, signed, signed_policy, federation_dir, nats_ca)
         generate_signing_key(home / "token-signing.key", home / "token-signing.pub.pem")
+        # One for all instances of the agency's adapter: it seals its clients' local references.
+        LocalRefKey.load_or_create(home / "local-ref.key")
         delivery: dict[str, object] = {"mode": agency.delivery}
         if agency.delivery == "webhook":
             write_private_file(home / "webhook.secret", secrets.token_hex(32).encode() + b"\n")
