@@ -24,6 +24,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import nats
 import nats.errors
@@ -414,6 +415,10 @@ async def bind_pull(
         ) from exc
 
 
+_FETCH_GRACE: Final = 5.0
+"""Seconds a fetch may overrun its own timeout before it counts as hung (at least)."""
+
+
 async def fetch(
     sub: JetStreamContext.PullSubscription,
     batch: int,
@@ -433,7 +438,11 @@ async def fetch(
     if timeout <= 0:
         raise ValueError("timeout must be positive")
     try:
-        async with asyncio.timeout(timeout + 1.0):  # nats-py bounds it too; this is a backstop
+        # nats-py bounds the fetch itself; this only ends one that hangs. It must be generous:
+        # cancelled, nats-py drops the messages it has collected so far, and JetStream hands
+        # them out again only after ack_wait, so on a busy event loop a tight backstop turns
+        # scheduling delay into half a minute of latency.
+        async with asyncio.timeout(timeout + max(_FETCH_GRACE, timeout)):
             msgs: list[Msg] = await sub.fetch(batch, timeout=timeout)
     except TimeoutError:
         msgs = []
