@@ -3,8 +3,12 @@ adapter and sends generated requests, valid and invalid, to every operation.
 
 What must hold for every answer: no 5xx; every 4xx is `application/problem+json` with a code;
 no value the request carried (path, query, headers, body, keys included) comes back in the
-answer or goes to a log. Examples are derandomized (the same requests in every run), and their
-number is bounded so that the test stays within CI's budget.
+answer or goes to a log, in any form: as sent, URL-decoded (as the adapter reads a path or a
+query), or escaped (JSON in an answer, repr in a log), which is why every string of a JSON answer
+is also checked after decoding it. The one exemption: a 2xx answer returns the resource the
+client just created or asked for by id, so those request parts (`_RETURNED`) may appear in it;
+never in a problem, never in a log. Examples are derandomized (the same requests in every run),
+and their number is bounded so that the test stays within CI's budget.
 
 Hypothesis also draws string constants from the local (non-test) modules already imported, that
 is from the bridge's own source. Which of them a pytest worker has imported depends on which
@@ -20,13 +24,15 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
 import pkgutil
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 import requests
@@ -40,6 +46,24 @@ from bridge.http.auth import SCOPES
 
 EXAMPLES_PER_OPERATION = 20
 _MIN_ECHO = 12  # shorter generated strings occur in answers by chance ("referral", "$.body")
+
+# The request parts a 2xx answer returns by design, per operation: the resource asked for by its
+# id in the path (its `id`, `consent_id`, `message_id`; the consent form shows its id), by the
+# local reference in the query (the consents found carry it), or just created from the body (a
+# registered consent's fields). Only these, only in a 2xx: a problem or a log line never quotes.
+_RETURNED: Final = {
+    ("GET", "/v1/uploads/{upload_id}"): "path",
+    ("PUT", "/v1/uploads/{upload_id}"): "path",
+    ("GET", "/v1/messages/{message_id}"): "path",
+    ("GET", "/v1/inbox/{message_id}"): "path",
+    ("POST", "/v1/inbox/{message_id}/deleted"): "path",
+    ("GET", "/v1/consents/{consent_id}"): "path",
+    ("DELETE", "/v1/consents/{consent_id}"): "path",
+    ("GET", "/v1/consents/{consent_id}/form"): "path",
+    ("GET", "/v1/consents"): "query",
+    ("GET", "/v1/disclosures"): "query",
+    ("POST", "/v1/consents"): "body",
+}
 
 
 def _import_all_of_bridge() -> None:
@@ -74,13 +98,50 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
-def _fuzz(document: dict[str, Any], url: str, token: str) -> tuple[list[str], set[str], int]:
-    """Run every operation in both modes; the failures, the sent values and the call count."""
+def _forms(value: str, known: str) -> list[str]:
+    """The forms in which a sent value could come back: as sent and URL-decoded (`%XX`, `+`), each
+    also JSON- and repr-escaped (control characters, quotes); not those too short to tell from
+    chance, nor those that are the adapter's own words."""
+    if len(value) < _MIN_ECHO:
+        return []
+    decoded = {value, urllib.parse.unquote(value), urllib.parse.unquote_plus(value)}
+    escaped = {
+        form
+        for plain in decoded
+        for form in (
+            plain,
+            json.dumps(plain)[1:-1],
+            json.dumps(plain, ensure_ascii=False)[1:-1],
+            repr(plain)[1:-1],
+        )
+    }
+    return sorted(form for form in escaped if len(form) >= _MIN_ECHO and form not in known)
+
+
+def _echoed(forms: Iterable[str], texts: list[str]) -> str | None:
+    """The first form found in any of the texts, or None."""
+    return next((form for form in forms for text in texts if form in text), None)
+
+
+def _answer_texts(response: schemathesis.Response) -> list[str]:
+    """What a client reads: the raw text, the headers, and every string of a JSON body (keys
+    included) decoded, so that a value the JSON escaped is found as sent."""
+    headers = (f"{name}: {value}" for name, values in response.headers.items() for value in values)
+    texts = [response.text, "\n".join(headers)]
+    with contextlib.suppress(ValueError):  # not JSON (HTML, bytes): the raw text is read
+        texts.extend(_strings(response.json()))
+    return texts
+
+
+def _fuzz(
+    document: dict[str, Any], url: str, token: str
+) -> tuple[list[str], dict[str, list[str]], int]:
+    """Run every operation in both modes; the failures, each sent value's forms, the call count."""
     schema = schemathesis.openapi.from_dict(document)
     # Not request values but the adapter's own words: its API description and its literals.
     known = json.dumps(document) + _own_words()
     failures: list[str] = []
-    sent: set[str] = set()
+    sent: dict[str, list[str]] = {}
     calls = 0
     session = requests.Session()
     auth = {"Authorization": f"Bearer {token}"}
@@ -99,16 +160,27 @@ def _fuzz(document: dict[str, Any], url: str, token: str) -> tuple[list[str], se
             kind = "".join(response.headers.get("content-type", []))
             if not kind.startswith("application/problem+json") or "code" not in response.json():
                 failures.append(f"{where}: {response.status_code} {kind}, not a problem")
-        parts = (case.path_parameters, case.query, case.headers, case.body)
-        values = {s for s in _strings(parts) if len(s) >= _MIN_ECHO and s not in known}
-        answer = response.text + "".join(v for vs in response.headers.values() for v in vs)
-        # Fuzzer data, not real personal data: named in the failure so that it can be reproduced.
-        failures.extend(
-            f"{where}: {response.status_code} echoes the request value {v!r}"
-            for v in values
-            if v in answer
-        )
-        sent.update(values)
+        parts = {
+            "path": case.path_parameters,
+            "query": case.query,
+            "headers": case.headers,
+            "body": case.body,
+        }
+        ok = 200 <= response.status_code < 300
+        returned = _RETURNED.get((case.method, case.path)) if ok else None
+        texts = _answer_texts(response)
+        for part, value in parts.items():
+            for sent_value in _strings(value):
+                if sent_value not in sent:
+                    sent[sent_value] = _forms(sent_value, known)
+                forms = sent[sent_value]
+                found = None if part == returned else _echoed(forms, texts)
+                if found is not None:
+                    # Fuzzer data, not real personal data: named so that it can be reproduced.
+                    failures.append(
+                        f"{where}: {response.status_code} echoes the {part} value "
+                        f"{sent_value!r} as {found!r}"
+                    )
 
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -148,13 +220,13 @@ async def test_fuzzed_requests_get_no_5xx_only_problems_and_no_echo(
         document = await response.json()
     _import_all_of_bridge()
     failures, sent, calls = await asyncio.to_thread(_fuzz, document, url, token)
-    assert failures == []
+    assert failures == [], "\n".join(failures)
     assert calls >= EXAMPLES_PER_OPERATION  # the fuzzer really reached the adapter
     formatter = logging.Formatter()  # tracebacks too: a library's exception may quote input
-    logged = "\n".join(
+    logged = [
         record.getMessage()
         + (formatter.formatException(record.exc_info) if record.exc_info else "")
         for record in caplog.records
         if record.name.startswith(("bridge", "aiohttp"))
-    )
-    assert [v for v in sent if v in logged] == []
+    ]
+    assert [(v, f) for v, forms in sent.items() if (f := _echoed(forms, logged))] == []
