@@ -18,7 +18,7 @@ import aiohttp
 import nats
 import nats.errors
 import pytest
-from adapter_helpers import JOBCENTER, SPDI, SUCHT, agency_seed, make_agency
+from adapter_helpers import JOBCENTER, SPDI, SUCHT, agency_seed, eventually, make_agency
 from nats.js import api
 from test_adapter_consents import Running, consent_request
 
@@ -194,8 +194,14 @@ async def test_provisioning_moves_the_shared_registry_into_each_issuers_streams(
         info = await admin.js.consumer_info(consent_stream(issuer, kind), consumer)
         assert info.num_pending == 0, (issuer, kind)
     await admin.js.publish(consent_subject(JOBCENTER, new_consent_id(), "record"), b"new")
-    info = await admin.js.consumer_info(consent_stream(JOBCENTER, "record"), "broker-registrations")
-    assert info.num_pending == 1
+
+    async def pending() -> int | None:
+        # The consumer counts a stored message a moment after the publish is acknowledged.
+        stream = consent_stream(JOBCENTER, "record")
+        info = await admin.js.consumer_info(stream, "broker-registrations")
+        return info.num_pending or None
+
+    assert await eventually(pending, what="the new record pending for the broker") == 1
     assert not (await env.provision()).changed
 
 
