@@ -4,9 +4,9 @@ Run it after every change to the federation: what exists with the wanted setting
 alone (its messages too), what is missing is created, and what differs is updated in place.
 Nothing is ever deleted here: an agency that left the federation keeps its consumer and bucket
 until an operator removes them, so no message disappears by accident. (The one exception: a
-stream all agencies shared in earlier versions, removed once it is empty, see `_LEGACY`; the
-status stream, once every agency has taken its events, see `_retire_legacy_status`; or the
-consent registry, once its documents are copied, see `_migrate_legacy_consent`.)
+stream all agencies shared in earlier versions, removed once nothing in it would be lost, see
+`_LEGACY`; or the consent registry, once its documents are copied, see
+`_migrate_legacy_consent`.)
 
 Limits are part of the topology, so the store enforces them: every stream is bounded in bytes
 and message size; work-queue streams refuse new messages when full rather than drop
@@ -712,8 +712,29 @@ async def _ensure_kv(js: JetStreamContext, s: ProvisionSettings, agency: str) ->
         return Change("kv", bucket, Action.UPDATED, fields)
 
 
-async def _retire_legacy(js: JetStreamContext, name: str, held: str, reason: str) -> Change | None:
-    """Remove a stream all agencies shared in earlier versions if it is empty; refuse otherwise.
+async def _stored(noun: str, js: JetStreamContext, name: str, info: api.StreamInfo) -> str | None:
+    """What a work-queue stream still holds: every message in it is work not yet done."""
+    return f"{info.state.messages} {noun}" if info.state.messages else None
+
+
+async def _untaken(js: JetStreamContext, name: str, info: api.StreamInfo) -> str | None:
+    """What a limits stream's consumers have not taken yet: such a stream is never empty."""
+    unread = sorted(
+        str(consumer.name)
+        for consumer in await js.consumers_info(name)
+        if (consumer.num_pending or 0) + (consumer.num_ack_pending or 0) > 0
+    )
+    return f"status events not yet taken by {', '.join(unread)}" if unread else None
+
+
+_Left = Callable[[JetStreamContext, str, api.StreamInfo], Awaitable[str | None]]
+
+
+async def _retire_legacy(
+    js: JetStreamContext, name: str, left: _Left, advice: str, reason: str
+) -> Change | None:
+    """Remove a stream all agencies shared in earlier versions once nothing in it would be
+    lost (`left` says what is); refuse while something is.
 
     Its subjects overlap the per-agency streams that replace it, so those cannot be created
     beside it. What it still holds must be taken by the earlier version first, never dropped.
@@ -723,27 +744,36 @@ async def _retire_legacy(js: JetStreamContext, name: str, held: str, reason: str
             info = await js.stream_info(name)
         except nats.js.errors.NotFoundError:
             return None
-        if info.state.messages:
+        if (what := await left(js, name, info)) is not None:
             raise ConfigError(
                 f"stream {name} (shared by all agencies in earlier versions) still holds "
-                f"{info.state.messages} {held} first",
+                f"{what}; {advice} first",
                 reason=reason,
             )
         await js.delete_stream(name)
         return Change("stream", name, Action.REMOVED)
 
 
-_LEGACY = (
+_LEGACY: tuple[tuple[str, _Left, str, str], ...] = (
     (
         _LEGACY_SUBMIT_STREAM,
-        "submissions; let the earlier broker route them",
+        functools.partial(_stored, "submissions"),
+        "let the earlier broker route them",
         "provision.legacy_submit",
     ),
     (
         _LEGACY_INBOX_STREAM,
-        "routed messages; stop the brokers and let the agencies' adapters of the earlier "
-        "version take them",
+        functools.partial(_stored, "routed messages"),
+        "stop the brokers and let the agencies' adapters of the earlier version take them",
         "provision.legacy_inbox",
+    ),
+    # The broker's events to every agency (and, before that, the reports): the history ops
+    # read from it goes with it; ops starts afresh from the new streams.
+    (
+        _LEGACY_STATUS_STREAM,
+        _untaken,
+        "run those adapters of the earlier version until they have taken them",
+        "provision.legacy_status",
     ),
 )
 
@@ -869,37 +899,6 @@ async def _start_after_copies(
     return Change("consumer", f"{stream}/{wanted.name}", Action.CREATED)
 
 
-async def _retire_legacy_status(js: JetStreamContext) -> Change | None:
-    """Remove the status stream all agencies shared in earlier versions once every agency has
-    taken its events from it; refuse while one still has events to take.
-
-    Its subjects overlap the per-agency status (and, in older versions, report) streams. A
-    limits stream is never empty, so what counts is its consumers: an event an adapter has not
-    taken yet would be lost with it. The history ops read from it goes; ops starts afresh from
-    the new streams.
-    """
-    name = _LEGACY_STATUS_STREAM
-    with _translated(f"stream {name}"):
-        try:
-            await js.stream_info(name)
-        except nats.js.errors.NotFoundError:
-            return None
-        unread = sorted(
-            str(info.name)
-            for info in await js.consumers_info(name)
-            if (info.num_pending or 0) + (info.num_ack_pending or 0) > 0
-        )
-        if unread:
-            raise ConfigError(
-                f"stream {name} (shared by all agencies in earlier versions) still holds status "
-                f"events not yet taken by {', '.join(unread)}; run those adapters of the "
-                "earlier version until they have taken them first",
-                reason="provision.legacy_status",
-            )
-        await js.delete_stream(name)
-        return Change("stream", name, Action.REMOVED)
-
-
 async def provision(
     js: JetStreamContext,
     agencies: Sequence[str],
@@ -919,16 +918,14 @@ async def provision(
     check_leaf_agencies(s.leaf_agencies, federation)
     retired = [
         change
-        for name, held, reason in _LEGACY
+        for legacy in _LEGACY
         if (
             change := await _patiently(
-                functools.partial(_retire_legacy, js, name, held, reason), unavailable_wait
+                functools.partial(_retire_legacy, js, *legacy), unavailable_wait
             )
         )
         is not None
     ]
-    if status := await _patiently(functools.partial(_retire_legacy_status, js), unavailable_wait):
-        retired.append(status)
     migrated = await _patiently(functools.partial(_migrate_legacy_consent, js, s), unavailable_wait)
     steps: list[Callable[[], Awaitable[Change]]] = [
         functools.partial(_ensure_stream, js, stream) for stream in _streams(s, federation)
