@@ -7,9 +7,11 @@ hash, cannot be recomputed from a list of likely case numbers without the agency
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,19 @@ def test_the_index_is_keyed_not_a_plain_hash() -> None:
     assert key.index(REF) == key.index(REF)
     assert key.index(REF) != other.index(REF)
     assert key.index(REF) != hashlib.sha256(REF.encode()).hexdigest()
+
+
+def test_instances_starting_together_end_up_with_one_key(tmp_path: Path) -> None:
+    """Adapters that find no key at the same moment each try to write one; all but the first
+    are refused by the file system and must read the first one's key, not fail."""
+    path = tmp_path / "local-ref.key"
+    start = threading.Barrier(8)
+
+    def load() -> str:
+        start.wait()
+        return LocalRefKey.load_or_create(path).index(REF)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        indexes = list(pool.map(lambda _: load(), range(8)))
+    assert len(set(indexes)) == 1
+    assert LocalRefKey(path.read_bytes()).index(REF) == indexes[0]

@@ -56,7 +56,12 @@ class LocalRefKey:
     def load_or_create(cls, path: Path) -> LocalRefKey:
         """The key in `path`; a new one written there (0600) if there is none."""
         if not path.exists():
-            write_private_file(path, os.urandom(_SIZE), overwrite=False)
+            try:
+                write_private_file(path, os.urandom(_SIZE), overwrite=False)
+            except ConfigError as exc:
+                if exc.reason != "file.exists":
+                    raise
+                # Another instance created it just now: that one is the key, read below.
         try:
             mode = path.stat().st_mode
             secret = path.read_bytes()
