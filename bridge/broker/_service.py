@@ -106,6 +106,7 @@ _T = TypeVar("_T")
 
 _FETCH_WAIT: Final = 5.0  # seconds a pull request lingers on the server when nothing is waiting
 _RETRY_MAX: Final = 300.0  # largest redelivery delay after a failed publish
+_OVER_BUDGET_LOG_EVERY: Final = 300.0  # a sender over its rejection budget, logged so often
 _NEWER_DIRECTORY: Final = frozenset({"key.unknown", "envelope.unknown_recipient"})
 _INTERNAL_ATTEMPTS: Final = 3  # deliveries of a submission that keeps hitting a bug before term
 _BACKLOG_EVERY: Final = 10.0  # seconds between looks at the submit consumers' backlogs
@@ -690,7 +691,8 @@ class Broker:
         self._counters.over_budget += 1
         self.metrics.over_budget.labels(sender).inc()
         now = time.monotonic()
-        if now - self._over_budget_logged.get(sender, -_RETRY_MAX) >= _RETRY_MAX:
+        last = self._over_budget_logged.get(sender, -_OVER_BUDGET_LOG_EVERY)
+        if now - last >= _OVER_BUDGET_LOG_EVERY:
             self._over_budget_logged[sender] = now
             log.warning(
                 "sender=%s has caused its rejections for now; its submissions wait "
